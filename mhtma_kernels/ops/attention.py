@@ -1,0 +1,108 @@
+"""Public entry point: validated masked temperature attention with backend dispatch."""
+import math
+import os
+
+import torch
+
+from .chunked import chunked_masked_attention
+from .reference import l2_normalize, masked_temperature_attention_reference
+
+BACKENDS = ("auto", "reference", "torch", "triton")
+
+
+def _shape(name: str, x: torch.Tensor, expected: str) -> ValueError:
+    return ValueError(f"{name} must have shape {expected}, got {tuple(x.shape)}")
+
+
+def _validate(q, k, v, key_valid, temperature, lambda_m, backend):
+    for name, x in (("q", q), ("k", k), ("v", v), ("key_valid", key_valid), ("temperature", temperature)):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    for name, x in (("q", q), ("k", k), ("v", v), ("temperature", temperature)):
+        if not x.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor (float16/bfloat16/float32/float64), got {x.dtype}")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"q, k and v must share one dtype, got q {q.dtype}, k {k.dtype}, v {v.dtype}")
+    if key_valid.dtype != torch.bool:
+        raise TypeError(f"key_valid must be a bool tensor of shape [B, Nk] (True = valid key), got dtype {key_valid.dtype}")
+    if q.dim() != 4:
+        raise _shape("q", q, "[B, H, Nq, D]")
+    B, H, Nq, D = q.shape
+    if k.dim() != 4 or k.shape[0] != B or k.shape[1] != H or k.shape[3] != D:
+        raise _shape("k", k, f"[B, H, Nk, D] = [{B}, {H}, Nk, {D}] to match q")
+    Nk = k.shape[2]
+    if Nk == 0:
+        raise ValueError("k must hold at least one key (Nk >= 1), got Nk = 0")
+    if v.dim() != 4 or tuple(v.shape[:3]) != (B, H, Nk):
+        raise _shape("v", v, f"[B, H, Nk, Dv] = [{B}, {H}, {Nk}, Dv] to match k")
+    if tuple(key_valid.shape) != (B, Nk):
+        raise _shape("key_valid", key_valid, f"[B, Nk] = [{B}, {Nk}]")
+    if tuple(temperature.shape) != (B, H):
+        raise _shape("temperature", temperature, f"[B, H] = [{B}, {H}]")
+    for name, x in (("k", k), ("v", v), ("key_valid", key_valid), ("temperature", temperature)):
+        if x.device != q.device:
+            raise ValueError(f"{name} is on {x.device} but q is on {q.device}: all inputs must share one device")
+    if isinstance(lambda_m, bool) or not isinstance(lambda_m, (int, float)) or not math.isfinite(lambda_m) or lambda_m <= 0:
+        raise ValueError(f"lambda_m must be a finite positive number, got {lambda_m!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if temperature.numel() and not bool(torch.isfinite(temperature).all() & (temperature > 0).all()):
+        raise ValueError(f"temperature must be finite and strictly positive, got min {temperature.min().item():g}")
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """'auto' -> $MHTMA_BACKEND if set, else 'triton' on CUDA and 'torch' elsewhere."""
+    if backend != "auto":
+        return backend
+    env = os.environ.get("MHTMA_BACKEND", "").strip()
+    if env:
+        if env not in BACKENDS[1:]:
+            raise ValueError(f"MHTMA_BACKEND must be one of {BACKENDS[1:]}, got {env!r}")
+        return env
+    return "triton" if device.type == "cuda" else "torch"
+
+
+def masked_temperature_attention(q, k, v, key_valid, temperature, lambda_m=1e4, normalize=True, backend="auto"):
+    r"""Masked temperature attention (MHTMA, paper Eq. 7-11).
+
+    Args:
+        q: ``[B, H, Nq, D]`` query patches.
+        k: ``[B, H, Nk, D]`` key patches (Nk may differ from Nq; D need not be a power of two).
+        v: ``[B, H, Nk, Dv]`` value patches.
+        key_valid: ``[B, Nk]`` bool, True where the key patch holds no hole pixel; shared by heads.
+        temperature: ``[B, H]`` strictly positive temperature per image and head.
+        lambda_m: mask penalty given to invalid keys. 1e4 makes exp(-lambda_m) underflow to exactly 0
+            next to any valid key (valid logits lie in [-1/t, 1/t]), yet stays finite in fp16/bf16.
+        normalize: L2-normalise q and k (eps 1e-6) first; False gives a plain scaled dot product.
+        backend: ``"reference"`` (materialised oracle), ``"torch"`` (chunked, O(Nq*Nk) never held),
+            ``"triton"`` (fused kernels) or ``"auto"`` (triton on CUDA, torch otherwise;
+            env ``MHTMA_BACKEND`` overrides).
+
+    Math::
+
+        qn_i = q_i / max(|q_i|, eps),  kn_j = k_j / max(|k_j|, eps)
+        z_ij = <qn_i, kn_j> / t  if key_valid_j  else  -lambda_m
+        out_i = sum_j softmax_j(z_ij) v_j
+
+    A row whose keys are all invalid gets uniform weights. Gradients flow to q, k, v and
+    temperature (not to key_valid).
+
+    Returns:
+        ``[B, H, Nq, Dv]`` in the dtype of ``v``.
+    """
+    _validate(q, k, v, key_valid, temperature, lambda_m, backend)
+    backend = resolve_backend(backend, q.device)
+    lambda_m = float(lambda_m)
+    if backend == "reference":
+        return masked_temperature_attention_reference(q, k, v, key_valid, temperature, lambda_m, normalize)
+    if q.shape[0] == 0 or q.shape[2] == 0:
+        return v.new_zeros(q.shape[0], q.shape[1], q.shape[2], v.shape[3]) + 0 * v.sum()
+    # Normalisation is a cheap O((Nq + Nk) * D) prepass in PyTorch: autograd then differentiates
+    # the norm exactly, and the O(Nq * Nk * D) kernels stay identical for normalize=True/False.
+    if normalize:
+        q, k = l2_normalize(q), l2_normalize(k)
+    if backend == "torch":
+        return chunked_masked_attention(q, k, v, key_valid, temperature, lambda_m)
+    from .triton_op import triton_masked_attention  # imported lazily: triton is optional on CPU
+
+    return triton_masked_attention(q, k, v, key_valid, temperature, lambda_m)

@@ -1,0 +1,42 @@
+"""Install mhtma: the fused masked-temperature attention kernels and the inpainting toolkit."""
+from setuptools import find_packages, setup
+
+setup(
+    name="mhtma",
+    version="0.1.0",
+    description=(
+        "Masked temperature attention as fused Triton kernels, and the MHTMA image-inpainting GAN "
+        "(Zhou, Gong, Zeng: Learning to Scale Temperature in Masked Self-Attention for Image Inpainting)"
+    ),
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["mhtma_kernels", "mhtma_kernels.*", "mhtma_model", "mhtma_model.*"]),
+    package_data={"mhtma_model": ["configs/*.yaml"]},
+    install_requires=[
+        "torch>=2.4",
+        "torchvision>=0.19",
+        # A CPU-only torch wheel does not bring Triton; the fused kernels (and their CPU interpreter) need it.
+        "triton>=3.0",
+        "numpy",
+        "pillow",
+        "pyyaml",
+        "tqdm",
+        "tensorboard",
+        "scikit-image",
+        "scipy",
+    ],
+    extras_require={
+        "dev": ["pytest", "pytest-benchmark", "pytest-timeout"],
+        "classical": ["opencv-python-headless"],
+        "ui": ["gradio", "selenium"],
+    },
+    entry_points={
+        "console_scripts": [
+            "mhtma-train=mhtma_model.train:main",
+            "mhtma-eval=mhtma_model.evaluate:main",
+            "mhtma-inpaint=mhtma_model.inpaint:main",
+            "mhtma-ui=mhtma_model.ui:main",
+        ]
+    },
+)
