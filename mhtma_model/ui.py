@@ -1,0 +1,345 @@
+"""`mhtma-ui`: a local web page for interactive (optionally sketch-guided) inpainting with a trained generator.
+
+A person loads an image into an editor with two layers, paints the hole on the layer "hole" and,
+optionally, guide lines on the layer "sketch" (or uploads a mask / sketch file instead), picks a
+checkpoint and gets the inpainted result next to the input, a download button, and the temperature
+``t_h`` that each attention head chose for this image (``generator.last_temperature`` after the forward).
+
+The inference itself is :func:`run_inpainting`, which calls :func:`mhtma_model.inpaint.inpaint_image`
+(the one copy of padding and compositing) and reads the temperatures; the page only collects inputs.
+Gradio is an optional dependency (``pip install 'mhtma[ui]'``); nothing here contacts the internet
+(analytics off, no share links, fonts served locally).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+from PIL import Image
+
+#: Largest accepted side of an uploaded image, in pixels.
+MAX_SIDE = 4096
+#: Smallest accepted side (the generator works on multiples of 8).
+MIN_SIDE = 16
+#: Largest accepted upload, passed to Gradio.
+MAX_FILE_SIZE = "64mb"
+#: Names of the editor's two layers, in order.
+LAYER_NAMES = ("hole", "sketch")
+
+
+class UploadError(ValueError):
+    """A user-facing problem with an upload (shown on the page as a message, never a crash)."""
+
+
+# ------------------------------------------------------------------------------------ input handling
+def check_size(image: Image.Image, name: str) -> Image.Image:
+    """Raise UploadError unless ``MIN_SIDE <= width, height <= MAX_SIDE``."""
+    width, height = image.size
+    if max(width, height) > MAX_SIDE:
+        raise UploadError(f"{name} is {width}x{height} px; the largest side may be at most {MAX_SIDE} px. "
+                          "Please scale it down and upload it again.")
+    if min(width, height) < MIN_SIDE:
+        raise UploadError(f"{name} is {width}x{height} px; each side must be at least {MIN_SIDE} px.")
+    return image
+
+
+def open_image_file(path: str | os.PathLike, name: str) -> Image.Image:
+    """Decode an uploaded file -> PIL image (loaded), or UploadError saying why not (not an image, too big)."""
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            check_size(img, name)  # header only: refuses huge images before decoding them
+            img.load()
+            return img.copy()
+    except UploadError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise UploadError(f"{name} ({path.name}) is too large to open: {exc}") from exc
+    except Exception as exc:  # PIL.UnidentifiedImageError, truncated files, ...
+        raise UploadError(f"{name} ({path.name}) is not a readable image file ({type(exc).__name__}).") from exc
+
+
+def _as_pil(value: Any, name: str) -> Optional[Image.Image]:
+    if value is None:
+        return None
+    if isinstance(value, Image.Image):
+        return value
+    if isinstance(value, np.ndarray):
+        return Image.fromarray(value)
+    if isinstance(value, (str, os.PathLike)):
+        return open_image_file(value, name)
+    raise UploadError(f"{name}: unexpected value of type {type(value).__name__}")
+
+
+def _painted(layer: Optional[Image.Image], size: tuple[int, int]) -> Optional[np.ndarray]:
+    """Pixels painted on an editor layer (alpha > 0) -> bool [H, W] at ``size = (W, H)``, None if empty."""
+    if layer is None:
+        return None
+    rgba = layer.convert("RGBA")
+    if rgba.size != size:
+        rgba = rgba.resize(size, Image.NEAREST)
+    painted = np.asarray(rgba)[..., 3] > 0
+    return painted if painted.any() else None
+
+
+def collect_inputs(editor: Optional[dict], mask_file: Any = None, sketch_file: Any = None
+                   ) -> tuple[Image.Image, Image.Image, Optional[Image.Image]]:
+    """Turn what the page collected into ``(image RGB, mask L, sketch L or None)``, all the image's size.
+
+    ``editor``: Gradio ImageEditor value ``{"background", "layers", "composite"}``; layer 0 = hole,
+    layer 1 = sketch (painted pixels, any colour). ``mask_file``: optional image, > 127 (grey) = hole,
+    added to the painted hole. ``sketch_file``: optional drawing, read with
+    :func:`mhtma_model.sketch.load_user_sketch` (dark or light strokes on any background), added to the
+    painted lines. Returned mask and sketch are 0/255 'L' images; UploadError on anything unusable.
+    """
+    from .sketch import load_user_sketch, skeleton
+
+    if not editor or editor.get("background") is None:
+        raise UploadError("Please upload an image first.")
+    image = _as_pil(editor["background"], "the image")
+    check_size(image, "the image")
+    if image.mode in ("RGBA", "LA", "PA") or image.mode == "P":
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(white, rgba)
+    image = image.convert("RGB")
+    size = image.size
+    layers = [_as_pil(layer, "a layer") for layer in (editor.get("layers") or [])]
+
+    hole = _painted(layers[0], size) if layers else None
+    if mask_file is not None:
+        mask_img = _as_pil(mask_file, "the mask file")
+        check_size(mask_img, "the mask file")
+        uploaded = np.asarray(mask_img.convert("L").resize(size, Image.NEAREST)) > 127
+        hole = uploaded if hole is None else (hole | uploaded)
+    if hole is None or not hole.any():
+        raise UploadError("No hole: paint the region to fill on the layer 'hole' (or upload a mask file, "
+                          "white = hole).")
+    if hole.all():
+        raise UploadError("The hole covers the whole image; leave some of the image visible.")
+
+    strokes = _painted(layers[1], size) if len(layers) > 1 else None
+    if sketch_file is not None:
+        sketch_img = _as_pil(sketch_file, "the sketch file")
+        check_size(sketch_img, "the sketch file")
+        uploaded = load_user_sketch(sketch_img, (size[1], size[0])) > 0
+        strokes = uploaded if strokes is None else (strokes | uploaded)
+    if strokes is not None:
+        strokes = skeleton(strokes)  # one-pixel lines, like a sketch file
+
+    mask = Image.fromarray(hole.astype(np.uint8) * 255, "L")
+    sketch = None if strokes is None or not strokes.any() else Image.fromarray(strokes.astype(np.uint8) * 255, "L")
+    return image, mask, sketch
+
+
+# ------------------------------------------------------------------------------------------ inference
+def generator_uses_sketch(generator) -> bool:
+    """True when the generator takes the fifth (sketch) input channel."""
+    flag = getattr(generator, "sketch", None)
+    if isinstance(flag, bool):
+        return flag
+    flag = getattr(generator, "use_sketch", None)
+    return bool(flag) if isinstance(flag, bool) else False
+
+
+def head_temperatures(generator) -> dict[str, float]:
+    """``generator.last_temperature`` ([1, heads] after a single-image forward) -> {"head 1": t1, ...}."""
+    temp = getattr(generator, "last_temperature", None)
+    if temp is None:
+        return {}
+    values = np.asarray(temp.detach().float().cpu()).reshape(-1)
+    return {f"head {i + 1}": float(v) for i, v in enumerate(values)}
+
+
+def run_inpainting(generator, image: Image.Image, mask: Image.Image, sketch: Optional[Image.Image] = None,
+                   device: str = "cpu") -> tuple[Image.Image, dict[str, float]]:
+    """Inpaint one image and report each head's temperature.
+
+    ``image``: PIL RGB; ``mask``: PIL, non-zero/white = hole, same size; ``sketch``: PIL 'L' lines
+    (white = line) or None. Returns ``(result PIL RGB, {"head k": t_k})``; the result is
+    ``inpaint_image(generator, image, mask, sketch, device)``: known pixels unchanged. A sketch given to
+    a generator trained without sketches raises UploadError; a sketch generator without a sketch gets
+    an empty one (no guidance).
+    """
+    from .inpaint import inpaint_image
+
+    for value, name in ((image, "image"), (mask, "mask")):
+        if not isinstance(value, Image.Image):
+            raise TypeError(f"{name} must be a PIL image, got {type(value).__name__}")
+    if mask.size != image.size:
+        raise ValueError(f"mask size {mask.size} differs from image size {image.size}")
+    uses_sketch = generator_uses_sketch(generator)
+    if sketch is not None:
+        if not isinstance(sketch, Image.Image):
+            raise TypeError(f"sketch must be a PIL image or None, got {type(sketch).__name__}")
+        if sketch.size != image.size:
+            raise ValueError(f"sketch size {sketch.size} differs from image size {image.size}")
+        if not uses_sketch:
+            raise UploadError("This checkpoint was trained without sketches (model.sketch=false); clear the "
+                              "sketch layer or pick a sketch-guided checkpoint.")
+    elif uses_sketch:
+        sketch = Image.new("L", image.size, 0)
+    result = inpaint_image(generator, image.convert("RGB"), mask, sketch=sketch, device=device)
+    return result, head_temperatures(generator)
+
+
+def temperature_markdown(temps: dict[str, float]) -> str:
+    """Markdown table of the per-head temperatures (or a note when the model has none)."""
+    if not temps:
+        return "This generator has no learned temperature (fixed-t, ATMA-free or contextual attention)."
+    rows = "\n".join(f"| {name} | {value:.4g} |" for name, value in temps.items())
+    return "**Temperature per attention head for this image**\n\n| head | t |\n|---|---|\n" + rows
+
+
+class GeneratorCache:
+    """Loads checkpoints with :func:`mhtma_model.checkpoint.load_generator`, once per (path, mtime)."""
+
+    def __init__(self, device: str = "cpu"):
+        self.device = device
+        self._cache: dict[tuple[str, float], Any] = {}
+        self._lock = threading.Lock()
+
+    def get(self, path: str | os.PathLike):
+        from .checkpoint import load_generator
+
+        resolved = Path(str(path)).expanduser()
+        if not str(path).strip() or not resolved.is_file():
+            raise UploadError(f"checkpoint not found: {resolved}")
+        key = (str(resolved.resolve()), resolved.stat().st_mtime)
+        with self._lock:
+            if key not in self._cache:
+                try:
+                    generator, _config = load_generator(resolved, map_location="cpu")
+                except Exception as exc:
+                    raise UploadError(f"cannot load checkpoint {resolved}: {exc}") from exc
+                self._cache.clear()  # keep one model in memory
+                self._cache[key] = generator.to(self.device).eval()
+            return self._cache[key]
+
+
+def checkpoint_choices(checkpoint: str | os.PathLike) -> list[str]:
+    """The given checkpoint first, then the other ``*.pt`` files next to it (e.g. best.pt / last.pt)."""
+    first = str(Path(checkpoint).expanduser())
+    others = sorted(str(p) for p in Path(first).parent.glob("*.pt") if str(p) != first)
+    return [first] + others
+
+
+# ------------------------------------------------------------------------------------------ the page
+def _import_gradio():
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # before gradio is imported: no usage reports
+    try:
+        import gradio as gr
+    except ImportError as exc:
+        raise ImportError("mhtma-ui needs Gradio: pip install 'mhtma[ui]' (or pip install gradio)") from exc
+    return gr
+
+
+def build_app(checkpoint: str | os.PathLike, device: str = "cpu", cache: Optional[GeneratorCache] = None):
+    """The Gradio page (``gr.Blocks``), with ``checkpoint`` preselected."""
+    gr = _import_gradio()
+    cache = cache or GeneratorCache(device)
+    out_dir = Path(tempfile.mkdtemp(prefix="mhtma-ui-"))
+    counter = {"n": 0}
+
+    def on_run(editor, mask_file, sketch_file, ckpt):
+        try:
+            image, mask, sketch = collect_inputs(editor, mask_file, sketch_file)
+            generator = cache.get(ckpt)
+            result, temps = run_inpainting(generator, image, mask, sketch, device=device)
+        except UploadError as exc:
+            raise gr.Error(str(exc), print_exception=False) from None
+        shown = np.asarray(image).copy()
+        shown[np.asarray(mask) > 0] = 255
+        counter["n"] += 1
+        path = out_dir / f"inpainted-{counter['n']:04d}.png"
+        result.save(path)
+        note = f"Done: {image.size[0]}x{image.size[1]} px, hole {100 * float(np.mean(np.asarray(mask) > 0)):.1f} %"
+        note += ", sketch-guided." if sketch is not None else "."
+        return Image.fromarray(shown), result, gr.DownloadButton(value=str(path), visible=True), \
+            temperature_markdown(temps), note
+
+    with gr.Blocks(title="mhtma inpainting") as app:
+        gr.Markdown(
+            "## MHTMA inpainting\n"
+            "1. Upload an image (at most " f"{MAX_SIDE}x{MAX_SIDE} px). "
+            "2. With the brush, paint the region to fill on the layer **hole**. "
+            "3. Optionally switch to the layer **sketch** and draw thin guide lines inside the hole "
+            "(sketch-guided checkpoints only). 4. Press **Inpaint**.")
+        with gr.Row():
+            with gr.Column():
+                editor = gr.ImageEditor(
+                    label="Image: paint the hole (layer 'hole'), guide lines (layer 'sketch')",
+                    type="pil", image_mode="RGBA", format="png", sources=("upload", "clipboard"),
+                    layers=gr.LayerOptions(allow_additional_layers=False, layers=list(LAYER_NAMES)),
+                    brush=gr.Brush(default_size=24, colors=["#ffffff", "#ff0000", "#000000"],
+                                   default_color="#ffffff", color_mode="defaults"),
+                    transforms=(), elem_id="editor")
+                with gr.Accordion("Or upload a mask / sketch file", open=False, elem_id="uploads"):
+                    mask_file = gr.File(label="Mask (white = hole)", file_types=["image"], type="filepath",
+                                        elem_id="mask-file")
+                    sketch_file = gr.File(label="Sketch (dark or light lines on a plain background)",
+                                          file_types=["image"], type="filepath", elem_id="sketch-file")
+                ckpt = gr.Dropdown(choices=checkpoint_choices(checkpoint), value=str(Path(checkpoint).expanduser()),
+                                   allow_custom_value=True, label="Checkpoint", elem_id="checkpoint")
+                run_btn = gr.Button("Inpaint", variant="primary", elem_id="run")
+            with gr.Column():
+                with gr.Row():
+                    shown = gr.Image(label="Input with hole", type="pil", interactive=False, elem_id="masked")
+                    output = gr.Image(label="Result", type="pil", interactive=False, format="png", elem_id="result")
+                download = gr.DownloadButton("Download result (PNG)", visible=False, elem_id="download")
+                status = gr.Markdown(elem_id="status")
+                temps = gr.Markdown(elem_id="temperatures")
+        run_btn.click(on_run, inputs=[editor, mask_file, sketch_file, ckpt],
+                      outputs=[shown, output, download, temps, status])
+    return app
+
+
+def launch(app, host: str = "127.0.0.1", port: int = 7860, block: bool = True):
+    """Serve ``app`` locally (no share link, analytics off). ``block=False`` returns once serving."""
+    return app.launch(server_name=host, server_port=port, share=False, inbrowser=False, show_error=True,
+                      ssr_mode=False, max_file_size=MAX_FILE_SIZE, prevent_thread_lock=not block, quiet=not block,
+                      footer_links=[])
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``mhtma-ui --checkpoint CKPT [--host 127.0.0.1 --port 7860 --device cpu]``; exit status."""
+    parser = argparse.ArgumentParser(prog="mhtma-ui", description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", help="generator checkpoint (.pt) written by mhtma-train (required)")
+    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    args = parser.parse_args(argv)
+    if not args.checkpoint:
+        print("mhtma-ui: no checkpoint given. Start it with --checkpoint PATH, a generator checkpoint written "
+              "by mhtma-train (e.g. runs/NAME/checkpoints/best.pt).", file=sys.stderr)
+        return 2
+    path = Path(args.checkpoint).expanduser()
+    if not path.is_file():
+        print(f"mhtma-ui: checkpoint not found: {path}", file=sys.stderr)
+        return 2
+    if not 0 < args.port < 65536:
+        print(f"mhtma-ui: --port must be in 1..65535, got {args.port}", file=sys.stderr)
+        return 2
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        cache = GeneratorCache(device)
+        cache.get(path)  # refuse to start with an unusable checkpoint
+        app = build_app(path, device=device, cache=cache)
+    except (UploadError, ImportError) as exc:
+        print(f"mhtma-ui: {exc}", file=sys.stderr)
+        return 2
+    print(f"mhtma-ui: serving {path} on http://{args.host}:{args.port} (Ctrl+C to stop)")
+    launch(app, args.host, args.port, block=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
