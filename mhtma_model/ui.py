@@ -290,8 +290,10 @@ def build_app(checkpoint: str | os.PathLike, device: str = "cpu", cache: Optiona
                 run_btn = gr.Button("Inpaint", variant="primary", elem_id="run")
             with gr.Column():
                 with gr.Row():
-                    shown = gr.Image(label="Input with hole", type="pil", interactive=False, elem_id="masked")
-                    output = gr.Image(label="Result", type="pil", interactive=False, format="png", elem_id="result")
+                    shown = gr.Image(label="Input with hole", type="pil", interactive=False, elem_id="masked",
+                                     buttons=["download", "fullscreen"])
+                    output = gr.Image(label="Result", type="pil", interactive=False, format="png", elem_id="result",
+                                      buttons=["download", "fullscreen"])
                 download = gr.DownloadButton("Download result (PNG)", visible=False, elem_id="download")
                 status = gr.Markdown(elem_id="status")
                 temps = gr.Markdown(elem_id="temperatures")
