@@ -171,6 +171,7 @@ def drive_page(url, image_path, mask_path, profile_dir, screenshot=None, timeout
     options.binary_location = browser
     for flag in CHROMIUM_FLAGS + [f"--user-data-dir={profile_dir}"]:
         options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
     drv = webdriver.Chrome(service=Service(driver_path), options=options)
     try:
         wait = WebDriverWait(drv, timeout)
@@ -196,6 +197,7 @@ def drive_page(url, image_path, mask_path, profile_dir, screenshot=None, timeout
             "result_src": result.get_attribute("src"),
             "download_visible": drv.find_element(By.CSS_SELECTOR, "#download").is_displayed(),
         }
+        info["requested_urls"] = requested_urls(drv)
         if screenshot is not None:
             drv.execute_script("window.scrollTo(0, 0);")
             time.sleep(0.5)
@@ -203,6 +205,18 @@ def drive_page(url, image_path, mask_path, profile_dir, screenshot=None, timeout
         return info
     finally:
         drv.quit()
+
+
+def requested_urls(drv):
+    """URLs of every network request the page made (from Chromium's performance log)."""
+    import json
+
+    urls = set()
+    for entry in drv.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        if message.get("method") == "Network.requestWillBeSent":
+            urls.add(message["params"]["request"]["url"])
+    return urls
 
 
 def shrink_screenshot(src, dst, width=960):
@@ -326,6 +340,11 @@ def test_page_in_headless_chromium(checkpoints, tmp_path):
                           screenshot=tmp_path / "shot.png")
     finally:
         app.close()
+    # The page loads nothing from the internet: every request goes to the local server.
+    # (chrome://, data: and blob: URLs are the browser's own.)
+    outside = {u for u in info["requested_urls"] if u.startswith(("http:", "https:", "ws:", "wss:"))
+               and not u.startswith((f"http://127.0.0.1:{port}/", f"ws://127.0.0.1:{port}/"))}
+    assert not outside, f"page requested outside URLs: {sorted(outside)[:5]}"
     assert info["result_src"] and "/file=" in info["result_src"]
     assert info["download_visible"]
     assert "head 1" in info["temperatures"] and "head 2" in info["temperatures"]
