@@ -51,8 +51,10 @@ ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]
 
 # --------------------------------------------------------------------------------------------- checks
 def _check_rgb_uint8(image: np.ndarray, name: str = "image") -> np.ndarray:
+    if isinstance(image, Image.Image):  # convenience: a PIL image is taken as its RGB pixels
+        image = np.asarray(image.convert("RGB"))
     if not isinstance(image, np.ndarray):
-        raise TypeError(f"{name} must be a numpy uint8 array [H, W, 3], got {type(image).__name__}")
+        raise TypeError(f"{name} must be a numpy uint8 array [H, W, 3] (or a PIL image), got {type(image).__name__}")
     if image.dtype != np.uint8:
         raise TypeError(f"{name} must have dtype uint8 (values 0..255), got {image.dtype}")
     if image.ndim != 3 or image.shape[2] != 3:

@@ -58,6 +58,11 @@ def test_edges_rejects_bad_images(image, error):
         sk.edges(image)
 
 
+def test_pil_image_is_accepted():
+    img = white_square(64, 16, 48)
+    np.testing.assert_array_equal(sk.make_sketch(Image.fromarray(img)), sk.make_sketch(img))
+
+
 def test_unknown_detector_name():
     with pytest.raises(ValueError, match="detector"):
         sk.edges(white_square(32, 8, 24), "hed-from-the-internet")
