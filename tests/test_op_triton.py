@@ -1,0 +1,186 @@
+"""The `triton` backend (fused kernels, run by Triton's CPU interpreter here) against a float64 oracle.
+
+Every case goes through the public `masked_temperature_attention(..., backend="triton")` and compares
+the output and the gradients of q, k, v and temperature with the reference computed in float64 on
+the same inputs. Shapes are small: the interpreter's cost grows with the number of tile iterations.
+"""
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from mhtma_kernels import masked_temperature_attention, masked_temperature_attention_reference  # noqa: E402
+from mhtma_kernels.ops import triton_op  # noqa: E402
+from mhtma_kernels.ops.triton_op import KernelConfig, triton_masked_attention  # noqa: E402
+
+from .tolerance import assert_close  # noqa: E402
+
+NAMES = ("out", "dq", "dk", "dv", "dtemperature")
+
+# 16-wide tiles everywhere: several D chunks, several Dv column blocks and partial tiles on both axes.
+SMALL_TILES = KernelConfig(16, 16, 16, 16, 16, 16, 16, 16, 16)
+
+
+def make_inputs(B, H, Nq, Nk, D, Dv, t, rule, dtype=torch.float32, seed=0):
+    """q, k, v (in `dtype`), a different random key mask per image, temperatures around t (float64 first)."""
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, H, Nq, D, generator=g, dtype=torch.float64)
+    k = torch.randn(B, H, Nk, D, generator=g, dtype=torch.float64)
+    v = torch.randn(B, H, Nk, Dv, generator=g, dtype=torch.float64)
+    key_valid = torch.rand(B, Nk, generator=g) > 0.4
+    if rule == "image1-all-invalid":
+        key_valid[1] = False
+    elif rule == "zero-norm":
+        q[:, :, ::3] = 0.0
+        k[:, :, ::4] = 0.0
+    temperature = t * (1.0 + 0.5 * torch.rand(B, H, generator=g, dtype=torch.float64))
+    return [x.to(dtype) for x in (q, k, v)] + [key_valid, temperature.to(dtype)]
+
+
+def forward_and_grads(backend, q, k, v, key_valid, temperature, normalize=True):
+    """Output and gradients of (out * weight).sum() w.r.t. q, k, v, temperature."""
+    leaves = [x.detach().clone().requires_grad_() for x in (q, k, v, temperature)]
+    q, k, v, temperature = leaves
+    if backend == "reference":
+        out = masked_temperature_attention_reference(q, k, v, key_valid, temperature, normalize=normalize)
+    else:
+        out = masked_temperature_attention(q, k, v, key_valid, temperature, normalize=normalize, backend=backend)
+    weight = torch.linspace(-1.0, 2.0, out.numel(), dtype=torch.float64).reshape(out.shape).to(out.dtype)
+    (out * weight).sum().backward()
+    return [out.detach()] + [x.grad for x in leaves]
+
+
+def check_against_float64(case, dtype, normalize=True):
+    expected = forward_and_grads("reference", *make_inputs(*case, dtype=torch.float64), normalize=normalize)
+    actual = forward_and_grads("triton", *make_inputs(*case, dtype=dtype), normalize=normalize)
+    for name, a, e in zip(NAMES, actual, expected):
+        assert a.dtype == dtype, name
+        assert torch.isfinite(a).all(), f"{name} is not finite"
+        assert_close(a, e, dtype, name)
+
+
+# (B, H, Nq, Nk, D, Dv, temperature, key-validity rule)
+CASES = [
+    pytest.param((2, 2, 37, 29, 45, 17, 0.1, "random"), id="D45-Nq!=Nk"),
+    pytest.param((1, 2, 24, 20, 288, 288, 0.5, "random"), id="D288-Dv288"),
+    pytest.param((1, 1, 70, 67, 20, 12, 0.2, "random"), id="partial-tiles-70x67"),
+    pytest.param((3, 1, 20, 50, 7, 5, 1e-2, "random"), id="batch3-t1e-2"),
+    pytest.param((2, 2, 19, 23, 16, 16, 1e2, "random"), id="t1e2"),
+    pytest.param((2, 2, 30, 25, 12, 9, 0.3, "image1-all-invalid"), id="image-all-invalid"),
+    pytest.param((2, 2, 18, 15, 9, 4, 0.1, "zero-norm"), id="zero-norm-patches"),
+]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_triton_matches_float64_reference(case):
+    check_against_float64(case, torch.float32)
+
+
+def test_triton_without_normalization():
+    check_against_float64((2, 2, 21, 17, 10, 6, 0.7, "random"), torch.float32, normalize=False)
+
+
+@pytest.mark.parametrize("case", [
+    pytest.param((2, 2, 37, 29, 45, 40, 0.1, "random"), id="D45-Dv40"),
+    pytest.param((2, 1, 20, 33, 19, 17, 1e-2, "zero-norm"), id="zero-norm-t1e-2"),
+    pytest.param((2, 2, 17, 18, 12, 20, 0.3, "image1-all-invalid"), id="image-all-invalid"),
+])
+def test_small_tiles_cover_d_chunks_and_dv_blocks(case, monkeypatch):
+    """16-wide tiles: D walked in chunks, Dv split over the grid, several partial query/key tiles."""
+    monkeypatch.setattr(triton_op, "choose_config", lambda *args: SMALL_TILES)
+    check_against_float64(case, torch.float32)
+
+
+@pytest.mark.parametrize("tiles", ["default", "small"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_triton_half_inputs(dtype, tiles, monkeypatch):
+    if tiles == "small":
+        monkeypatch.setattr(triton_op, "choose_config", lambda *args: SMALL_TILES)
+    check_against_float64((2, 2, 33, 21, 24, 20, 0.2, "random"), dtype)
+
+
+def test_all_invalid_rows_get_uniform_weights_and_finite_grads():
+    q, k, v, key_valid, t = make_inputs(2, 2, 9, 13, 6, 5, 0.05, "random")
+    key_valid[:] = False
+    out, dq, dk, dv, dt = forward_and_grads("triton", q, k, v, key_valid, t)
+    assert_close(out, v.double().mean(dim=2, keepdim=True).expand_as(out), torch.float32, "uniform weights")
+    for name, grad in zip(NAMES[1:], (dq, dk, dv, dt)):
+        assert torch.isfinite(grad).all(), name
+    # Every logit is the constant -lambda_m: nothing depends on q, k or t.
+    assert dq.abs().max() == 0 and dk.abs().max() == 0 and dt.abs().max() == 0
+
+
+def test_tiny_temperature_one_matching_key_returns_its_value():
+    """Property: with t -> 0 and one key equal to the query, the output is that key's value."""
+    g = torch.Generator().manual_seed(3)
+    k = torch.randn(1, 1, 10, 16, generator=g)
+    v = torch.randn(1, 1, 10, 5, generator=g)
+    q = k[:, :, [4, 7]] * torch.tensor([3.0, 0.5])[:, None]  # same directions as keys 4 and 7
+    key_valid = torch.ones(1, 10, dtype=torch.bool)
+    out = masked_temperature_attention(q, k, v, key_valid, torch.full((1, 1), 1e-4), backend="triton")
+    torch.testing.assert_close(out[0, 0], v[0, 0, [4, 7]])
+
+
+def test_backward_saves_no_score_matrix():
+    """The autograd node keeps O(N * D) tensors and per-row statistics, nothing Nq x Nk sized."""
+    B, H, Nq, Nk, D, Dv = 2, 2, 40, 36, 5, 3
+    q, k, v, key_valid, t = (x.requires_grad_() if x.is_floating_point() else x
+                             for x in make_inputs(B, H, Nq, Nk, D, Dv, 0.1, "random"))
+    out = masked_temperature_attention(q, k, v, key_valid, t, backend="triton")
+    node = out.grad_fn
+    assert type(node).__name__.startswith("TritonMaskedAttention")
+    saved = node.saved_tensors
+    assert len(saved) > 0
+    largest = max(s.numel() for s in saved)
+    assert largest < B * H * Nq * Nk, f"backward saved a tensor of {largest} elements"
+    assert largest == B * H * Nq * D  # q itself
+    assert any(tuple(s.shape) == (B, H, Nq) and s.dtype == torch.float32 for s in saved), "row log-sum-exp"
+
+
+def test_gradient_to_a_subset_of_inputs():
+    """Only v and temperature require grad: the other gradients are skipped, these stay exact."""
+    case = (1, 2, 14, 11, 8, 6, 0.2, "random")
+    expected = forward_and_grads("reference", *make_inputs(*case, dtype=torch.float64))
+    q, k, v, key_valid, t = make_inputs(*case)
+    v.requires_grad_()
+    t.requires_grad_()
+    out = masked_temperature_attention(q, k, v, key_valid, t, backend="triton")
+    weight = torch.linspace(-1.0, 2.0, out.numel()).reshape(out.shape)
+    (out * weight).sum().backward()
+    assert_close(v.grad, expected[3], torch.float32, "dv")
+    assert_close(t.grad, expected[4], torch.float32, "dtemperature")
+
+
+def test_noncontiguous_inputs():
+    q, k, v, key_valid, t = make_inputs(2, 3, 12, 10, 6, 4, 0.3, "random")
+    qt, kt, vt = (x.transpose(0, 1).contiguous().transpose(0, 1) for x in (q, k, v))  # same values, other strides
+    assert not qt.is_contiguous()
+    out = masked_temperature_attention(qt, kt, vt, key_valid, t, backend="triton")
+    expected = masked_temperature_attention_reference(q.double(), k.double(), v.double(), key_valid, t.double())
+    assert_close(out, expected, torch.float32, "out")
+
+
+def test_float64_is_refused_with_a_clear_error():
+    q, k, v, key_valid, t = make_inputs(1, 1, 4, 4, 3, 2, 0.2, "random", dtype=torch.float64)
+    with pytest.raises(TypeError, match=r"backend='triton'.*float64"):
+        masked_temperature_attention(q, k, v, key_valid, t, backend="triton")
+
+
+def test_cpu_tensors_without_interpreter_are_refused(monkeypatch):
+    monkeypatch.setattr(triton_op, "_interpreting", lambda: False)
+    q, k, v, key_valid, t = make_inputs(1, 1, 4, 4, 3, 2, 0.2, "random")
+    with pytest.raises(ValueError, match=r"backend='triton' needs CUDA tensors.*backend='torch'"):
+        masked_temperature_attention(q, k, v, key_valid, t, backend="triton")
+
+
+def test_missing_triton_raises_import_error(monkeypatch):
+    monkeypatch.setattr(triton_op, "_IMPORT_ERROR", ImportError("No module named 'triton'"))
+    q, k, v, key_valid, t = make_inputs(1, 1, 4, 4, 3, 2, 0.2, "random")
+    with pytest.raises(ImportError, match=r"needs the `triton` package.*backend='torch'"):
+        triton_masked_attention(q, k, v, key_valid, t, 1e4)
+
+
+def test_empty_value_dim_returns_empty_output():
+    q, k, v, key_valid, t = make_inputs(2, 1, 5, 4, 3, 0, 0.2, "random")
+    out = masked_temperature_attention(q, k, v, key_valid, t, backend="triton")
+    assert out.shape == (2, 1, 5, 0)
