@@ -4,6 +4,11 @@ Every case goes through the public `masked_temperature_attention(..., backend="t
 the output and the gradients of q, k, v and temperature with the reference computed in float64 on
 the same inputs. Shapes are small: the interpreter's cost grows with the number of tile iterations.
 """
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -184,3 +189,28 @@ def test_empty_value_dim_returns_empty_output():
     q, k, v, key_valid, t = make_inputs(2, 1, 5, 4, 3, 0, 0.2, "random")
     out = masked_temperature_attention(q, k, v, key_valid, t, backend="triton")
     assert out.shape == (2, 1, 5, 0)
+
+
+def test_gpu_kernels_compile_for_sm90_without_a_gpu(tmp_path):
+    """The GPU code path (no bf16 upcast, tensor-core dots, launcher's block sizes) compiles with ptxas
+    for an H100 and fits its shared memory. Run in a subprocess: this process interprets the kernels."""
+    script = (
+        "import torch\n"
+        "from mhtma_kernels.ops.triton_op import compile_for_gpu\n"
+        "for dtype in (torch.float16, torch.bfloat16, torch.float32):\n"
+        "    for name, kernel in compile_for_gpu(45, 288, dtype, arch=90).items():\n"
+        "        print(str(dtype)[6:], name, len(kernel.asm['cubin']), kernel.metadata.shared)\n"
+    )
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path)  # compile for real, not from a cache
+    root = Path(__file__).resolve().parents[1]
+    env["PYTHONPATH"] = os.pathsep.join([str(root)] + [p for p in [env.get("PYTHONPATH")] if p])
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    if result.returncode != 0 and "ptxas" in result.stderr and "not found" in result.stderr.lower():
+        pytest.skip("this triton build ships no ptxas")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line.split() for line in result.stdout.splitlines()]
+    assert len(rows) == 9, result.stdout
+    for dtype, name, cubin_bytes, shared in rows:
+        assert int(cubin_bytes) > 0, (dtype, name)
+        assert int(shared) <= 227 * 1024, f"{dtype} {name} needs {shared} bytes of shared memory"

@@ -75,24 +75,24 @@ def _pow2(n: int, low: int, high: int) -> int:
 def choose_config(nq: int, nk: int, d: int, dv: int, dtype: torch.dtype, interpret: bool) -> KernelConfig:
     """Block sizes for one problem shape (the single place to tune them).
 
-    GPU: 64 x 64 score tiles, D contracted in chunks of 64, output columns in blocks of up to 128
-    (Dv <= 128 -> one block, no recomputation; Dv = 288 -> 3 blocks, q k^T recomputed 3 times
-    but the fp32 accumulator stays 64 x 128 in registers). Untuned defaults: the benchmark
-    suite is where they get tuned. Interpreter (CPU): cost grows with the number of tile
+    GPU: 64 x 64 forward score tiles (64 x 32 in fp32), 32 x 64 in the backward, D and Dv
+    contracted in chunks of 32, output columns in blocks of up to 128 (Dv <= 128 -> one block, no
+    recomputation; Dv = 288 -> 3 blocks, q k^T recomputed 3 times, but the fp32 accumulator stays
+    64 x 128 and nothing spills), 8 warps. Interpreter (CPU): cost grows with the number of tile
     iterations, not tile size, so tiles are as large as the problem (up to 64 rows, 512 columns).
     """
     if interpret:
         rows_q, rows_k = _pow2(nq, 16, 64), _pow2(nk, 16, 64)
         cols_d, cols_dv = _pow2(d, 16, 512), _pow2(dv, 16, 512)
         return KernelConfig(rows_q, rows_k, cols_d, cols_dv, rows_q, rows_k, cols_dv, cols_d, cols_dv)
-    small = 32 if dtype == torch.float32 else 64  # fp32 tiles take twice the shared memory
-    block_d = _pow2(d, 16, 64)
-    block_e = _pow2(dv, 16, 64)
+    # Chosen so that ptxas reports no register spills for sm_90 at D = Dv in {45, 288, 864} and
+    # fp16/bf16/fp32 (checked by compiling ahead of time); runtime tuning is the benchmarks' job.
     return KernelConfig(
-        block_m=64, block_n=small, block_d=block_d, block_dv=_pow2(dv, 16, 128),
-        bwd_block_m=small, bwd_block_n=64, bwd_block_e=block_e,
-        bwd_block_dk=_pow2(d, 16, 64), bwd_block_dv=_pow2(dv, 16, 64),
-        num_warps=4, num_stages=2, bwd_num_warps=4, bwd_num_stages=1,
+        block_m=64, block_n=32 if dtype == torch.float32 else 64, block_d=_pow2(d, 16, 32),
+        block_dv=_pow2(dv, 16, 128),
+        bwd_block_m=32, bwd_block_n=64, bwd_block_e=_pow2(dv, 16, 32),
+        bwd_block_dk=_pow2(d, 16, 128), bwd_block_dv=_pow2(dv, 16, 128),
+        num_warps=8, num_stages=2, bwd_num_warps=8, bwd_num_stages=1,
     )
 
 
@@ -116,29 +116,52 @@ def _check_inputs(q, k, v, temperature):
         )
 
 
-def _flags(dtype: torch.dtype):
-    """(UPCAST, DOT_PRECISION) constexprs for an input dtype."""
-    upcast = dtype == torch.bfloat16 and _interpreting()  # Triton 3.8 interpreter: bf16 tl.dot is wrong
-    precision = "ieee" if dtype == torch.float32 else "tf32"  # tf32 is ignored for fp16/bf16 tiles
-    return upcast, precision
+def _constexprs(kernel: str, config: KernelConfig, dtype: torch.dtype, interpret: bool) -> dict:
+    """Block sizes and flags of one kernel ("fwd", "dkdv" or "dq") for an input dtype."""
+    c = config
+    flags = dict(
+        UPCAST=dtype == torch.bfloat16 and interpret,  # Triton 3.8 interpreter: bf16 tl.dot is wrong
+        DOT_PRECISION="ieee" if dtype == torch.float32 else "tf32",  # tf32 is ignored for fp16/bf16 tiles
+    )
+    if kernel == "fwd":
+        return dict(BLOCK_M=c.block_m, BLOCK_N=c.block_n, BLOCK_D=c.block_d, BLOCK_DV=c.block_dv, **flags)
+    blocks = dict(BLOCK_M=c.bwd_block_m, BLOCK_N=c.bwd_block_n, BLOCK_D=c.block_d, BLOCK_E=c.bwd_block_e,
+                  BLOCK_DK=c.bwd_block_dk)
+    if kernel == "dkdv":
+        blocks["BLOCK_DV"] = c.bwd_block_dv
+    return dict(blocks, **flags)
+
+
+def _launch_options(kernel: str, config: KernelConfig) -> dict:
+    if kernel == "fwd":
+        return dict(num_warps=config.num_warps, num_stages=config.num_stages)
+    return dict(num_warps=config.bwd_num_warps, num_stages=config.bwd_num_stages)
+
+
+def _kernel(kernel: str):
+    return {
+        "fwd": triton_kernels.masked_attention_fwd_kernel,
+        "dkdv": triton_kernels.masked_attention_bwd_dkdv_kernel,
+        "dq": triton_kernels.masked_attention_bwd_dq_kernel,
+    }[kernel]
+
+
+def _launch(kernel: str, grid, args, config: KernelConfig, dtype: torch.dtype):
+    meta = _constexprs(kernel, config, dtype, _interpreting())
+    _kernel(kernel)[grid](*args, **meta, **_launch_options(kernel, config))
 
 
 def _forward(q, k, v, key_valid_u8, temp, lambda_m, config):
-    """Launch the forward kernel on contiguous inputs -> (out [B,H,Nq,Dv] in v.dtype, lse2 [B,H,Nq] fp32)."""
+    """Launch the forward kernel on contiguous inputs -> (out [B,H,Nq,Dv] fp32, lse2 [B,H,Nq] fp32)."""
     B, H, Nq, D = q.shape
     Nk, Dv = k.shape[2], v.shape[3]
     out = torch.empty(B, H, Nq, Dv, dtype=torch.float32, device=q.device)
     lse2 = torch.empty(B, H, Nq, dtype=torch.float32, device=q.device)
-    upcast, precision = _flags(q.dtype)
-    c = config
-    grid = (triton.cdiv(Nq, c.block_m), B * H, triton.cdiv(Dv, c.block_dv))
-    triton_kernels.masked_attention_fwd_kernel[grid](
-        q, k, v, key_valid_u8, temp, out, lse2,
-        q.stride(1), q.stride(2), k.stride(1), k.stride(2), v.stride(1), v.stride(2), out.stride(1), out.stride(2),
-        H, Nq, Nk, D, Dv, -lambda_m * _LOG2E,
-        BLOCK_M=c.block_m, BLOCK_N=c.block_n, BLOCK_D=c.block_d, BLOCK_DV=c.block_dv,
-        UPCAST=upcast, DOT_PRECISION=precision, num_warps=c.num_warps, num_stages=c.num_stages,
-    )
+    grid = (triton.cdiv(Nq, config.block_m), B * H, triton.cdiv(Dv, config.block_dv))
+    args = (q, k, v, key_valid_u8, temp, out, lse2,
+            q.stride(1), q.stride(2), k.stride(1), k.stride(2), v.stride(1), v.stride(2), out.stride(1), out.stride(2),
+            H, Nq, Nk, D, Dv, -lambda_m * _LOG2E)
+    _launch("fwd", grid, args, config, q.dtype)
     return out, lse2
 
 
@@ -146,33 +169,69 @@ def _backward(q, k, v, key_valid_u8, temp, lambda_m, config, out, lse2, dout, ne
     """Launch the backward kernels -> (dq fp32 or None, dk or None, dv or None); dk, dv in k's/v's dtype."""
     B, H, Nq, D = q.shape
     Nk, Dv = k.shape[2], v.shape[3]
-    delta = (dout.float() * out.float()).sum(-1)  # [B, H, Nq] fp32
-    upcast, precision = _flags(q.dtype)
+    delta = (dout.float() * out).sum(-1)  # [B, H, Nq] fp32, from the fp32 forward output
     c = config
-    common = dict(UPCAST=upcast, DOT_PRECISION=precision, num_warps=c.bwd_num_warps, num_stages=c.bwd_num_stages)
-    strides = (q.stride(1), q.stride(2), k.stride(1), k.stride(2), v.stride(1), v.stride(2),
-               dout.stride(1), dout.stride(2))
-    sizes = (H, Nq, Nk, D, Dv, -lambda_m * _LOG2E)
+    tail = (q.stride(1), q.stride(2), k.stride(1), k.stride(2), v.stride(1), v.stride(2),
+            dout.stride(1), dout.stride(2), H, Nq, Nk, D, Dv, -lambda_m * _LOG2E)
     dq = dk = dv = None
     if need_dkdv:
         dk = torch.empty_like(k)
         dv = torch.empty_like(v)
         n_col = max(triton.cdiv(D, c.bwd_block_dk), triton.cdiv(Dv, c.bwd_block_dv))
         grid = (triton.cdiv(Nk, c.bwd_block_n), B * H, n_col)
-        triton_kernels.masked_attention_bwd_dkdv_kernel[grid](
-            q, k, v, key_valid_u8, temp, dout, lse2, delta, dk, dv, *strides, *sizes,
-            BLOCK_M=c.bwd_block_m, BLOCK_N=c.bwd_block_n, BLOCK_D=c.block_d, BLOCK_E=c.bwd_block_e,
-            BLOCK_DK=c.bwd_block_dk, BLOCK_DV=c.bwd_block_dv, **common,
-        )
+        _launch("dkdv", grid, (q, k, v, key_valid_u8, temp, dout, lse2, delta, dk, dv) + tail, c, q.dtype)
     if need_dq:
         dq = torch.empty(q.shape, dtype=torch.float32, device=q.device)
         grid = (triton.cdiv(Nq, c.bwd_block_m), B * H, triton.cdiv(D, c.bwd_block_dk))
-        triton_kernels.masked_attention_bwd_dq_kernel[grid](
-            q, k, v, key_valid_u8, temp, dout, lse2, delta, dq, *strides, *sizes,
-            BLOCK_M=c.bwd_block_m, BLOCK_N=c.bwd_block_n, BLOCK_D=c.block_d, BLOCK_E=c.bwd_block_e,
-            BLOCK_DK=c.bwd_block_dk, **common,
-        )
+        _launch("dq", grid, (q, k, v, key_valid_u8, temp, dout, lse2, delta, dq) + tail, c, q.dtype)
     return dq, dk, dv
+
+
+_TRITON_DTYPE = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
+_FP32_POINTERS = ("TEMP", "OUT", "LSE2", "DELTA", "DQ")
+_INPUT_POINTERS = ("Q", "K", "V", "DO", "DK", "DV_OUT")  # in the input dtype
+
+
+def compile_for_gpu(d: int, dv: int, dtype: torch.dtype = torch.float16, arch: int = 90,
+                    config: KernelConfig | None = None) -> dict:
+    """Compile the three kernels for CUDA sm_<arch> ahead of time, without a GPU (ptxas ships with triton).
+
+    Uses the block sizes the launcher would pick for head dims d, dv (or `config`). Returns
+    {"fwd" | "dkdv" | "dq": triton CompiledKernel}; `kernel.asm["cubin"]` and
+    `kernel.metadata.shared` (bytes of shared memory) are there to inspect, e.g. register use with
+    `cuobjdump --dump-resource-usage`. Needs a process where TRITON_INTERPRET is not set.
+    """
+    if _IMPORT_ERROR is not None:
+        raise ImportError(f"compile_for_gpu needs triton ({_IMPORT_ERROR})") from _IMPORT_ERROR
+    if _interpreting():
+        raise RuntimeError("compile_for_gpu needs compiled kernels: import triton without TRITON_INTERPRET=1")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    config = config or choose_config(4096, 4096, d, dv, dtype, interpret=False)
+    compiled = {}
+    for name in ("fwd", "dkdv", "dq"):
+        fn = _kernel(name)
+        constexprs = _constexprs(name, config, dtype, interpret=False)
+        signature = {}
+        for arg in fn.arg_names:
+            if arg in constexprs:
+                signature[arg] = "constexpr"
+            elif arg == "VALID":
+                signature[arg] = "*u8"
+            elif arg in _FP32_POINTERS:
+                signature[arg] = "*fp32"
+            elif arg in _INPUT_POINTERS:
+                signature[arg] = "*" + _TRITON_DTYPE[dtype]
+            elif arg == "neg_lambda2":
+                signature[arg] = "fp32"
+            else:
+                signature[arg] = "i32"
+        source = ASTSource(fn=fn, signature=signature,
+                           constexprs={(fn.arg_names.index(k),): v for k, v in constexprs.items()})
+        compiled[name] = triton.compile(source, target=GPUTarget("cuda", arch, 32),
+                                        options=_launch_options(name, config))
+    return compiled
 
 
 class TritonMaskedAttention(torch.autograd.Function):
