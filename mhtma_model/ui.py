@@ -139,15 +139,6 @@ def collect_inputs(editor: Optional[dict], mask_file: Any = None, sketch_file: A
 
 
 # ------------------------------------------------------------------------------------------ inference
-def generator_uses_sketch(generator) -> bool:
-    """True when the generator takes the fifth (sketch) input channel."""
-    flag = getattr(generator, "sketch", None)
-    if isinstance(flag, bool):
-        return flag
-    flag = getattr(generator, "use_sketch", None)
-    return bool(flag) if isinstance(flag, bool) else False
-
-
 def head_temperatures(generator) -> dict[str, float]:
     """``generator.last_temperature`` ([1, heads] after a single-image forward) -> {"head 1": t1, ...}."""
     temp = getattr(generator, "last_temperature", None)
@@ -161,31 +152,15 @@ def run_inpainting(generator, image: Image.Image, mask: Image.Image, sketch: Opt
                    device: str = "cpu") -> tuple[Image.Image, dict[str, float]]:
     """Inpaint one image and report each head's temperature.
 
-    ``image``: PIL RGB; ``mask``: PIL, non-zero/white = hole, same size; ``sketch``: PIL 'L' lines
-    (white = line) or None. Returns ``(result PIL RGB, {"head k": t_k})``; the result is
-    ``inpaint_image(generator, image, mask, sketch, device)``: known pixels unchanged. A sketch given to
-    a generator trained without sketches raises UploadError; a sketch generator without a sketch gets
-    an empty one (no guidance).
+    ``image``: PIL RGB; ``mask``: PIL, white = hole, same size; ``sketch``: PIL 'L' lines (white = line)
+    or None. Returns ``(inpaint_image(generator, image, mask, sketch, device), {"head k": t_k})``: known
+    pixels unchanged, temperatures from ``generator.last_temperature`` after that forward. Errors of
+    :func:`mhtma_model.inpaint.inpaint_image` (ValueError/TypeError: sizes differ, a sketch for a model
+    trained without sketches, ...) propagate with its message.
     """
     from .inpaint import inpaint_image
 
-    for value, name in ((image, "image"), (mask, "mask")):
-        if not isinstance(value, Image.Image):
-            raise TypeError(f"{name} must be a PIL image, got {type(value).__name__}")
-    if mask.size != image.size:
-        raise ValueError(f"mask size {mask.size} differs from image size {image.size}")
-    uses_sketch = generator_uses_sketch(generator)
-    if sketch is not None:
-        if not isinstance(sketch, Image.Image):
-            raise TypeError(f"sketch must be a PIL image or None, got {type(sketch).__name__}")
-        if sketch.size != image.size:
-            raise ValueError(f"sketch size {sketch.size} differs from image size {image.size}")
-        if not uses_sketch:
-            raise UploadError("This checkpoint was trained without sketches (model.sketch=false); clear the "
-                              "sketch layer or pick a sketch-guided checkpoint.")
-    elif uses_sketch:
-        sketch = Image.new("L", image.size, 0)
-    result = inpaint_image(generator, image.convert("RGB"), mask, sketch=sketch, device=device)
+    result = inpaint_image(generator, image, mask, sketch=sketch, device=device)
     return result, head_temperatures(generator)
 
 
@@ -252,7 +227,7 @@ def build_app(checkpoint: str | os.PathLike, device: str = "cpu", cache: Optiona
             image, mask, sketch = collect_inputs(editor, mask_file, sketch_file)
             generator = cache.get(ckpt)
             result, temps = run_inpainting(generator, image, mask, sketch, device=device)
-        except UploadError as exc:
+        except (UploadError, ValueError, TypeError) as exc:
             raise gr.Error(str(exc), print_exception=False) from None
         shown = np.asarray(image).copy()
         shown[np.asarray(mask) > 0] = 255

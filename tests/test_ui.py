@@ -278,7 +278,7 @@ def test_run_inpainting_with_a_real_checkpoint(checkpoints, kind, with_sketch):
     generator = ui.GeneratorCache("cpu").get(checkpoints[kind])
     image, mask, sketch = hole_case()
     if with_sketch and kind == "plain":
-        with pytest.raises(ui.UploadError, match="without sketches"):
+        with pytest.raises(ValueError, match="without sketches"):
             ui.run_inpainting(generator, image, mask, sketch)
         return
     result, temps = ui.run_inpainting(generator, image, mask, sketch if with_sketch else None)
