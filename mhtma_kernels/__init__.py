@@ -1,4 +1,10 @@
 """mhtma_kernels: masked temperature attention (fused Triton kernels, PyTorch paths) and its layers."""
+from .layers import MaskedTemperatureAttention, TemperatureNetwork
 from .ops import masked_temperature_attention, masked_temperature_attention_reference
 
-__all__ = ["masked_temperature_attention", "masked_temperature_attention_reference"]
+__all__ = [
+    "MaskedTemperatureAttention",
+    "TemperatureNetwork",
+    "masked_temperature_attention",
+    "masked_temperature_attention_reference",
+]
