@@ -6,12 +6,15 @@ autograd differentiates the norm exactly and the kernels are identical for norma
     q [B, H, Nq, D], k [B, H, Nk, D], v [B, H, Nk, Dv], key_valid [B, Nk] bool, temperature [B, H] > 0
     -> out [B, H, Nq, Dv] in v's dtype
 
-Forward: one kernel (online softmax over key tiles), saving out and the per-row base-2
-log-sum-exp lse2 [B, H, Nq] (fp32). Backward: delta_i = <dout_i, out_i> in PyTorch (O(Nq*Dv)), one
-kernel for dk and dv (program per key block), one for dq (program per query block); nothing of
-size Nq x Nk is ever stored. The gradient to temperature is a cheap PyTorch epilogue on the fp32
-dq from the kernel:  dL/dt = -(1/t) * sum_i <dq_i, q_i>  (dq w.r.t. the normalised q), since
-dq_i = sum_j dz_ij k_j / t  gives  <dq_i, q_i> = sum_j dz_ij s_ij / t = -t * sum_j dz_ij dz_ij/dt.
+Forward: one kernel (online softmax over key tiles). It saves the output in fp32, so that
+delta_i = <dout_i, out_i> is not computed from an fp16/bf16-rounded output (that visibly biases
+the temperature gradient), and the per-row base-2 log-sum-exp lse2 [B, H, Nq] (fp32).
+Backward: delta in PyTorch (O(Nq*Dv)), one kernel for dk and dv (program per key block), one for
+dq (program per query block); nothing of size Nq x Nk is ever stored. The gradient to the
+temperature is a cheap PyTorch epilogue on the fp32 dq of the kernel (dq w.r.t. the normalised q):
+with g_ij = dL/dz_ij (zero on invalid keys) and z_ij = s_ij / t,
+
+    dL/dt = -sum_ij g_ij s_ij / t^2 = -(1/t) * sum_i <dq_i, q_i>,   as dq_i = sum_j g_ij k_j / t.
 
 Dtypes: fp16, bf16 and fp32 inputs, fp32 accumulation (fp32 matmuls use IEEE precision, not TF32).
 float64 is refused with a TypeError rather than silently computed in fp32 (use backend="torch").
@@ -157,6 +160,7 @@ def _forward(q, k, v, key_valid_u8, temp, lambda_m, config):
     Nk, Dv = k.shape[2], v.shape[3]
     out = torch.empty(B, H, Nq, Dv, dtype=torch.float32, device=q.device)
     lse2 = torch.empty(B, H, Nq, dtype=torch.float32, device=q.device)
+    # Axis 0 (fastest) walks the query blocks of one (b, h), so they share its k, v tiles in L2.
     grid = (triton.cdiv(Nq, config.block_m), B * H, triton.cdiv(Dv, config.block_dv))
     args = (q, k, v, key_valid_u8, temp, out, lse2,
             q.stride(1), q.stride(2), k.stride(1), k.stride(2), v.stride(1), v.stride(2), out.stride(1), out.stride(2),
@@ -291,6 +295,8 @@ def triton_masked_attention(q, k, v, key_valid, temperature, lambda_m, config: K
     _check_inputs(q, k, v, temperature)
     B, H, Nq, D = q.shape
     Nk, Dv = k.shape[2], v.shape[3]
+    if B * H > 65535:  # CUDA limit of grid axis 1
+        raise ValueError(f"backend='triton' supports at most 65535 batch*heads, got B*H = {B * H}; split the batch")
     if B * H * Nq * Dv == 0:  # nothing to compute; keep the graph connected for autograd
         return v.new_zeros(B, H, Nq, Dv) + 0 * (v.sum() + q.sum() + k.sum() + temperature.sum()).to(v.dtype)
     lambda_m = min(float(lambda_m), _LAMBDA_CAP)
