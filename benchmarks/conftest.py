@@ -1,0 +1,79 @@
+"""pytest configuration of the benchmark suites (collected only when asked: files are ``bench_*.py``).
+
+Run from the repository root, e.g.::
+
+    python -m pytest benchmarks -p no:cacheprovider -o python_files='bench_*.py' --bench-profile cpu \
+        --benchmark-json benchmarks/results/cpu.json
+
+Options: ``--bench-profile {gpu,cpu,tiny}`` (default: gpu when CUDA is available, else cpu; see
+:mod:`benchmarks.profiles`), ``--bench-memory {on,off}`` (CPU memory probes spawn one process per case).
+"""
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    # The triton provider can only run under the interpreter here (tiny smoke runs); set before import.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from benchmarks import profiles  # noqa: E402
+from benchmarks.cases import Case  # noqa: E402
+from benchmarks.memory import cpu_peak, cuda_peak  # noqa: E402
+from benchmarks.providers import Unavailable  # noqa: E402
+from benchmarks.runners import build  # noqa: E402
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("mhtma benchmarks")
+    group.addoption("--bench-profile", choices=profiles.PROFILES, default=None,
+                    help="which cases to run (default: gpu with CUDA, else cpu)")
+    group.addoption("--bench-memory", choices=("on", "off"), default="on",
+                    help="measure peak memory per case (CPU: one fresh process per case)")
+
+
+def _profile(config) -> str:
+    return config.getoption("--bench-profile") or ("gpu" if torch.cuda.is_available() else "cpu")
+
+
+def pytest_generate_tests(metafunc):
+    profile = _profile(metafunc.config)
+    for fixture, cases in (("op_case", profiles.op_cases), ("layer_case", profiles.layer_cases),
+                           ("model_case", profiles.model_cases)):
+        if fixture in metafunc.fixturenames:
+            chosen = cases(profile)
+            metafunc.parametrize(fixture, chosen, ids=[c.id for c in chosen])
+
+
+@pytest.fixture
+def measure(benchmark, request):
+    """``measure(case)``: check against the reference, warm up, time, then record FLOPs and memory."""
+    profile = _profile(request.config)
+    memory_on = request.config.getoption("--bench-memory") == "on"
+
+    def go(case: Case):
+        if case.device == "cuda" and not torch.cuda.is_available():
+            pytest.skip("CUDA is not available")
+        try:
+            bench = build(case)
+            bench.check()
+        except Unavailable as reason:
+            pytest.skip(str(reason))
+        benchmark.group = f"{case.level}-{case.mode}-{case.dtype}"
+        benchmark.extra_info.update(case=case.to_json(), level=case.level, provider=case.provider,
+                                    mode=case.mode, dtype=case.dtype, batch=case.batch, size=case.size,
+                                    d=case.d, heads=case.heads, device=case.device, profile=profile,
+                                    checked_against_reference=True, **bench.info)
+        if case.level == "op":
+            benchmark.extra_info.update(nq=case.nq, nk=case.nk, flops=case.flops())
+        benchmark.pedantic(bench.run, iterations=1, **profiles.timing(profile))
+        stats = getattr(benchmark, "stats", None)
+        if stats is not None and case.flops():
+            benchmark.extra_info["tflops"] = case.flops() / stats.stats.median / 1e12
+        if stats is not None and "images_per_step" in bench.info:
+            benchmark.extra_info["images_per_s"] = bench.info["images_per_step"] / stats.stats.median
+        if memory_on:
+            mem = cuda_peak(bench.run) if case.device == "cuda" else cpu_peak(case)
+            benchmark.extra_info.update(mem)
+
+    return go

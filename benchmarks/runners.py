@@ -1,0 +1,320 @@
+"""Turn a :class:`~benchmarks.cases.Case` into something to check and to time.
+
+``build(case)`` returns a :class:`Bench` with
+
+- ``run()``   one timed iteration (forward, forward+backward or one training step), ending with a
+              CUDA synchronisation on GPU;
+- ``check()`` the correctness check run before anything is timed: the result is compared with the
+              materialised float64 reference (op: the first batch element and the first 256 query rows
+              of the full-size run; backward: q, k, v and temperature gradients on that slice; layer:
+              the first two images against a float64 copy of the same layer using the reference
+              backend; model: one image against a float64 copy with the reference backend);
+- ``info``    facts recorded with the timing (e.g. FlexAttention's padded head size).
+
+Tolerances come from ``tests/tolerance.py``: outputs use its ``assert_close`` for the case dtype;
+gradients use the normwise relative error ``|g - g_ref| / |g_ref| <= max(atol, rtol)`` of that dtype.
+"""
+from __future__ import annotations
+
+import copy
+import inspect
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from mhtma_kernels import masked_temperature_attention_reference
+
+from .cases import LAMBDA_M, Case, layer_inputs, model_inputs, op_inputs
+from .providers import Unavailable, op_provider
+
+try:
+    from tests.tolerance import TOLERANCE, assert_close
+except ImportError as error:  # pragma: no cover - benchmarks run from the repository root
+    raise ImportError("benchmarks need tests/tolerance.py: run them from the repository root") from error
+
+CHECK_ROWS = 256
+LAYER_PROVIDERS = ("mhtma-triton", "mhtma-torch", "mhtma-reference", "atma", "contextual")
+MODEL_PROVIDERS = ("mhtma", "atma", "contextual", "none")
+
+
+@dataclass
+class Bench:
+    case: Case
+    run: Callable[[], object]
+    check: Callable[[], None]
+    info: dict = field(default_factory=dict)
+
+
+def synchronize(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _grad_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype, name: str) -> None:
+    atol, rtol = TOLERANCE[dtype]
+    err = (actual.double() - expected.double()).norm().item()
+    scale = max(expected.double().norm().item(), 1e-12)
+    if not err / scale <= max(atol, rtol):
+        raise AssertionError(f"{name}: normwise relative error {err / scale:.3g} > {max(atol, rtol):g}")
+
+
+# ----------------------------------------------------------------------------------------------- op
+
+
+def _op_slice(inputs: dict, rows: int) -> dict:
+    return {
+        "q": inputs["q"][:1, :, :rows].detach().clone(),
+        "k": inputs["k"][:1].detach().clone(),
+        "v": inputs["v"][:1].detach().clone(),
+        "key_valid": inputs["key_valid"][:1].clone(),
+        "temperature": inputs["temperature"][:1].detach().clone(),
+    }
+
+
+def _op_check(case: Case, fn, inputs: dict) -> None:
+    dtype = case.torch_dtype
+    rows = min(CHECK_ROWS, case.nq)
+    part = _op_slice(inputs, rows)
+    ref_in = {name: (x.double() if x.is_floating_point() else x) for name, x in part.items()}
+    with torch.no_grad():
+        out = fn(**inputs, lambda_m=LAMBDA_M)
+        expected = masked_temperature_attention_reference(**ref_in, lambda_m=LAMBDA_M)
+    assert_close(out[:1, :, :rows], expected, dtype, name=f"{case.id} forward")
+    if case.mode != "fwdbwd":
+        return
+    names = ("q", "k", "v", "temperature")
+    leaves = {name: x.requires_grad_(name in names) for name, x in part.items()}
+    ref_leaves = {name: x.detach().requires_grad_(name in names) for name, x in ref_in.items()}
+    gen = torch.Generator().manual_seed(1)
+    dout = torch.randn(expected.shape, generator=gen, dtype=torch.float64).to(expected.device)
+    got = torch.autograd.grad(fn(**leaves, lambda_m=LAMBDA_M), [leaves[n] for n in names], dout.to(dtype))
+    want = torch.autograd.grad(masked_temperature_attention_reference(**ref_leaves, lambda_m=LAMBDA_M),
+                               [ref_leaves[n] for n in names], dout)
+    for name, g, w in zip(names, got, want):
+        _grad_close(g, w, dtype, f"{case.id} d{name}")
+
+
+def build_op(case: Case) -> Bench:
+    inputs = op_inputs(case)
+    info = {}
+    state = {"fn": op_provider(case.provider, case.device, case.mode)}
+    if case.provider == "flex":
+        from .providers import flex_padded_dim
+
+        info["flex_padded_d"] = flex_padded_dim(case.d)
+        info["flex_temperature"] = "score_mod"
+    grad_names = ("q", "k", "v", "temperature")
+    if case.mode == "fwdbwd":
+        for name in grad_names:
+            inputs[name].requires_grad_(True)
+        gen = torch.Generator().manual_seed(2)
+        dout = torch.randn(case.batch, case.heads, case.nq, case.d, generator=gen).to(case.device, case.torch_dtype)
+
+    def check():
+        try:
+            _op_check(case, state["fn"], inputs)
+        except AssertionError:
+            raise
+        except Exception as error:  # noqa: BLE001 - the one documented fallback: flex captured-tensor grads
+            if case.provider != "flex" or case.mode != "fwdbwd":
+                raise
+            state["fn"] = op_provider("flex", case.device, case.mode, fold_temperature=True)
+            info["flex_temperature"] = f"folded into q ({type(error).__name__} with a captured temperature)"
+            _op_check(case, state["fn"], inputs)
+
+    def run():
+        fn = state["fn"]
+        if case.mode == "fwd":
+            with torch.no_grad():
+                out = fn(**inputs, lambda_m=LAMBDA_M)
+        else:
+            out = fn(**inputs, lambda_m=LAMBDA_M)
+            out = torch.autograd.grad(out, [inputs[n] for n in grad_names], dout)
+        synchronize(case.device)
+        return out
+
+    return Bench(case, run, check, info)
+
+
+# -------------------------------------------------------------------------------------------- layer
+
+
+def _construct(cls, in_channels: int, heads: int, backend: str | None):
+    """Instantiate a layer class from its signature (baselines may not take every argument)."""
+    params = inspect.signature(cls).parameters
+    kwargs = {}
+    if "in_channels" in params:
+        kwargs["in_channels"] = in_channels
+    if "heads" in params and heads is not None:
+        kwargs["heads"] = heads
+    if backend is not None and "backend" in params:
+        kwargs["backend"] = backend
+    return cls(**kwargs)
+
+
+def make_layer(case: Case) -> torch.nn.Module:
+    """The layer of a layer case (weights seeded), in fp32 on the case device."""
+    import mhtma_kernels
+
+    provider = case.provider
+    if provider not in LAYER_PROVIDERS:
+        raise ValueError(f"layer provider must be one of {LAYER_PROVIDERS}, got {provider!r}")
+    if provider == "mhtma-triton" and case.device != "cuda":
+        import os
+
+        if os.environ.get("TRITON_INTERPRET") != "1":
+            raise Unavailable("triton runs on CUDA (or on CPU only under TRITON_INTERPRET=1)")
+    name = {"atma": "ATMA", "contextual": "ContextualAttention"}.get(provider, "MaskedTemperatureAttention")
+    cls = getattr(mhtma_kernels, name, None)
+    if cls is None:
+        raise Unavailable(f"mhtma_kernels.{name} is not there yet")
+    torch.manual_seed(0)
+    if provider.startswith("mhtma-"):
+        layer = _construct(cls, case.d, case.heads, provider.split("-", 1)[1])
+    else:
+        layer = _construct(cls, case.d, None, "auto")
+    return layer.to(case.device)
+
+
+def _reference_copy(module: torch.nn.Module) -> torch.nn.Module:
+    """float64 copy of ``module`` whose attention layers use the materialised reference backend."""
+    ref = copy.deepcopy(module).double()
+    for sub in ref.modules():
+        if isinstance(getattr(sub, "backend", None), str):
+            sub.backend = "reference"
+    return ref
+
+
+def build_layer(case: Case) -> Bench:
+    layer = make_layer(case)
+    inputs = layer_inputs(case)
+    params = [p for p in layer.parameters() if p.requires_grad]
+    if case.mode == "fwdbwd":
+        inputs["x"].requires_grad_(True)
+        gen = torch.Generator().manual_seed(2)
+        dout = torch.randn(inputs["x"].shape, generator=gen).to(case.device)
+
+    def check():
+        n = min(2, case.batch)
+        with torch.no_grad():
+            out = layer(inputs["x"], inputs["mask"])
+            ref = _reference_copy(layer)
+            expected = ref(inputs["x"][:n].double(), inputs["mask"][:n].double())
+        if out.shape != inputs["x"].shape:
+            raise AssertionError(f"{case.id}: output shape {tuple(out.shape)} != {tuple(inputs['x'].shape)}")
+        assert_close(out[:n], expected, torch.float32, name=f"{case.id} layer output")
+
+    def run():
+        if case.mode == "fwd":
+            with torch.no_grad():
+                out = layer(inputs["x"], inputs["mask"])
+        else:
+            out = torch.autograd.grad(layer(inputs["x"], inputs["mask"]), [inputs["x"], *params], dout)
+        synchronize(case.device)
+        return out
+
+    return Bench(case, run, check, {"images_per_step": case.batch})
+
+
+# -------------------------------------------------------------------------------------------- model
+
+
+def make_generator(case: Case):
+    try:
+        from mhtma_model.networks import InpaintGenerator
+    except ImportError as error:
+        raise Unavailable(f"mhtma_model.networks.InpaintGenerator is not importable yet: {error}") from error
+    if case.provider not in MODEL_PROVIDERS:
+        raise ValueError(f"model provider must be one of {MODEL_PROVIDERS}, got {case.provider!r}")
+    torch.manual_seed(0)
+    return InpaintGenerator(base_channels=case.d, attention=case.provider).to(case.device)
+
+
+def _train_step_factory(case: Case, generator, inputs):
+    """One optimisation step of G and D (hinge loss, DESIGN §3 weights; VGG term if MHTMA_VGG16 is set)."""
+    import os
+
+    import torch.nn.functional as F
+
+    try:
+        from mhtma_model.losses import hinge_d_loss, hinge_g_loss
+        from mhtma_model.networks import GlobalLocalDiscriminator, composite
+    except ImportError as error:
+        raise Unavailable(f"mhtma_model losses/discriminator are not importable yet: {error}") from error
+    torch.manual_seed(1)
+    disc = GlobalLocalDiscriminator(image_size=case.size).to(case.device)
+    opt_g = torch.optim.Adam(generator.parameters(), lr=1e-4, betas=(0.5, 0.9))
+    opt_d = torch.optim.Adam(disc.parameters(), lr=1e-4, betas=(0.5, 0.9))
+    perceptual = None
+    if os.environ.get("MHTMA_VGG16"):
+        from mhtma_model.losses import PerceptualLoss
+
+        perceptual = PerceptualLoss(os.environ["MHTMA_VGG16"]).to(case.device)
+    image, mask = inputs["image"], inputs["mask"]
+
+    def step():
+        coarse, refined = generator(image, mask)
+        out = composite(refined, image, mask)
+        d_loss = hinge_d_loss(disc(image, mask), disc(out.detach(), mask))
+        opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        opt_d.step()
+        g_loss = 1.2 * F.l1_loss(coarse, image) + F.l1_loss(out, image) + 0.01 * hinge_g_loss(disc(out, mask))
+        if perceptual is not None:
+            g_loss = g_loss + 0.004 * perceptual(coarse, image)
+        opt_g.zero_grad(set_to_none=True)
+        g_loss.backward()
+        opt_g.step()
+        return d_loss.detach(), g_loss.detach()
+
+    return step, perceptual is not None
+
+
+def build_model(case: Case) -> Bench:
+    generator = make_generator(case)
+    inputs = model_inputs(case)
+    info = {"images_per_step": case.batch}
+    if case.mode == "train":
+        generator.train()
+        step, with_vgg = _train_step_factory(case, generator, inputs)
+        info["perceptual_loss"] = with_vgg
+
+        def check():
+            before = [p.detach().clone() for p in generator.parameters()]
+            losses = step()
+            if not all(bool(torch.isfinite(x)) for x in losses):
+                raise AssertionError(f"{case.id}: non-finite losses {losses}")
+            if all(torch.equal(a, p) for a, p in zip(before, generator.parameters())):
+                raise AssertionError(f"{case.id}: one training step left the generator unchanged")
+
+        def run():
+            out = step()
+            synchronize(case.device)
+            return out
+
+        return Bench(case, run, check, info)
+
+    generator.eval()
+
+    def check():
+        with torch.no_grad():
+            coarse, refined = generator(inputs["image"], inputs["mask"])
+            ref = _reference_copy(generator)
+            _, expected = ref(inputs["image"][:1].double(), inputs["mask"][:1].double())
+        if refined.shape != inputs["image"].shape:
+            raise AssertionError(f"{case.id}: output shape {tuple(refined.shape)}")
+        assert_close(refined[:1], expected, torch.float32, name=f"{case.id} generator output")
+
+    def run():
+        with torch.no_grad():
+            out = generator(inputs["image"], inputs["mask"])
+        synchronize(case.device)
+        return out
+
+    return Bench(case, run, check, info)
+
+
+def build(case: Case) -> Bench:
+    """The :class:`Bench` of any case; raises :class:`Unavailable` when its provider cannot run here."""
+    return {"op": build_op, "layer": build_layer, "model": build_model}[case.level](case)
