@@ -288,3 +288,23 @@ def test_forward_type_errors():
 def test_constructor_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):
         MaskedTemperatureAttention(4, **kwargs)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("backend", ["auto", "torch"], ids=["cuda-auto-triton", "cuda-torch"])
+def test_layer_on_cuda_matches_float64_reference(backend, monkeypatch):
+    """On a GPU ("auto" = triton): float32 layer vs the float64 reference layer on the CPU."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.delenv("MHTMA_BACKEND", raising=False)
+    ref = make_layer(torch.float64, in_channels=8, heads=2, backend="reference")
+    layer = make_layer(torch.float32, in_channels=8, heads=2, backend=backend).cuda()
+    layer.load_state_dict(ref.state_dict())
+    x64 = torch.randn(3, 8, 16, 15, dtype=torch.float64, requires_grad=True)
+    x = x64.detach().float().cuda().requires_grad_()
+    mask = block_mask(3, 64, 60)
+    out_ref, out = ref(x64, mask), layer(x, mask.cuda())
+    assert_close(out.cpu(), out_ref, torch.float32, "cuda output")
+    out_ref.sum().backward()
+    out.sum().backward()
+    assert_close(x.grad.cpu(), x64.grad, torch.float32, "cuda dx")
