@@ -22,11 +22,14 @@ from .tolerance import assert_close  # noqa: E402
 
 NAMES = ("out", "dq", "dk", "dv", "dtemperature")
 
+# Under the interpreter (no GPU; conftest sets TRITON_INTERPRET=1) the kernels take CPU tensors.
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
 # 16-wide tiles everywhere: several D chunks, several Dv column blocks and partial tiles on both axes.
 SMALL_TILES = KernelConfig(16, 16, 16, 16, 16, 16, 16, 16, 16)
 
 
-def make_inputs(B, H, Nq, Nk, D, Dv, t, rule, dtype=torch.float32, seed=0):
+def make_inputs(B, H, Nq, Nk, D, Dv, t, rule, dtype=torch.float32, seed=0, device=DEVICE):
     """q, k, v (in `dtype`), a different random key mask per image, temperatures around t (float64 first)."""
     g = torch.Generator().manual_seed(seed)
     q = torch.randn(B, H, Nq, D, generator=g, dtype=torch.float64)
@@ -39,7 +42,7 @@ def make_inputs(B, H, Nq, Nk, D, Dv, t, rule, dtype=torch.float32, seed=0):
         q[:, :, ::3] = 0.0
         k[:, :, ::4] = 0.0
     temperature = t * (1.0 + 0.5 * torch.rand(B, H, generator=g, dtype=torch.float64))
-    return [x.to(dtype) for x in (q, k, v)] + [key_valid, temperature.to(dtype)]
+    return [x.to(device, dtype) for x in (q, k, v)] + [key_valid.to(device), temperature.to(device, dtype)]
 
 
 def forward_and_grads(backend, q, k, v, key_valid, temperature, normalize=True):
@@ -50,7 +53,8 @@ def forward_and_grads(backend, q, k, v, key_valid, temperature, normalize=True):
         out = masked_temperature_attention_reference(q, k, v, key_valid, temperature, normalize=normalize)
     else:
         out = masked_temperature_attention(q, k, v, key_valid, temperature, normalize=normalize, backend=backend)
-    weight = torch.linspace(-1.0, 2.0, out.numel(), dtype=torch.float64).reshape(out.shape).to(out.dtype)
+    weight = torch.linspace(-1.0, 2.0, out.numel(), dtype=torch.float64, device=out.device)
+    weight = weight.reshape(out.shape).to(out.dtype)
     (out * weight).sum().backward()
     return [out.detach()] + [x.grad for x in leaves]
 
@@ -118,11 +122,12 @@ def test_all_invalid_rows_get_uniform_weights_and_finite_grads():
 def test_tiny_temperature_one_matching_key_returns_its_value():
     """Property: with t -> 0 and one key equal to the query, the output is that key's value."""
     g = torch.Generator().manual_seed(3)
-    k = torch.randn(1, 1, 10, 16, generator=g)
-    v = torch.randn(1, 1, 10, 5, generator=g)
-    q = k[:, :, [4, 7]] * torch.tensor([3.0, 0.5])[:, None]  # same directions as keys 4 and 7
-    key_valid = torch.ones(1, 10, dtype=torch.bool)
-    out = masked_temperature_attention(q, k, v, key_valid, torch.full((1, 1), 1e-4), backend="triton")
+    k = torch.randn(1, 1, 10, 16, generator=g).to(DEVICE)
+    v = torch.randn(1, 1, 10, 5, generator=g).to(DEVICE)
+    q = k[:, :, [4, 7]] * torch.tensor([3.0, 0.5], device=DEVICE)[:, None]  # same directions as keys 4 and 7
+    key_valid = torch.ones(1, 10, dtype=torch.bool, device=DEVICE)
+    t = torch.full((1, 1), 1e-4, device=DEVICE)
+    out = masked_temperature_attention(q, k, v, key_valid, t, backend="triton")
     torch.testing.assert_close(out[0, 0], v[0, 0, [4, 7]])
 
 
@@ -150,7 +155,7 @@ def test_gradient_to_a_subset_of_inputs():
     v.requires_grad_()
     t.requires_grad_()
     out = masked_temperature_attention(q, k, v, key_valid, t, backend="triton")
-    weight = torch.linspace(-1.0, 2.0, out.numel()).reshape(out.shape)
+    weight = torch.linspace(-1.0, 2.0, out.numel(), device=out.device).reshape(out.shape)
     (out * weight).sum().backward()
     assert_close(v.grad, expected[3], torch.float32, "dv")
     assert_close(t.grad, expected[4], torch.float32, "dtemperature")
@@ -173,7 +178,7 @@ def test_float64_is_refused_with_a_clear_error():
 
 def test_cpu_tensors_without_interpreter_are_refused(monkeypatch):
     monkeypatch.setattr(triton_op, "_interpreting", lambda: False)
-    q, k, v, key_valid, t = make_inputs(1, 1, 4, 4, 3, 2, 0.2, "random")
+    q, k, v, key_valid, t = make_inputs(1, 1, 4, 4, 3, 2, 0.2, "random", device="cpu")
     with pytest.raises(ValueError, match=r"backend='triton' needs CUDA tensors.*backend='torch'"):
         masked_temperature_attention(q, k, v, key_valid, t, backend="triton")
 
