@@ -149,7 +149,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from tqdm import tqdm
 
     from . import fid as fidmod
-    from .data import list_images, load_rgb
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -199,6 +198,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         except (ValueError, FileNotFoundError) as exc:
             parser.error(str(exc))
         fid_note = f"Inception-v3 pool features ({extractor.variant} weights: {fid_path})"
+
+    from .data import list_images, load_rgb
 
     paths = list_images(data_root)
     if not paths:

@@ -328,11 +328,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_generator_or_exit(path: str, parser: argparse.ArgumentParser):
     """Load a checkpoint with :func:`mhtma_model.checkpoint.load_generator`; errors -> parser.error (exit 2)."""
-    from .checkpoint import CheckpointError, load_generator
-
     ckpt = Path(path)
     if not ckpt.is_file():
         parser.error(f"checkpoint not found: {ckpt}")
+    from .checkpoint import CheckpointError, load_generator
+
     try:
         return load_generator(ckpt, map_location="cpu")
     except (CheckpointError, ValueError, KeyError, RuntimeError, OSError) as exc:

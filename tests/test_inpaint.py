@@ -129,3 +129,129 @@ def test_resolve_device():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA"):
             inpaint.resolve_device("cuda")
+
+
+# ------------------------------------------------------------------------- the network on real inputs
+
+def test_inpaint_image_writes_the_rounded_prediction_into_the_hole_only(generator):
+    image, mask = _photo(217, 301), _mask(217, 301)
+    result = inpaint.inpaint_image(generator, image, mask)
+    _known_identical(result, image, mask)
+    hole = np.asarray(mask) > 127
+    pred = inpaint.predict(generator, np.asarray(image), hole)
+    expected = np.clip(np.round(pred), 0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(np.asarray(result)[hole], expected[hole])
+
+
+def test_inpaint_image_large_input_uses_a_window(generator):
+    image = _photo(300, 420, seed=3)
+    mask = _mask(300, 420, boxes=((0.1, 0.2, 0.1, 0.3), (0.7, 0.8, 0.6, 0.9)))
+    result = inpaint.inpaint_image(generator, image, mask, max_size=96)
+    _known_identical(result, image, mask)
+    hole = np.asarray(mask) > 127
+    assert (np.asarray(result)[hole] != np.asarray(image)[hole]).any()
+
+
+def test_inpaint_image_rejects_bad_arguments(generator):
+    image = _photo(32, 40)
+    with pytest.raises(ValueError, match="differs from image size"):
+        inpaint.inpaint_image(generator, image, _mask(32, 41))
+    with pytest.raises(ValueError, match="without sketches"):
+        inpaint.inpaint_image(generator, image, _mask(32, 40), sketch=Image.new("L", (40, 32)))
+    with pytest.raises(TypeError, match="PIL"):
+        inpaint.inpaint_image(generator, np.zeros((32, 40, 3), np.uint8), _mask(32, 40))
+
+
+def test_empty_mask_returns_the_image_unchanged(generator):
+    image = _photo(24, 24)
+    np.testing.assert_array_equal(np.asarray(inpaint.inpaint_image(generator, image, Image.new("L", (24, 24)))),
+                                  np.asarray(image))
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L"], ids=["rgb", "rgba", "gray"])
+def test_cli_single_odd_size_image_keeps_size_mode_and_known_pixels(checkpoints, tmp_path, mode):
+    image, mask = _photo(217, 301, mode=mode), _mask(217, 301)
+    image.save(tmp_path / "photo.png")
+    mask.convert("RGB").save(tmp_path / "photo_mask.png")
+    code = inpaint.main(["--checkpoint", str(checkpoints["plain"]), "--image", str(tmp_path / "photo.png"),
+                         "--mask", str(tmp_path / "photo_mask.png"), "--output", str(tmp_path / "out"),
+                         "--device", "cpu"])
+    assert code == 0
+    with Image.open(tmp_path / "out" / "photo.png") as result:
+        result.load()
+        _known_identical(result, image, mask)
+
+
+def test_cli_folder_mode_skips_broken_pairs_and_writes_the_rest(checkpoints, tmp_path, capsys):
+    images, masks, out = tmp_path / "images", tmp_path / "masks", tmp_path / "out"
+    (images / "sub").mkdir(parents=True)
+    masks.mkdir()
+    (masks / "sub").mkdir()
+    good = {"a": (40, 48), "sub/b": (36, 52)}
+    for i, (key, (h, w)) in enumerate(good.items()):
+        _photo(h, w, seed=i).save(images / f"{key}.jpg", quality=95)
+        _mask(h, w).save(masks / f"{key}.png")
+    (images / "broken.png").write_bytes(b"not an image at all")
+    _mask(40, 40).save(masks / "broken.png")
+    _photo(40, 40).save(images / "nomask.png")
+    _photo(40, 40).save(images / "wrongsize.png")
+    _mask(41, 40).save(masks / "wrongsize.png")
+    _mask(40, 40).save(masks / "orphan.png")
+
+    code = inpaint.main(["--checkpoint", str(checkpoints["plain"]), "--image", str(images), "--mask", str(masks),
+                         "--output", str(out), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == ["a.png", "sub/b.png"]
+    for key in ("broken", "nomask", "wrongsize", "orphan"):
+        assert key in err
+    for key in good:
+        with Image.open(out / f"{key}.png") as result, Image.open(images / f"{key}.jpg") as src, \
+                Image.open(masks / f"{key}.png") as mask:
+            result.load()
+            _known_identical(result, src.convert("RGB"), mask)
+
+
+def _run_expecting_usage_error(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        inpaint.main(argv)
+    assert info.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_cli_checkpoint_errors_are_clear(checkpoints, tmp_path, capsys):
+    _photo(24, 24).save(tmp_path / "i.png")
+    _mask(24, 24).save(tmp_path / "m.png")
+    base = ["--image", str(tmp_path / "i.png"), "--mask", str(tmp_path / "m.png"), "--output", str(tmp_path / "o")]
+    err = _run_expecting_usage_error(["--checkpoint", str(tmp_path / "missing.pt")] + base, capsys)
+    assert "checkpoint not found" in err and "missing.pt" in err
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "foreign.pt")
+    err = _run_expecting_usage_error(["--checkpoint", str(tmp_path / "foreign.pt")] + base, capsys)
+    assert "cannot use checkpoint" in err and "foreign.pt" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_sketch_rules(checkpoints, tmp_path, capsys):
+    image, mask = _photo(40, 56), _mask(40, 56)
+    image.save(tmp_path / "i.png")
+    mask.save(tmp_path / "m.png")
+    sketch = np.zeros((40, 56), np.uint8)
+    sketch[20, 5:50] = 255
+    Image.fromarray(sketch).save(tmp_path / "s.png")
+    args = ["--image", str(tmp_path / "i.png"), "--mask", str(tmp_path / "m.png"), "--device", "cpu"]
+    err = _run_expecting_usage_error(["--checkpoint", str(checkpoints["plain"]), "--output", str(tmp_path / "o1"),
+                                      "--sketch", str(tmp_path / "s.png")] + args, capsys)
+    assert "trained without sketches" in err
+    assert inpaint.main(["--checkpoint", str(checkpoints["sketch"]), "--output", str(tmp_path / "o2"),
+                         "--sketch", str(tmp_path / "s.png")] + args) == 0
+    assert inpaint.main(["--checkpoint", str(checkpoints["sketch"]), "--output", str(tmp_path / "o3")] + args) == 0
+    assert "no --sketch" in capsys.readouterr().err
+    with Image.open(tmp_path / "o2" / "i.png") as guided, Image.open(tmp_path / "o3" / "i.png") as unguided:
+        guided.load()
+        unguided.load()
+        _known_identical(guided, image, mask)
+        _known_identical(unguided, image, mask)
+        hole = np.asarray(mask) > 127
+        assert (np.asarray(guided)[hole] != np.asarray(unguided)[hole]).any(), "the sketch must reach the network"

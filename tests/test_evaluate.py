@@ -1,0 +1,166 @@
+"""`mhtma-eval` end to end on a real tiny checkpoint and with the classical methods: generated and user
+masks, bucket rows, reproducibility, FID from a weights file, usage errors."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from skimage import data as skdata
+
+from mhtma_model import evaluate, fid
+from mhtma_model.classical import CLASSICAL_METHODS, OPENCV_METHODS, opencv_available
+from mhtma_model.metrics import BUCKETS
+from tests.test_inpaint import make_tiny_checkpoint
+from tests.tolerance import assert_close
+
+SIZE = 32
+SAMPLES = ("astronaut", "coffee", "chelsea", "rocket", "camera", "immunohistochemistry")
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """Six scikit-image sample photos (one gray, mixed aspect ratios) as JPG/PNG, some in a sub-folder."""
+    root = tmp_path_factory.mktemp("data")
+    (root / "more").mkdir()
+    for i, name in enumerate(SAMPLES):
+        img = Image.fromarray(getattr(skdata, name)())
+        img = img.resize((img.width // 8, img.height // 8), Image.BICUBIC)
+        target = root / ("more" if i % 2 else ".") / f"{name}.{'jpg' if i % 3 == 0 else 'png'}"
+        img.save(target)
+    return root
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    pytest.importorskip("mhtma_model.checkpoint", reason="checkpoint module (train helper) not there yet")
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt")
+
+
+@pytest.fixture(autouse=True)
+def _no_inception_env(monkeypatch):
+    monkeypatch.delenv(fid.INCEPTION_ENV, raising=False)
+
+
+def _run(args, out):
+    with pytest.warns(UserWarning, match="FID skipped") if "--fid-weights" not in args else _nothing():
+        code = evaluate.main(list(args) + ["--output", str(out), "--size", str(SIZE), "--device", "cpu"])
+    assert code == 0
+    return json.loads((out / "metrics.json").read_text())
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _check_rows(result, expected_images):
+    assert result["images"] == expected_images == result["overall"]["count"] == len(result["per_image"])
+    assert sum(row["count"] for row in result["buckets"]) == expected_images
+    labels = [row["bucket"] for row in result["buckets"]]
+    assert labels[:6] == [label for label, _, _ in BUCKETS[:6]]
+    for row in [result["overall"]] + result["buckets"]:
+        if row["count"]:
+            assert 0 <= row["mae_percent"] <= 100 and 0 < row["psnr"] <= 100 and -1 <= row["ssim"] <= 1
+
+
+def test_eval_generated_masks_end_to_end(checkpoint, dataset, tmp_path):
+    result = _run(["--checkpoint", str(checkpoint), "--data", str(dataset), "--batch-size", "4"], tmp_path / "a")
+    _check_rows(result, len(SAMPLES))
+    assert result["mask_seed"] == 0 and result["fid_weights"] is None
+    md = (tmp_path / "a" / "metrics.md").read_text()
+    assert "| overall | 6 |" in md and "| 0.0-0.1 |" in md and "FID" in md
+    with Image.open(tmp_path / "a" / "examples.png") as grid:
+        assert grid.size == (3 * SIZE + 8, 6 * SIZE + 5 * 4)
+    # Same seed, other batch size: same masks (hole ratios) and the same metrics.
+    again = _run(["--checkpoint", str(checkpoint), "--data", str(dataset), "--batch-size", "1"], tmp_path / "b")
+    assert [r["hole_ratio"] for r in again["per_image"]] == [r["hole_ratio"] for r in result["per_image"]]
+    for key in ("mae_percent", "ssim"):
+        assert_close(torch.tensor([r[key] for r in again["per_image"]]),
+                     torch.tensor([r[key] for r in result["per_image"]], dtype=torch.float64), torch.float32, key)
+    other = _run(["--checkpoint", str(checkpoint), "--data", str(dataset), "--mask-seed", "7"], tmp_path / "c")
+    assert [r["hole_ratio"] for r in other["per_image"]] != [r["hole_ratio"] for r in result["per_image"]]
+
+
+def test_generated_masks_depend_only_on_seed_and_index():
+    pytest.importorskip("mhtma_model.masks", reason="masks module (model-parts helper) not there yet")
+    a = evaluate.generated_mask(64, 3, 5)
+    np.testing.assert_array_equal(a, evaluate.generated_mask(64, 3, 5))
+    assert not np.array_equal(a, evaluate.generated_mask(64, 3, 6))
+    assert a.dtype == bool and a.shape == (64, 64) and a.any()
+
+
+def test_eval_user_masks_paired_by_name(checkpoint, dataset, tmp_path):
+    masks = tmp_path / "masks"
+    (masks / "more").mkdir(parents=True)
+    expected = {}
+    for i, path in enumerate(sorted(dataset.rglob("*.*"))):
+        key = path.relative_to(dataset).with_suffix("").as_posix()
+        if key == "rocket":
+            continue  # one image without a mask: reported and skipped
+        with Image.open(path) as img:
+            width, height = img.size
+        hole = np.zeros((height, width), np.uint8)
+        # A box of the full height and a known fraction of the width survives resize + centre crop exactly.
+        hole[:, : (width * (i + 1)) // 8] = 255
+        Image.fromarray(hole).save(masks / f"{key}.png")
+        expected[key] = True
+    result = _run(["--checkpoint", str(checkpoint), "--data", str(dataset), "--masks", str(masks)], tmp_path / "o")
+    _check_rows(result, len(SAMPLES) - 1)
+    assert [s["name"] for s in result["skipped"]] == ["rocket"]
+    assert sorted(r["name"] for r in result["per_image"]) == sorted(expected)
+    assert "rocket" in (tmp_path / "o" / "metrics.md").read_text()
+    assert result["mask_seed"] is None
+
+
+@pytest.mark.parametrize("method", [
+    pytest.param(m, id=m, marks=pytest.mark.skipif(m in OPENCV_METHODS and not opencv_available(),
+                                                    reason="opencv-python-headless not installed"))
+    for m in CLASSICAL_METHODS
+])
+def test_eval_classical_methods_need_no_checkpoint(dataset, tmp_path, method):
+    pytest.importorskip("mhtma_model.masks", reason="masks module (model-parts helper) not there yet")
+    result = _run(["--method", method, "--data", str(dataset)], tmp_path)
+    _check_rows(result, len(SAMPLES))
+    assert result["checkpoint"] is None and result["method"] == method
+    assert np.isfinite([r["psnr"] for r in result["per_image"]]).all()
+
+
+def test_eval_reports_fid_with_a_weights_file(checkpoint, dataset, tmp_path):
+    torch.manual_seed(0)
+    weights = tmp_path / "inception.pt"
+    torch.save(fid.build_inception("torchvision").state_dict(), weights)
+    data = tmp_path / "three"
+    data.mkdir()
+    for name in SAMPLES[:3]:
+        Image.fromarray(getattr(skdata, name)()).resize((40, 40)).save(data / f"{name}.png")
+    result = _run(["--checkpoint", str(checkpoint), "--data", str(data), "--fid-weights", str(weights)], tmp_path / "o")
+    assert result["overall"]["fid"] is not None and result["overall"]["fid"] >= 0
+    assert "torchvision" in result["fid_note"]
+    assert "| FID |" in (tmp_path / "o" / "metrics.md").read_text()
+
+
+@pytest.mark.parametrize("args, message", [
+    pytest.param(["--method", "model"], "--checkpoint is required", id="model-without-checkpoint"),
+    pytest.param(["--checkpoint", "/nonexistent/x.pt"], "checkpoint not found", id="missing-checkpoint"),
+    pytest.param(["--method", "telea", "--fid-weights", "/nonexistent/inc.pt"], "Inception-v3 weights file not found",
+                 id="missing-fid-weights"),
+    pytest.param(["--method", "telea", "--size", "8"], "--size", id="tiny-size"),
+])
+def test_eval_usage_errors(dataset, tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as info:
+        evaluate.main(args + ["--data", str(dataset), "--output", str(tmp_path / "o")])
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_resize_center_crop_geometry():
+    img = Image.fromarray(np.arange(60 * 90, dtype=np.uint32).reshape(60, 90).astype(np.uint8))
+    out = evaluate.resize_center_crop(img, 30, Image.NEAREST)
+    assert out.size == (30, 30)
+    # 90x60 -> 45x30, central 30 columns start at 7
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(img.resize((45, 30), Image.NEAREST))[:, 7:37])
