@@ -59,6 +59,8 @@ def measure(benchmark, request):
             bench.check()
         except Unavailable as reason:
             pytest.skip(str(reason))
+        except torch.OutOfMemoryError as error:
+            pytest.skip(f"out of memory: {str(error).splitlines()[0][:200]}")
         benchmark.group = f"{case.level}-{case.mode}-{case.dtype}"
         benchmark.extra_info.update(case=case.to_json(), level=case.level, provider=case.provider,
                                     mode=case.mode, dtype=case.dtype, batch=case.batch, size=case.size,
@@ -77,3 +79,31 @@ def measure(benchmark, request):
             benchmark.extra_info.update(mem)
 
     return go
+
+
+def _cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "unknown"
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    """Record what the numbers depend on: torch/triton versions, GPU and CPU model, and BENCH_NOTE."""
+    machine_info["torch"] = torch.__version__
+    try:
+        import triton
+
+        machine_info["triton"] = triton.__version__
+    except ImportError:
+        machine_info["triton"] = "not installed"
+    machine_info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    machine_info["cpu_model"] = _cpu_model()
+    machine_info["cpu_count"] = os.cpu_count()
+    machine_info["torch_threads"] = torch.get_num_threads()
+    machine_info["note"] = os.environ.get("BENCH_NOTE", "")

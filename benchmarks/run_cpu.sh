@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The CPU suite (a subset sized for a small machine; see benchmarks/profiles.py), then the report.
+# Saves benchmarks/results/cpu-<CPU model>.json (+ .log) and rewrites the CPU section of benchmarks/README.md.
+# Peak memory is measured in one fresh process per case (--bench-memory off skips that).
+# Extra arguments go to pytest; BENCH_NOTE="..." is stored with the machine info (e.g. that the machine was shared).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python}
+name=$($PY -c "
+import re
+model = next((l.split(':', 1)[1] for l in open('/proc/cpuinfo') if l.startswith('model name')), 'cpu')
+print(re.sub(r'[^A-Za-z0-9]+', '-', model).strip('-'))" 2>/dev/null || echo cpu)
+mkdir -p benchmarks/results
+out="benchmarks/results/cpu-${name}.json"
+$PY -m pytest benchmarks -p no:cacheprovider -o python_files='bench_*.py' --bench-profile cpu \
+    --benchmark-json "$out" --benchmark-columns=min,median,max,rounds -rs "$@" 2>&1 | tee "benchmarks/results/cpu-${name}.log"
+rc=${PIPESTATUS[0]}
+if [ -s "$out" ]; then
+    $PY -m benchmarks.report "$out" --section cpu --tag "cpu-${name}"
+fi
+exit "$rc"
