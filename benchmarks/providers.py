@@ -71,9 +71,10 @@ def _flex_kernel(device_type: str):
         import torch._dynamo
 
         # One compiled graph per shape; the suite has dozens of shapes.
-        for name in ("recompile_limit", "cache_size_limit"):
+        for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit",
+                     "accumulated_cache_size_limit"):
             if hasattr(torch._dynamo.config, name):
-                setattr(torch._dynamo.config, name, 1024)
+                setattr(torch._dynamo.config, name, 4096)
         _FLEX_COMPILED = torch.compile(flex_attention, dynamic=False)
     return _FLEX_COMPILED
 

@@ -13,7 +13,7 @@ print(re.sub(r'[^A-Za-z0-9]+', '-', model).strip('-'))" 2>/dev/null || echo cpu)
 mkdir -p benchmarks/results
 out="benchmarks/results/cpu-${name}.json"
 $PY -m pytest benchmarks -p no:cacheprovider -o python_files='bench_*.py' --bench-profile cpu \
-    --benchmark-json "$out" --benchmark-columns=min,median,max,rounds -rs "$@" 2>&1 | tee "benchmarks/results/cpu-${name}.log"
+    --benchmark-json "$out" --benchmark-columns=min,median,max,rounds -rs "$@" 2>&1 | tee "${out%.json}.log"
 rc=${PIPESTATUS[0]}
 if [ -s "$out" ]; then
     $PY -m benchmarks.report "$out" --section cpu --tag "cpu-${name}"

@@ -2,7 +2,12 @@
 # The whole GPU suite (op, layer, model; see benchmarks/profiles.py), then the report.
 # Saves benchmarks/results/gpu-<GPU name>.json (+ .log) and rewrites the GPU section of benchmarks/README.md.
 # Extra arguments go to pytest, e.g. `bash benchmarks/run_gpu.sh -k "op and bf16"`; BENCH_FULL=1 runs every
-# shape in every dtype; BENCH_NOTE="..." is stored with the machine info.
+# shape in every dtype; BENCH_NOTE="..." is stored with the machine info. The whole suite takes long (FlexAttention
+# compiles every shape): to run it in parts, give each part a name, e.g.
+#   BENCH_PART=op-core bash benchmarks/run_gpu.sh -k "op and not flex"
+#   BENCH_PART=op-flex bash benchmarks/run_gpu.sh -k "op and flex"
+#   BENCH_PART=layer-model bash benchmarks/run_gpu.sh -k "layer or model"
+# Each part saves gpu-<GPU>-<part>.json; the report is rebuilt from all gpu-<GPU>*.json files after each part.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
@@ -12,11 +17,11 @@ if ! $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"
 fi
 name=$($PY -c "import re, torch; print(re.sub(r'[^A-Za-z0-9]+', '-', torch.cuda.get_device_name(0)).strip('-'))")
 mkdir -p benchmarks/results
-out="benchmarks/results/gpu-${name}.json"
+out="benchmarks/results/gpu-${name}${BENCH_PART:+-$BENCH_PART}.json"
 $PY -m pytest benchmarks -p no:cacheprovider -o python_files='bench_*.py' --bench-profile gpu \
-    --benchmark-json "$out" --benchmark-columns=min,median,max,rounds -rs "$@" 2>&1 | tee "benchmarks/results/gpu-${name}.log"
+    --benchmark-json "$out" --benchmark-columns=min,median,max,rounds -rs "$@" 2>&1 | tee "${out%.json}.log"
 rc=${PIPESTATUS[0]}
 if [ -s "$out" ]; then
-    $PY -m benchmarks.report "$out" --section gpu --tag "gpu-${name}"
+    $PY -m benchmarks.report benchmarks/results/gpu-"${name}"*.json --section gpu --tag "gpu-${name}"
 fi
 exit "$rc"
