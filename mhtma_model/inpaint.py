@@ -12,9 +12,9 @@ Rules (what a user can rely on)
   e.g. a layer painted in an editor) use the alpha channel: hole = alpha > 127, whatever the colour. A
   fully opaque RGBA mask is read by its colour like RGB. 16-bit/32-bit gray masks are scaled to 0–255
   first. The mask must have the image's size (after EXIF orientation is applied to both).
-* **Any image size**: the network needs sides divisible by its ``multiple`` (8); the image is padded
-  at the bottom/right by reflection (replication for sides shorter than the pad) and the prediction
-  cropped back.
+* **Any image size**: the network needs sides divisible by its ``multiple`` (8) and at least its
+  ``min_size`` (16 with 3×3 attention patches); the image is padded at the bottom/right by reflection
+  (replication for sides shorter than the pad) and the prediction cropped back.
 * **Large images** (longer side > ``--max-size``, default 512): the network runs on a window around the
   holes — their bounding box grown by half its longer side (at least 32 px) on every side, clipped to
   the image. If that window is still longer than ``--max-size`` it is downscaled (antialiased bicubic;
@@ -139,11 +139,13 @@ def plan_window(hole: np.ndarray, max_size: int = MAX_SIZE) -> tuple[tuple[int, 
     return (int(top), int(bottom), int(left), int(right)), net
 
 
-def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Pad ``x [B, C, H, W]`` at the bottom/right to multiples of ``multiple`` (reflect; replicate when a side
-    is too short to reflect) -> (padded, (H, W))."""
+def pad_to_multiple(x: torch.Tensor, multiple: int, min_size: int = 0) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Pad ``x [B, C, H, W]`` at the bottom/right to sides that are multiples of ``multiple`` and at least
+    ``min_size`` (reflect; replicate when a side is too short to reflect) -> (padded, (H, W))."""
     height, width = x.shape[-2:]
-    ph, pw = (-height) % multiple, (-width) % multiple
+    target_h = max(-(-height // multiple) * multiple, -(-min_size // multiple) * multiple)
+    target_w = max(-(-width // multiple) * multiple, -(-min_size // multiple) * multiple)
+    ph, pw = target_h - height, target_w - width
     if ph == 0 and pw == 0:
         return x, (height, width)
     mode = "reflect" if ph < height and pw < width else "replicate"
@@ -172,12 +174,14 @@ def predict_batch(generator, images: np.ndarray, holes: np.ndarray, sketches: Op
     """
     dev = torch.device(device)
     multiple = int(getattr(generator, "multiple", 8))
+    min_size = int(getattr(generator, "min_size", multiple))
     x = torch.tensor(np.asarray(images, dtype=np.uint8)).permute(0, 3, 1, 2).to(dev, torch.float32) / 127.5 - 1.0
     m = torch.tensor(np.asarray(holes, dtype=np.float32))[:, None].to(dev)
-    x, (h, w) = pad_to_multiple(x, multiple)
-    m, _ = pad_to_multiple(m, multiple)
+    x, (h, w) = pad_to_multiple(x, multiple, min_size)
+    m, _ = pad_to_multiple(m, multiple, min_size)
     if sketches is not None:
-        s, _ = pad_to_multiple(torch.tensor(np.asarray(sketches, dtype=np.float32))[:, None].to(dev), multiple)
+        sk = torch.tensor(np.asarray(sketches, dtype=np.float32))[:, None].to(dev)
+        s, _ = pad_to_multiple(sk, multiple, min_size)
         _coarse, refined = generator(x, m, s)
     else:
         _coarse, refined = generator(x, m)

@@ -92,14 +92,15 @@ def test_mask_rules(mode, make, expected):
     np.testing.assert_array_equal(inpaint.mask_from_image(img)[0], expected)
 
 
-@pytest.mark.parametrize("shape, multiple, mode", [
-    ((217, 301), 8, "reflect"), ((3, 5), 8, "replicate"), ((16, 24), 8, "none"),
-], ids=["odd", "tiny", "aligned"])
-def test_pad_to_multiple(shape, multiple, mode):
+@pytest.mark.parametrize("shape, min_size, padded_shape, mode", [
+    ((217, 301), 16, (224, 304), "reflect"), ((3, 5), 16, (16, 16), "replicate"), ((16, 24), 16, (16, 24), "none"),
+    ((9, 40), 24, (24, 40), "replicate"),
+], ids=["odd", "tiny", "aligned", "below-min-size"])
+def test_pad_to_multiple(shape, min_size, padded_shape, mode):
     x = torch.arange(float(np.prod(shape))).reshape(1, 1, *shape)
-    padded, size = inpaint.pad_to_multiple(x, multiple)
+    padded, size = inpaint.pad_to_multiple(x, 8, min_size)
     assert size == shape
-    assert padded.shape[-2] % multiple == 0 and padded.shape[-1] % multiple == 0
+    assert tuple(padded.shape[-2:]) == padded_shape
     assert_close(padded[..., :shape[0], :shape[1]], x.double(), torch.float32, "original kept")
     if mode == "reflect":
         assert_close(padded[..., shape[0], :shape[1]], x[..., shape[0] - 2, :].double(), torch.float32, "mirror")
@@ -160,6 +161,13 @@ def test_inpaint_image_rejects_bad_arguments(generator):
         inpaint.inpaint_image(generator, image, _mask(32, 40), sketch=Image.new("L", (40, 32)))
     with pytest.raises(TypeError, match="PIL"):
         inpaint.inpaint_image(generator, np.zeros((32, 40, 3), np.uint8), _mask(32, 40))
+
+
+def test_images_smaller_than_the_network_minimum_are_padded(generator):
+    image = _photo(5, 7, seed=2)
+    mask = Image.fromarray(np.pad(np.full((2, 3), 255, np.uint8), ((1, 2), (2, 2))))
+    result = inpaint.inpaint_image(generator, image, mask)
+    _known_identical(result, image, mask)
 
 
 def test_empty_mask_returns_the_image_unchanged(generator):
