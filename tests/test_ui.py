@@ -290,12 +290,21 @@ def test_run_inpainting_with_a_real_checkpoint(checkpoints, kind, with_sketch):
     assert list(temps) == ["head 1", "head 2"] and all(t > 0 for t in temps.values())
 
 
-def test_sketch_changes_the_result(checkpoints):
+def test_sketch_reaches_the_generator_as_fifth_channel(checkpoints):
+    """The lines given to run_inpainting arrive as the coarse network's 5th input channel (sketch * mask)."""
     generator = ui.GeneratorCache("cpu").get(checkpoints["sketch"])
     image, mask, sketch = hole_case()
-    without, _ = ui.run_inpainting(generator, image, mask, None)
-    with_lines, _ = ui.run_inpainting(generator, image, mask, sketch)
-    assert not np.array_equal(np.asarray(without), np.asarray(with_lines))
+    seen = []
+    handle = generator.coarse.register_forward_pre_hook(lambda module, args: seen.append(args[0][0, 4].clone()))
+    try:
+        ui.run_inpainting(generator, image, mask, sketch)
+        ui.run_inpainting(generator, image, mask, None)
+    finally:
+        handle.remove()
+    lines, empty = (t.numpy()[:48, :56] for t in seen)
+    expected = (np.asarray(sketch) > 0) & (np.asarray(mask) > 0)
+    assert np.array_equal(lines > 0.5, expected)
+    assert empty.max() == 0
 
 
 def test_run_inpainting_rejects_mismatched_sizes(checkpoints):
