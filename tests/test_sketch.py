@@ -235,3 +235,56 @@ def test_user_sketch_bad_inputs(tmp_path, make, error, match):
 def test_user_sketch_bad_size(size):
     with pytest.raises((ValueError, TypeError), match="size"):
         sk.load_user_sketch(_drawing((0, 0, 0), (255, 255, 255)), size)
+
+
+# ------------------------------------------------- the 5-channel (sketch-guided) model: train, then inpaint
+def _need(module, attr, owner):
+    import importlib
+
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as exc:
+        pytest.skip(f"needs {module} (owned by {owner}), not importable: {exc}")
+    if not hasattr(mod, attr):
+        pytest.skip(f"needs {module}.{attr} (owned by {owner}), not there yet")
+    return getattr(mod, attr)
+
+
+def test_sketch_model_trains_a_few_steps_and_inpaints(tmp_path):
+    load_config = _need("mhtma_model.config", "load_config", "train")
+    train = _need("mhtma_model.train", "train", "train")
+    load_generator = _need("mhtma_model.checkpoint", "load_generator", "train")
+    dataset_cls = _need("mhtma_model.data", "InpaintingDataset", "model-parts")
+    inpaint_image = _need("mhtma_model.inpaint", "inpaint_image", "eval")
+    from skimage import data
+
+    root = tmp_path / "images"
+    root.mkdir()
+    for i, name in enumerate(["astronaut", "coffee", "chelsea", "rocket"]):
+        Image.fromarray(getattr(data, name)()[:160, :160]).resize((48, 48), Image.BICUBIC).save(root / f"{i}.png")
+
+    # The dataset derives the sketch from each training crop (make_sketch): binary, one channel.
+    item = dataset_cls(sorted(root.glob("*.png")), 32, train=True, seed=0, sketch=True)[0]
+    assert item["sketch"].shape == (1, 32, 32) and set(item["sketch"].unique().tolist()) <= {0.0, 1.0}
+
+    cfg = load_config(overrides=[
+        f"run.dir={tmp_path / 'run'}", f"data.root={root}", "data.size=32", "data.batch_size=2",
+        "data.val_fraction=0.25", "model.base_channels=4", "model.disc_channels=4", "model.sketch=true",
+        "train.max_steps=3", "train.val_batches=1", "train.checkpoint_every=3", "train.device=cpu",
+        "train.amp=false"])
+    summary = train(cfg)
+    assert summary["step"] == 3
+    generator, saved = load_generator(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert saved.model.sketch and generator.sketch
+    assert generator.coarse.encoder[0].conv.in_channels == 5  # RGB + mask + sketch*mask
+
+    image = Image.open(root / "2.png").convert("RGB")
+    hole = np.zeros((48, 48), np.uint8)
+    hole[12:36, 8:40] = 255
+    lines = np.full((48, 48), 255, np.uint8)  # a person's sketch: dark line on white paper
+    lines[23:25, 6:42] = 0
+    out = inpaint_image(generator, image, Image.fromarray(hole), sketch=Image.fromarray(lines))
+    o, i, h = np.asarray(out), np.asarray(image), hole > 0
+    assert out.size == image.size and np.array_equal(o[~h], i[~h])
+    assert not np.array_equal(o[h], i[h])
+    assert generator.last_temperature is not None and generator.last_temperature.shape == (1, 2)
