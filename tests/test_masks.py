@@ -1,0 +1,129 @@
+"""Free-form masks (seeded, reproducible, scaled with size; hole-ratio distribution reported) and masks
+read from files of any mode.
+
+Hole-ratio distribution at 256×256, 200 masks with ``default_rng([0, i])`` (printed by
+``pytest -s tests/test_masks.py``): mean 0.263; min 0.151, 5 % 0.165, 25 % 0.214, median 0.261,
+75 % 0.302, 95 % 0.372, max 0.551. The 96×96 square alone covers 0.141, so every mask exceeds that.
+"""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mhtma_model.masks import MaskFolder, free_form_mask, hole_ratio, load_mask
+
+
+def _mask(seed, size=(256, 256)):
+    return free_form_mask(size[0], size[1], np.random.default_rng(seed))
+
+
+def test_free_form_mask_reproducible_and_seed_dependent():
+    a, b = _mask([3, 7]), _mask([3, 7])
+    assert a.dtype == np.float32 and a.shape == (256, 256)
+    assert set(np.unique(a).tolist()) <= {0.0, 1.0}
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, _mask([3, 8]))
+    assert not np.array_equal(a, _mask([4, 7]))
+
+
+def test_hole_ratio_distribution_at_256(capsys):
+    ratios = np.array([hole_ratio(_mask([0, i])) for i in range(200)])
+    quantiles = np.quantile(ratios, [0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0])
+    with capsys.disabled():
+        print(f"\nfree_form_mask hole ratio at 256x256 over 200 masks: mean {ratios.mean():.3f}; "
+              + ", ".join(f"q{int(q * 100)} {v:.3f}" for q, v in zip([0, .05, .25, .5, .75, .95, 1], quantiles)))
+    assert np.all(ratios > 0) and np.all(ratios < 1)
+    square_only = 96 * 96 / 256 ** 2
+    assert np.all(ratios >= square_only - 1e-9), "the 96x96 square must always be part of the mask"
+    assert 0.1 <= ratios.mean() <= 0.5
+    assert ratios.std() > 0.02, "masks should vary in size"
+
+
+@pytest.mark.parametrize("height, width", [
+    pytest.param(128, 128, id="128px"), pytest.param(512, 512, id="512px"), pytest.param(96, 160, id="96x160"),
+])
+def test_free_form_mask_scales_with_size(height, width):
+    ratios = [hole_ratio(_mask([1, i], (height, width))) for i in range(30)]
+    assert 0.1 <= float(np.mean(ratios)) <= 0.5
+    mask = _mask([1, 0], (height, width))
+    assert mask.shape == (height, width)
+    # the square hole is scaled: side round(96 * min(H, W) / 256) -> at least that many hole pixels
+    side = round(96 * min(height, width) / 256)
+    assert mask.sum() >= side * side
+
+
+def test_free_form_mask_rejects_bad_arguments():
+    with pytest.raises(TypeError, match="numpy.random.Generator"):
+        free_form_mask(64, 64, 0)
+    with pytest.raises(ValueError, match="height"):
+        free_form_mask(0, 64, np.random.default_rng(0))
+
+
+def test_hole_ratio_numpy_and_torch():
+    m = np.zeros((4, 4), np.float32)
+    m[:2, :1] = 1
+    assert hole_ratio(m) == pytest.approx(2 / 16)
+    assert hole_ratio(torch.from_numpy(m)[None, None]) == pytest.approx(2 / 16)
+
+
+def _pattern(height=40, width=60):
+    """Left third hole (255), rest known (0), plus a mid-grey (127, known) and a 128 (hole) band."""
+    a = np.zeros((height, width), np.uint8)
+    a[:, : width // 3] = 255
+    a[:5, width // 3:] = 127
+    a[5:10, width // 3:] = 128
+    return a
+
+
+@pytest.mark.parametrize("mode", [pytest.param(m, id=m) for m in ("L", "1", "RGB", "RGBA", "P", "I;16")])
+def test_load_mask_any_mode(tmp_path, mode):
+    gray = _pattern()
+    if mode == "1":
+        image = Image.fromarray(gray).point(lambda v: 255 if v > 127 else 0).convert("1")
+    elif mode == "RGBA":
+        rgba = np.dstack([gray, gray, gray, np.full_like(gray, 255)])
+        rgba[20:, -5:, 3] = 0  # transparent corner with white colour: composited on black -> known
+        rgba[20:, -5:, :3] = 255
+        image = Image.fromarray(rgba, "RGBA")
+    elif mode == "I;16":
+        image = Image.fromarray(gray.astype(np.uint16) * 257)
+    else:
+        image = Image.fromarray(gray).convert(mode)
+    path = tmp_path / f"mask_{mode.replace(';', '')}.png"
+    image.save(path)
+    mask = load_mask(path)
+    expected = (gray > 127).astype(np.float32)
+    assert mask.dtype == np.float32 and mask.shape == (40, 60)
+    assert np.array_equal(mask, expected)
+
+
+def test_load_mask_resizes_nearest(tmp_path):
+    a = np.zeros((10, 20), np.uint8)
+    a[:, :10] = 255
+    Image.fromarray(a).save(tmp_path / "m.png")
+    mask = load_mask(tmp_path / "m.png", size=(20, 40))
+    assert mask.shape == (20, 40)
+    assert mask[:, :20].all() and not mask[:, 20:].any()
+    with pytest.raises(ValueError, match="size must be"):
+        load_mask(tmp_path / "m.png", size=20)
+
+
+def test_mask_folder(tmp_path):
+    (tmp_path / "sub").mkdir()
+    for i, name in enumerate(["b.png", "a.jpg", "sub/c.PNG"]):
+        a = np.zeros((32, 32), np.uint8)
+        a[: 8 * (i + 1)] = 255
+        Image.fromarray(a).save(tmp_path / name)
+    (tmp_path / "notes.txt").write_text("not a mask")
+    folder = MaskFolder(tmp_path)
+    assert len(folder) == 3
+    assert [p.name for p in folder.paths] == ["a.jpg", "b.png", "c.PNG"]
+    m = folder.mask(1, (16, 16))  # b.png: top 8 of 32 rows -> top 4 of 16
+    assert m.shape == (16, 16) and m[:4].all() and not m[4:].any()
+    assert np.array_equal(folder.mask(4, (16, 16)), m)  # index wraps around
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="no mask images"):
+        MaskFolder(empty)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        MaskFolder(tmp_path / "missing")
