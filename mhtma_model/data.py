@@ -15,7 +15,6 @@ Unreadable files (truncated, not an image, decompression bomb) raise :class:`Unr
 next readable image instead of crashing mid-epoch.
 """
 import json
-import math
 import os
 import shutil
 import tempfile

@@ -157,6 +157,7 @@ def test_gated_layers_shapes():
     pytest.param(64, 64, id="64px"),
     pytest.param(128, 128, id="128px"),
     pytest.param(256, 256, id="256px"),
+    pytest.param(512, 512, id="512px"),
     pytest.param(96, 64, id="96px-on-64"),
 ])
 def test_discriminator_shapes(size, image_size):
