@@ -240,3 +240,13 @@ def test_demo_dataset_root_cached_atomically(tmp_path, monkeypatch):
     assert not [p for p in (tmp_path / "demo").iterdir() if p.name.startswith(".tmp-")], "no temp folder left"
     items = InpaintingDataset(paths, 32)
     assert items[0]["image"].shape == (3, 32, 32)
+
+
+def test_load_rgb_reduced_jpeg_decoding_keeps_min_side(tmp_path):
+    big = np.tile(_gradient(), (8, 8, 1))  # 384 x 512
+    Image.fromarray(big).save(tmp_path / "big.jpg", quality=90)
+    full = load_rgb(tmp_path / "big.jpg")
+    small = load_rgb(tmp_path / "big.jpg", min_side=100)
+    assert full.size == (512, 384)
+    assert small.size == (256, 192), "decoded at 1/2 scale: the smallest DCT scale with both sides >= 100"
+    assert load_rgb(tmp_path / "big.jpg", min_side=200).size == (512, 384)
