@@ -157,9 +157,10 @@ def free_port():
         return s.getsockname()[1]
 
 
-def drive_page(url, image_path, mask_path, profile_dir, screenshot=None, timeout=120):
+def drive_page(url, image_path, mask_path, profile_dir, screenshot=None, timeout=120, too_big_path=None):
     """Open the page in headless Chromium, upload an image, paint a brush stroke on the hole layer, upload a
-    mask file, press Inpaint; return the texts of the status and temperature panels and the result's src."""
+    mask file, press Inpaint; return the texts of the status and temperature panels and the result's src.
+    With ``too_big_path``: then reload, do the same with that (oversized) image and return the page text."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.action_chains import ActionChains
@@ -202,6 +203,18 @@ def drive_page(url, image_path, mask_path, profile_dir, screenshot=None, timeout
             drv.execute_script("window.scrollTo(0, 0);")
             time.sleep(0.5)
             drv.save_screenshot(str(screenshot))
+        if too_big_path is not None:
+            drv.get(url)
+            wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#editor input[type=file]"))[0] \
+                .send_keys(str(too_big_path))
+            time.sleep(2)
+            drv.find_element(By.CSS_SELECTOR, "#uploads .label-wrap, #uploads button").click()
+            wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#mask-file input[type=file]"))[0] \
+                .send_keys(str(mask_path))
+            wait.until(lambda d: "mask" in d.find_element(By.CSS_SELECTOR, "#mask-file").text)
+            drv.find_element(By.CSS_SELECTOR, "#run").click()
+            wait.until(lambda d: "largest side" in d.find_element(By.TAG_NAME, "body").text)
+            info["too_big_text"] = drv.find_element(By.TAG_NAME, "body").text
         return info
     finally:
         drv.quit()
@@ -326,7 +339,8 @@ def test_cli_refuses_an_unusable_checkpoint(tmp_path, capsys):
 
 def test_page_in_headless_chromium(checkpoints, tmp_path):
     """The real page, served on a free localhost port, driven by headless Chromium: upload, brush, mask
-    upload, Inpaint -> result image, download button and temperatures appear; screenshot -> docs/ui.png."""
+    upload, Inpaint -> result image, download button and temperatures appear; screenshot -> docs/ui.png
+    (or $MHTMA_UI_SCREENSHOT); then an oversized image -> a message."""
     pytest.importorskip("gradio", reason="Gradio not installed (pip install 'mhtma[ui]')")
     pytest.importorskip("selenium", reason="Selenium not installed (pip install 'mhtma[ui]')")
     _, _, reason = find_browser()
@@ -340,13 +354,15 @@ def test_page_in_headless_chromium(checkpoints, tmp_path):
     mask[70:150, 80:160] = 255
     Image.fromarray(mask).save(mask_path)
     mask_percent = 100 * float((mask > 0).mean())
+    too_big = tmp_path / "panorama.png"
+    Image.new("RGB", (ui.MAX_SIDE + 100, 200), (20, 90, 160)).save(too_big)
 
     port = free_port()
     app = ui.build_app(checkpoints["plain"], device="cpu")
     ui.launch(app, "127.0.0.1", port, block=False)
     try:
         info = drive_page(f"http://127.0.0.1:{port}/", image_path, mask_path, tmp_path / "profile",
-                          screenshot=tmp_path / "shot.png")
+                          screenshot=tmp_path / "shot.png", too_big_path=too_big)
     finally:
         app.close()
     # The page loads nothing from the internet: every request goes to the local server.
@@ -359,4 +375,6 @@ def test_page_in_headless_chromium(checkpoints, tmp_path):
     assert "head 1" in info["temperatures"] and "head 2" in info["temperatures"]
     hole_percent = float(info["status"].split("hole ")[1].split(" %")[0])
     assert hole_percent > mask_percent + 0.2  # the brush stroke added to the uploaded mask
+    # An oversized upload gives a message on the page (the server keeps serving).
+    assert f"{ui.MAX_SIDE + 100}x200 px; the largest side may be at most {ui.MAX_SIDE} px" in info["too_big_text"]
     shrink_screenshot(tmp_path / "shot.png", os.environ.get("MHTMA_UI_SCREENSHOT", REPO / "docs" / "ui.png"))
