@@ -20,6 +20,10 @@ Layout (C = ``base_channels``; every "G" is a :class:`~.gated.GatedConv2d`, k×k
         decoder on the concatenation (8C): G3(4C) · Up(2C) · G3(2C) · Up(C) · G3(C/2) · Conv3(3) · tanh
                           (5 gated convs + 1 conv)                         -> I_r
 
+Width: a gated conv here outputs C features (its convolution has 2C channels). DeepFill v2's
+``cnum = 48`` splits 48 channels into 24 features + 24 gates, so ``base_channels=24`` reproduces its
+width (4.1 M generator parameters); 32 -> 7.3 M, 48 -> 16.4 M, 64 -> 29 M; demo 8 -> 0.5 M.
+
 Attention choices (paper ablations): ``"mhtma"`` (:class:`mhtma_kernels.MaskedTemperatureAttention`,
 multi-head, learned or fixed temperature), ``"atma"`` (single-head, LeakyReLU temperature),
 ``"contextual"`` (DeepFill v2 contextual attention, fixed scale 10), ``"none"`` (identity: the
