@@ -232,8 +232,28 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
 
 
 def fid_from_features(features_a, features_b) -> float:
-    """FID between two feature sets ``[N, D]`` and ``[M, D]`` (N, M ≥ 2)."""
-    return frechet_distance(*feature_statistics(features_a), *feature_statistics(features_b))
+    """FID between two feature sets ``[N, D]`` and ``[M, D]`` (N, M ≥ 2).
+
+    With A = centred features_aᵀ [D, N] and B likewise, Σ₁ = AAᵀ/(N−1), Σ₂ = BBᵀ/(M−1), and the non-zero
+    eigenvalues of Σ₁Σ₂ are those of (AᵀB)(AᵀB)ᵀ / ((N−1)(M−1)), so tr((Σ₁Σ₂)^{1/2}) is the sum of the
+    singular values of AᵀB over √((N−1)(M−1)). That N×M route is used when both sets are no larger than
+    D (always exact, and fast for the small sets of per-bucket FIDs); otherwise the D×D covariances.
+    """
+    a = np.asarray(features_a.cpu() if isinstance(features_a, torch.Tensor) else features_a, dtype=np.float64)
+    b = np.asarray(features_b.cpu() if isinstance(features_b, torch.Tensor) else features_b, dtype=np.float64)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"features must be [N, D] and [M, D] with the same D, got {list(a.shape)} and {list(b.shape)}")
+    n, m, d = a.shape[0], b.shape[0], a.shape[1]
+    if max(n, m) > d:
+        return frechet_distance(*feature_statistics(a), *feature_statistics(b))
+    if min(n, m) < 2:
+        raise ValueError(f"FID needs at least 2 feature vectors per set, got {n} and {m}")
+    mu_a, mu_b = a.mean(axis=0), b.mean(axis=0)
+    ca, cb = a - mu_a, b - mu_b
+    trace_a, trace_b = (ca ** 2).sum() / (n - 1), (cb ** 2).sum() / (m - 1)
+    trace_sqrt = np.linalg.svd(ca @ cb.T, compute_uv=False).sum() / np.sqrt((n - 1) * (m - 1))
+    diff = mu_a - mu_b
+    return max(float(diff @ diff + trace_a + trace_b - 2.0 * trace_sqrt), 0.0)
 
 
 __all__ = ["INCEPTION_ENV", "resolve_inception_path", "warn_fid_skipped", "build_inception", "InceptionFeatures",

@@ -158,6 +158,14 @@ def test_frechet_distance_general_covariances_match_scipy_sqrtm():
     assert_close(_t(fid.frechet_distance(mu1, s1, mu2, s2)), _t(expected), F64, "general FID")
 
 
+@pytest.mark.parametrize("n, m", [(5, 7), (3, 2), (40, 30), (40, 5)], ids=["few", "tiny", "many", "mixed"])
+def test_fid_from_features_low_rank_route_equals_the_covariance_formula(n, m):
+    rng = np.random.default_rng(n * 100 + m)
+    a, b = rng.normal(size=(n, 16)), rng.normal(loc=0.3, scale=1.5, size=(m, 16))
+    expected = fid.frechet_distance(*fid.feature_statistics(a), *fid.feature_statistics(b))
+    assert_close(_t(fid.fid_from_features(a, b)), _t(expected), F64, "low-rank FID")
+
+
 def test_fid_of_a_feature_set_with_itself_is_zero_even_when_singular():
     feats = np.random.default_rng(2).normal(size=(3, 16))  # 3 samples in 16-D: rank-2 covariance
     assert fid.fid_from_features(feats, feats) == pytest.approx(0.0, abs=1e-8)
