@@ -164,3 +164,17 @@ def test_resize_center_crop_geometry():
     assert out.size == (30, 30)
     # 90x60 -> 45x30, central 30 columns start at 7
     np.testing.assert_array_equal(np.asarray(out), np.asarray(img.resize((45, 30), Image.NEAREST))[:, 7:37])
+
+
+def test_eval_sketch_model_gets_the_ground_truth_sketch(dataset, tmp_path):
+    pytest.importorskip("mhtma_model.checkpoint", reason="checkpoint module (train helper) not there yet")
+    from mhtma_model.checkpoint import load_generator
+
+    ckpt = make_tiny_checkpoint(tmp_path / "sketch.pt", sketch=True)
+    assert load_generator(ckpt)[0].sketch
+    data = tmp_path / "two"
+    data.mkdir()
+    for name in SAMPLES[:2]:
+        Image.fromarray(getattr(skdata, name)()).resize((48, 40)).save(data / f"{name}.png")
+    result = _run(["--checkpoint", str(ckpt), "--data", str(data)], tmp_path / "o")
+    _check_rows(result, 2)
