@@ -9,7 +9,8 @@ Protocol
   bicubic) and centre-cropped to ``size × size``.
 * Masks: with ``--masks DIR`` each image gets the mask with the same path relative to the folder, without
   extension (``photos/a/b.jpg`` ↔ ``masks/a/b.png``); an image without a readable mask is reported and
-  skipped. A mask with the original image's size goes through the same resize + centre crop (nearest);
+  skipped, as is any image whose mask has no hole pixels after resizing (it would only inflate the
+  means). A mask with the original image's size goes through the same resize + centre crop (nearest);
   any other mask is resized to ``size × size`` (nearest). A pixel is a hole by the rules of
   :func:`mhtma_model.inpaint.mask_from_image` (> 127; alpha for transparent layers). Without ``--masks``
   masks are generated: image number ``i`` of the sorted list gets
@@ -257,6 +258,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         raise ValueError(f"no mask named {key}.* in {mask_root}" if not candidates else
                                          "several masks share this name: " + ", ".join(p.name for p in candidates))
                     hole = load_user_mask(candidates[0], image.size, size)
+                if not hole.any():
+                    raise ValueError("the mask has no hole pixels at this size (nothing to inpaint)")
+                if hole.all() and args.method == "biharmonic":
+                    raise ValueError("the mask covers the whole image; biharmonic inpainting needs known pixels")
             except (OSError, ValueError) as exc:
                 skipped.append({"name": key, "reason": str(exc)})
                 tqdm.write(f"skipped {key}: {exc}", file=sys.stderr)

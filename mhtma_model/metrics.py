@@ -26,7 +26,7 @@ bucket (0.1 → "0.1-0.2").
 from __future__ import annotations
 
 import math
-from typing import Iterable, Mapping, Optional, Sequence, Union
+from typing import Mapping, Sequence, Union
 
 import numpy as np
 import torch

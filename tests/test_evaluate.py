@@ -105,12 +105,14 @@ def test_eval_user_masks_paired_by_name(checkpoint, dataset, tmp_path):
             width, height = img.size
         hole = np.zeros((height, width), np.uint8)
         # A box of the full height and a known fraction of the width survives resize + centre crop exactly.
-        hole[:, : (width * (i + 1)) // 8] = 255
+        if not key.endswith("chelsea"):  # chelsea's mask is empty: nothing to inpaint, skipped
+            hole[:, : (width * (i + 1)) // 8] = 255
+            expected[key] = True
         Image.fromarray(hole).save(masks / f"{key}.png")
-        expected[key] = True
     result = _run(["--checkpoint", str(checkpoint), "--data", str(dataset), "--masks", str(masks)], tmp_path / "o")
-    _check_rows(result, len(SAMPLES) - 1)
-    assert [s["name"] for s in result["skipped"]] == ["more/rocket"]
+    _check_rows(result, len(SAMPLES) - 2)
+    assert sorted(s["name"] for s in result["skipped"]) == ["chelsea", "more/rocket"]
+    assert "no hole pixels" in str(result["skipped"])
     assert sorted(r["name"] for r in result["per_image"]) == sorted(expected)
     assert "rocket" in (tmp_path / "o" / "metrics.md").read_text()
     assert result["mask_seed"] is None
