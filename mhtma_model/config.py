@@ -108,7 +108,7 @@ class TrainConfig:
     one), or a checkpoint path. ``amp``: mixed precision, used on CUDA only. ``device``: "auto" | "cpu" |
     "cuda" | "cuda:N".
     """
-    max_steps: Optional[int] = 400
+    max_steps: Optional[int] = 300
     max_epochs: Optional[int] = None
     lr_g: float = 1e-4
     lr_d: float = 1e-4
