@@ -8,6 +8,8 @@ A gated convolution computes features and a soft, learned per-pixel gate with on
 so the network learns where information is valid (known pixels, filled holes, sketch lines)
 instead of being told by a hard partial-convolution rule. No normalisation layers are used.
 """
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -55,6 +57,22 @@ class GatedConv2d(nn.Module):
         padding = dilation * (kernel_size - 1) // 2
         self.conv = nn.Conv2d(in_channels, 2 * out_channels, kernel_size, stride=stride, padding=padding,
                               dilation=dilation)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Variance-preserving start: He-normal feature weights doubled, gate weights N(0, 1/fan_in), zero bias.
+
+        PyTorch's default conv init shrinks the signal a little per layer, and the gate (~0.5 at start)
+        halves it again: through the ~20 gated layers of the generator a fresh network's output then
+        ignores its input (measured: an output change of ~1e-7 for a different input image). The factor 2
+        on the feature weights compensates the gate's average of 0.5, so the signal keeps its scale.
+        """
+        weight = self.conv.weight
+        fan_in = weight.shape[1] * weight.shape[2] * weight.shape[3]
+        with torch.no_grad():
+            weight[: self.out_channels].normal_(0.0, 2.0 * math.sqrt(2.0 / fan_in))
+            weight[self.out_channels:].normal_(0.0, math.sqrt(1.0 / fan_in))
+            self.conv.bias.zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x [B, C_in, H, W] -> [B, C_out, H_out, W_out]``."""
