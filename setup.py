@@ -27,9 +27,12 @@ setup(
         "scipy",
     ],
     extras_require={
-        "dev": ["pytest", "pytest-benchmark", "pytest-timeout"],
-        "classical": ["opencv-python-headless"],
-        "ui": ["gradio", "selenium"],
+        # Everything the full test suite exercises (the optional parts included).
+        "dev": ["pytest", "pytest-benchmark", "pytest-timeout", "matplotlib", "opencv-python-headless",
+                "gradio", "selenium"],
+        "classical": ["opencv-python-headless"],  # Telea / Navier-Stokes reference rows in mhtma-eval
+        "ui": ["gradio"],                          # mhtma-ui
+        "bench": ["pytest", "pytest-benchmark", "matplotlib"],
     },
     entry_points={
         "console_scripts": [
