@@ -26,7 +26,12 @@ FID between feature sets with means μ₁, μ₂ and covariances Σ₁, Σ₂ (u
 
 The trace of the matrix square root is computed as Σᵢ √λᵢ over the eigenvalues of the symmetric PSD
 matrix Σ₁^{1/2} Σ₂ Σ₁^{1/2} (same spectrum as Σ₁Σ₂), which stays real and stable for the singular
-covariances of small sample sets.
+covariances of small sample sets; :func:`fid_from_features` uses an exact N×M form for small sets.
+
+Why not a library: torchmetrics' ``FrechetInceptionDistance`` gets its default feature extractor from
+torch-fidelity, which downloads weights at run time, and with a custom extractor it would add a
+dependency for a formula of a few lines; the statistics are written here and pinned in
+``tests/test_metrics.py`` against closed forms and ``scipy.linalg.sqrtm``.
 """
 from __future__ import annotations
 

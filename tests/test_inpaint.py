@@ -241,6 +241,19 @@ def test_cli_checkpoint_errors_are_clear(checkpoints, tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("image_kind, mask_kind, message", [
+    ("file", "dir", "--mask must be a file"), ("dir", "file", "--mask must be a folder"),
+    ("missing", "file", "--image not found"),
+], ids=["file-vs-folder", "folder-vs-file", "missing-image"])
+def test_cli_input_mixups_are_usage_errors(tmp_path, capsys, image_kind, mask_kind, message):
+    (tmp_path / "dir").mkdir()
+    _photo(16, 16).save(tmp_path / "file.png")
+    paths = {"file": tmp_path / "file.png", "dir": tmp_path / "dir", "missing": tmp_path / "nothing"}
+    err = _run_expecting_usage_error(["--checkpoint", str(tmp_path / "unused.pt"), "--image", str(paths[image_kind]),
+                                      "--mask", str(paths[mask_kind]), "--output", str(tmp_path / "o")], capsys)
+    assert message in err
+
+
 def test_cli_sketch_rules(checkpoints, tmp_path, capsys):
     image, mask = _photo(40, 56), _mask(40, 56)
     image.save(tmp_path / "i.png")
