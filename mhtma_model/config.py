@@ -107,6 +107,7 @@ class TrainConfig:
     (continue from run.dir/checkpoints/last.pt if present), "never" (refuse a run dir that already has
     one), or a checkpoint path. ``amp``: mixed precision, used on CUDA only. ``device``: "auto" | "cpu" |
     "cuda" | "cuda:N".
+    ``threads``: CPU threads torch may use (null = torch's default; 1 is fastest on a busy machine).
     """
     max_steps: Optional[int] = 300
     max_epochs: Optional[int] = None
@@ -122,6 +123,7 @@ class TrainConfig:
     resume: str = "auto"
     amp: bool = True
     device: str = "auto"
+    threads: Optional[int] = None
 
 
 SECTIONS = {"run": RunConfig, "data": DataConfig, "model": ModelConfig, "loss": LossConfig, "train": TrainConfig}
@@ -266,6 +268,7 @@ def _validate(cfg: "Config") -> None:
     for name in ("sample_every", "log_every", "checkpoint_every"):
         _check(getattr(t, name) >= 1, f"train.{name}", "must be >= 1", getattr(t, name))
     _check(bool(t.resume), "train.resume", "must be 'auto', 'never' or a checkpoint path", t.resume)
+    _check(t.threads is None or t.threads >= 1, "train.threads", "must be >= 1 or null", t.threads)
     dev = t.device
     ok_dev = dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())
     _check(ok_dev, "train.device", "must be 'auto', 'cpu', 'cuda' or 'cuda:N'", dev)

@@ -319,6 +319,8 @@ def _train(cfg: Config, d: _Dist) -> dict:
     from .networks import composite
 
     t_start = time.time()
+    if cfg.train.threads is not None:
+        torch.set_num_threads(cfg.train.threads)
     device = _device(cfg, d)
     run_dir = Path(cfg.run.dir).expanduser()
     ckpt_dir = run_dir / "checkpoints"
@@ -504,7 +506,8 @@ def _train(cfg: Config, d: _Dist) -> dict:
             if d.main:
                 logs = {f"loss/g_{k}" if k != "total" else "loss/g_total": float(v.detach()) for k, v in terms.items()}
                 logs.update({"loss/d_total": float(d_loss.detach()), "loss/d_adv": float(d_adv.detach()),
-                             "score/real": float(real_s.mean()), "score/fake": float(fake_s.mean())})
+                             "score/real": float(real_s.detach().mean()),
+                             "score/fake": float(fake_s.detach().mean())})
                 if gp is not None:
                     logs["loss/d_gp"] = float(gp.detach())
                 pbar.update(1)
