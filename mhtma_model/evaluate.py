@@ -12,7 +12,7 @@ Protocol
   skipped, as is any image whose mask has no hole pixels after resizing (it would only inflate the
   means). A mask with the original image's size goes through the same resize + centre crop (nearest);
   any other mask is resized to ``size × size`` (nearest). A pixel is a hole by the rules of
-  :func:`mhtma_model.inpaint.mask_from_image` (> 127; alpha for transparent layers). Without ``--masks``
+  :func:`mhtma_model.masks.mask_from_image` (> 127; alpha for transparent layers). Without ``--masks``
   masks are generated: image number ``i`` of the sorted list gets
   ``free_form_mask(size, size, numpy.random.default_rng([mask_seed, i]))`` — the same seed gives the same
   masks on any machine, for any batch size and method.
@@ -47,8 +47,9 @@ from PIL import Image
 
 from . import metrics as M
 from .classical import CLASSICAL_METHODS, OPENCV_METHODS, classical_inpaint, require_opencv
-from .inpaint import (generator_uses_sketch, load_generator_or_exit, mask_from_image, open_image,
-                      predict_batch, resolve_device)
+from .data import open_image
+from .inpaint import generator_uses_sketch, load_generator_or_exit, predict_batch, resolve_device
+from .masks import mask_from_image
 
 METHODS = ("model",) + CLASSICAL_METHODS
 EXAMPLE_ROWS = 8

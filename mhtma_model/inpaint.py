@@ -38,7 +38,6 @@ Rules (what a user can rely on)
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -46,10 +45,12 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps
+from PIL import Image
+
+from .data import open_image
+from .masks import has_transparency, mask_from_image
 
 MAX_SIZE = 512
-MASK_THRESHOLD = 127
 CONTEXT_MIN_MARGIN = 32
 
 _NATIVE_MODES = ("L", "LA", "RGB", "RGBA")
@@ -72,46 +73,10 @@ def resolve_device(device: Union[str, torch.device, None] = "auto") -> torch.dev
     return dev
 
 
-def _has_transparency(img: Image.Image) -> bool:
-    return img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (img.mode == "P" and "transparency" in img.info)
-
-
-def mask_from_image(mask: Image.Image) -> np.ndarray:
-    """A mask picture -> bool ``[H, W]`` (True = hole), by the rules in the module docstring."""
-    if not isinstance(mask, Image.Image):
-        raise TypeError(f"mask must be a PIL image, got {type(mask).__name__}")
-    if _has_transparency(mask):
-        alpha = np.asarray(mask.convert("RGBA"))[..., 3]
-        if alpha.min() < 255:
-            return alpha > MASK_THRESHOLD
-    if mask.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        arr = np.asarray(mask, dtype=np.float64)
-        peak = 65535.0 if mask.mode.startswith("I;16") or arr.max() > 255 else 255.0
-        return arr * (255.0 / peak) > MASK_THRESHOLD
-    if mask.mode == "1":
-        return np.asarray(mask.convert("L")) > MASK_THRESHOLD
-    if mask.mode == "L":
-        return np.asarray(mask) > MASK_THRESHOLD
-    return np.asarray(mask.convert("RGB")).max(axis=2) > MASK_THRESHOLD
-
-
-def open_image(path: Union[str, os.PathLike]) -> Image.Image:
-    """Open and fully read an image file, EXIF orientation applied; unreadable -> ValueError naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"file not found: {path}")
-    try:
-        with Image.open(path) as img:
-            img.load()
-            return ImageOps.exif_transpose(img) if img.getexif() else img.copy()
-    except Exception as exc:  # PIL raises many types for corrupt files
-        raise ValueError(f"{path} is not a readable image: {exc}") from exc
-
-
 def _native(image: Image.Image) -> Image.Image:
     if image.mode in _NATIVE_MODES:
         return image
-    return image.convert("RGBA" if _has_transparency(image) else "RGB")
+    return image.convert("RGBA" if has_transparency(image) else "RGB")
 
 
 # ---------------------------------------------------------------------------------------- the geometry

@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+MASK_THRESHOLD = 127  # mask files: value (or alpha) > 127 = hole
+
 
 def _check_size(height, width, owner: str) -> tuple[int, int]:
     for name, value in (("height", height), ("width", width)):
@@ -89,31 +91,55 @@ def hole_ratio(mask) -> float:
     return float((array > 0.5).mean())
 
 
-def load_mask(path, size=None) -> np.ndarray:
-    """Read a mask image -> float32 ``[H, W]`` in {0, 1}; pixels with grey value > 127 are holes.
+def has_transparency(img: Image.Image) -> bool:
+    """True for modes with an alpha channel and palette images with a transparent colour."""
+    return img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (img.mode == "P" and "transparency" in img.info)
 
-    Any mode: 1-bit, L, P, RGB (luminance), 16-bit (scaled to 8 bit), float; images with an alpha
-    channel are composited on black first (transparent = known, opaque bright strokes = hole).
+
+def mask_from_image(mask: Image.Image) -> np.ndarray:
+    """A mask picture -> bool ``[H, W]`` (True = hole): the project's one rule for mask files.
+
+    A pixel is a hole when its value is > 127: gray masks use the value, RGB masks the largest channel
+    (any bright stroke on black), 16/32-bit gray masks are scaled to 0-255 first. A mask with
+    transparency where some pixel has alpha < 255 (a layer painted in an editor) uses alpha > 127,
+    whatever the colour; a fully opaque RGBA mask is read by its colour.
+    """
+    if not isinstance(mask, Image.Image):
+        raise TypeError(f"mask must be a PIL image, got {type(mask).__name__}")
+    if has_transparency(mask):
+        alpha = np.asarray(mask.convert("RGBA"))[..., 3]
+        if alpha.min() < 255:
+            return alpha > MASK_THRESHOLD
+    if mask.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        arr = np.asarray(mask, dtype=np.float64)
+        peak = 65535.0 if mask.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        return arr * (255.0 / peak) > MASK_THRESHOLD
+    if mask.mode == "1":
+        return np.asarray(mask.convert("L")) > MASK_THRESHOLD
+    if mask.mode == "L":
+        return np.asarray(mask) > MASK_THRESHOLD
+    return np.asarray(mask.convert("RGB")).max(axis=2) > MASK_THRESHOLD
+
+
+def load_mask(path, size=None) -> np.ndarray:
+    """Read a mask image -> float32 ``[H, W]`` in {0, 1} by the rule of :func:`mask_from_image`.
+
     ``size=(H, W)`` resizes with nearest neighbour (None keeps the file's size). Unreadable files raise
     :class:`mhtma_model.data.UnreadableImageError` naming the path.
     """
-    from .data import UnreadableImageError, open_image, to_8bit
+    from .data import UnreadableImageError, open_image
 
     if size is not None:
         if not (isinstance(size, (tuple, list)) and len(size) == 2):
             raise ValueError(f"load_mask: size must be (height, width), got {size!r}")
         size = _check_size(size[0], size[1], "load_mask")
-    image = open_image(path)
     try:
-        if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
-            rgba = image.convert("RGBA")
-            image = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
-        gray = to_8bit(image).convert("L")
+        hole = Image.fromarray(mask_from_image(open_image(path)))
     except (OSError, ValueError) as error:
         raise UnreadableImageError(f"cannot read mask {path}: {error}") from error
-    if size is not None and (gray.height, gray.width) != size:
-        gray = gray.resize((size[1], size[0]), Image.Resampling.NEAREST)
-    return (np.asarray(gray) > 127).astype(np.float32)
+    if size is not None and (hole.height, hole.width) != size:
+        hole = hole.resize((size[1], size[0]), Image.Resampling.NEAREST)
+    return np.asarray(hole, dtype=np.float32)
 
 
 class MaskFolder:

@@ -81,9 +81,9 @@ def test_load_mask_any_mode(tmp_path, mode):
     if mode == "1":
         image = Image.fromarray(gray).point(lambda v: 255 if v > 127 else 0).convert("1")
     elif mode == "RGBA":
-        rgba = np.dstack([gray, gray, gray, np.full_like(gray, 255)])
-        rgba[20:, -5:, 3] = 0  # transparent corner with white colour: composited on black -> known
-        rgba[20:, -5:, :3] = 255
+        # A layer painted in an editor: black strokes, opaque where painted, transparent elsewhere.
+        # With transparency the alpha channel decides (whatever the colour).
+        rgba = np.dstack([np.zeros_like(gray)] * 3 + [gray])
         image = Image.fromarray(rgba, "RGBA")
     elif mode == "I;16":
         image = Image.fromarray(gray.astype(np.uint16) * 257)
