@@ -43,6 +43,7 @@ class Case:
     d         op: head dimension D (= Dv); layer: input channels C; model: generator base_channels
     heads     attention heads
     device    "cpu" | "cuda"
+    extra     optional knobs, e.g. {"disc_channels": 4} (the discriminator's base_channels in a train case)
     """
 
     level: str

@@ -4,11 +4,11 @@ Two numbers per case, in bytes:
 
 - ``peak_mem_bytes``: the high-water mark while the case runs once, inputs (and weights) included.
   CUDA: ``torch.cuda.max_memory_allocated()`` after a reset. CPU: the peak resident set size
-  (``ru_maxrss``) of a fresh process that builds the case and runs it once, minus that of an idle
+  (``VmHWM``) of a fresh process that builds the case and runs it once, minus that of an idle
   process that imported torch and the benchmark modules (``python -m benchmarks.memory_probe``).
 - ``work_mem_bytes``: the same peak minus what was already held once the inputs were built, i.e. the
   memory the computation itself needs (CUDA: minus ``memory_allocated()`` before the call; CPU: minus
-  the probe's ``ru_maxrss`` after building the inputs).
+  the probe's ``VmHWM`` after building the inputs).
 """
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def _probe(argument: str, timeout: float) -> dict:
 
 @lru_cache(maxsize=None)
 def idle_baseline_kib() -> int:
-    """ru_maxrss (KiB) of a fresh process that imported torch and the benchmark modules, then stopped."""
+    """Peak RSS (KiB) of a fresh process that imported torch and the benchmark modules, then stopped."""
     return int(_probe("idle", timeout=600)["maxrss_kib"])
 
 
@@ -62,5 +62,5 @@ def cpu_peak(case: Case, timeout: float = 1800) -> dict:
         "peak_mem_bytes": int((probe["maxrss_kib"] - base) * 1024),
         "work_mem_bytes": int((probe["maxrss_kib"] - probe["inputs_maxrss_kib"]) * 1024),
         "idle_maxrss_bytes": int(base * 1024),
-        "mem_method": "subprocess_ru_maxrss",
+        "mem_method": "subprocess_vmhwm",
     }

@@ -7,7 +7,7 @@ Writes the tables between ``<!-- BEGIN RESULTS <section> -->`` and ``<!-- END RE
 the README (appended when the markers are missing; everything outside them is left alone) and the plots
 into ``--out``. Section defaults to ``gpu`` when any case ran on CUDA, else ``cpu``.
 
-Columns: times are pytest-benchmark medians; "speedup vs X" = time(X) / time(provider) (> 1 = faster
+Columns: times are the pytest-benchmark median of the timed rounds (``--stat min`` for a shared machine); "speedup vs X" = time(X) / time(provider) (> 1 = faster
 than X); "ref / X" memory ratios = memory(reference) / memory(X) (> 1 = X needs less). ``peak`` counts
 inputs and weights, ``work`` only what the computation adds (see :mod:`benchmarks.memory`).
 """
@@ -27,8 +27,12 @@ MODEL_ORDER = ("mhtma", "atma", "contextual", "none")
 MIB = 1024.0 * 1024.0
 
 
-def load(paths) -> tuple[list[dict], dict]:
-    """Entries ``{**extra_info, "time": median seconds}`` (later files win per case) and merged machine info."""
+STAT = {"name": "median"}
+
+
+def load(paths, stat: str = "median") -> tuple[list[dict], dict]:
+    """Entries ``{**extra_info, "time": seconds}`` (``stat`` of the timed rounds; later files win per case)
+    and the merged machine info."""
     rows, machine = {}, {}
     for path in paths:
         data = json.loads(Path(path).read_text())
@@ -37,9 +41,10 @@ def load(paths) -> tuple[list[dict], dict]:
         for bench in data.get("benchmarks", []):
             info = dict(bench.get("extra_info", {}))
             stats = bench.get("stats") or {}
-            if "level" not in info or stats.get("median") is None:
+            if "level" not in info or stats.get(stat) is None:
                 continue
-            info["time"] = float(stats["median"])
+            info["time"] = float(stats[stat])
+            info["rounds"] = stats.get("rounds")
             key = (info["level"], info["provider"], info["mode"], info["dtype"], info["batch"], info["size"],
                    info["d"], info.get("device"))
             rows[key] = info
@@ -89,7 +94,7 @@ def op_tables(rows: list[dict]) -> str:
             row += [_ratio(get(base).get("time"), get(p).get("time"))
                     for p in fused for base in ("sdpa", "flex") if base in providers]
             body.append(row)
-        out.append(f"#### Op, {label}, {dtype}: median time\n\n{_table(head, body)}")
+        out.append(f"#### Op, {label}, {dtype}: {STAT['name']} time\n\n{_table(head, body)}")
         head = ["feature map", "D", "B"] + [f"{p} peak (work) MiB" for p in providers]
         others = [p for p in providers if p != "reference"]
         if "reference" in providers:
@@ -139,7 +144,7 @@ def model_table(rows: list[dict]) -> str:
                                   if r["provider"] in MODEL_ORDER else 99))
     if not cases:
         return ""
-    head = ["what", "attention", "image", "B", "median ms", "images/s", "peak MiB"]
+    head = ["what", "attention", "image", "B", f"{STAT['name']} ms", "images/s", "peak MiB"]
     body = [["inference" if r["mode"] == "fwd" else "train step (G+D)", r["provider"], f"{r['size']}²",
              str(r["batch"]), _ms(r["time"]), f"{r['batch'] / r['time']:.3g}", _mib(r.get("peak_mem_bytes"))]
             for r in cases]
@@ -245,12 +250,12 @@ def plots(rows: list[dict], out: Path, tag: str) -> list[Path]:
         batch = max(batches, key=lambda b: (len({r["size"] for r in cases if r["batch"] == b and r["d"] == d}), b))
         dim = "D" if level == "op" else "C"
         panels = [
-            ("time vs batch", f"batch ({size}², {dim}={d})", "median time (ms)",
+            ("time vs batch", f"batch ({size}², {dim}={d})", f"{STAT['name']} time (ms)",
              _series(cases, lambda r: r["batch"], {"size": size, "d": d}, lambda r: r["time"] * 1e3)),
             ("peak memory vs batch", f"batch ({size}², {dim}={d})", "peak memory (MiB)",
              _series(cases, lambda r: r["batch"], {"size": size, "d": d},
                      lambda r: None if r.get("peak_mem_bytes") is None else r["peak_mem_bytes"] / MIB)),
-            ("time vs N", f"Nq = H·W (B={batch}, {dim}={d})", "median time (ms)",
+            ("time vs N", f"Nq = H·W (B={batch}, {dim}={d})", f"{STAT['name']} time (ms)",
              _series(cases, lambda r: r["size"] ** 2, {"batch": batch, "d": d}, lambda r: r["time"] * 1e3)),
             ("peak memory vs N", f"Nq = H·W (B={batch}, {dim}={d})", "peak memory (MiB)",
              _series(cases, lambda r: r["size"] ** 2, {"batch": batch, "d": d},
@@ -290,6 +295,8 @@ def machine_text(machine: dict, rows: list[dict]) -> str:
         f"- torch {machine.get('torch', '?')}, triton {machine.get('triton', '?')}, "
         f"python {machine.get('python_version', '?')}",
     ]
+    rounds = sorted({r["rounds"] for r in rows if r.get("rounds")})
+    parts.append(f"- times: the {STAT['name']} of {'/'.join(map(str, rounds)) or '?'} timed rounds per case, after warm-up")
     if machine.get("note"):
         parts.append(f"- note: {machine['note']}")
     flex = {r.get("flex_temperature") for r in rows if r.get("provider") == "flex" and r.get("flex_temperature")}
@@ -325,11 +332,14 @@ def main(argv=None) -> None:
     parser.add_argument("--out", type=Path, default=HERE / "results", help="folder for the PNG plots")
     parser.add_argument("--section", choices=("cpu", "gpu"), default=None)
     parser.add_argument("--tag", default=None, help="plot file prefix (default: the section)")
+    parser.add_argument("--stat", choices=("median", "min", "mean"), default="median",
+                        help="which statistic of the timed rounds the tables use (min suits a shared machine)")
     args = parser.parse_args(argv)
     for path in args.results:
         if not Path(path).is_file():
             parser.error(f"results file not found: {path}")
-    rows, machine = load(args.results)
+    STAT["name"] = args.stat
+    rows, machine = load(args.results, args.stat)
     if not rows:
         parser.error(f"no benchmark entries with mhtma extra_info in {args.results}")
     section = args.section or ("gpu" if any(r.get("device") == "cuda" for r in rows) else "cpu")

@@ -256,7 +256,8 @@ def _train_step_factory(case: Case, generator, inputs):
     except ImportError as error:
         raise Unavailable(f"mhtma_model losses/discriminator are not importable yet: {error}") from error
     torch.manual_seed(1)
-    disc = GlobalLocalDiscriminator(image_size=case.size).to(case.device)
+    disc = GlobalLocalDiscriminator(base_channels=case.extra.get("disc_channels", 64),
+                                    image_size=case.size).to(case.device)
     opt_g = torch.optim.Adam(generator.parameters(), lr=1e-4, betas=(0.5, 0.9))
     opt_d = torch.optim.Adam(disc.parameters(), lr=1e-4, betas=(0.5, 0.9))
     perceptual = None

@@ -47,7 +47,8 @@ def test_suites_run_every_available_provider(tiny_run):
 
 
 @pytest.mark.parametrize("name", ["op-triton-fwd", "op-triton-fwdbwd", "layer-mhtma-torch-fwd",
-                                  "layer-atma-fwd", "layer-contextual-fwd"])
+                                  "layer-atma-fwd", "layer-contextual-fwd", "model-mhtma-fwd",
+                                  "model-contextual-fwd", "model-mhtma-train"])
 def test_named_providers_ran_or_skipped_with_reason(tiny_run, name):
     done, junit = tiny_run
     assert name in junit, f"{name} was not collected"
