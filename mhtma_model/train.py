@@ -369,6 +369,7 @@ def _train(cfg: Config, d: _Dist) -> dict:
         step, epoch = int(payload["step"]), int(payload["epoch"])
         batch_in_epoch = int(payload.get("batch_in_epoch", 0))
         early.update(payload.get("early_stop") or {})
+        early["stopped"] = early["bad"] >= cfg.train.patience  # a resumed run may raise the patience
         metrics = dict(payload.get("metrics") or {})
         _set_rng_state(payload.get("rng"))
     del payload
@@ -408,9 +409,14 @@ def _train(cfg: Config, d: _Dist) -> dict:
                 "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "rng": _rng_state(),
                 "early_stop": {**early, "history": [list(h) for h in early["history"]]}, "metrics": dict(metrics)}
 
-    def save_last():
-        if d.main:
-            save_checkpoint(ckpt_dir / "last.pt", payload_now())
+    saved_at = [step]
+
+    def save_last(force: bool = True):
+        """last.pt now (force) or only if train.checkpoint_every steps passed since the last save."""
+        if force or step - saved_at[0] >= cfg.train.checkpoint_every:
+            saved_at[0] = step
+            if d.main:
+                save_checkpoint(ckpt_dir / "last.pt", payload_now())
 
     def write_samples():
         if not d.main:
@@ -441,7 +447,7 @@ def _train(cfg: Config, d: _Dist) -> dict:
             writer.add_scalar("val/best_l1_out", early["best"], step)
             if improved:
                 save_checkpoint(ckpt_dir / "best.pt", payload_now())
-            save_last()
+        save_last(force=early["stopped"] or finished())  # else every checkpoint_every steps
         return early["stopped"]
 
     def finished() -> bool:
