@@ -173,6 +173,26 @@ def test_missing_vgg16_fails_at_start_naming_the_file(tmp_path, photos, capsys):
     assert not (tmp_path / "v").exists()  # failed before writing anything
 
 
+def test_paper_config_without_vgg16_fails_at_start(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("MHTMA_VGG16", raising=False)
+    status = main(["--config", "celeba_hq", f"run.dir={tmp_path / 'c'}"])
+    err = capsys.readouterr().err
+    assert status == 2 and "MHTMA_VGG16" in err and "vgg16" in err
+    assert not (tmp_path / "c").exists()
+
+
+def test_perceptual_term_trains_with_a_weights_file(tmp_path, photos, monkeypatch):
+    """relu1_2 weights in torchvision's key layout (random values; only features.0/2 are read)."""
+    torch.manual_seed(0)
+    state = {"features.0.weight": torch.randn(64, 3, 3, 3) * 0.1, "features.0.bias": torch.zeros(64),
+             "features.2.weight": torch.randn(64, 64, 3, 3) * 0.05, "features.2.bias": torch.zeros(64)}
+    weights = tmp_path / "vgg16.pth"
+    torch.save(state, weights)
+    monkeypatch.setenv("MHTMA_VGG16", str(weights))
+    summary = train(_cfg(tmp_path / "p", photos, "loss.perceptual=0.004", "train.max_steps=2"))
+    assert summary["losses"]["loss/g_perceptual"] > 0
+
+
 def test_bad_cli_config_exits_with_usage_error(capsys):
     with pytest.raises(SystemExit) as info:
         main(["data.size=63"])
