@@ -236,6 +236,10 @@ def _check_compatible(payload: dict, cfg: Config, path: Path) -> None:
                 if old.get("model", {}).get(k) != v}
         raise CheckpointError(f"{path}: cannot resume, the model settings differ from the checkpoint's "
                               f"(key: (checkpoint, now) {diff}); use another run.dir or train.resume=never")
+    missing = [k for k in ("discriminator", "opt_g", "opt_d", "step", "epoch") if payload.get(k) is None]
+    if missing:
+        raise CheckpointError(f"{path}: cannot resume training from it, it holds no {missing} (a generator-only "
+                              f"checkpoint?); resume from a last.pt written by mhtma-train")
     if old.get("data", {}).get("size") != new["data"]["size"]:
         raise CheckpointError(f"{path}: cannot resume, data.size is {new['data']['size']} but the checkpoint "
                               f"was trained at {old.get('data', {}).get('size')}")

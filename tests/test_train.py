@@ -162,6 +162,12 @@ def test_resume_refuses_incompatible_runs(tmp_path, photos):
         train(_cfg(tmp_path / "x", photos, "train.max_steps=2", "model.base_channels=6"))
     with pytest.raises(CheckpointError, match="not found"):
         train(_cfg(tmp_path / "y", photos, "train.resume=" + str(tmp_path / "nope.pt")))
+    from mhtma_model.checkpoint import save_checkpoint
+
+    payload = load_checkpoint(tmp_path / "x" / "checkpoints" / "last.pt")
+    only_g = save_checkpoint(tmp_path / "g.pt", {**payload, "discriminator": None, "opt_g": None, "opt_d": None})
+    with pytest.raises(CheckpointError, match="generator-only"):
+        train(_cfg(tmp_path / "z", photos, f"train.resume={only_g}"))
 
 
 def test_missing_vgg16_fails_at_start_naming_the_file(tmp_path, photos, capsys):
