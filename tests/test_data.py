@@ -191,7 +191,6 @@ def test_dataset_with_mask_folder(photo_folder, tmp_path_factory):
 
 
 def test_dataset_sketch_channel(photo_folder):
-    pytest.importorskip("mhtma_model.sketch", reason="mhtma_model.sketch (sketch-ui helper) is not available")
     ds = InpaintingDataset(list_images(photo_folder), 32, sketch=True)
     item = ds[0]
     assert item["sketch"].shape == (1, 32, 32) and item["sketch"].dtype == torch.float32

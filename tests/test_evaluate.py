@@ -11,7 +11,7 @@ from skimage import data as skdata
 from mhtma_model import evaluate, fid
 from mhtma_model.classical import CLASSICAL_METHODS, OPENCV_METHODS, opencv_available
 from mhtma_model.metrics import BUCKETS
-from tests.test_inpaint import make_tiny_checkpoint
+from tests.tiny_checkpoint import make_tiny_checkpoint
 from tests.tolerance import assert_close
 
 SIZE = 32
@@ -33,7 +33,6 @@ def dataset(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    pytest.importorskip("mhtma_model.checkpoint", reason="checkpoint module (train helper) not there yet")
     return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt")
 
 
@@ -86,7 +85,6 @@ def test_eval_generated_masks_end_to_end(checkpoint, dataset, tmp_path):
 
 
 def test_generated_masks_depend_only_on_seed_and_index():
-    pytest.importorskip("mhtma_model.masks", reason="masks module (model-parts helper) not there yet")
     a = evaluate.generated_mask(64, 3, 5)
     np.testing.assert_array_equal(a, evaluate.generated_mask(64, 3, 5))
     assert not np.array_equal(a, evaluate.generated_mask(64, 3, 6))
@@ -124,7 +122,6 @@ def test_eval_user_masks_paired_by_name(checkpoint, dataset, tmp_path):
     for m in CLASSICAL_METHODS
 ])
 def test_eval_classical_methods_need_no_checkpoint(dataset, tmp_path, method):
-    pytest.importorskip("mhtma_model.masks", reason="masks module (model-parts helper) not there yet")
     result = _run(["--method", method, "--data", str(dataset)], tmp_path)
     _check_rows(result, len(SAMPLES))
     assert result["checkpoint"] is None and result["method"] == method
@@ -169,7 +166,6 @@ def test_resize_center_crop_geometry():
 
 
 def test_eval_sketch_model_gets_the_ground_truth_sketch(dataset, tmp_path):
-    pytest.importorskip("mhtma_model.checkpoint", reason="checkpoint module (train helper) not there yet")
     from mhtma_model.checkpoint import load_generator
 
     ckpt = make_tiny_checkpoint(tmp_path / "sketch.pt", sketch=True)

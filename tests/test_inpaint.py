@@ -6,31 +6,11 @@ import torch
 from PIL import Image
 
 from mhtma_model import inpaint
+from tests.tiny_checkpoint import make_tiny_checkpoint
 from tests.tolerance import assert_close
-
-TINY = dict(base_channels=4, heads=2, patch_size=3)
-
-
-def make_tiny_checkpoint(path, sketch=False, seed=0):
-    """A real (untrained) generator with 4 base channels saved in the documented checkpoint payload."""
-    from mhtma_model.checkpoint import save_checkpoint
-    from mhtma_model.config import Config, build_generator
-
-    config = Config.from_dict({"model": {**TINY, "sketch": sketch}})
-    torch.manual_seed(seed)
-    generator = build_generator(config.model)
-    payload = {
-        "format": "mhtma", "version": 1, "config": config.to_dict(), "generator": generator.state_dict(),
-        "discriminator": None, "opt_g": None, "opt_d": None, "step": 0, "epoch": 0, "rng": None,
-        "early_stop": None, "metrics": {},
-    }
-    save_checkpoint(path, payload)
-    return path
-
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
-    pytest.importorskip("mhtma_model.checkpoint", reason="checkpoint module (train helper) not there yet")
     root = tmp_path_factory.mktemp("ckpt")
     return {"plain": make_tiny_checkpoint(root / "plain.pt"),
             "sketch": make_tiny_checkpoint(root / "sketch.pt", sketch=True, seed=1)}

@@ -238,24 +238,12 @@ def test_user_sketch_bad_size(size):
 
 
 # ------------------------------------------------- the 5-channel (sketch-guided) model: train, then inpaint
-def _need(module, attr, owner):
-    import importlib
-
-    try:
-        mod = importlib.import_module(module)
-    except ImportError as exc:
-        pytest.skip(f"needs {module} (owned by {owner}), not importable: {exc}")
-    if not hasattr(mod, attr):
-        pytest.skip(f"needs {module}.{attr} (owned by {owner}), not there yet")
-    return getattr(mod, attr)
-
-
 def test_sketch_model_trains_a_few_steps_and_inpaints(tmp_path):
-    load_config = _need("mhtma_model.config", "load_config", "train")
-    train = _need("mhtma_model.train", "train", "train")
-    load_generator = _need("mhtma_model.checkpoint", "load_generator", "train")
-    dataset_cls = _need("mhtma_model.data", "InpaintingDataset", "model-parts")
-    inpaint_image = _need("mhtma_model.inpaint", "inpaint_image", "eval")
+    from mhtma_model.checkpoint import load_generator
+    from mhtma_model.config import load_config
+    from mhtma_model.data import InpaintingDataset as dataset_cls
+    from mhtma_model.inpaint import inpaint_image
+    from mhtma_model.train import train
     from skimage import data
 
     root = tmp_path / "images"

@@ -1,6 +1,5 @@
 """mhtma-ui: input handling, the inference function with a real tiny checkpoint, the CLI, and the real page
 driven in headless Chromium (skipped with a reason when Gradio, Selenium or the browser is missing)."""
-import importlib
 import os
 import shutil
 import socket
@@ -12,6 +11,7 @@ import pytest
 from PIL import Image
 
 from mhtma_model import ui
+from tests.tiny_checkpoint import make_tiny_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -241,39 +241,11 @@ def shrink_screenshot(src, dst, width=960):
 
 
 # ------------------------------------------------------------------ real tiny checkpoints (train, model-parts)
-def need(module, attr, owner):
-    """Import ``module.attr`` or skip: that part of the project (``owner``) has not landed yet."""
-    try:
-        mod = importlib.import_module(module)
-    except ImportError as exc:
-        pytest.skip(f"needs {module} (owned by {owner}), not importable: {exc}")
-    if not hasattr(mod, attr):
-        pytest.skip(f"needs {module}.{attr} (owned by {owner}), not there yet")
-    return getattr(mod, attr)
-
-
-def make_checkpoint(path, sketch, base_channels=4):
-    """A real (untrained) generator checkpoint written with the project's own config and checkpoint code."""
-    load_config = need("mhtma_model.config", "load_config", "train")
-    build_generator = need("mhtma_model.config", "build_generator", "train")
-    save_checkpoint = need("mhtma_model.checkpoint", "save_checkpoint", "train")
-    need("mhtma_model.networks", "InpaintGenerator", "model-parts")
-    import torch
-
-    torch.manual_seed(0)
-    cfg = load_config(overrides=[f"model.base_channels={base_channels}", f"model.sketch={str(sketch).lower()}"])
-    generator = build_generator(cfg.model)
-    save_checkpoint(path, {"format": "mhtma", "version": 1, "config": cfg.to_dict(),
-                           "generator": generator.state_dict(), "step": 0, "epoch": 0})
-    return Path(path)
-
-
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
-    need("mhtma_model.inpaint", "inpaint_image", "eval")
     root = tmp_path_factory.mktemp("ckpt")
-    return {"plain": make_checkpoint(root / "plain.pt", sketch=False),
-            "sketch": make_checkpoint(root / "sketch.pt", sketch=True)}
+    return {"plain": make_tiny_checkpoint(root / "plain.pt", sketch=False),
+            "sketch": make_tiny_checkpoint(root / "sketch.pt", sketch=True)}
 
 
 def hole_case(h=48, w=56):
@@ -330,7 +302,6 @@ def test_run_inpainting_rejects_mismatched_sizes(checkpoints):
 
 
 def test_cli_refuses_an_unusable_checkpoint(tmp_path, capsys):
-    need("mhtma_model.checkpoint", "load_generator", "train")
     bad = tmp_path / "broken.pt"
     bad.write_bytes(b"not a checkpoint")
     assert ui.main(["--checkpoint", str(bad)]) == 2
