@@ -112,8 +112,8 @@ class TrainConfig:
     """
     max_steps: Optional[int] = 300
     max_epochs: Optional[int] = None
-    lr_g: float = 1e-4
-    lr_d: float = 1e-4
+    lr_g: float = 5e-4  # the demo's; paper configs set 1e-4
+    lr_d: float = 5e-4
     betas: tuple = (0.5, 0.9)
     patience: int = 30
     val_every: int = 0
