@@ -13,6 +13,11 @@ import os
 import pytest
 import torch
 
+# fp32 means IEEE fp32 everywhere (the Triton kernels use IEEE dots in fp32): no TF32 in cuDNN convs or
+# matmuls, so the baselines' convolutions and the checks against float64 compare like with like.
+torch.backends.cudnn.allow_tf32 = False
+torch.backends.cuda.matmul.allow_tf32 = False
+
 if not torch.cuda.is_available():
     # The triton provider can only run under the interpreter here (tiny smoke runs); set before import.
     os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -107,3 +112,4 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     machine_info["cpu_count"] = os.cpu_count()
     machine_info["torch_threads"] = torch.get_num_threads()
     machine_info["note"] = os.environ.get("BENCH_NOTE", "")
+    machine_info["tf32"] = "off (cuDNN and matmul)"
