@@ -37,7 +37,7 @@ def load(paths, stat: str = "median") -> tuple[list[dict], dict]:
     for path in paths:
         data = json.loads(Path(path).read_text())
         machine.update(data.get("machine_info", {}))
-        machine.setdefault("datetime", data.get("datetime"))
+        machine.setdefault("dates", []).append(str(data.get("datetime", "?"))[:19])
         for bench in data.get("benchmarks", []):
             info = dict(bench.get("extra_info", {}))
             stats = bench.get("stats") or {}
@@ -288,7 +288,7 @@ def plots(rows: list[dict], out: Path, tag: str) -> list[Path]:
 def machine_text(machine: dict, rows: list[dict]) -> str:
     cpu = machine.get("cpu", {}) if isinstance(machine.get("cpu"), dict) else {}
     parts = [
-        f"- date: {machine.get('datetime', '?')}",
+        f"- run(s): {', '.join(sorted(machine.get('dates', []))) or '?'} (UTC)",
         f"- CPU: {machine.get('cpu_model') or cpu.get('brand_raw', '?')}, {machine.get('cpu_count', cpu.get('count', '?'))}"
         " logical cores",
         f"- GPU: {machine.get('gpu', 'none')}",
