@@ -103,6 +103,9 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
 def load_generator(path: str | os.PathLike, map_location="cpu"):
     """Rebuild the generator from the checkpoint alone -> ``(generator in eval mode, Config)``.
 
+    The generator also carries ``training_size`` (the config's ``data.size``), the scale
+    :func:`mhtma_model.inpaint.inpaint_image` runs it at by default.
+
     CheckpointError if the file is unusable or its weights do not fit the network its config describes.
     """
     from .config import Config, ConfigError, build_generator
@@ -123,4 +126,5 @@ def load_generator(path: str | os.PathLike, map_location="cpu"):
                               f"({' '.join(str(exc).split())[:500]})") from exc
     generator.to(map_location if isinstance(map_location, (str, torch.device)) else "cpu")
     generator.eval()
+    generator.training_size = config.data.size
     return generator, config

@@ -15,7 +15,7 @@ Rules (what a user can rely on)
 * **Any image size**: the network needs sides divisible by its ``multiple`` (8) and at least its
   ``min_size`` (16 with 3×3 attention patches); the image is padded at the bottom/right by reflection
   (replication for sides shorter than the pad) and the prediction cropped back.
-* **Large images** (longer side > ``--max-size``, default 512): the network runs on a window around the
+* **Large images** (longer side > ``--max-size``, default the checkpoint's training size ``data.size``): the network runs on a window around the
   holes — their bounding box grown by half its longer side (at least 32 px) on every side, clipped to
   the image. If that window is still longer than ``--max-size`` it is downscaled (antialiased bicubic;
   the mask so that every pixel touching a hole stays a hole) for the network, and the prediction is
@@ -168,13 +168,15 @@ def _resize_sketch(strokes: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def inpaint_image(generator, image: Image.Image, mask: Image.Image, sketch: Optional[Image.Image] = None,
-                  device: Union[str, torch.device] = "cpu", max_size: int = MAX_SIZE) -> Image.Image:
+                  device: Union[str, torch.device] = "cpu", max_size: Optional[int] = None) -> Image.Image:
     """Inpaint ``image`` where ``mask`` marks holes -> PIL image of the same size; known pixels bit-identical.
 
     ``generator``: an :class:`~mhtma_model.networks.InpaintGenerator` (eval mode; it is moved to ``device``).
     ``image``: any PIL image (mode handling in the module docstring); ``mask``: PIL, same size, rules in
     :func:`mask_from_image`; ``sketch``: PIL lines or None (only for sketch generators). ``max_size``:
-    longest side the network sees (large-image strategy in the module docstring).
+    longest side the network sees (large-image strategy in the module docstring); None = the
+    generator's ``training_size`` (set by :func:`mhtma_model.checkpoint.load_generator`: a network sees
+    its inputs at the scale it was trained on), else MAX_SIZE.
     """
     if not isinstance(image, Image.Image):
         raise TypeError(f"image must be a PIL image, got {type(image).__name__}")
@@ -189,6 +191,8 @@ def inpaint_image(generator, image: Image.Image, mask: Image.Image, sketch: Opti
     if sketch is not None and not isinstance(sketch, Image.Image):
         raise TypeError(f"sketch must be a PIL image or None, got {type(sketch).__name__}")
     dev = resolve_device(device)
+    if max_size is None:
+        max_size = getattr(generator, "training_size", None) or MAX_SIZE
 
     source = _native(image)
     hole = mask_from_image(mask)
@@ -290,8 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="folder for the inpainted PNGs")
     p.add_argument("--sketch", default=None, help="optional sketch file or folder (sketch-guided models)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
-    p.add_argument("--max-size", type=int, default=MAX_SIZE,
-                   help=f"longest side the network sees; larger inputs use the window/resize strategy (default {MAX_SIZE})")
+    p.add_argument("--max-size", type=int, default=None,
+                   help="longest side the network sees; larger inputs use the window/resize strategy "
+                        "(default: the checkpoint's training size, data.size)")
     return p
 
 
@@ -313,7 +318,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.max_size < 8:
+    if args.max_size is not None and args.max_size < 8:
         parser.error(f"--max-size must be at least 8, got {args.max_size}")
     try:
         device = resolve_device(args.device)

@@ -124,6 +124,15 @@ def test_inpaint_image_writes_the_rounded_prediction_into_the_hole_only(generato
     np.testing.assert_array_equal(np.asarray(result)[hole], expected[hole])
 
 
+def test_default_max_size_is_the_checkpoint_training_size(generator):
+    """load_generator records data.size; without max_size the network runs at that scale."""
+    assert generator.training_size == 64
+    image, mask = _photo(100, 140, seed=5), _mask(100, 140)
+    default = np.asarray(inpaint.inpaint_image(generator, image, mask))
+    np.testing.assert_array_equal(default, np.asarray(inpaint.inpaint_image(generator, image, mask, max_size=64)))
+    assert not np.array_equal(default, np.asarray(inpaint.inpaint_image(generator, image, mask, max_size=512)))
+
+
 def test_inpaint_image_large_input_uses_a_window(generator):
     image = _photo(300, 420, seed=3)
     mask = _mask(300, 420, boxes=((0.1, 0.2, 0.1, 0.3), (0.7, 0.8, 0.6, 0.9)))
