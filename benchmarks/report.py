@@ -228,8 +228,17 @@ def _series(cases, x_key, fixed: dict, value):
 
 
 def plots(rows: list[dict], out: Path, tag: str) -> list[Path]:
-    """time and memory vs batch and vs N, one PNG per (level, mode, dtype); returns the written files."""
-    import matplotlib
+    """time and memory vs batch and vs N, one PNG per (level, mode, dtype); returns the written files.
+
+    Needs matplotlib (the ``bench`` dependency); without it, warns and writes no plots.
+    """
+    try:
+        import matplotlib
+    except ImportError:
+        import warnings
+
+        warnings.warn("matplotlib is not installed: tables only, no plots (pip install matplotlib)", stacklevel=2)
+        return []
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

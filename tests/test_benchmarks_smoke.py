@@ -112,4 +112,8 @@ def test_report_writes_tables_and_plots(tmp_path):
     assert "| 2 |" in text or "| B=2" in text or "2 |" in text
     assert "5.00×" in text  # contextual / mhtma-torch layer speedup at both batches
     assert "8.00×" in text  # reference / torch peak-memory ratio
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:  # plots need the optional matplotlib; the tables above do not
+        return
     assert list((tmp_path / "plots").glob("*.png"))
