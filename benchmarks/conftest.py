@@ -8,6 +8,7 @@ Run from the repository root, e.g.::
 Options: ``--bench-profile {gpu,cpu,tiny}`` (default: gpu when CUDA is available, else cpu; see
 :mod:`benchmarks.profiles`), ``--bench-memory {on,off}`` (CPU memory probes spawn one process per case).
 """
+import gc
 import os
 
 import pytest
@@ -59,6 +60,9 @@ def measure(benchmark, request):
     def go(case: Case):
         if case.device == "cuda" and not torch.cuda.is_available():
             pytest.skip("CUDA is not available")
+        gc.collect()  # drop the previous case's tensors before this one allocates
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
         try:
             bench = build(case)
             bench.check()
