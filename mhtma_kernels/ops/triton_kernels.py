@@ -10,7 +10,11 @@ Scores are kept in base 2 so that one multiplier turns a dot product into an exp
     z2_ij = <q_i, k_j> * (log2(e) / t)   if key j is valid
           = -lambda_m * log2(e)           if key j is invalid
           = -inf                          if j >= Nk (padding of a partial tile: never counts)
-    p_ij  = exp2(z2_ij - lse2_i),   lse2_i = log2 sum_j exp2(z2_ij)    (== ln-sum-exp / ln 2)
+    p_ij  = exp2((z2_ij - m2_i) - l2_i),   m2_i = max_j z2_ij,   l2_i = log2 sum_j exp2(z2_ij - m2_i)
+
+The row statistics are kept as two fp32 numbers, not one log-sum-exp m2 + l2: in a row whose keys
+are all invalid m2 = -lambda_m*log2(e) ~ -1.4e4, where one fp32 step is ~1e-3, so a summed lse would
+bias every recomputed weight of that row by ~1e-3 relative; z2 - m2 is exact (0) there instead.
     out_i = sum_j p_ij v_j
 
 A row whose keys are all invalid has every z2 equal to the same constant, hence uniform weights,
@@ -72,13 +76,13 @@ def _logits2(s, valid, n_mask, scale2, neg_lambda2):
 
 @triton.jit
 def masked_attention_fwd_kernel(
-    Q, K, V, VALID, TEMP, OUT, LSE2,
+    Q, K, V, VALID, TEMP, OUT, M2, L2,
     stride_qbh, stride_qn, stride_kbh, stride_kn, stride_vbh, stride_vn, stride_obh, stride_on,
     H, NQ, NK, D, DV, neg_lambda2,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """Grid (cdiv(Nq, BLOCK_M), B*H, cdiv(Dv, BLOCK_DV)): out[bh, rows, cols] and lse2[bh, rows].
+    """Grid (cdiv(Nq, BLOCK_M), B*H, cdiv(Dv, BLOCK_DV)): out[bh, rows, cols], m2[bh, rows], l2[bh, rows].
 
     Online softmax over key tiles: running max m_i, running sum l_i, rescaled accumulator.
     """
@@ -120,12 +124,13 @@ def masked_attention_fwd_kernel(
     o_ptrs = OUT + bh64 * stride_obh + offs_m[:, None] * stride_on + offs_c[None, :]
     tl.store(o_ptrs, out.to(OUT.dtype.element_ty), mask=m_mask[:, None] & c_mask[None, :])
     # Every column block computes the same statistics; the first one writes them.
-    tl.store(LSE2 + bh64 * NQ + offs_m, m_i + tl.log2(l_i), mask=m_mask & (pid_c == 0))
+    tl.store(M2 + bh64 * NQ + offs_m, m_i, mask=m_mask & (pid_c == 0))
+    tl.store(L2 + bh64 * NQ + offs_m, tl.log2(l_i), mask=m_mask & (pid_c == 0))
 
 
 @triton.jit
 def masked_attention_bwd_dkdv_kernel(
-    Q, K, V, VALID, TEMP, DO, LSE2, DELTA, DK, DV_OUT,
+    Q, K, V, VALID, TEMP, DO, M2, L2, DELTA, DK, DV_OUT,
     stride_qbh, stride_qn, stride_kbh, stride_kn, stride_vbh, stride_vn, stride_dobh, stride_don,
     H, NQ, NK, D, DV, neg_lambda2,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr,
@@ -134,7 +139,7 @@ def masked_attention_bwd_dkdv_kernel(
 ):
     """Grid (cdiv(Nk, BLOCK_N), B*H, n_col): dk[bh, keys, D-block c] and dv[bh, keys, Dv-block c].
 
-    Loops over query tiles, recomputing p from lse2 and dz from delta. dk/dv share the layout of k/v.
+    Loops over query tiles, recomputing p from (m2, l2) and dz from delta. dk/dv share the layout of k/v.
     A program whose column block lies past D (or past Dv) computes a fully masked tile of it.
     """
     pid_n = tl.program_id(0)
@@ -162,13 +167,14 @@ def masked_attention_bwd_dkdv_kernel(
     for m0 in range(0, NQ, BLOCK_M):
         offs_m = m0 + offs_mb  # [BLOCK_M]
         m_mask = offs_m < NQ
-        lse2 = tl.load(LSE2 + bh64 * NQ + offs_m, mask=m_mask, other=0.0)  # [BLOCK_M]
+        m2 = tl.load(M2 + bh64 * NQ + offs_m, mask=m_mask, other=0.0)  # [BLOCK_M]
+        l2 = tl.load(L2 + bh64 * NQ + offs_m, mask=m_mask, other=0.0)  # [BLOCK_M]
         delta = tl.load(DELTA + bh64 * NQ + offs_m, mask=m_mask, other=0.0)  # [BLOCK_M]
         s = _dot_abt(q_base, k_base, offs_m, offs_n, m_mask, n_mask, stride_qn, stride_kn, D,
                      BLOCK_M, BLOCK_N, BLOCK_D, UPCAST, DOT_PRECISION)  # [BLOCK_M, BLOCK_N]
         z2 = _logits2(s, valid, n_mask, scale2, neg_lambda2)  # [BLOCK_M, BLOCK_N]
         z2 = tl.where(m_mask[:, None], z2, float("-inf"))  # rows past Nq contribute nothing
-        p = tl.exp2(z2 - lse2[:, None])  # [BLOCK_M, BLOCK_N]
+        p = tl.exp2((z2 - m2[:, None]) - l2[:, None])  # [BLOCK_M, BLOCK_N]
         do = _load_rows(do_base, offs_m, offs_dv, m_mask, dv_mask, stride_don, UPCAST)  # [BLOCK_M, BLOCK_DV]
         dv_acc = tl.dot(tl.trans(p.to(do.dtype)), do, dv_acc, input_precision=DOT_PRECISION)  # [BLOCK_N, BLOCK_DV]
         dp = _dot_abt(do_base, v_base, offs_m, offs_n, m_mask, n_mask, stride_don, stride_vn, DV,
@@ -185,7 +191,7 @@ def masked_attention_bwd_dkdv_kernel(
 
 @triton.jit
 def masked_attention_bwd_dq_kernel(
-    Q, K, V, VALID, TEMP, DO, LSE2, DELTA, DQ,
+    Q, K, V, VALID, TEMP, DO, M2, L2, DELTA, DQ,
     stride_qbh, stride_qn, stride_kbh, stride_kn, stride_vbh, stride_vn, stride_dobh, stride_don,
     H, NQ, NK, D, DV, neg_lambda2,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr,
@@ -212,7 +218,8 @@ def masked_attention_bwd_dq_kernel(
     dk_mask = offs_dk < D
     t = tl.load(TEMP + bh).to(tl.float32)
     scale2 = 1.4426950408889634 / t
-    lse2 = tl.load(LSE2 + bh64 * NQ + offs_m, mask=m_mask, other=0.0)  # [BLOCK_M]
+    m2 = tl.load(M2 + bh64 * NQ + offs_m, mask=m_mask, other=0.0)  # [BLOCK_M]
+    l2 = tl.load(L2 + bh64 * NQ + offs_m, mask=m_mask, other=0.0)  # [BLOCK_M]
     delta = tl.load(DELTA + bh64 * NQ + offs_m, mask=m_mask, other=0.0)  # [BLOCK_M]
 
     dq_acc = tl.zeros([BLOCK_M, BLOCK_DK], dtype=tl.float32)  # [BLOCK_M, BLOCK_DK]
@@ -224,7 +231,7 @@ def masked_attention_bwd_dq_kernel(
                      BLOCK_M, BLOCK_N, BLOCK_D, UPCAST, DOT_PRECISION)  # [BLOCK_M, BLOCK_N]
         z2 = _logits2(s, valid, n_mask, scale2, neg_lambda2)  # [BLOCK_M, BLOCK_N]
         z2 = tl.where(m_mask[:, None], z2, float("-inf"))
-        p = tl.exp2(z2 - lse2[:, None])  # [BLOCK_M, BLOCK_N]
+        p = tl.exp2((z2 - m2[:, None]) - l2[:, None])  # [BLOCK_M, BLOCK_N]
         dp = _dot_abt(do_base, v_base, offs_m, offs_n, m_mask, n_mask, stride_don, stride_vn, DV,
                       BLOCK_M, BLOCK_N, BLOCK_E, UPCAST, DOT_PRECISION)  # [BLOCK_M, BLOCK_N]
         dz = tl.where(valid[None, :], p * (dp - delta[:, None]), 0.0)  # [BLOCK_M, BLOCK_N]

@@ -8,7 +8,8 @@ autograd differentiates the norm exactly and the kernels are identical for norma
 
 Forward: one kernel (online softmax over key tiles). It saves the output in fp32, so that
 delta_i = <dout_i, out_i> is not computed from an fp16/bf16-rounded output (that visibly biases
-the temperature gradient), and the per-row base-2 log-sum-exp lse2 [B, H, Nq] (fp32).
+the temperature gradient), and per-row base-2 statistics m2 (max logit) and l2 (log2 of the sum),
+[B, H, Nq] fp32 each (kept apart, see triton_kernels).
 Backward: delta in PyTorch (O(Nq*Dv)), one kernel for dk and dv (program per key block), one for
 dq (program per query block); nothing of size Nq x Nk is ever stored. The gradient to the
 temperature is a cheap PyTorch epilogue on the fp32 dq of the kernel (dq w.r.t. the normalised q):
@@ -155,21 +156,22 @@ def _launch(kernel: str, grid, args, config: KernelConfig, dtype: torch.dtype):
 
 
 def _forward(q, k, v, key_valid_u8, temp, lambda_m, config):
-    """Launch the forward kernel on contiguous inputs -> (out [B,H,Nq,Dv] fp32, lse2 [B,H,Nq] fp32)."""
+    """Launch the forward kernel on contiguous inputs -> (out [B,H,Nq,Dv] fp32, m2, l2 [B,H,Nq] fp32)."""
     B, H, Nq, D = q.shape
     Nk, Dv = k.shape[2], v.shape[3]
     out = torch.empty(B, H, Nq, Dv, dtype=torch.float32, device=q.device)
-    lse2 = torch.empty(B, H, Nq, dtype=torch.float32, device=q.device)
+    m2 = torch.empty(B, H, Nq, dtype=torch.float32, device=q.device)
+    l2 = torch.empty_like(m2)
     # Axis 0 (fastest) walks the query blocks of one (b, h), so they share its k, v tiles in L2.
     grid = (triton.cdiv(Nq, config.block_m), B * H, triton.cdiv(Dv, config.block_dv))
-    args = (q, k, v, key_valid_u8, temp, out, lse2,
+    args = (q, k, v, key_valid_u8, temp, out, m2, l2,
             q.stride(1), q.stride(2), k.stride(1), k.stride(2), v.stride(1), v.stride(2), out.stride(1), out.stride(2),
             H, Nq, Nk, D, Dv, -lambda_m * _LOG2E)
     _launch("fwd", grid, args, config, q.dtype)
-    return out, lse2
+    return out, m2, l2
 
 
-def _backward(q, k, v, key_valid_u8, temp, lambda_m, config, out, lse2, dout, need_dq, need_dkdv):
+def _backward(q, k, v, key_valid_u8, temp, lambda_m, config, out, m2, l2, dout, need_dq, need_dkdv):
     """Launch the backward kernels -> (dq fp32 or None, dk or None, dv or None); dk, dv in k's/v's dtype."""
     B, H, Nq, D = q.shape
     Nk, Dv = k.shape[2], v.shape[3]
@@ -183,16 +185,16 @@ def _backward(q, k, v, key_valid_u8, temp, lambda_m, config, out, lse2, dout, ne
         dv = torch.empty_like(v)
         n_col = max(triton.cdiv(D, c.bwd_block_dk), triton.cdiv(Dv, c.bwd_block_dv))
         grid = (triton.cdiv(Nk, c.bwd_block_n), B * H, n_col)
-        _launch("dkdv", grid, (q, k, v, key_valid_u8, temp, dout, lse2, delta, dk, dv) + tail, c, q.dtype)
+        _launch("dkdv", grid, (q, k, v, key_valid_u8, temp, dout, m2, l2, delta, dk, dv) + tail, c, q.dtype)
     if need_dq:
         dq = torch.empty(q.shape, dtype=torch.float32, device=q.device)
         grid = (triton.cdiv(Nq, c.bwd_block_m), B * H, triton.cdiv(D, c.bwd_block_dk))
-        _launch("dq", grid, (q, k, v, key_valid_u8, temp, dout, lse2, delta, dq) + tail, c, q.dtype)
+        _launch("dq", grid, (q, k, v, key_valid_u8, temp, dout, m2, l2, delta, dq) + tail, c, q.dtype)
     return dq, dk, dv
 
 
 _TRITON_DTYPE = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
-_FP32_POINTERS = ("TEMP", "OUT", "LSE2", "DELTA", "DQ")
+_FP32_POINTERS = ("TEMP", "OUT", "M2", "L2", "DELTA", "DQ")
 _INPUT_POINTERS = ("Q", "K", "V", "DO", "DK", "DV_OUT")  # in the input dtype
 
 
@@ -239,7 +241,7 @@ def compile_for_gpu(d: int, dv: int, dtype: torch.dtype = torch.float16, arch: i
 
 
 class TritonMaskedAttention(torch.autograd.Function):
-    """Autograd op on normalised inputs; saves q, k, v, key_valid, temperature, out and lse2 [B,H,Nq]."""
+    """Autograd op on normalised inputs; saves q, k, v, key_valid, temperature, out, m2 and l2 [B,H,Nq]."""
 
     @staticmethod
     def forward(ctx, q, k, v, key_valid, temperature, lambda_m, config):
@@ -247,8 +249,8 @@ class TritonMaskedAttention(torch.autograd.Function):
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         valid_u8 = key_valid.contiguous().view(torch.uint8)  # [B, Nk], bool storage read as bytes
         temp = temperature.detach().to(torch.float32).contiguous()  # [B, H]
-        out, lse2 = _forward(q, k, v, valid_u8, temp, lambda_m, config)
-        ctx.save_for_backward(q, k, v, valid_u8, temp, out, lse2)
+        out, m2, l2 = _forward(q, k, v, valid_u8, temp, lambda_m, config)
+        ctx.save_for_backward(q, k, v, valid_u8, temp, out, m2, l2)
         out = out.to(v.dtype)
         ctx.lambda_m = lambda_m
         ctx.config = config
@@ -257,10 +259,10 @@ class TritonMaskedAttention(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout):
-        q, k, v, valid_u8, temp, out, lse2 = ctx.saved_tensors
+        q, k, v, valid_u8, temp, out, m2, l2 = ctx.saved_tensors
         need_q, need_k, need_v, _, need_t = ctx.needs_input_grad[:5]
         dq, dk, dv = _backward(
-            q, k, v, valid_u8, temp, ctx.lambda_m, ctx.config, out, lse2, dout.contiguous(),
+            q, k, v, valid_u8, temp, ctx.lambda_m, ctx.config, out, m2, l2, dout.contiguous(),
             need_dq=need_q or need_t, need_dkdv=need_k or need_v,
         )
         dt = None
