@@ -18,8 +18,9 @@ backward, with delta_i = <dout_i, out_i>:
 """
 import torch
 
-# Elements of one score chunk [B, H, chunk, Nk]: 2**22 floats = 16 MiB in float32.
-_CHUNK_ELEMENTS = 1 << 22
+# Elements of one score chunk [B, H, chunk, Nk]: 2**20 floats = 4 MiB in float32. The forward holds one
+# such buffer at a time, the backward three (logits, weights, their gradient).
+_CHUNK_ELEMENTS = 1 << 20
 
 
 def query_chunk(batch_heads: int, nq: int, nk: int, budget: int | None = None) -> int:
@@ -28,11 +29,10 @@ def query_chunk(batch_heads: int, nq: int, nk: int, budget: int | None = None) -
     return max(1, min(nq, budget // max(1, batch_heads * nk)))
 
 
-def _scores(q, k, valid, inv_t, lambda_m):
-    """Logits z and raw similarities s for one query chunk: q [B,H,c,D], k [B,H,Nk,D] -> both [B,H,c,Nk]."""
-    s = q @ k.transpose(-1, -2)
-    z = torch.where(valid, s * inv_t, torch.full_like(s, -lambda_m))
-    return z, s
+def _logits(q, k, invalid, inv_t, lambda_m):
+    """z for one query chunk, in one buffer: q [B,H,c,D], k [B,H,Nk,D] -> [B,H,c,Nk]."""
+    z = q @ k.transpose(-1, -2)
+    return z.mul_(inv_t).masked_fill_(invalid, -lambda_m)
 
 
 class ChunkedMaskedAttention(torch.autograd.Function):
@@ -45,19 +45,20 @@ class ChunkedMaskedAttention(torch.autograd.Function):
         compute = torch.float64 if q.dtype == torch.float64 else torch.float32
         qc, kc, vc = q.to(compute), k.to(compute), v.to(compute)
         inv_t = (1.0 / temperature.to(compute))[:, :, None, None]
-        valid = key_valid[:, None, None, :]
+        invalid = ~key_valid[:, None, None, :]
         out = torch.empty(B, H, Nq, v.shape[-1], dtype=compute, device=q.device)
         row_max = torch.empty(B, H, Nq, dtype=compute, device=q.device)
         log_sum = torch.empty_like(row_max)
         step = query_chunk(B * H, Nq, Nk)
         for i in range(0, Nq, step):
-            z, _ = _scores(qc[:, :, i:i + step], kc, valid, inv_t, lambda_m)
-            m_c = z.amax(dim=-1, keepdim=True)
-            p = torch.exp(z - m_c)
+            rows = slice(i, i + step)
+            z = _logits(qc[:, :, rows], kc, invalid, inv_t, lambda_m)  # [B, H, c, Nk]
+            m = z.amax(dim=-1, keepdim=True)
+            p = z.sub_(m).exp_()  # unnormalised weights, in z's buffer
             total = p.sum(dim=-1, keepdim=True)
-            out[:, :, i:i + step] = (p @ vc) / total
-            row_max[:, :, i:i + step] = m_c[..., 0]
-            log_sum[:, :, i:i + step] = torch.log(total[..., 0])
+            torch.div(p @ vc, total, out=out[:, :, rows])
+            row_max[:, :, rows] = m[..., 0]
+            log_sum[:, :, rows] = total[..., 0].log()
         ctx.save_for_backward(q, k, v, key_valid, temperature, out, row_max, log_sum)
         ctx.lambda_m = lambda_m
         return out.to(q.dtype)
@@ -65,27 +66,33 @@ class ChunkedMaskedAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout):
         q, k, v, key_valid, temperature, out, row_max, log_sum = ctx.saved_tensors
+        B, H, Nq, _ = q.shape
         compute = out.dtype
         qc, kc, vc, do = q.to(compute), k.to(compute), v.to(compute), dout.to(compute)
         t = temperature.to(compute)[:, :, None, None]
-        valid = key_valid[:, None, None, :]
-        delta = (do * out).sum(-1)  # [B, H, Nq]
+        invalid = ~key_valid[:, None, None, :]
+        delta = (do * out).sum(-1, keepdim=True)  # [B, H, Nq, 1]
         dq = torch.empty_like(qc)
         dk = torch.zeros_like(kc)
         dv = torch.zeros_like(vc)
-        dt = torch.zeros_like(t)
-        step = query_chunk(q.shape[0] * q.shape[1], q.shape[2], k.shape[2])
-        for i in range(0, q.shape[2], step):
+        dz_dot_z = torch.zeros(B, H, 1, 1, dtype=compute, device=q.device)
+        step = query_chunk(B * H, Nq, k.shape[2])
+        for i in range(0, Nq, step):
             rows = slice(i, i + step)
-            z, s = _scores(qc[:, :, rows], kc, valid, 1.0 / t, ctx.lambda_m)
-            p = torch.exp((z - row_max[:, :, rows, None]) - log_sum[:, :, rows, None])
+            z = _logits(qc[:, :, rows], kc, invalid, 1.0 / t, ctx.lambda_m)  # [B, H, c, Nk]
+            p = torch.exp((z - row_max[:, :, rows, None]).sub_(log_sum[:, :, rows, None]))
             dv += p.transpose(-1, -2) @ do[:, :, rows]
-            dz = p * (do[:, :, rows] @ vc.transpose(-1, -2) - delta[:, :, rows, None])
-            dz = torch.where(valid, dz, torch.zeros_like(dz))
-            dq[:, :, rows] = (dz @ kc) / t
-            dk += (dz.transpose(-1, -2) @ qc[:, :, rows]) / t
-            dt -= (dz * s).sum(dim=(-1, -2), keepdim=True) / (t * t)
-        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, dt[:, :, 0, 0].to(temperature.dtype), None
+            dz = (do[:, :, rows] @ vc.transpose(-1, -2)).sub_(delta[:, :, rows]).mul_(p)
+            del p
+            dz.masked_fill_(invalid, 0.0)  # an invalid key's logit is a constant
+            dq[:, :, rows] = dz @ kc
+            dk += dz.transpose(-1, -2) @ qc[:, :, rows]
+            # sum_ij dz_ij z_ij as a batched dot product (no chunk-sized temporary)
+            dz_dot_z += dz.flatten(2).unsqueeze(-2) @ z.flatten(2).unsqueeze(-1)
+        # dz_ij = dL/dz_ij and z_ij = s_ij / t on valid keys: dL/dt = -sum dz_ij s_ij / t^2 = -sum dz_ij z_ij / t
+        dt = -dz_dot_z[:, :, 0, 0] / t[:, :, 0, 0]
+        return (dq.div_(t).to(q.dtype), dk.div_(t).to(k.dtype), dv.to(v.dtype), None,
+                dt.to(temperature.dtype), None)
 
 
 def chunked_masked_attention(q, k, v, key_valid, temperature, lambda_m):
