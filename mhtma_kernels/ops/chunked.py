@@ -71,7 +71,7 @@ class ChunkedMaskedAttention(torch.autograd.Function):
         qc, kc, vc, do = q.to(compute), k.to(compute), v.to(compute), dout.to(compute)
         t = temperature.to(compute)[:, :, None, None]
         invalid = ~key_valid[:, None, None, :]
-        delta = (do * out).sum(-1, keepdim=True)  # [B, H, Nq, 1]
+        delta = (do.unsqueeze(-2) @ out.unsqueeze(-1))[..., 0]  # [B, H, Nq, 1] = <dout_i, out_i>, no [Nq, Dv] temporary
         dq = torch.empty_like(qc)
         dk = torch.zeros_like(kc)
         dv = torch.zeros_like(vc)
