@@ -306,11 +306,11 @@ def _open_sketch(path_or_image: ImageLike) -> Image.Image:
         path = Path(path_or_image)
         if not path.is_file():
             raise FileNotFoundError(f"sketch file not found: {path}")
+        from .data import UnreadableImageError, open_image
+
         try:
-            with Image.open(path) as img:
-                img.load()
-                return img.copy()
-        except Exception as exc:
+            return open_image(path)
+        except UnreadableImageError as exc:
             raise ValueError(f"sketch file {path} is not a readable image: {exc}") from exc
     raise TypeError(f"sketch must be a path, a PIL image or a numpy array, got {type(path_or_image).__name__}")
 
