@@ -73,20 +73,21 @@ class ChunkedMaskedAttention(torch.autograd.Function):
         invalid = ~key_valid[:, None, None, :]
         delta = (do.unsqueeze(-2) @ out.unsqueeze(-1))[..., 0]  # [B, H, Nq, 1] = <dout_i, out_i>, no [Nq, Dv] temporary
         dq = torch.empty_like(qc)
-        dk = torch.zeros_like(kc)
-        dv = torch.zeros_like(vc)
+        dk = torch.zeros(kc.shape, dtype=compute, device=q.device)  # contiguous: accumulated in place below
+        dv = torch.zeros(vc.shape, dtype=compute, device=q.device)
         dz_dot_z = torch.zeros(B, H, 1, 1, dtype=compute, device=q.device)
         step = query_chunk(B * H, Nq, k.shape[2])
         for i in range(0, Nq, step):
             rows = slice(i, i + step)
             z = _logits(qc[:, :, rows], kc, invalid, 1.0 / t, ctx.lambda_m)  # [B, H, c, Nk]
             p = torch.exp((z - row_max[:, :, rows, None]).sub_(log_sum[:, :, rows, None]))
-            dv += p.transpose(-1, -2) @ do[:, :, rows]
+            # dv += p^T do and dk += dz^T q accumulate in place (baddbmm_): no [B, H, Nk, D] temporary per chunk
+            dv.flatten(0, 1).baddbmm_(p.flatten(0, 1).transpose(1, 2), do[:, :, rows].flatten(0, 1))
             dz = (do[:, :, rows] @ vc.transpose(-1, -2)).sub_(delta[:, :, rows]).mul_(p)
             del p
             dz.masked_fill_(invalid, 0.0)  # an invalid key's logit is a constant
             dq[:, :, rows] = dz @ kc
-            dk += dz.transpose(-1, -2) @ qc[:, :, rows]
+            dk.flatten(0, 1).baddbmm_(dz.flatten(0, 1).transpose(1, 2), qc[:, :, rows].flatten(0, 1))
             # sum_ij dz_ij z_ij as a batched dot product (no chunk-sized temporary)
             dz_dot_z += dz.flatten(2).unsqueeze(-2) @ z.flatten(2).unsqueeze(-1)
         # dz_ij = dL/dz_ij and z_ij = s_ij / t on valid keys: dL/dt = -sum dz_ij s_ij / t^2 = -sum dz_ij z_ij / t
