@@ -93,11 +93,13 @@ def collect_inputs(editor: Optional[dict], mask_file: Any = None, sketch_file: A
     """Turn what the page collected into ``(image RGB, mask L, sketch L or None)``, all the image's size.
 
     ``editor``: Gradio ImageEditor value ``{"background", "layers", "composite"}``; layer 0 = hole,
-    layer 1 = sketch (painted pixels, any colour). ``mask_file``: optional image, > 127 (grey) = hole,
-    added to the painted hole. ``sketch_file``: optional drawing, read with
+    layer 1 = sketch (painted pixels, any colour). ``mask_file``: optional image, holes by the project's
+    rule (:func:`mhtma_model.masks.mask_from_image`: value > 127, brightest channel for colour, alpha for
+    a transparent layer), added to the painted hole. ``sketch_file``: optional drawing, read with
     :func:`mhtma_model.sketch.load_user_sketch` (dark or light strokes on any background), added to the
     painted lines. Returned mask and sketch are 0/255 'L' images; UploadError on anything unusable.
     """
+    from .masks import mask_from_image
     from .sketch import load_user_sketch, skeleton
 
     if not editor or editor.get("background") is None:
@@ -116,7 +118,8 @@ def collect_inputs(editor: Optional[dict], mask_file: Any = None, sketch_file: A
     if mask_file is not None:
         mask_img = _as_pil(mask_file, "the mask file")
         check_size(mask_img, "the mask file")
-        uploaded = np.asarray(mask_img.convert("L").resize(size, Image.NEAREST)) > 127
+        uploaded = Image.fromarray(mask_from_image(mask_img)).resize(size, Image.NEAREST)
+        uploaded = np.asarray(uploaded)
         hole = uploaded if hole is None else (hole | uploaded)
     if hole is None or not hole.any():
         raise UploadError("No hole: paint the region to fill on the layer 'hole' (or upload a mask file, "

@@ -63,6 +63,22 @@ def test_uploaded_mask_and_sketch_files_are_added(tmp_path):
     assert s[38:46, 12:68].any(axis=0).all() and s[:36].sum() == 0
 
 
+@pytest.mark.parametrize("mode", ["red-on-black", "transparent-layer"])
+def test_uploaded_mask_follows_the_project_mask_rule(tmp_path, mode):
+    """A mask file is read like mhtma-inpaint reads it (masks.mask_from_image): a red stroke on black and
+    an opaque stroke on a transparent layer both mark holes."""
+    if mode == "red-on-black":
+        arr = np.zeros((64, 80, 3), np.uint8)
+        arr[5:15, 6:26] = (255, 0, 0)
+    else:
+        arr = np.zeros((64, 80, 4), np.uint8)
+        arr[5:15, 6:26] = (0, 0, 0, 255)  # black paint, opaque, on a transparent layer
+    Image.fromarray(arr).save(tmp_path / "mask.png")
+    _, mask, _ = ui.collect_inputs(editor_value(rgb()), str(tmp_path / "mask.png"))
+    m = np.asarray(mask) > 0
+    assert m[5:15, 6:26].all() and m.sum() == 10 * 20
+
+
 def test_transparent_background_is_flattened_on_white():
     arr = np.zeros((32, 32, 4), np.uint8)
     arr[..., 0] = 200
