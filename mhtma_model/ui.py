@@ -293,7 +293,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--checkpoint", help="generator checkpoint (.pt) written by mhtma-train (required)")
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--device", default=None, help="auto, cpu or cuda[:N] (default auto: cuda if available, else cpu)")
     args = parser.parse_args(argv)
     if not args.checkpoint:
         print("mhtma-ui: no checkpoint given. Start it with --checkpoint PATH, a generator checkpoint written "
@@ -306,9 +306,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not 0 < args.port < 65536:
         print(f"mhtma-ui: --port must be in 1..65535, got {args.port}", file=sys.stderr)
         return 2
-    import torch
+    from .inpaint import resolve_device
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = resolve_device(args.device)
+    except ValueError as exc:
+        print(f"mhtma-ui: {exc}", file=sys.stderr)
+        return 2
     try:
         cache = GeneratorCache(device)
         cache.get(path)  # refuse to start with an unusable checkpoint

@@ -324,6 +324,16 @@ def test_cli_refuses_an_unusable_checkpoint(tmp_path, capsys):
     assert "broken.pt" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("device, match", [
+    pytest.param("bogus", "device must be", id="unknown-device"),
+    pytest.param("cuda", "no CUDA GPU", id="cuda-without-gpu",
+                 marks=pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a GPU is present")),
+])
+def test_cli_refuses_an_unusable_device(checkpoints, device, match, capsys):
+    assert ui.main(["--checkpoint", str(checkpoints["plain"]), "--device", device]) == 2
+    assert match in capsys.readouterr().err
+
+
 def test_page_in_headless_chromium(checkpoints, tmp_path):
     """The real page, served on a free localhost port, driven by headless Chromium: upload, brush, mask
     upload, Inpaint -> result image, download button and temperatures appear; screenshot -> docs/ui.png
