@@ -160,13 +160,6 @@ def predict(generator, image: np.ndarray, hole: np.ndarray, sketch: Optional[np.
     return predict_batch(generator, image[None], hole[None], None if sketch is None else sketch[None], device)[0]
 
 
-def _resize_sketch(strokes: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    from .sketch import skeleton
-
-    img = Image.fromarray((strokes > 0.5).astype(np.uint8) * 255).resize((size[1], size[0]), Image.BILINEAR)
-    return skeleton(np.asarray(img) >= 64).astype(np.float32)
-
-
 def inpaint_image(generator, image: Image.Image, mask: Image.Image, sketch: Optional[Image.Image] = None,
                   device: Union[str, torch.device] = "cpu", max_size: Optional[int] = None) -> Image.Image:
     """Inpaint ``image`` where ``mask`` marks holes -> PIL image of the same size; known pixels bit-identical.
@@ -218,7 +211,9 @@ def inpaint_image(generator, image: Image.Image, mask: Image.Image, sketch: Opti
         covered = Image.fromarray(win_hole.astype(np.uint8) * 255).resize((nw, nh), Image.BILINEAR)
         net_hole = np.asarray(covered) > 0
         if win_sketch is not None:
-            net_sketch = _resize_sketch(win_sketch, net_size)
+            from .sketch import thin_strokes
+
+            net_sketch = thin_strokes(win_sketch > 0.5, net_size)
 
     if _generator_device(generator) not in (None, dev):
         generator.to(dev)

@@ -351,8 +351,17 @@ def load_user_sketch(path_or_image: ImageLike, size) -> np.ndarray:
     stroke when at least a quarter of it was, so thin lines survive downscaling), then skeletonised.
     No area opening: every line the person drew is kept.
     """
+    return thin_strokes(stroke_map(path_or_image), size)
+
+
+def thin_strokes(strokes: np.ndarray, size) -> np.ndarray:
+    """Stroke map ``bool [h, w]`` -> one-pixel lines ``float32 [H, W]`` in {0, 1}, ``size = (H, W)`` or int.
+
+    Resized bilinearly when the size differs (a resized pixel is a stroke when at least a quarter of it
+    was, so thin lines survive downscaling), then skeletonised.
+    """
     height, width = _as_size(size)
-    strokes = stroke_map(path_or_image)
+    strokes = np.asarray(strokes, dtype=bool)
     if strokes.shape != (height, width):
         resized = Image.fromarray(strokes.astype(np.uint8) * 255).resize((width, height), Image.BILINEAR)
         strokes = np.asarray(resized) >= 64
@@ -363,5 +372,5 @@ __all__ = [
     "SKETCH_THRESHOLD", "MIN_COMPONENT_AREA_256", "EDGE_WEIGHTS_ENV", "min_component_area",
     "canny_edges", "sobel_edges", "resolve_edge_weights", "LearnedEdgeDetector", "EdgeNet",
     "get_detector", "edges", "area_opening", "skeleton", "clean_edge_map", "make_sketch",
-    "stroke_map", "load_user_sketch",
+    "stroke_map", "load_user_sketch", "thin_strokes",
 ]
