@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .networks import IMAGENET_MEAN
+
 #: Environment variable holding the VGG16 weights path.
 VGG16_ENV = "MHTMA_VGG16"
 
@@ -37,7 +39,6 @@ VGG16_HOWTO = (
     "or set the perceptual-loss weight to 0 to train without it"
 )
 
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 #: torchvision vgg16 ``features`` layers up to relu1_2 (conv1_1, relu, conv1_2, relu) and their shapes.
 _RELU1_2_KEYS = {
@@ -158,7 +159,7 @@ class PerceptualLoss(nn.Module):
         super().__init__()
         self.weights_path = resolve_vgg16_path(weights_path)
         self.features = vgg16_relu1_2(self.weights_path)
-        self.register_buffer("mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
     def train(self, mode: bool = True):
