@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from .masks import MaskFolder, free_form_mask
+from .masks import MaskFolder, free_form_mask, has_transparency
 
 #: File suffixes treated as images (case-insensitive).
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
@@ -90,7 +90,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
     """Any Pillow image -> 8-bit RGB (rules in the module docstring)."""
     if image.mode == "RGB" and "transparency" not in image.info:
         return image
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+    if has_transparency(image) or "transparency" in image.info:
         rgba = image.convert("RGBA")
         return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
     return to_8bit(image).convert("RGB")

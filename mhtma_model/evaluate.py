@@ -47,9 +47,9 @@ from PIL import Image
 
 from . import metrics as M
 from .classical import CLASSICAL_METHODS, OPENCV_METHODS, classical_inpaint, require_opencv
-from .data import open_image
-from .inpaint import generator_uses_sketch, load_generator_or_exit, predict_batch, resolve_device
-from .masks import mask_from_image
+from .inpaint import (files_by_key, generator_uses_sketch, load_generator_or_exit, pair_key, predict_batch,
+                      resolve_device)
+from .masks import free_form_mask, load_mask
 
 METHODS = ("model",) + CLASSICAL_METHODS
 EXAMPLE_ROWS = 8
@@ -68,7 +68,7 @@ def resize_center_crop(image: Image.Image, size: int, resample=Image.BICUBIC) ->
 
 def load_user_mask(path: Path, original_size: tuple[int, int], size: int) -> np.ndarray:
     """A user mask for an image of ``original_size`` (W, H) -> bool [size, size] (see the module docstring)."""
-    hole = Image.fromarray(mask_from_image(open_image(path)).astype(np.uint8) * 255)
+    hole = Image.fromarray(load_mask(path).astype(np.uint8) * 255)
     if hole.size == original_size:
         hole = resize_center_crop(hole, size, Image.NEAREST)
     else:
@@ -78,13 +78,7 @@ def load_user_mask(path: Path, original_size: tuple[int, int], size: int) -> np.
 
 def generated_mask(size: int, seed: int, index: int) -> np.ndarray:
     """Mask of image ``index`` for ``--mask-seed seed`` -> bool [size, size]."""
-    from .masks import free_form_mask
-
     return np.asarray(free_form_mask(size, size, np.random.default_rng([seed, index]))) > 0.5
-
-
-def _key(path: Path, root: Path) -> str:
-    return path.relative_to(root).with_suffix("").as_posix()
 
 
 def _grid(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]], gap: int = 4) -> Image.Image:
@@ -206,10 +200,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     paths = list_images(data_root)
     if not paths:
         parser.error(f"no images found under {data_root}")
-    mask_paths: dict[str, list[Path]] = {}
-    if mask_root is not None:
-        for path in list_images(mask_root):
-            mask_paths.setdefault(_key(path, mask_root), []).append(path)
+    mask_paths = files_by_key(mask_root) if mask_root is not None else {}
 
     records: list[dict] = []
     skipped: list[dict] = []
@@ -247,7 +238,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     batch: list[tuple[str, np.ndarray, np.ndarray]] = []
     with tqdm(total=len(paths), desc=f"evaluating ({args.method})", unit="img") as bar:
         for index, path in enumerate(paths):
-            key = _key(path, data_root)
+            key = pair_key(path, data_root)
             try:
                 image = load_rgb(path)
                 truth = np.asarray(resize_center_crop(image, size))

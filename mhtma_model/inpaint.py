@@ -239,12 +239,18 @@ def inpaint_image(generator, image: Image.Image, mask: Image.Image, sketch: Opti
 
 # ------------------------------------------------------------------------------------------------- CLI
 
-def _list_by_key(root: Path) -> dict[str, list[Path]]:
+def pair_key(path: Path, root: Path) -> str:
+    """The name that pairs files across folders: ``path`` relative to ``root``, without extension."""
+    return path.relative_to(root).with_suffix("").as_posix()
+
+
+def files_by_key(root: Path) -> dict[str, list[Path]]:
+    """The images under ``root`` (recursive) grouped by :func:`pair_key`."""
     from .data import list_images
 
     keyed: dict[str, list[Path]] = {}
     for path in list_images(root):
-        keyed.setdefault(path.relative_to(root).with_suffix("").as_posix(), []).append(path)
+        keyed.setdefault(pair_key(path, root), []).append(path)
     return keyed
 
 
@@ -262,8 +268,8 @@ def pair_inputs(image: Path, mask: Path, sketch: Optional[Path] = None):
         raise ValueError(f"--image is a folder, so --mask must be a folder too: {mask}")
     if sketch is not None and not sketch.is_dir():
         raise ValueError(f"--image is a folder, so --sketch must be a folder too: {sketch}")
-    images, masks = _list_by_key(image), _list_by_key(mask)
-    sketches = _list_by_key(sketch) if sketch is not None else {}
+    images, masks = files_by_key(image), files_by_key(mask)
+    sketches = files_by_key(sketch) if sketch is not None else {}
     pairs, problems = [], []
     for key, paths in sorted(images.items()):
         if len(paths) > 1:
