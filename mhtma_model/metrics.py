@@ -84,24 +84,18 @@ def _pair(output: ImageBatch, target: ImageBatch) -> tuple[np.ndarray, np.ndarra
     return out, gt
 
 
-def mae_percent(output: ImageBatch, target: ImageBatch) -> np.ndarray:
-    """Per-image mean absolute error × 100 -> float64 [B]."""
-    out, gt = _pair(output, target)
+def _mae_percent(out: np.ndarray, gt: np.ndarray) -> np.ndarray:
     return np.abs(out - gt).mean(axis=(1, 2, 3)) * 100.0
 
 
-def psnr(output: ImageBatch, target: ImageBatch, cap_db: float = PSNR_CAP_DB) -> np.ndarray:
-    """Per-image PSNR in dB with data range 1 -> float64 [B]; values are capped at ``cap_db`` (identical -> cap)."""
-    out, gt = _pair(output, target)
+def _psnr(out: np.ndarray, gt: np.ndarray, cap_db: float = PSNR_CAP_DB) -> np.ndarray:
     mse = ((out - gt) ** 2).mean(axis=(1, 2, 3))
     with np.errstate(divide="ignore"):
         values = 10.0 * np.log10(1.0 / mse)
     return np.minimum(values, cap_db)
 
 
-def ssim(output: ImageBatch, target: ImageBatch) -> np.ndarray:
-    """Per-image SSIM (11-tap Gaussian, σ 1.5, per channel, mean) -> float64 [B]; images need H, W ≥ 11."""
-    out, gt = _pair(output, target)
+def _ssim(out: np.ndarray, gt: np.ndarray) -> np.ndarray:
     if out.shape[1] < SSIM_WINDOW or out.shape[2] < SSIM_WINDOW:
         raise ValueError(f"SSIM needs images of at least {SSIM_WINDOW}x{SSIM_WINDOW}, got {out.shape[1]}x{out.shape[2]}")
     return np.array([
@@ -111,10 +105,25 @@ def ssim(output: ImageBatch, target: ImageBatch) -> np.ndarray:
     ], dtype=np.float64)
 
 
+def mae_percent(output: ImageBatch, target: ImageBatch) -> np.ndarray:
+    """Per-image mean absolute error × 100 -> float64 [B]."""
+    return _mae_percent(*_pair(output, target))
+
+
+def psnr(output: ImageBatch, target: ImageBatch, cap_db: float = PSNR_CAP_DB) -> np.ndarray:
+    """Per-image PSNR in dB with data range 1 -> float64 [B]; values are capped at ``cap_db`` (identical -> cap)."""
+    return _psnr(*_pair(output, target), cap_db)
+
+
+def ssim(output: ImageBatch, target: ImageBatch) -> np.ndarray:
+    """Per-image SSIM (11-tap Gaussian, σ 1.5, per channel, mean) -> float64 [B]; images need H, W ≥ 11."""
+    return _ssim(*_pair(output, target))
+
+
 def image_metrics(output: ImageBatch, target: ImageBatch) -> dict[str, np.ndarray]:
-    """``{"mae_percent", "psnr", "ssim"}``, each a float64 [B] array."""
+    """``{"mae_percent", "psnr", "ssim"}``, each a float64 [B] array (inputs checked and converted once)."""
     out, gt = _pair(output, target)
-    return {"mae_percent": mae_percent(out, gt), "psnr": psnr(out, gt), "ssim": ssim(out, gt)}
+    return {"mae_percent": _mae_percent(out, gt), "psnr": _psnr(out, gt), "ssim": _ssim(out, gt)}
 
 
 def bucket_label(ratio: float) -> str:
