@@ -204,9 +204,14 @@ class InceptionFeatures(nn.Module):
         return feats.reshape(feats.shape[0], -1)
 
 
+def _float64(features) -> np.ndarray:
+    """A tensor (any device) or array-like -> float64 numpy array."""
+    return np.asarray(features.cpu() if isinstance(features, torch.Tensor) else features, dtype=np.float64)
+
+
 def feature_statistics(features) -> tuple[np.ndarray, np.ndarray]:
     """``features [N, D]`` (N ≥ 2) -> (mean [D], unbiased covariance [D, D]) in float64."""
-    feats = np.asarray(features.cpu() if isinstance(features, torch.Tensor) else features, dtype=np.float64)
+    feats = _float64(features)
     if feats.ndim != 2:
         raise ValueError(f"features must be [N, D], got shape {list(feats.shape)}")
     if feats.shape[0] < 2:
@@ -244,8 +249,7 @@ def fid_from_features(features_a, features_b) -> float:
     singular values of AᵀB over √((N−1)(M−1)). That N×M route is used when both sets are no larger than
     D (always exact, and fast for the small sets of per-bucket FIDs); otherwise the D×D covariances.
     """
-    a = np.asarray(features_a.cpu() if isinstance(features_a, torch.Tensor) else features_a, dtype=np.float64)
-    b = np.asarray(features_b.cpu() if isinstance(features_b, torch.Tensor) else features_b, dtype=np.float64)
+    a, b = _float64(features_a), _float64(features_b)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
         raise ValueError(f"features must be [N, D] and [M, D] with the same D, got {list(a.shape)} and {list(b.shape)}")
     n, m, d = a.shape[0], b.shape[0], a.shape[1]
