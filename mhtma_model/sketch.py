@@ -327,8 +327,10 @@ def stroke_map(path_or_image: ImageLike) -> np.ndarray:
       dark background and coloured strokes on either all work; the strokes must not touch most of the
       border.
     """
+    from .masks import has_transparency
+
     img = _open_sketch(path_or_image)
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+    if has_transparency(img):
         alpha = np.asarray(img.convert("RGBA"))[..., 3]
         if alpha.min() < 255:
             return alpha > 127
