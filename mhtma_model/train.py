@@ -42,11 +42,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Sampler
 
 from .checkpoint import FORMAT, VERSION, CheckpointError, load_checkpoint, save_checkpoint
 from .config import Config, ConfigError, build_discriminator, build_generator, load_config
+from .networks import composite
 
 __all__ = ["main", "train", "EpochSampler"]
 
@@ -289,7 +289,7 @@ def _validate(generator, loader, device, amp_ctx, max_batches, d: _Dist) -> floa
         image, mask, sketch = _batch_to(batch, device)
         with amp_ctx():
             _, refined = generator(image, mask, sketch)
-        out = refined.float() * mask + image * (1 - mask)
+        out = composite(refined.float(), image, mask)
         err = (out - image).abs().flatten(1).mean(1)
         total[0] += err.double().sum()
         total[1] += err.numel()
@@ -320,8 +320,6 @@ def _train(cfg: Config, d: _Dist) -> dict:
     from tqdm import tqdm
 
     from .losses import PerceptualLoss, generator_loss, gradient_penalty, hinge_d_loss, wgan_d_loss
-    from .networks import composite
-
     t_start = time.time()
     if cfg.train.threads is not None:
         torch.set_num_threads(cfg.train.threads)
@@ -470,8 +468,7 @@ def _train(cfg: Config, d: _Dist) -> dict:
         loader_gen.manual_seed(_step_seed(cfg.run.seed, epoch, 999))
         loader = DataLoader(train_ds, batch_size=bs, sampler=sampler, num_workers=cfg.data.num_workers,
                             generator=loader_gen, pin_memory=device.type == "cuda", drop_last=False)
-        if hasattr(train_ds, "set_epoch"):
-            train_ds.set_epoch(epoch)
+        train_ds.set_epoch(epoch)
         stop = False
         for batch in loader:
             torch.manual_seed(_step_seed(cfg.run.seed, step, d.rank))
