@@ -194,9 +194,12 @@ def make_layer(case: Case) -> torch.nn.Module:
     return layer.to(case.device)
 
 
-def _reference_copy(module: torch.nn.Module) -> torch.nn.Module:
-    """float64 copy of ``module`` whose attention layers use the materialised reference backend."""
-    ref = copy.deepcopy(module).double()
+def _reference_copy(module: torch.nn.Module, dtype: torch.dtype | None = torch.float64) -> torch.nn.Module:
+    """Copy of ``module`` (cast to ``dtype``; None keeps it) whose attention layers use the materialised
+    reference backend."""
+    ref = copy.deepcopy(module)
+    if dtype is not None:
+        ref = ref.to(dtype)
     for sub in ref.modules():
         if isinstance(getattr(sub, "backend", None), str):
             sub.backend = "reference"
@@ -321,10 +324,7 @@ def build_model(case: Case) -> Bench:
         # accumulate (DeepFill's scale-10 softmax amplifies it), which is not what this check is for.
         with torch.no_grad():
             coarse, refined = generator(inputs["image"], inputs["mask"])
-            ref = copy.deepcopy(generator)
-            for sub in ref.modules():
-                if isinstance(getattr(sub, "backend", None), str):
-                    sub.backend = "reference"
+            ref = _reference_copy(generator, dtype=None)
             _, expected = ref(inputs["image"][:1], inputs["mask"][:1])
         if refined.shape != inputs["image"].shape or not bool(torch.isfinite(refined).all()):
             raise AssertionError(f"{case.id}: output shape {tuple(refined.shape)} or non-finite values")
