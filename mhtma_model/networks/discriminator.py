@@ -29,6 +29,8 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
+from .gated import _positive_int
+
 
 def _branch(in_channels: int, widths: list[int]) -> nn.Sequential:
     layers: list[nn.Module] = []
@@ -50,9 +52,8 @@ class GlobalLocalDiscriminator(nn.Module):
 
     def __init__(self, base_channels: int = 64, image_size: int = 256):
         super().__init__()
-        for name, value in (("base_channels", base_channels), ("image_size", image_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"GlobalLocalDiscriminator: {name} must be a positive int, got {value!r}")
+        _positive_int(base_channels, "base_channels", "GlobalLocalDiscriminator")
+        _positive_int(image_size, "image_size", "GlobalLocalDiscriminator")
         if image_size < 16:
             raise ValueError(f"GlobalLocalDiscriminator: image_size must be >= 16, got {image_size}")
         c = base_channels

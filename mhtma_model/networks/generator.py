@@ -34,7 +34,7 @@ import math
 import torch
 from torch import nn
 
-from .gated import GatedConv2d, GatedDeconv
+from .gated import GatedConv2d, GatedDeconv, _positive_int
 
 #: ImageNet mean colour in [0, 1] units; hole pixels are set to it (mapped to [-1, 1]) before G_c.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -159,12 +159,10 @@ class InpaintGenerator(nn.Module):
     def __init__(self, base_channels: int = 32, attention: str = "mhtma", heads: int = 2, temperature="learned",
                  patch_size: int = 3, lambda_m: float = 1e4, sketch: bool = False, backend: str = "auto"):
         super().__init__()
-        if isinstance(base_channels, bool) or not isinstance(base_channels, int) or base_channels < 1:
-            raise ValueError(f"InpaintGenerator: base_channels must be a positive int, got {base_channels!r}")
+        _positive_int(base_channels, "base_channels", "InpaintGenerator")
         if attention not in ATTENTIONS:
             raise ValueError(f"InpaintGenerator: attention must be one of {ATTENTIONS}, got {attention!r}")
-        if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1:
-            raise ValueError(f"InpaintGenerator: heads must be a positive int, got {heads!r}")
+        _positive_int(heads, "heads", "InpaintGenerator")
         learned = isinstance(temperature, str) and temperature == "learned"
         fixed = (isinstance(temperature, (int, float)) and not isinstance(temperature, bool)
                  and math.isfinite(temperature) and temperature > 0)
