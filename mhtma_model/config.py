@@ -248,7 +248,9 @@ def _validate(cfg: "Config") -> None:
     _check(m.backend in BACKENDS, "model.backend", f"must be one of {list(BACKENDS)}", m.backend)
     _check(m.disc_channels >= 1, "model.disc_channels", "must be >= 1", m.disc_channels)
     if m.attention != "none":
-        need = -(-4 * m.patch_size // 8) * 8
+        from .networks.generator import attention_min_size
+
+        need = attention_min_size(m.patch_size)
         _check(d.size >= need, "data.size", f"must be >= {need} with model.patch_size={m.patch_size} "
                "(attention works on 1/4-resolution patches)", d.size)
     _check(lo.gan in GAN_LOSSES, "loss.gan", f"must be one of {list(GAN_LOSSES)}", lo.gan)

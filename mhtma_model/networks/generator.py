@@ -50,6 +50,12 @@ def composite(pred: torch.Tensor, image: torch.Tensor, mask: torch.Tensor) -> to
     return pred * mask + image * (1 - mask)
 
 
+def attention_min_size(patch_size: int, multiple: int = 8) -> int:
+    """Smallest image side with an attention layer: ``4 * patch_size`` (patches at 1/4 resolution)
+    rounded up to a multiple of ``multiple``."""
+    return -(-4 * patch_size // multiple) * multiple
+
+
 def _encoder(in_channels: int, c: int) -> list[nn.Module]:
     """Gated encoder down to 1/4 resolution: ``[B, in, H, W] -> [B, 4c, H/4, W/4]``."""
     return [
@@ -193,7 +199,7 @@ class InpaintGenerator(nn.Module):
         """Smallest accepted side: 8, or ``4 * patch_size`` rounded up to 8 with an attention layer."""
         if self.refine.attention is None:
             return self.multiple
-        return -(-4 * self.patch_size // self.multiple) * self.multiple
+        return attention_min_size(self.patch_size, self.multiple)
 
     @property
     def last_temperature(self) -> torch.Tensor | None:
