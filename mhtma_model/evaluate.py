@@ -81,7 +81,7 @@ def generated_mask(size: int, seed: int, index: int) -> np.ndarray:
     return np.asarray(free_form_mask(size, size, np.random.default_rng([seed, index]))) > 0.5
 
 
-def _grid(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]], gap: int = 4) -> Image.Image:
+def _grid(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]], gap: int = 4) -> Image.Image:
     """rows of (truth uint8 [S,S,3], hole bool [S,S], output uint8 [S,S,3]) -> PNG grid input | output | truth."""
     size = rows[0][0].shape[0]
     canvas = np.full((len(rows) * (size + gap) - gap, 3 * (size + gap) - gap, 3), 255, np.uint8)
