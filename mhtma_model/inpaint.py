@@ -30,8 +30,9 @@ Rules (what a user can rely on)
   without a sketch gets an empty one (no guidance).
 * **Outputs**: ``OUTPUT/<name>.png`` with the input's size, for input ``<name>.<any ext>``. In folder
   mode images and masks (and sketches) are paired by their path relative to the folder without the
-  extension (``photos/a/b.jpg`` ↔ ``masks/a/b.png`` → ``out/a/b.png``); a missing, mismatched (size)
-  or unreadable pair is reported and skipped, the rest is still written.
+  extension (``photos/a/b.jpg`` ↔ ``masks/a/b.png`` → ``out/a/b.png``); a missing, mismatched (size),
+  ambiguous (two files with one name) or unreadable pair is reported and skipped, the rest is still
+  written. A sketch is optional per image; a mask or sketch without an image is reported.
 * **Exit status**: 0 when every image was written, 1 when at least one pair failed, 2 for usage errors
   (bad arguments, missing or incompatible checkpoint, CUDA requested but absent).
 """
@@ -278,11 +279,15 @@ def pair_inputs(image: Path, mask: Path, sketch: Optional[Path] = None):
             problems.append((key, f"no mask named {key}.* in {mask}"))
         elif len(masks[key]) > 1:
             problems.append((key, "several masks share this name: " + ", ".join(p.name for p in masks[key])))
+        elif len(sketches.get(key, [])) > 1:
+            problems.append((key, "several sketches share this name: " + ", ".join(p.name for p in sketches[key])))
         else:
             sk = sketches.get(key)
             pairs.append((key, paths[0], masks[key][0], sk[0] if sk else None))
     for key in sorted(set(masks) - set(images)):
         problems.append((key, f"mask without an image in {image}"))
+    for key in sorted(set(sketches) - set(images)):
+        problems.append((key, f"sketch without an image in {image}"))
     return pairs, problems
 
 

@@ -211,6 +211,26 @@ def test_cli_folder_mode_skips_broken_pairs_and_writes_the_rest(checkpoints, tmp
             _known_identical(result, src.convert("RGB"), mask)
 
 
+def test_folder_sketches_pair_like_masks(tmp_path):
+    """Sketches are optional per image, but a name shared by two sketches or a sketch without an image is
+    reported (as for masks), never resolved by picking one silently."""
+    images, masks, sketches = tmp_path / "images", tmp_path / "masks", tmp_path / "sketches"
+    for folder in (images, masks, sketches):
+        folder.mkdir()
+    for key in ("a", "b", "c"):
+        _photo(24, 24).save(images / f"{key}.png")
+        _mask(24, 24).save(masks / f"{key}.png")
+    _mask(24, 24).save(sketches / "a.png")
+    _mask(24, 24).save(sketches / "b.png")
+    _mask(24, 24).save(sketches / "b.bmp")
+    _mask(24, 24).save(sketches / "orphan.png")
+    pairs, problems = inpaint.pair_inputs(images, masks, sketches)
+    assert [(key, None if sk is None else sk.name) for key, _, _, sk in pairs] == [("a", "a.png"), ("c", None)]
+    reasons = dict(problems)
+    assert set(reasons) == {"b", "orphan"}
+    assert "several sketches" in reasons["b"] and "sketch without an image" in reasons["orphan"]
+
+
 def _run_expecting_usage_error(argv, capsys):
     with pytest.raises(SystemExit) as info:
         inpaint.main(argv)
