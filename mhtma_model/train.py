@@ -243,6 +243,12 @@ def _check_compatible(payload: dict, cfg: Config, path: Path) -> None:
     if old.get("data", {}).get("size") != new["data"]["size"]:
         raise CheckpointError(f"{path}: cannot resume, data.size is {new['data']['size']} but the checkpoint "
                               f"was trained at {old.get('data', {}).get('size')}")
+    old_bs = old.get("data", {}).get("batch_size")
+    if payload.get("batch_in_epoch") and old_bs != new["data"]["batch_size"]:
+        raise CheckpointError(f"{path}: cannot resume mid-epoch with data.batch_size={new['data']['batch_size']}; "
+                              f"the checkpoint stopped {payload['batch_in_epoch']} batches of {old_bs} into its "
+                              f"epoch (the rest of the epoch would be skipped or repeated); resume with "
+                              f"data.batch_size={old_bs}")
 
 
 # --------------------------------------------------------------------------------------------- train
@@ -320,6 +326,7 @@ def _train(cfg: Config, d: _Dist) -> dict:
     from tqdm import tqdm
 
     from .losses import PerceptualLoss, generator_loss, gradient_penalty, hinge_d_loss, wgan_d_loss
+
     t_start = time.time()
     if cfg.train.threads is not None:
         torch.set_num_threads(cfg.train.threads)
