@@ -16,6 +16,7 @@ from PIL import Image
 
 from mhtma_model.checkpoint import CheckpointError, load_checkpoint, load_generator
 from mhtma_model.config import load_config
+from mhtma_model.networks import composite
 from mhtma_model.train import EpochSampler, main, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,11 +60,6 @@ def _cfg(run_dir, root, *extra):
                                   *extra])
 
 
-def _states(path):
-    payload = load_checkpoint(path)
-    return payload
-
-
 def _assert_same_tensors(a, b, where=""):
     if isinstance(a, torch.Tensor):
         assert isinstance(b, torch.Tensor) and torch.equal(a, b), where
@@ -82,7 +78,7 @@ def _assert_same_tensors(a, b, where=""):
 def _l1_on(generator, image, mask):
     with torch.no_grad():
         _, refined = generator(image, mask)
-    return float((refined * mask + image * (1 - mask) - image).abs().mean())
+    return float((composite(refined, image, mask) - image).abs().mean())
 
 
 def test_overfitting_one_image_lowers_l1(tmp_path):
@@ -122,7 +118,8 @@ def test_stop_and_resume_equals_uninterrupted(tmp_path, photos, gan):
     resumed = train(_cfg(tmp_path / "split", photos, *extra, "train.max_steps=7"))
     assert full["step"] == resumed["step"] == 7
     assert full["weights_sha256"] == resumed["weights_sha256"]
-    a, b = _states(tmp_path / "full/checkpoints/last.pt"), _states(tmp_path / "split/checkpoints/last.pt")
+    a = load_checkpoint(tmp_path / "full/checkpoints/last.pt")
+    b = load_checkpoint(tmp_path / "split/checkpoints/last.pt")
     for key in ("generator", "discriminator", "opt_g", "opt_d"):
         _assert_same_tensors(a[key], b[key], key)
     assert (a["step"], a["epoch"], a["batch_in_epoch"]) == (b["step"], b["epoch"], b["batch_in_epoch"]) == (7, 2, 1)
