@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 #: Largest accepted side of an uploaded image, in pixels.
 MAX_SIDE = 4096
@@ -50,13 +50,14 @@ def check_size(image: Image.Image, name: str) -> Image.Image:
 
 
 def open_image_file(path: str | os.PathLike, name: str) -> Image.Image:
-    """Decode an uploaded file -> PIL image (loaded), or UploadError saying why not (not an image, too big)."""
+    """Decode an uploaded file -> PIL image (loaded, EXIF orientation applied as in
+    :func:`mhtma_model.data.open_image`), or UploadError saying why not (not an image, too big)."""
     path = Path(path)
     try:
         with Image.open(path) as img:
             check_size(img, name)  # header only: refuses huge images before decoding them
             img.load()
-            return img.copy()
+            return ImageOps.exif_transpose(img)
     except UploadError:
         raise
     except Image.DecompressionBombError as exc:

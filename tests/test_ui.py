@@ -79,6 +79,22 @@ def test_uploaded_mask_follows_the_project_mask_rule(tmp_path, mode):
     assert m[5:15, 6:26].all() and m.sum() == 10 * 20
 
 
+def test_uploaded_files_follow_their_exif_orientation(tmp_path):
+    """A mask file stored sideways with an EXIF orientation tag is read upright, as mhtma-inpaint reads it."""
+    from mhtma_model.data import open_image
+    from mhtma_model.masks import mask_from_image
+
+    stored = np.zeros((80, 64), np.uint8)  # stored 64 wide x 80 high; upright (rotated 90°) it is 80 x 64
+    stored[0:20, 0:10] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90° clockwise to display
+    Image.fromarray(stored).save(tmp_path / "mask.png", exif=exif)
+    upright = mask_from_image(open_image(tmp_path / "mask.png"))
+    assert upright.shape == (64, 80)
+    _, mask, _ = ui.collect_inputs(editor_value(rgb()), str(tmp_path / "mask.png"))
+    np.testing.assert_array_equal(np.asarray(mask) > 0, upright)
+
+
 def test_transparent_background_is_flattened_on_white():
     arr = np.zeros((32, 32, 4), np.uint8)
     arr[..., 0] = 200
