@@ -518,12 +518,13 @@ def _train(cfg: Config, d: _Dist) -> dict:
             step += 1
             batch_in_epoch += 1
             if d.main:
-                logs = {f"loss/g_{k}" if k != "total" else "loss/g_total": float(v.detach()) for k, v in terms.items()}
-                logs.update({"loss/d_total": float(d_loss.detach()), "loss/d_adv": float(d_adv.detach()),
-                             "score/real": float(real_s.detach().mean()),
-                             "score/fake": float(fake_s.detach().mean())})
+                named = {f"loss/g_{k}": v for k, v in terms.items()}
+                named.update({"loss/d_total": d_loss, "loss/d_adv": d_adv, "score/real": real_s.mean(),
+                              "score/fake": fake_s.mean()})
                 if gp is not None:
-                    logs["loss/d_gp"] = float(gp.detach())
+                    named["loss/d_gp"] = gp
+                # one device-to-host copy for all of them (on CUDA, not one synchronisation per value)
+                logs = dict(zip(named, torch.stack([v.detach().float() for v in named.values()]).tolist()))
                 pbar.update(1)
                 pbar.set_postfix(d=f"{logs['loss/d_total']:.3f}", g=f"{logs['loss/g_total']:.3f}",
                                  l1=f"{logs['loss/g_l1_out']:.4f}", ep=epoch)
