@@ -243,6 +243,12 @@ def _check_compatible(payload: dict, cfg: Config, path: Path) -> None:
     if old.get("data", {}).get("size") != new["data"]["size"]:
         raise CheckpointError(f"{path}: cannot resume, data.size is {new['data']['size']} but the checkpoint "
                               f"was trained at {old.get('data', {}).get('size')}")
+    for section, key in (("run", "seed"), ("data", "val_fraction")):
+        before, now = old.get(section, {}).get(key), new[section][key]
+        if before != now:
+            raise CheckpointError(f"{path}: cannot resume with {section}.{key}={now}; the checkpoint used "
+                                  f"{section}.{key}={before}, and the train/validation split depends on it "
+                                  f"(validation images would leak into training); resume with {section}.{key}={before}")
     old_bs = old.get("data", {}).get("batch_size")
     if payload.get("batch_in_epoch") and old_bs != new["data"]["batch_size"]:
         raise CheckpointError(f"{path}: cannot resume mid-epoch with data.batch_size={new['data']['batch_size']}; "

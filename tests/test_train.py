@@ -159,6 +159,10 @@ def test_resume_refuses_incompatible_runs(tmp_path, photos):
         train(_cfg(tmp_path / "x", photos, "train.max_steps=2", "model.base_channels=6"))
     with pytest.raises(CheckpointError, match="data.batch_size"):  # mid-epoch: would skip 3, not 2, images
         train(_cfg(tmp_path / "x", photos, "train.max_steps=2", "data.batch_size=3"))
+    with pytest.raises(CheckpointError, match="run.seed"):  # the train/validation split would change
+        train(_cfg(tmp_path / "x", photos, "train.max_steps=2", "run.seed=7"))
+    with pytest.raises(CheckpointError, match="data.val_fraction"):
+        train(_cfg(tmp_path / "x", photos, "train.max_steps=2", "data.val_fraction=0.3"))
     with pytest.raises(CheckpointError, match="not found"):
         train(_cfg(tmp_path / "y", photos, "train.resume=" + str(tmp_path / "nope.pt")))
     from mhtma_model.checkpoint import save_checkpoint
