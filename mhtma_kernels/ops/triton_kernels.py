@@ -11,34 +11,39 @@ Scores are kept in base 2 so that one multiplier turns a dot product into an exp
           = -lambda_m * log2(e)           if key j is invalid
           = -inf                          if j >= Nk (padding of a partial tile: never counts)
     p_ij  = exp2((z2_ij - m2_i) - l2_i),   m2_i = max_j z2_ij,   l2_i = log2 sum_j exp2(z2_ij - m2_i)
+    out_i = sum_j p_ij v_j
 
 The row statistics are kept as two fp32 numbers, not one log-sum-exp m2 + l2: in a row whose keys
 are all invalid m2 = -lambda_m*log2(e) ~ -1.4e4, where one fp32 step is ~1e-3, so a summed lse would
 bias every recomputed weight of that row by ~1e-3 relative; z2 - m2 is exact (0) there instead.
-    out_i = sum_j p_ij v_j
-
 A row whose keys are all invalid has every z2 equal to the same constant, hence uniform weights,
-without any special case. Backward (delta_i = <dout_i, out_i>, computed by the launcher):
+without any special case. Backward (delta_i = <dout_i, out_i>, its own small kernel):
 
     dv_j = sum_i p_ij dout_i
     dz_ij = p_ij (<dout_i, v_j> - delta_i), set to 0 on invalid keys (their logit is a constant)
     dq_i = sum_j dz_ij k_j / t,      dk_j = sum_i dz_ij q_i / t
+    dL/dt = -(1/t) sum_i <dq_i, q_i>  (partial sums written by the dq kernel)
 
 Tiling. The head dims D and Dv are arbitrary (45, 288, 576, 864): nothing is padded in memory.
-Every product that contracts over D (q k^T) or over Dv (dout v^T) walks that axis in chunks of
-BLOCK_D / BLOCK_E with masked loads (`_dot_abt`). Output columns (out over Dv, dq/dk over D, dv over
-Dv) are a grid axis of column blocks BLOCK_DV / BLOCK_DK, each program recomputing the scores it
-needs. Trade-off: one column block per program keeps the fp32 accumulator at BLOCK_M x BLOCK_DV
-registers (no spills for D, Dv up to 864), at the price of recomputing q k^T once per column block;
-with Dv <= BLOCK_DV (the common case for the launcher's defaults up to Dv = 128) there is no
-recomputation at all. The launcher (`triton_op.choose_config`) picks the sizes.
+Products that contract over D (q k^T) or over Dv (dout v^T) walk that axis in chunks of BLOCK_D /
+BLOCK_E with masked loads (`_dot_abt`). Output columns (out over Dv; dq, dk over D; dv over Dv) are
+held as NUM_CB column blocks of BLOCK_C columns in ONE program: NUM_CB separate fp32 accumulators
+acc0..acc7 (Triton has no arrays of tiles, so the blocks are written out; blocks past NUM_CB are
+dead code the compiler drops). The scores of a tile are computed once and feed every column block
+of that program. Only when NUM_CB * BLOCK_C < Dv is the column range split over a grid axis (and
+the scores recomputed per split); the launcher's autotuner chooses between register pressure
+(wide programs) and recomputation (narrow programs) per shape.
 
 bf16 under TRITON_INTERPRET=1: `tl.dot` on bf16 tiles is wrong in Triton 3.8's interpreter, so the
 launcher sets UPCAST=True there and every loaded tile is converted to fp32 before it reaches tl.dot.
-On a GPU UPCAST is False and the tensor cores see the input dtype (fp32 accumulation throughout).
+On a GPU UPCAST is False and the tensor cores see the input dtype (fp32 accumulation throughout);
+fp32 inputs use DOT_PRECISION "tf32" or "ieee" as torch.matmul would (see triton_op).
 """
 import triton
 import triton.language as tl
+
+MAX_COL_BLOCKS = 8  # column blocks one forward / dq program can hold (acc0..acc7, dq0..dq7)
+MAX_COL_BLOCKS_DKDV = 4  # column blocks of dk and of dv one dk/dv program can hold (dk0..dk3, dv0..dv3)
 
 
 @triton.jit
@@ -68,6 +73,32 @@ def _dot_abt(a_base, b_base, offs_a, offs_b, a_mask, b_mask, stride_a, stride_b,
 
 
 @triton.jit
+def _dot_block(acc, p, b_base, offs_r, r_mask, col0, stride_r, NCOLS,
+               BLOCK_C: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """acc + p @ b[offs_r, col0 : col0 + BLOCK_C]: p [A, R] (already in b's dtype) -> [A, BLOCK_C] fp32."""
+    offs_c = col0 + tl.arange(0, BLOCK_C)  # [BLOCK_C]
+    b = _load_rows(b_base, offs_r, offs_c, r_mask, offs_c < NCOLS, stride_r, UPCAST)  # [R, BLOCK_C]
+    return tl.dot(p, b, acc, input_precision=DOT_PRECISION)  # [A, BLOCK_C]
+
+
+@triton.jit
+def _store_block(base, tile, offs_r, r_mask, col0, stride_r, NCOLS, BLOCK_C: tl.constexpr):
+    """base[offs_r, col0 : col0 + BLOCK_C] = tile [R, BLOCK_C] (cast to base's dtype), masked to NCOLS."""
+    offs_c = col0 + tl.arange(0, BLOCK_C)  # [BLOCK_C]
+    tl.store(base + offs_r[:, None] * stride_r + offs_c[None, :], tile.to(base.dtype.element_ty),
+             mask=r_mask[:, None] & (offs_c < NCOLS)[None, :])
+
+
+@triton.jit
+def _store_dq_block(base, q_base, tile, offs_r, r_mask, col0, stride_r, NCOLS, BLOCK_C: tl.constexpr):
+    """Store a dq block (fp32 tile [R, BLOCK_C]) and return sum(tile * q[block]) for the temperature gradient."""
+    _store_block(base, tile, offs_r, r_mask, col0, stride_r, NCOLS, BLOCK_C)
+    offs_c = col0 + tl.arange(0, BLOCK_C)  # [BLOCK_C]
+    q = _load_rows(q_base, offs_r, offs_c, r_mask, offs_c < NCOLS, stride_r, True)  # [R, BLOCK_C] fp32
+    return tl.sum(tl.sum(tile * q, axis=1), axis=0)
+
+
+@triton.jit
 def _logits2(s, valid, n_mask, scale2, neg_lambda2):
     """Base-2 logits from similarities s [M, N]: s*scale2 (valid), neg_lambda2 (invalid), -inf (j >= Nk)."""
     z2 = tl.where(valid[None, :], s * scale2, neg_lambda2)  # [M, N]
@@ -75,16 +106,28 @@ def _logits2(s, valid, n_mask, scale2, neg_lambda2):
 
 
 @triton.jit
+def _store_out_block(o_base, lo_base, tile, offs_r, r_mask, col0, stride_r, NCOLS,
+                     BLOCK_C: tl.constexpr, HAS_LO: tl.constexpr):
+    """out[block] = tile rounded to out's dtype; with HAS_LO also out_lo[block] = tile - that rounding."""
+    rounded = tile.to(o_base.dtype.element_ty)  # [R, BLOCK_C]
+    _store_block(o_base, rounded, offs_r, r_mask, col0, stride_r, NCOLS, BLOCK_C)
+    if HAS_LO:
+        _store_block(lo_base, tile - rounded.to(tl.float32), offs_r, r_mask, col0, stride_r, NCOLS, BLOCK_C)
+
+
+@triton.jit
 def masked_attention_fwd_kernel(
-    Q, K, V, VALID, TEMP, OUT, M2, L2,
+    Q, K, V, VALID, TEMP, OUT, OUT_LO, M2, L2,
     stride_qbh, stride_qn, stride_kbh, stride_kn, stride_vbh, stride_vn, stride_obh, stride_on,
     H, NQ, NK, D, DV, neg_lambda2,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr,
+    NUM_CB: tl.constexpr, HAS_LO: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """Grid (cdiv(Nq, BLOCK_M), B*H, cdiv(Dv, BLOCK_DV)): out[bh, rows, cols], m2[bh, rows], l2[bh, rows].
+    """Grid (cdiv(Nq, BLOCK_M), B*H, cdiv(Dv, NUM_CB*BLOCK_C)): out[bh, rows, cols], m2, l2 [bh, rows].
 
-    Online softmax over key tiles: running max m_i, running sum l_i, rescaled accumulator.
+    Online softmax over key tiles: running max m_i, running sum l_i, rescaled accumulators. With
+    HAS_LO (16-bit outputs) OUT_LO receives out_fp32 - out, so that the backward's delta keeps fp32
+    accuracy without an fp32 copy of the output.
     """
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
@@ -95,15 +138,22 @@ def masked_attention_fwd_kernel(
     k_base = K + bh64 * stride_kbh
     v_base = V + bh64 * stride_vbh
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M]
-    offs_c = pid_c * BLOCK_DV + tl.arange(0, BLOCK_DV)  # [BLOCK_DV]
     offs_nb = tl.arange(0, BLOCK_N)  # [BLOCK_N]
     m_mask = offs_m < NQ
-    c_mask = offs_c < DV
+    col0 = pid_c * (NUM_CB * BLOCK_C)
     scale2 = 1.4426950408889634 / tl.load(TEMP + bh).to(tl.float32)  # log2(e) / t
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)  # [BLOCK_M]
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)  # [BLOCK_M]
-    acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)  # [BLOCK_M, BLOCK_DV]
+    # Column block c of this program covers out[:, col0 + c*BLOCK_C : col0 + (c+1)*BLOCK_C].
+    acc0 = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)  # [BLOCK_M, BLOCK_C]
+    acc1 = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)  # [BLOCK_M, BLOCK_C]
+    acc2 = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)  # [BLOCK_M, BLOCK_C]
+    acc3 = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)  # [BLOCK_M, BLOCK_C]
+    acc4 = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)  # [BLOCK_M, BLOCK_C]
+    acc5 = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)  # [BLOCK_M, BLOCK_C]
+    acc6 = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)  # [BLOCK_M, BLOCK_C]
+    acc7 = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)  # [BLOCK_M, BLOCK_C]
     for n0 in range(0, NK, BLOCK_N):
         offs_n = n0 + offs_nb  # [BLOCK_N]
         n_mask = offs_n < NK
@@ -113,19 +163,113 @@ def masked_attention_fwd_kernel(
         z2 = _logits2(s, valid, n_mask, scale2, neg_lambda2)  # [BLOCK_M, BLOCK_N]
         # The first tile always holds key 0 (finite logit), so m_new is finite from then on.
         m_new = tl.maximum(m_i, tl.max(z2, axis=1))  # [BLOCK_M]
-        alpha = tl.exp2(m_i - m_new)  # [BLOCK_M]
+        alpha_m = tl.exp2(m_i - m_new)  # [BLOCK_M]
         p = tl.exp2(z2 - m_new[:, None])  # [BLOCK_M, BLOCK_N]
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        v = _load_rows(v_base, offs_n, offs_c, n_mask, c_mask, stride_vn, UPCAST)  # [BLOCK_N, BLOCK_DV]
-        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=DOT_PRECISION)  # [BLOCK_M, BLOCK_DV]
+        l_i = l_i * alpha_m + tl.sum(p, axis=1)
         m_i = m_new
+        alpha = alpha_m[:, None]  # [BLOCK_M, 1]
+        if UPCAST:
+            pv = p  # [BLOCK_M, BLOCK_N] fp32
+        else:
+            pv = p.to(V.dtype.element_ty)  # [BLOCK_M, BLOCK_N]
+        acc0 = _dot_block(acc0 * alpha, pv, v_base, offs_n, n_mask, col0, stride_vn, DV,
+                          BLOCK_C, UPCAST, DOT_PRECISION)
+        if NUM_CB > 1:
+            acc1 = _dot_block(acc1 * alpha, pv, v_base, offs_n, n_mask, col0 + BLOCK_C, stride_vn, DV,
+                              BLOCK_C, UPCAST, DOT_PRECISION)
+        if NUM_CB > 2:
+            acc2 = _dot_block(acc2 * alpha, pv, v_base, offs_n, n_mask, col0 + 2 * BLOCK_C, stride_vn, DV,
+                              BLOCK_C, UPCAST, DOT_PRECISION)
+        if NUM_CB > 3:
+            acc3 = _dot_block(acc3 * alpha, pv, v_base, offs_n, n_mask, col0 + 3 * BLOCK_C, stride_vn, DV,
+                              BLOCK_C, UPCAST, DOT_PRECISION)
+        if NUM_CB > 4:
+            acc4 = _dot_block(acc4 * alpha, pv, v_base, offs_n, n_mask, col0 + 4 * BLOCK_C, stride_vn, DV,
+                              BLOCK_C, UPCAST, DOT_PRECISION)
+        if NUM_CB > 5:
+            acc5 = _dot_block(acc5 * alpha, pv, v_base, offs_n, n_mask, col0 + 5 * BLOCK_C, stride_vn, DV,
+                              BLOCK_C, UPCAST, DOT_PRECISION)
+        if NUM_CB > 6:
+            acc6 = _dot_block(acc6 * alpha, pv, v_base, offs_n, n_mask, col0 + 6 * BLOCK_C, stride_vn, DV,
+                              BLOCK_C, UPCAST, DOT_PRECISION)
+        if NUM_CB > 7:
+            acc7 = _dot_block(acc7 * alpha, pv, v_base, offs_n, n_mask, col0 + 7 * BLOCK_C, stride_vn, DV,
+                              BLOCK_C, UPCAST, DOT_PRECISION)
 
-    out = acc / l_i[:, None]  # [BLOCK_M, BLOCK_DV]
-    o_ptrs = OUT + bh64 * stride_obh + offs_m[:, None] * stride_on + offs_c[None, :]
-    tl.store(o_ptrs, out.to(OUT.dtype.element_ty), mask=m_mask[:, None] & c_mask[None, :])
-    # Every column block computes the same statistics; the first one writes them.
+    inv_l = (1.0 / l_i)[:, None]  # [BLOCK_M, 1]
+    o_base = OUT + bh64 * stride_obh
+    lo_base = OUT_LO + bh64 * stride_obh
+    _store_out_block(o_base, lo_base, acc0 * inv_l, offs_m, m_mask, col0, stride_on, DV, BLOCK_C, HAS_LO)
+    if NUM_CB > 1:
+        _store_out_block(o_base, lo_base, acc1 * inv_l, offs_m, m_mask, col0 + BLOCK_C, stride_on, DV, BLOCK_C,
+                         HAS_LO)
+    if NUM_CB > 2:
+        _store_out_block(o_base, lo_base, acc2 * inv_l, offs_m, m_mask, col0 + 2 * BLOCK_C, stride_on, DV,
+                         BLOCK_C, HAS_LO)
+    if NUM_CB > 3:
+        _store_out_block(o_base, lo_base, acc3 * inv_l, offs_m, m_mask, col0 + 3 * BLOCK_C, stride_on, DV,
+                         BLOCK_C, HAS_LO)
+    if NUM_CB > 4:
+        _store_out_block(o_base, lo_base, acc4 * inv_l, offs_m, m_mask, col0 + 4 * BLOCK_C, stride_on, DV,
+                         BLOCK_C, HAS_LO)
+    if NUM_CB > 5:
+        _store_out_block(o_base, lo_base, acc5 * inv_l, offs_m, m_mask, col0 + 5 * BLOCK_C, stride_on, DV,
+                         BLOCK_C, HAS_LO)
+    if NUM_CB > 6:
+        _store_out_block(o_base, lo_base, acc6 * inv_l, offs_m, m_mask, col0 + 6 * BLOCK_C, stride_on, DV,
+                         BLOCK_C, HAS_LO)
+    if NUM_CB > 7:
+        _store_out_block(o_base, lo_base, acc7 * inv_l, offs_m, m_mask, col0 + 7 * BLOCK_C, stride_on, DV,
+                         BLOCK_C, HAS_LO)
+    # Every column split computes the same statistics; the first one writes them.
     tl.store(M2 + bh64 * NQ + offs_m, m_i, mask=m_mask & (pid_c == 0))
     tl.store(L2 + bh64 * NQ + offs_m, tl.log2(l_i), mask=m_mask & (pid_c == 0))
+
+
+@triton.jit
+def masked_attention_bwd_delta_kernel(
+    OUT, OUT_LO, DO, DELTA, NROWS, DV,
+    HAS_LO: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_E: tl.constexpr,
+):
+    """Grid (cdiv(B*H*Nq, BLOCK_R),): delta[r] = <dout[r], out[r] (+ out_lo[r])> in fp32, rows of Dv."""
+    offs_r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)  # [BLOCK_R]
+    r_mask = offs_r < NROWS
+    rows = offs_r.to(tl.int64)
+    acc = tl.zeros([BLOCK_R], dtype=tl.float32)  # [BLOCK_R]
+    for e0 in range(0, DV, BLOCK_E):
+        offs_e = e0 + tl.arange(0, BLOCK_E)  # [BLOCK_E]
+        o = _load_rows(OUT, rows, offs_e, r_mask, offs_e < DV, DV, True)  # [BLOCK_R, BLOCK_E] fp32
+        if HAS_LO:
+            o += _load_rows(OUT_LO, rows, offs_e, r_mask, offs_e < DV, DV, True)  # [BLOCK_R, BLOCK_E]
+        do = _load_rows(DO, rows, offs_e, r_mask, offs_e < DV, DV, True)  # [BLOCK_R, BLOCK_E]
+        acc += tl.sum(o * do, axis=1)
+    tl.store(DELTA + offs_r, acc, mask=r_mask)
+
+
+@triton.jit
+def _dz_tile(q_base, k_base, v_base, do_base, offs_m, offs_n, m_mask, n_mask, valid, m2, l2, delta,
+             stride_qn, stride_kn, stride_vn, stride_don, D, DV, scale2, neg_lambda2,
+             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr,
+             UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """Recompute one tile of weights p and logit gradients dz (0 on invalid keys) -> two [BLOCK_M, BLOCK_N]."""
+    s = _dot_abt(q_base, k_base, offs_m, offs_n, m_mask, n_mask, stride_qn, stride_kn, D,
+                 BLOCK_M, BLOCK_N, BLOCK_D, UPCAST, DOT_PRECISION)  # [BLOCK_M, BLOCK_N]
+    z2 = _logits2(s, valid, n_mask, scale2, neg_lambda2)  # [BLOCK_M, BLOCK_N]
+    z2 = tl.where(m_mask[:, None], z2, float("-inf"))  # rows past Nq contribute nothing
+    p = tl.exp2((z2 - m2[:, None]) - l2[:, None])  # [BLOCK_M, BLOCK_N]
+    dp = _dot_abt(do_base, v_base, offs_m, offs_n, m_mask, n_mask, stride_don, stride_vn, DV,
+                  BLOCK_M, BLOCK_N, BLOCK_E, UPCAST, DOT_PRECISION)  # [BLOCK_M, BLOCK_N]
+    dz = tl.where(valid[None, :], p * (dp - delta[:, None]), 0.0)  # [BLOCK_M, BLOCK_N]
+    return p, dz
+
+
+@triton.jit
+def _dkdv_block(dk, dv, pt, dzt, q_base, do_base, offs_m, m_mask, col0, stride_qn, stride_don, D, DV,
+                BLOCK_C: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """One column block: dk += dz^T q[:, block], dv += p^T dout[:, block]; each [BLOCK_N, BLOCK_C] fp32."""
+    dk = _dot_block(dk, dzt, q_base, offs_m, m_mask, col0, stride_qn, D, BLOCK_C, UPCAST, DOT_PRECISION)
+    dv = _dot_block(dv, pt, do_base, offs_m, m_mask, col0, stride_don, DV, BLOCK_C, UPCAST, DOT_PRECISION)
+    return dk, dv
 
 
 @triton.jit
@@ -134,13 +278,12 @@ def masked_attention_bwd_dkdv_kernel(
     stride_qbh, stride_qn, stride_kbh, stride_kn, stride_vbh, stride_vn, stride_dobh, stride_don,
     H, NQ, NK, D, DV, neg_lambda2,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr,
-    BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
-    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_C: tl.constexpr, NUM_CB: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """Grid (cdiv(Nk, BLOCK_N), B*H, n_col): dk[bh, keys, D-block c] and dv[bh, keys, Dv-block c].
+    """Grid (cdiv(Nk, BLOCK_N), B*H, cdiv(max(D, Dv), NUM_CB*BLOCK_C)): dk, dv [bh, keys, column range].
 
-    Loops over query tiles, recomputing p from (m2, l2) and dz from delta. dk/dv share the layout of k/v.
-    A program whose column block lies past D (or past Dv) computes a fully masked tile of it.
+    Loops over query tiles, recomputing p from (m2, l2) and dz from delta once per tile for all the
+    program's column blocks (block c holds dk and dv columns col0 + c*BLOCK_C ...; D and Dv masked apart).
     """
     pid_n = tl.program_id(0)
     bh = tl.program_id(1)
@@ -152,55 +295,77 @@ def masked_attention_bwd_dkdv_kernel(
     v_base = V + bh64 * stride_vbh
     do_base = DO + bh64 * stride_dobh
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N]
-    offs_dk = pid_c * BLOCK_DK + tl.arange(0, BLOCK_DK)  # [BLOCK_DK]
-    offs_dv = pid_c * BLOCK_DV + tl.arange(0, BLOCK_DV)  # [BLOCK_DV]
     offs_mb = tl.arange(0, BLOCK_M)  # [BLOCK_M]
     n_mask = offs_n < NK
-    dk_mask = offs_dk < D
-    dv_mask = offs_dv < DV
+    col0 = pid_c * (NUM_CB * BLOCK_C)
     t = tl.load(TEMP + bh).to(tl.float32)
     scale2 = 1.4426950408889634 / t
     valid = tl.load(VALID + b * NK + offs_n, mask=n_mask, other=0) != 0  # [BLOCK_N]
 
-    dk_acc = tl.zeros([BLOCK_N, BLOCK_DK], dtype=tl.float32)  # [BLOCK_N, BLOCK_DK]
-    dv_acc = tl.zeros([BLOCK_N, BLOCK_DV], dtype=tl.float32)  # [BLOCK_N, BLOCK_DV]
+    dk0 = tl.zeros([BLOCK_N, BLOCK_C], dtype=tl.float32)  # [BLOCK_N, BLOCK_C], same for every dk*/dv*
+    dv0 = tl.zeros([BLOCK_N, BLOCK_C], dtype=tl.float32)
+    dk1 = tl.zeros([BLOCK_N, BLOCK_C], dtype=tl.float32)
+    dv1 = tl.zeros([BLOCK_N, BLOCK_C], dtype=tl.float32)
+    dk2 = tl.zeros([BLOCK_N, BLOCK_C], dtype=tl.float32)
+    dv2 = tl.zeros([BLOCK_N, BLOCK_C], dtype=tl.float32)
+    dk3 = tl.zeros([BLOCK_N, BLOCK_C], dtype=tl.float32)
+    dv3 = tl.zeros([BLOCK_N, BLOCK_C], dtype=tl.float32)
     for m0 in range(0, NQ, BLOCK_M):
         offs_m = m0 + offs_mb  # [BLOCK_M]
         m_mask = offs_m < NQ
         m2 = tl.load(M2 + bh64 * NQ + offs_m, mask=m_mask, other=0.0)  # [BLOCK_M]
         l2 = tl.load(L2 + bh64 * NQ + offs_m, mask=m_mask, other=0.0)  # [BLOCK_M]
         delta = tl.load(DELTA + bh64 * NQ + offs_m, mask=m_mask, other=0.0)  # [BLOCK_M]
-        s = _dot_abt(q_base, k_base, offs_m, offs_n, m_mask, n_mask, stride_qn, stride_kn, D,
-                     BLOCK_M, BLOCK_N, BLOCK_D, UPCAST, DOT_PRECISION)  # [BLOCK_M, BLOCK_N]
-        z2 = _logits2(s, valid, n_mask, scale2, neg_lambda2)  # [BLOCK_M, BLOCK_N]
-        z2 = tl.where(m_mask[:, None], z2, float("-inf"))  # rows past Nq contribute nothing
-        p = tl.exp2((z2 - m2[:, None]) - l2[:, None])  # [BLOCK_M, BLOCK_N]
-        do = _load_rows(do_base, offs_m, offs_dv, m_mask, dv_mask, stride_don, UPCAST)  # [BLOCK_M, BLOCK_DV]
-        dv_acc = tl.dot(tl.trans(p.to(do.dtype)), do, dv_acc, input_precision=DOT_PRECISION)  # [BLOCK_N, BLOCK_DV]
-        dp = _dot_abt(do_base, v_base, offs_m, offs_n, m_mask, n_mask, stride_don, stride_vn, DV,
-                      BLOCK_M, BLOCK_N, BLOCK_E, UPCAST, DOT_PRECISION)  # [BLOCK_M, BLOCK_N]
-        dz = tl.where(valid[None, :], p * (dp - delta[:, None]), 0.0)  # [BLOCK_M, BLOCK_N]
-        q = _load_rows(q_base, offs_m, offs_dk, m_mask, dk_mask, stride_qn, UPCAST)  # [BLOCK_M, BLOCK_DK]
-        dk_acc = tl.dot(tl.trans(dz.to(q.dtype)), q, dk_acc, input_precision=DOT_PRECISION)  # [BLOCK_N, BLOCK_DK]
+        p, dz = _dz_tile(q_base, k_base, v_base, do_base, offs_m, offs_n, m_mask, n_mask, valid, m2, l2, delta,
+                         stride_qn, stride_kn, stride_vn, stride_don, D, DV, scale2, neg_lambda2,
+                         BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_E, UPCAST, DOT_PRECISION)  # [BLOCK_M, BLOCK_N] x2
+        if UPCAST:
+            pt = tl.trans(p)  # [BLOCK_N, BLOCK_M] fp32
+            dzt = tl.trans(dz)  # [BLOCK_N, BLOCK_M] fp32
+        else:
+            pt = tl.trans(p.to(DO.dtype.element_ty))  # [BLOCK_N, BLOCK_M]
+            dzt = tl.trans(dz.to(Q.dtype.element_ty))  # [BLOCK_N, BLOCK_M]
+        dk0, dv0 = _dkdv_block(dk0, dv0, pt, dzt, q_base, do_base, offs_m, m_mask, col0, stride_qn, stride_don,
+                               D, DV, BLOCK_C, UPCAST, DOT_PRECISION)
+        if NUM_CB > 1:
+            dk1, dv1 = _dkdv_block(dk1, dv1, pt, dzt, q_base, do_base, offs_m, m_mask, col0 + BLOCK_C,
+                                   stride_qn, stride_don, D, DV, BLOCK_C, UPCAST, DOT_PRECISION)
+        if NUM_CB > 2:
+            dk2, dv2 = _dkdv_block(dk2, dv2, pt, dzt, q_base, do_base, offs_m, m_mask, col0 + 2 * BLOCK_C,
+                                   stride_qn, stride_don, D, DV, BLOCK_C, UPCAST, DOT_PRECISION)
+        if NUM_CB > 3:
+            dk3, dv3 = _dkdv_block(dk3, dv3, pt, dzt, q_base, do_base, offs_m, m_mask, col0 + 3 * BLOCK_C,
+                                   stride_qn, stride_don, D, DV, BLOCK_C, UPCAST, DOT_PRECISION)
 
-    dk_ptrs = DK + bh64 * stride_kbh + offs_n[:, None] * stride_kn + offs_dk[None, :]
-    tl.store(dk_ptrs, (dk_acc / t).to(DK.dtype.element_ty), mask=n_mask[:, None] & dk_mask[None, :])
-    dv_ptrs = DV_OUT + bh64 * stride_vbh + offs_n[:, None] * stride_vn + offs_dv[None, :]
-    tl.store(dv_ptrs, dv_acc.to(DV_OUT.dtype.element_ty), mask=n_mask[:, None] & dv_mask[None, :])
+    inv_t = 1.0 / t
+    dk_base = DK + bh64 * stride_kbh
+    dv_base = DV_OUT + bh64 * stride_vbh
+    _store_block(dk_base, dk0 * inv_t, offs_n, n_mask, col0, stride_kn, D, BLOCK_C)
+    _store_block(dv_base, dv0, offs_n, n_mask, col0, stride_vn, DV, BLOCK_C)
+    if NUM_CB > 1:
+        _store_block(dk_base, dk1 * inv_t, offs_n, n_mask, col0 + BLOCK_C, stride_kn, D, BLOCK_C)
+        _store_block(dv_base, dv1, offs_n, n_mask, col0 + BLOCK_C, stride_vn, DV, BLOCK_C)
+    if NUM_CB > 2:
+        _store_block(dk_base, dk2 * inv_t, offs_n, n_mask, col0 + 2 * BLOCK_C, stride_kn, D, BLOCK_C)
+        _store_block(dv_base, dv2, offs_n, n_mask, col0 + 2 * BLOCK_C, stride_vn, DV, BLOCK_C)
+    if NUM_CB > 3:
+        _store_block(dk_base, dk3 * inv_t, offs_n, n_mask, col0 + 3 * BLOCK_C, stride_kn, D, BLOCK_C)
+        _store_block(dv_base, dv3, offs_n, n_mask, col0 + 3 * BLOCK_C, stride_vn, DV, BLOCK_C)
 
 
 @triton.jit
 def masked_attention_bwd_dq_kernel(
-    Q, K, V, VALID, TEMP, DO, M2, L2, DELTA, DQ,
+    Q, K, V, VALID, TEMP, DO, M2, L2, DELTA, DQ, DT_PART,
     stride_qbh, stride_qn, stride_kbh, stride_kn, stride_vbh, stride_vn, stride_dobh, stride_don,
-    H, NQ, NK, D, DV, neg_lambda2,
+    H, NQ, NK, D, DV, neg_lambda2, stride_part,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr,
-    BLOCK_DK: tl.constexpr,
-    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_C: tl.constexpr, NUM_CB: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """Grid (cdiv(Nq, BLOCK_M), B*H, cdiv(D, BLOCK_DK)): dq[bh, rows, D-block c] in fp32 (layout of q).
+    """Grid (cdiv(Nq, BLOCK_M), B*H, cdiv(D, NUM_CB*BLOCK_C)): dq[bh, rows, column range] in q's dtype.
 
-    Loops over key tiles, recomputing p and dz as the dk/dv kernel does.
+    Loops over key tiles, recomputing p and dz as the dk/dv kernel does. Epilogue: the program's share
+    of sum_i <dq_i, q_i> (fp32, before dq is rounded) goes to DT_PART[bh, pid_m * n_splits + pid_c]
+    (row stride stride_part).
     """
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
@@ -212,31 +377,77 @@ def masked_attention_bwd_dq_kernel(
     v_base = V + bh64 * stride_vbh
     do_base = DO + bh64 * stride_dobh
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M]
-    offs_dk = pid_c * BLOCK_DK + tl.arange(0, BLOCK_DK)  # [BLOCK_DK]
     offs_nb = tl.arange(0, BLOCK_N)  # [BLOCK_N]
     m_mask = offs_m < NQ
-    dk_mask = offs_dk < D
+    col0 = pid_c * (NUM_CB * BLOCK_C)
     t = tl.load(TEMP + bh).to(tl.float32)
     scale2 = 1.4426950408889634 / t
     m2 = tl.load(M2 + bh64 * NQ + offs_m, mask=m_mask, other=0.0)  # [BLOCK_M]
     l2 = tl.load(L2 + bh64 * NQ + offs_m, mask=m_mask, other=0.0)  # [BLOCK_M]
     delta = tl.load(DELTA + bh64 * NQ + offs_m, mask=m_mask, other=0.0)  # [BLOCK_M]
 
-    dq_acc = tl.zeros([BLOCK_M, BLOCK_DK], dtype=tl.float32)  # [BLOCK_M, BLOCK_DK]
+    dq0 = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)  # [BLOCK_M, BLOCK_C], same for every dq*
+    dq1 = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
+    dq2 = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
+    dq3 = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
+    dq4 = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
+    dq5 = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
+    dq6 = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
+    dq7 = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
     for n0 in range(0, NK, BLOCK_N):
         offs_n = n0 + offs_nb  # [BLOCK_N]
         n_mask = offs_n < NK
         valid = tl.load(VALID + b * NK + offs_n, mask=n_mask, other=0) != 0  # [BLOCK_N]
-        s = _dot_abt(q_base, k_base, offs_m, offs_n, m_mask, n_mask, stride_qn, stride_kn, D,
-                     BLOCK_M, BLOCK_N, BLOCK_D, UPCAST, DOT_PRECISION)  # [BLOCK_M, BLOCK_N]
-        z2 = _logits2(s, valid, n_mask, scale2, neg_lambda2)  # [BLOCK_M, BLOCK_N]
-        z2 = tl.where(m_mask[:, None], z2, float("-inf"))
-        p = tl.exp2((z2 - m2[:, None]) - l2[:, None])  # [BLOCK_M, BLOCK_N]
-        dp = _dot_abt(do_base, v_base, offs_m, offs_n, m_mask, n_mask, stride_don, stride_vn, DV,
-                      BLOCK_M, BLOCK_N, BLOCK_E, UPCAST, DOT_PRECISION)  # [BLOCK_M, BLOCK_N]
-        dz = tl.where(valid[None, :], p * (dp - delta[:, None]), 0.0)  # [BLOCK_M, BLOCK_N]
-        k = _load_rows(k_base, offs_n, offs_dk, n_mask, dk_mask, stride_kn, UPCAST)  # [BLOCK_N, BLOCK_DK]
-        dq_acc = tl.dot(dz.to(k.dtype), k, dq_acc, input_precision=DOT_PRECISION)  # [BLOCK_M, BLOCK_DK]
+        p, dz = _dz_tile(q_base, k_base, v_base, do_base, offs_m, offs_n, m_mask, n_mask, valid, m2, l2, delta,
+                         stride_qn, stride_kn, stride_vn, stride_don, D, DV, scale2, neg_lambda2,
+                         BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_E, UPCAST, DOT_PRECISION)  # [BLOCK_M, BLOCK_N] x2
+        if not UPCAST:
+            dz = dz.to(K.dtype.element_ty)  # [BLOCK_M, BLOCK_N]
+        dq0 = _dot_block(dq0, dz, k_base, offs_n, n_mask, col0, stride_kn, D, BLOCK_C, UPCAST, DOT_PRECISION)
+        if NUM_CB > 1:
+            dq1 = _dot_block(dq1, dz, k_base, offs_n, n_mask, col0 + BLOCK_C, stride_kn, D, BLOCK_C, UPCAST,
+                             DOT_PRECISION)
+        if NUM_CB > 2:
+            dq2 = _dot_block(dq2, dz, k_base, offs_n, n_mask, col0 + 2 * BLOCK_C, stride_kn, D, BLOCK_C, UPCAST,
+                             DOT_PRECISION)
+        if NUM_CB > 3:
+            dq3 = _dot_block(dq3, dz, k_base, offs_n, n_mask, col0 + 3 * BLOCK_C, stride_kn, D, BLOCK_C, UPCAST,
+                             DOT_PRECISION)
+        if NUM_CB > 4:
+            dq4 = _dot_block(dq4, dz, k_base, offs_n, n_mask, col0 + 4 * BLOCK_C, stride_kn, D, BLOCK_C, UPCAST,
+                             DOT_PRECISION)
+        if NUM_CB > 5:
+            dq5 = _dot_block(dq5, dz, k_base, offs_n, n_mask, col0 + 5 * BLOCK_C, stride_kn, D, BLOCK_C, UPCAST,
+                             DOT_PRECISION)
+        if NUM_CB > 6:
+            dq6 = _dot_block(dq6, dz, k_base, offs_n, n_mask, col0 + 6 * BLOCK_C, stride_kn, D, BLOCK_C, UPCAST,
+                             DOT_PRECISION)
+        if NUM_CB > 7:
+            dq7 = _dot_block(dq7, dz, k_base, offs_n, n_mask, col0 + 7 * BLOCK_C, stride_kn, D, BLOCK_C, UPCAST,
+                             DOT_PRECISION)
 
-    dq_ptrs = DQ + bh64 * stride_qbh + offs_m[:, None] * stride_qn + offs_dk[None, :]
-    tl.store(dq_ptrs, dq_acc / t, mask=m_mask[:, None] & dk_mask[None, :])
+    inv_t = 1.0 / t
+    dq_base = DQ + bh64 * stride_qbh
+    part = _store_dq_block(dq_base, q_base, dq0 * inv_t, offs_m, m_mask, col0, stride_qn, D, BLOCK_C)
+    if NUM_CB > 1:
+        part += _store_dq_block(dq_base, q_base, dq1 * inv_t, offs_m, m_mask, col0 + BLOCK_C, stride_qn, D,
+                                BLOCK_C)
+    if NUM_CB > 2:
+        part += _store_dq_block(dq_base, q_base, dq2 * inv_t, offs_m, m_mask, col0 + 2 * BLOCK_C, stride_qn, D,
+                                BLOCK_C)
+    if NUM_CB > 3:
+        part += _store_dq_block(dq_base, q_base, dq3 * inv_t, offs_m, m_mask, col0 + 3 * BLOCK_C, stride_qn, D,
+                                BLOCK_C)
+    if NUM_CB > 4:
+        part += _store_dq_block(dq_base, q_base, dq4 * inv_t, offs_m, m_mask, col0 + 4 * BLOCK_C, stride_qn, D,
+                                BLOCK_C)
+    if NUM_CB > 5:
+        part += _store_dq_block(dq_base, q_base, dq5 * inv_t, offs_m, m_mask, col0 + 5 * BLOCK_C, stride_qn, D,
+                                BLOCK_C)
+    if NUM_CB > 6:
+        part += _store_dq_block(dq_base, q_base, dq6 * inv_t, offs_m, m_mask, col0 + 6 * BLOCK_C, stride_qn, D,
+                                BLOCK_C)
+    if NUM_CB > 7:
+        part += _store_dq_block(dq_base, q_base, dq7 * inv_t, offs_m, m_mask, col0 + 7 * BLOCK_C, stride_qn, D,
+                                BLOCK_C)
+    tl.store(DT_PART + bh64 * stride_part + pid_m * tl.num_programs(2) + pid_c, part)

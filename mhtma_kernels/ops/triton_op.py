@@ -6,21 +6,30 @@ autograd differentiates the norm exactly and the kernels are identical for norma
     q [B, H, Nq, D], k [B, H, Nk, D], v [B, H, Nk, Dv], key_valid [B, Nk] bool, temperature [B, H] > 0
     -> out [B, H, Nq, Dv] in v's dtype
 
-Forward: one kernel (online softmax over key tiles). It saves the output in fp32, so that
-delta_i = <dout_i, out_i> is not computed from an fp16/bf16-rounded output (that visibly biases
-the temperature gradient), and per-row base-2 statistics m2 (max logit) and l2 (log2 of the sum),
-[B, H, Nq] fp32 each (kept apart, see triton_kernels).
-Backward: delta in PyTorch (O(Nq*Dv)), one kernel for dk and dv (program per key block), one for
-dq (program per query block); nothing of size Nq x Nk is ever stored. The gradient to the
-temperature is a cheap PyTorch epilogue on the fp32 dq of the kernel (dq w.r.t. the normalised q):
-with g_ij = dL/dz_ij (zero on invalid keys) and z_ij = s_ij / t,
+Forward: one kernel (online softmax over key tiles, every output column of a query block held by one
+program where registers allow). It returns the output in v's dtype and saves it, plus for fp16/bf16
+the rounding residual out_lo = out_fp32 - out (same dtype), so that delta_i = <dout_i, out_i> in the
+backward keeps fp32 accuracy (an fp16/bf16-rounded delta visibly biases the temperature gradient)
+without an fp32 copy of the output; and per-row base-2 statistics m2 (max logit) and l2 (log2 of the
+sum), [B, H, Nq] fp32 each (kept apart, see triton_kernels).
+Backward: delta (small kernel), one kernel for dk and dv (program per key block), one for dq (program
+per query block) that also writes per-program partial sums for the temperature gradient; nothing of
+size Nq x Nk is ever stored. With g_ij = dL/dz_ij (zero on invalid keys) and z_ij = s_ij / t,
 
     dL/dt = -sum_ij g_ij s_ij / t^2 = -(1/t) * sum_i <dq_i, q_i>,   as dq_i = sum_j g_ij k_j / t.
 
-Dtypes: fp16, bf16 and fp32 inputs, fp32 accumulation (fp32 matmuls use IEEE precision, not TF32).
-float64 is refused with a TypeError rather than silently computed in fp32 (use backend="torch").
+Dtypes: fp16, bf16 and fp32 inputs, fp32 accumulation. fp32 inputs follow PyTorch's float32 matmul
+precision as torch.matmul does: TF32 tensor-core dots when `torch.backends.cuda.matmul.allow_tf32`
+is set (`torch.set_float32_matmul_precision("high")` or "medium"), IEEE fp32 otherwise ("highest",
+PyTorch's default). float64 is refused with a TypeError (use backend="torch").
+
+Block sizes: `config=None` lets `triton.autotune` pick per (Nq, Nk, D, Dv, dtype, precision) among a
+small candidate list (`candidates`) on a GPU; set MHTMA_AUTOTUNE=0 to use the fixed heuristic
+`choose_config` instead (no tuning runs on the first call). Under TRITON_INTERPRET=1 the fixed
+interpreter choice is always used.
 """
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -41,34 +50,53 @@ _LOG2E = 1.4426950408889634
 # exp2(-lambda_m * log2(e) - m) is exactly 0 in fp32 next to any valid logit (|z| <= 1/t) once
 # lambda_m exceeds ~150 + 1/t; capping the constant keeps it finite in fp32 without changing results.
 _LAMBDA_CAP = 1e30
+KERNELS = ("fwd", "dkdv", "dq")
+_MAX_COL_BLOCKS = {"fwd": 8, "dkdv": 4, "dq": 8}  # accumulators written out in triton_kernels
 
 
 @dataclass(frozen=True)
-class KernelConfig:
-    """Block sizes and launch parameters of the three kernels (all block sizes powers of two >= 16).
+class TileConfig:
+    """Launch parameters of one kernel (block sizes powers of two >= 16).
 
-    block_m, block_n   forward tile: query rows x key rows
-    block_d            chunk of the D axis in every q k^T contraction
-    block_dv           forward output columns per program (a grid axis over Dv blocks)
-    bwd_block_m/n      backward tile: query rows x key rows
-    bwd_block_e        chunk of the Dv axis in the backward's dout v^T contraction
-    bwd_block_dk       dq / dk output columns per program (grid axis over D blocks)
-    bwd_block_dv       dv output columns per program (grid axis over Dv blocks)
+    block_m x block_n   score tile: query rows x key rows
+    block_d, block_e    chunk of D (q k^T) and of Dv (dout v^T, backward only) in the contractions
+    block_c, num_cb     output columns of one program: num_cb accumulators of block_c columns each
+                        (out over Dv; dq over D; dk over D and dv over Dv); the rest of the columns
+                        go to further programs along grid axis 2, each recomputing the scores
+    num_warps, num_stages
     """
 
     block_m: int
     block_n: int
     block_d: int
-    block_dv: int
-    bwd_block_m: int
-    bwd_block_n: int
-    bwd_block_e: int
-    bwd_block_dk: int
-    bwd_block_dv: int
+    block_e: int
+    block_c: int
+    num_cb: int = 1
     num_warps: int = 4
     num_stages: int = 2
-    bwd_num_warps: int = 4
-    bwd_num_stages: int = 1
+
+    def column_splits(self, ncols: int) -> int:
+        """Programs along grid axis 2 needed to cover ncols output columns."""
+        return triton.cdiv(max(ncols, 1), self.block_c * self.num_cb)
+
+    def constexprs(self) -> dict:
+        return dict(BLOCK_M=self.block_m, BLOCK_N=self.block_n, BLOCK_D=self.block_d, BLOCK_C=self.block_c,
+                    NUM_CB=self.num_cb, **({"BLOCK_E": self.block_e} if self.block_e else {}))
+
+    def launch_options(self) -> dict:
+        return dict(num_warps=self.num_warps, num_stages=self.num_stages)
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    """The tile configuration of each of the three kernels."""
+
+    fwd: TileConfig
+    dkdv: TileConfig
+    dq: TileConfig
+
+    def __getitem__(self, kernel: str) -> TileConfig:
+        return getattr(self, kernel)
 
 
 def _pow2(n: int, low: int, high: int) -> int:
@@ -76,33 +104,76 @@ def _pow2(n: int, low: int, high: int) -> int:
     return max(low, min(high, triton.next_power_of_2(max(1, n))))
 
 
-def choose_config(nq: int, nk: int, d: int, dv: int, dtype: torch.dtype, interpret: bool) -> KernelConfig:
-    """Block sizes for one problem shape (the single place to tune them).
+def _output_columns(kernel: str, d: int, dv: int) -> int:
+    return {"fwd": dv, "dkdv": max(d, dv), "dq": d}[kernel]
 
-    GPU: 64 x 64 forward score tiles (64 x 32 in fp32), 32 x 64 in the backward, D and Dv
-    contracted in chunks of 32, output columns in blocks of up to 128 (Dv <= 128 -> one block, no
-    recomputation; Dv = 288 -> 3 blocks, q k^T recomputed 3 times, but the fp32 accumulator stays
-    64 x 128 and nothing spills), 8 warps. Interpreter (CPU): cost grows with the number of tile
-    iterations, not tile size, so tiles are as large as the problem (up to 64 rows, 512 columns).
+
+def _fit_columns(kernel: str, ncols: int, block_c: int) -> int:
+    """num_cb that covers ncols in the fewest programs, balanced so the last one is not mostly empty."""
+    blocks = triton.cdiv(max(ncols, 1), block_c)
+    splits = triton.cdiv(blocks, _MAX_COL_BLOCKS[kernel])
+    return triton.cdiv(blocks, splits)
+
+
+# Candidate tiles per kernel: (block_m, block_n, block_c, num_warps, num_stages, num_cb or None = fit).
+# The fixed num_cb=1 rows are the best configurations of the old one-column-block kernels measured on
+# an H200 (bf16, D = 576; issue "The fused op at GPU speed"), kept as a floor for the autotuner.
+_FAMILIES = {
+    "fwd": [(64, 64, 128, 8, 2, None), (128, 64, 128, 16, 2, None), (128, 64, 64, 8, 2, None),
+            (64, 64, 64, 4, 2, None), (128, 64, 128, 8, 3, 1)],
+    "dkdv": [(64, 64, 64, 8, 2, None), (64, 64, 128, 8, 2, None), (64, 64, 32, 4, 2, None),
+             (64, 64, 128, 4, 2, 1)],
+    "dq": [(64, 64, 128, 8, 2, None), (128, 64, 128, 16, 2, None), (64, 64, 64, 8, 2, None),
+           (64, 64, 128, 4, 2, 1)],
+}
+
+
+def candidates(kernel: str, d: int, dv: int, dtype: torch.dtype = torch.bfloat16) -> list[TileConfig]:
+    """The autotuner's candidate tiles of one kernel for head dims d, dv (fp32 gets half-depth chunks)."""
+    chunk = 32 if dtype == torch.float32 else 64
+    ncols = _output_columns(kernel, d, dv)
+    tiles = []
+    for block_m, block_n, block_c, warps, stages, num_cb in _FAMILIES[kernel]:
+        block_c = min(block_c, _pow2(ncols, 16, 128))
+        tile = TileConfig(block_m, block_n, _pow2(d, 16, chunk), _pow2(dv, 16, chunk) if kernel != "fwd" else 0,
+                          block_c, num_cb or _fit_columns(kernel, ncols, block_c), warps, stages)
+        if tile not in tiles:
+            tiles.append(tile)
+    return tiles
+
+
+def choose_config(nq: int, nk: int, d: int, dv: int, dtype: torch.dtype, interpret: bool) -> KernelConfig:
+    """Fixed block sizes for one problem shape (used under the interpreter, with MHTMA_AUTOTUNE=0,
+    and as the documented default): the first candidate of each kernel on a GPU.
+
+    Interpreter (CPU): cost grows with the number of tile iterations, not tile size, so tiles are as
+    large as the problem (up to 64 rows, 512 columns, one column block).
     """
     if interpret:
         rows_q, rows_k = _pow2(nq, 16, 64), _pow2(nk, 16, 64)
         cols_d, cols_dv = _pow2(d, 16, 512), _pow2(dv, 16, 512)
-        return KernelConfig(rows_q, rows_k, cols_d, cols_dv, rows_q, rows_k, cols_dv, cols_d, cols_dv)
-    # Chosen so that ptxas reports no register spills for sm_90 at D = Dv in {45, 288, 864} and
-    # fp16/bf16/fp32 (checked by compiling ahead of time); runtime tuning is the benchmarks' job.
-    return KernelConfig(
-        block_m=64, block_n=32 if dtype == torch.float32 else 64, block_d=_pow2(d, 16, 32),
-        block_dv=_pow2(dv, 16, 128),
-        bwd_block_m=32, bwd_block_n=64, bwd_block_e=_pow2(dv, 16, 32),
-        bwd_block_dk=_pow2(d, 16, 128), bwd_block_dv=_pow2(dv, 16, 128),
-        num_warps=8, num_stages=2, bwd_num_warps=8, bwd_num_stages=1,
-    )
+        return KernelConfig(
+            fwd=TileConfig(rows_q, rows_k, cols_d, 0, cols_dv),
+            dkdv=TileConfig(rows_q, rows_k, cols_d, cols_dv, max(cols_d, cols_dv)),
+            dq=TileConfig(rows_q, rows_k, cols_d, cols_dv, cols_d),
+        )
+    return KernelConfig(*(candidates(kernel, d, dv, dtype)[0] for kernel in KERNELS))
 
 
 def _interpreting() -> bool:
     """True when the kernels were built for Triton's CPU interpreter (TRITON_INTERPRET=1 at import)."""
     return type(triton_kernels.masked_attention_fwd_kernel).__name__ == "InterpretedFunction"
+
+
+def _autotune_enabled() -> bool:
+    return os.environ.get("MHTMA_AUTOTUNE", "1").strip() not in ("0", "false", "off", "")
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """Triton dot precision for an input dtype: fp32 follows torch's float32 matmul precision."""
+    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
+        return "ieee"
+    return "tf32"  # TF32 for fp32 inputs; ignored by tl.dot for fp16/bf16 tiles
 
 
 def _check_inputs(q, k, v, temperature):
@@ -120,28 +191,6 @@ def _check_inputs(q, k, v, temperature):
         )
 
 
-def _constexprs(kernel: str, config: KernelConfig, dtype: torch.dtype, interpret: bool) -> dict:
-    """Block sizes and flags of one kernel ("fwd", "dkdv" or "dq") for an input dtype."""
-    c = config
-    flags = dict(
-        UPCAST=dtype == torch.bfloat16 and interpret,  # Triton 3.8 interpreter: bf16 tl.dot is wrong
-        DOT_PRECISION="ieee" if dtype == torch.float32 else "tf32",  # tf32 is ignored for fp16/bf16 tiles
-    )
-    if kernel == "fwd":
-        return dict(BLOCK_M=c.block_m, BLOCK_N=c.block_n, BLOCK_D=c.block_d, BLOCK_DV=c.block_dv, **flags)
-    blocks = dict(BLOCK_M=c.bwd_block_m, BLOCK_N=c.bwd_block_n, BLOCK_D=c.block_d, BLOCK_E=c.bwd_block_e,
-                  BLOCK_DK=c.bwd_block_dk)
-    if kernel == "dkdv":
-        blocks["BLOCK_DV"] = c.bwd_block_dv
-    return dict(blocks, **flags)
-
-
-def _launch_options(kernel: str, config: KernelConfig) -> dict:
-    if kernel == "fwd":
-        return dict(num_warps=config.num_warps, num_stages=config.num_stages)
-    return dict(num_warps=config.bwd_num_warps, num_stages=config.bwd_num_stages)
-
-
 def _kernel(kernel: str):
     return {
         "fwd": triton_kernels.masked_attention_fwd_kernel,
@@ -150,98 +199,168 @@ def _kernel(kernel: str):
     }[kernel]
 
 
-def _launch(kernel: str, grid, args, config: KernelConfig, dtype: torch.dtype):
-    meta = _constexprs(kernel, config, dtype, _interpreting())
-    _kernel(kernel)[grid](*args, **meta, **_launch_options(kernel, config))
+_AUTOTUNED = {}
+
+
+def _autotuned(kernel: str):
+    """`kernel` wrapped in triton.autotune. The candidates depend on D and Dv, so the prune hook builds
+    them for the shape at hand (the static list only holds those of D = Dv = 576, to make tuning run)."""
+    if kernel not in _AUTOTUNED:
+        def as_configs(tiles):
+            return [triton.Config(t.constexprs(), **t.launch_options()) for t in tiles]
+
+        def prune(configs, named_args, **kwargs):
+            return as_configs(candidates(kernel, named_args["D"], named_args["DV"], named_args["Q"].dtype))
+
+        _AUTOTUNED[kernel] = triton.autotune(
+            configs=as_configs(candidates(kernel, 576, 576)), key=["NQ", "NK", "D", "DV", "DOT_PRECISION"],
+            prune_configs_by={"early_config_prune": prune},
+            # dq programs write one partial temperature-gradient sum each, at slots that depend on the tile.
+            reset_to_zero=["DT_PART"] if kernel == "dq" else None,
+        )(_kernel(kernel))
+    return _AUTOTUNED[kernel]
+
+
+def _launch(kernel: str, rows: int, bh: int, ncols: int, args, flags: dict, config: KernelConfig | None):
+    """The one place that sizes grids and launches: grid (cdiv(rows, tile rows), B*H, column splits).
+
+    rows = Nq for fwd/dq (tile rows block_m), Nk for dkdv (tile rows block_n)."""
+    row_key = "BLOCK_N" if kernel == "dkdv" else "BLOCK_M"
+    if config is None:
+        def grid(meta):
+            return (triton.cdiv(rows, meta[row_key]), bh, triton.cdiv(max(ncols, 1), meta["BLOCK_C"] * meta["NUM_CB"]))
+
+        _autotuned(kernel)[grid](*args, **flags)
+        return
+    tile = config[kernel]
+    tile_rows = tile.block_n if kernel == "dkdv" else tile.block_m
+    grid = (triton.cdiv(rows, tile_rows), bh, tile.column_splits(ncols))
+    _kernel(kernel)[grid](*args, **tile.constexprs(), **flags, **tile.launch_options())
+
+
+def _flags(dtype: torch.dtype) -> dict:
+    return dict(UPCAST=dtype == torch.bfloat16 and _interpreting(),  # Triton 3.8 interpreter: bf16 tl.dot is wrong
+                DOT_PRECISION=dot_precision(dtype))
+
+
+def _resolve(config: KernelConfig | None, nq, nk, d, dv, dtype) -> KernelConfig | None:
+    """None means "autotune" on a GPU; the fixed choice under the interpreter or with MHTMA_AUTOTUNE=0."""
+    if config is None and (_interpreting() or not _autotune_enabled()):
+        return choose_config(nq, nk, d, dv, dtype, _interpreting())
+    return config
 
 
 def _forward(q, k, v, key_valid_u8, temp, lambda_m, config):
-    """Launch the forward kernel on contiguous inputs -> (out [B,H,Nq,Dv] fp32, m2, l2 [B,H,Nq] fp32)."""
+    """Launch the forward kernel on contiguous inputs -> (out [B,H,Nq,Dv] in v's dtype, stats).
+
+    stats = (m2, l2 [B,H,Nq] fp32, out_lo [B,H,Nq,Dv] in v's dtype or None for fp32): what the
+    backward needs besides the inputs and the output."""
     B, H, Nq, D = q.shape
     Nk, Dv = k.shape[2], v.shape[3]
-    out = torch.empty(B, H, Nq, Dv, dtype=torch.float32, device=q.device)
+    config = _resolve(config, Nq, Nk, D, Dv, q.dtype)
+    out = torch.empty(B, H, Nq, Dv, dtype=v.dtype, device=q.device)
+    has_lo = v.dtype != torch.float32
+    out_lo = torch.empty_like(out) if has_lo else None
     m2 = torch.empty(B, H, Nq, dtype=torch.float32, device=q.device)
     l2 = torch.empty_like(m2)
-    # Axis 0 (fastest) walks the query blocks of one (b, h), so they share its k, v tiles in L2.
-    grid = (triton.cdiv(Nq, config.block_m), B * H, triton.cdiv(Dv, config.block_dv))
-    args = (q, k, v, key_valid_u8, temp, out, m2, l2,
+    args = (q, k, v, key_valid_u8, temp, out, out_lo if has_lo else out, m2, l2,
             q.stride(1), q.stride(2), k.stride(1), k.stride(2), v.stride(1), v.stride(2), out.stride(1), out.stride(2),
             H, Nq, Nk, D, Dv, -lambda_m * _LOG2E)
-    _launch("fwd", grid, args, config, q.dtype)
-    return out, m2, l2
+    _launch("fwd", Nq, B * H, Dv, args, dict(HAS_LO=has_lo, **_flags(q.dtype)), config)
+    return out, (m2, l2, out_lo)
 
 
-def _backward(q, k, v, key_valid_u8, temp, lambda_m, config, out, m2, l2, dout, need_dq, need_dkdv):
-    """Launch the backward kernels -> (dq fp32 or None, dk or None, dv or None); dk, dv in k's/v's dtype."""
+def _delta(out, out_lo, dout):
+    """delta [B, H, Nq] fp32 = <dout_i, out_i> with out in fp32 accuracy (out + out_lo)."""
+    rows, dv = out.numel() // max(out.shape[-1], 1), out.shape[-1]
+    delta = torch.empty(out.shape[:-1], dtype=torch.float32, device=out.device)
+    block_r = _pow2(rows, 16, 64)
+    block_e = _pow2(dv, 16, 512 if _interpreting() else 64)
+    triton_kernels.masked_attention_bwd_delta_kernel[(triton.cdiv(rows, block_r),)](
+        out, out if out_lo is None else out_lo, dout, delta, rows, dv,
+        HAS_LO=out_lo is not None, BLOCK_R=block_r, BLOCK_E=block_e, num_warps=4)
+    return delta
+
+
+def _backward(q, k, v, key_valid_u8, temp, lambda_m, config, out, stats, dout, need_dq, need_dkdv, need_dt):
+    """Launch the backward kernels -> (dq, dk, dv, dt): each None unless asked for; dq, dk, dv in the inputs'
+    dtype, dt [B, H] fp32 (the gradient to the temperature)."""
     B, H, Nq, D = q.shape
     Nk, Dv = k.shape[2], v.shape[3]
-    delta = (dout.float() * out).sum(-1)  # [B, H, Nq] fp32, from the fp32 forward output
-    c = config
+    config = _resolve(config, Nq, Nk, D, Dv, q.dtype)
+    m2, l2, out_lo = stats
+    delta = _delta(out, out_lo, dout)
     tail = (q.stride(1), q.stride(2), k.stride(1), k.stride(2), v.stride(1), v.stride(2),
             dout.stride(1), dout.stride(2), H, Nq, Nk, D, Dv, -lambda_m * _LOG2E)
-    dq = dk = dv = None
+    flags = _flags(q.dtype)
+    dq = dk = dv = dt = None
     if need_dkdv:
-        dk = torch.empty_like(k)
-        dv = torch.empty_like(v)
-        n_col = max(triton.cdiv(D, c.bwd_block_dk), triton.cdiv(Dv, c.bwd_block_dv))
-        grid = (triton.cdiv(Nk, c.bwd_block_n), B * H, n_col)
-        _launch("dkdv", grid, (q, k, v, key_valid_u8, temp, dout, m2, l2, delta, dk, dv) + tail, c, q.dtype)
-    if need_dq:
-        dq = torch.empty(q.shape, dtype=torch.float32, device=q.device)
-        grid = (triton.cdiv(Nq, c.bwd_block_m), B * H, triton.cdiv(D, c.bwd_block_dk))
-        _launch("dq", grid, (q, k, v, key_valid_u8, temp, dout, m2, l2, delta, dq) + tail, c, q.dtype)
-    return dq, dk, dv
+        dk, dv = torch.empty_like(k), torch.empty_like(v)
+        args = (q, k, v, key_valid_u8, temp, dout, m2, l2, delta, dk, dv) + tail
+        _launch("dkdv", Nk, B * H, max(D, Dv), args, flags, config)
+    if need_dq or need_dt:
+        dq = torch.empty_like(q)
+        # One partial sum per program, [B*H, programs per (b, h)], sized for 16 x 16 tiles (the smallest).
+        dt_part = torch.zeros(B * H, triton.cdiv(Nq, 16) * triton.cdiv(D, 16), dtype=torch.float32, device=q.device)
+        args = (q, k, v, key_valid_u8, temp, dout, m2, l2, delta, dq, dt_part) + tail + (dt_part.stride(0),)
+        _launch("dq", Nq, B * H, D, args, flags, config)
+        if need_dt:
+            dt = -dt_part.view(B, H, -1).sum(-1) / temp
+    return (dq if need_dq else None), dk, dv, dt
 
 
 _TRITON_DTYPE = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
-_FP32_POINTERS = ("TEMP", "OUT", "M2", "L2", "DELTA", "DQ")
-_INPUT_POINTERS = ("Q", "K", "V", "DO", "DK", "DV_OUT")  # in the input dtype
+_FP32_POINTERS = ("TEMP", "M2", "L2", "DELTA", "DT_PART")
+_INPUT_POINTERS = ("Q", "K", "V", "DO", "DK", "DV_OUT", "DQ", "OUT", "OUT_LO")  # in the input dtype
 
 
 def compile_for_gpu(d: int, dv: int, dtype: torch.dtype = torch.float16, arch: int = 90,
-                    config: KernelConfig | None = None) -> dict:
+                    config: KernelConfig | None = None, kernels=KERNELS) -> dict:
     """Compile the three kernels for CUDA sm_<arch> ahead of time, without a GPU (ptxas ships with triton).
 
-    Uses the block sizes the launcher would pick for head dims d, dv (or `config`). Returns
-    {"fwd" | "dkdv" | "dq": triton CompiledKernel}; `kernel.asm["cubin"]` and
-    `kernel.metadata.shared` (bytes of shared memory) are there to inspect, e.g. register use with
-    `cuobjdump --dump-resource-usage`. Needs a process where TRITON_INTERPRET is not set.
+    Uses `config` or the fixed choice for head dims d, dv. Returns {"fwd" | "dkdv" | "dq": triton
+    CompiledKernel}; `kernel.asm["cubin"]`, `kernel.n_regs`, `kernel.n_spills` and `kernel.metadata.shared`
+    (bytes of shared memory) are there to inspect. Needs a process where TRITON_INTERPRET is not set.
     """
     if _IMPORT_ERROR is not None:
         raise ImportError(f"compile_for_gpu needs triton ({_IMPORT_ERROR})") from _IMPORT_ERROR
     if _interpreting():
         raise RuntimeError("compile_for_gpu needs compiled kernels: import triton without TRITON_INTERPRET=1")
+    config = config or choose_config(4096, 4096, d, dv, dtype, interpret=False)
+    return {name: compile_tile(name, config[name], dtype, arch) for name in kernels}
+
+
+def compile_tile(kernel: str, tile: TileConfig, dtype: torch.dtype, arch: int = 90):
+    """Compile one kernel with one tile configuration for sm_<arch> (see compile_for_gpu)."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    config = config or choose_config(4096, 4096, d, dv, dtype, interpret=False)
-    compiled = {}
-    for name in ("fwd", "dkdv", "dq"):
-        fn = _kernel(name)
-        constexprs = _constexprs(name, config, dtype, interpret=False)
-        signature = {}
-        for arg in fn.arg_names:
-            if arg in constexprs:
-                signature[arg] = "constexpr"
-            elif arg == "VALID":
-                signature[arg] = "*u8"
-            elif arg in _FP32_POINTERS:
-                signature[arg] = "*fp32"
-            elif arg in _INPUT_POINTERS:
-                signature[arg] = "*" + _TRITON_DTYPE[dtype]
-            elif arg == "neg_lambda2":
-                signature[arg] = "fp32"
-            else:
-                signature[arg] = "i32"
-        source = ASTSource(fn=fn, signature=signature,
-                           constexprs={(fn.arg_names.index(k),): v for k, v in constexprs.items()})
-        compiled[name] = triton.compile(source, target=GPUTarget("cuda", arch, 32),
-                                        options=_launch_options(name, config))
-    return compiled
+    fn = _kernel(kernel)
+    constexprs = dict(tile.constexprs(), UPCAST=False, DOT_PRECISION=dot_precision(dtype))
+    if kernel == "fwd":
+        constexprs["HAS_LO"] = dtype != torch.float32
+    constexprs = {name: value for name, value in constexprs.items() if name in fn.arg_names}
+    signature = {}
+    for arg in fn.arg_names:
+        if arg in constexprs:
+            signature[arg] = "constexpr"
+        elif arg == "VALID":
+            signature[arg] = "*u8"
+        elif arg in _FP32_POINTERS:
+            signature[arg] = "*fp32"
+        elif arg in _INPUT_POINTERS:
+            signature[arg] = "*" + _TRITON_DTYPE[dtype]
+        elif arg == "neg_lambda2":
+            signature[arg] = "fp32"
+        else:
+            signature[arg] = "i32"
+    source = ASTSource(fn=fn, signature=signature,
+                       constexprs={(fn.arg_names.index(k),): v for k, v in constexprs.items()})
+    return triton.compile(source, target=GPUTarget("cuda", arch, 32), options=tile.launch_options())
 
 
 class TritonMaskedAttention(torch.autograd.Function):
-    """Autograd op on normalised inputs; saves q, k, v, key_valid, temperature, out, m2 and l2 [B,H,Nq]."""
+    """Autograd op on normalised inputs; saves q, k, v, key_valid, temperature, out and the row statistics."""
 
     @staticmethod
     def forward(ctx, q, k, v, key_valid, temperature, lambda_m, config):
@@ -249,9 +368,8 @@ class TritonMaskedAttention(torch.autograd.Function):
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         valid_u8 = key_valid.contiguous().view(torch.uint8)  # [B, Nk], bool storage read as bytes
         temp = temperature.detach().to(torch.float32).contiguous()  # [B, H]
-        out, m2, l2 = _forward(q, k, v, valid_u8, temp, lambda_m, config)
-        ctx.save_for_backward(q, k, v, valid_u8, temp, out, m2, l2)
-        out = out.to(v.dtype)
+        out, (m2, l2, out_lo) = _forward(q, k, v, valid_u8, temp, lambda_m, config)
+        ctx.save_for_backward(q, k, v, valid_u8, temp, out, m2, l2, out_lo)
         ctx.lambda_m = lambda_m
         ctx.config = config
         ctx.temperature_dtype = temperature.dtype
@@ -259,18 +377,14 @@ class TritonMaskedAttention(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout):
-        q, k, v, valid_u8, temp, out, m2, l2 = ctx.saved_tensors
+        q, k, v, valid_u8, temp, out, m2, l2, out_lo = ctx.saved_tensors
         need_q, need_k, need_v, _, need_t = ctx.needs_input_grad[:5]
-        dq, dk, dv = _backward(
-            q, k, v, valid_u8, temp, ctx.lambda_m, ctx.config, out, m2, l2, dout.contiguous(),
-            need_dq=need_q or need_t, need_dkdv=need_k or need_v,
+        dq, dk, dv, dt = _backward(
+            q, k, v, valid_u8, temp, ctx.lambda_m, ctx.config, out, (m2, l2, out_lo), dout.contiguous(),
+            need_dq=need_q, need_dkdv=need_k or need_v, need_dt=need_t,
         )
-        dt = None
-        if need_t:
-            # dL/dt = -(1/t) * sum_i <dq_i, q_i>, from the fp32 dq before it is cast to q's dtype.
-            dt = (-(dq * q.float()).sum(dim=(-1, -2)) / temp).to(ctx.temperature_dtype)
-        if dq is not None:
-            dq = dq.to(q.dtype) if need_q else None
+        if dt is not None:
+            dt = dt.to(ctx.temperature_dtype)
         return dq, dk if need_k else None, dv if need_v else None, None, dt, None, None
 
 
@@ -283,7 +397,8 @@ def triton_masked_attention(q, k, v, key_valid, temperature, lambda_m, config: K
         key_valid: ``[B, Nk]`` bool (True = valid key), shared by all heads.
         temperature: ``[B, H]`` > 0.
         lambda_m: mask penalty: ``z_ij = -lambda_m`` for invalid keys (``<q_i, k_j> / t`` otherwise).
-        config: block sizes; ``None`` -> ``choose_config(...)`` for this shape.
+        config: block sizes; ``None`` -> autotuned on a GPU (``choose_config`` under the interpreter
+            or with ``MHTMA_AUTOTUNE=0``).
 
     Returns:
         ``softmax_j(z_ij) @ v`` as ``[B, H, Nq, Dv]`` in v's dtype; differentiable w.r.t. q, k, v and
@@ -304,6 +419,4 @@ def triton_masked_attention(q, k, v, key_valid, temperature, lambda_m, config: K
     lambda_m = min(float(lambda_m), _LAMBDA_CAP)
     if not math.isfinite(lambda_m):
         raise ValueError(f"lambda_m must be finite, got {lambda_m!r}")
-    if config is None:
-        config = choose_config(Nq, Nk, D, Dv, q.dtype, _interpreting())
     return TritonMaskedAttention.apply(q, k, v, key_valid, temperature, lambda_m, config)
