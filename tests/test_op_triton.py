@@ -16,7 +16,7 @@ pytest.importorskip("triton")
 
 from mhtma_kernels import masked_temperature_attention, masked_temperature_attention_reference  # noqa: E402
 from mhtma_kernels.ops import triton_op  # noqa: E402
-from mhtma_kernels.ops.triton_op import KernelConfig, triton_masked_attention  # noqa: E402
+from mhtma_kernels.ops.triton_op import KernelConfig, TileConfig, triton_masked_attention  # noqa: E402
 
 from .tolerance import assert_close  # noqa: E402
 
@@ -25,8 +25,18 @@ NAMES = ("out", "dq", "dk", "dv", "dtemperature")
 # Under the interpreter (no GPU; conftest sets TRITON_INTERPRET=1) the kernels take CPU tensors.
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
-# 16-wide tiles everywhere: several D chunks, several Dv column blocks and partial tiles on both axes.
-SMALL_TILES = KernelConfig(16, 16, 16, 16, 16, 16, 16, 16, 16)
+# 16-wide tiles everywhere: several D chunks, several Dv column blocks and partial tiles on both axes;
+# one column block per program, so the columns are split over the grid.
+SMALL_TILES = KernelConfig(fwd=TileConfig(16, 16, 16, 0, 16), dkdv=TileConfig(16, 16, 16, 16, 16),
+                           dq=TileConfig(16, 16, 16, 16, 16))
+# Several column blocks per program (the GPU's layout), and still more than one program along the columns
+# for Dv, D > 48 (fwd, dq) or > 32 (dkdv).
+MULTI_BLOCK_TILES = KernelConfig(fwd=TileConfig(16, 16, 16, 0, 16, num_cb=3), dkdv=TileConfig(16, 16, 16, 16, 16, 2),
+                                 dq=TileConfig(32, 16, 16, 16, 16, num_cb=3))
+# The most column blocks the kernels hold: 8 (fwd, dq) and 4 (dkdv) accumulators, all of them used.
+WIDEST_TILES = KernelConfig(fwd=TileConfig(16, 16, 16, 0, 16, num_cb=8), dkdv=TileConfig(16, 16, 16, 16, 16, 4),
+                            dq=TileConfig(16, 16, 16, 16, 16, num_cb=8))
+TILES = {"small": SMALL_TILES, "multi-block": MULTI_BLOCK_TILES, "widest": WIDEST_TILES}
 
 
 def make_inputs(B, H, Nq, Nk, D, Dv, t, rule, dtype=torch.float32, seed=0, device=DEVICE):
@@ -94,17 +104,26 @@ def test_triton_without_normalization():
     pytest.param((2, 1, 20, 33, 19, 17, 1e-2, "zero-norm"), id="zero-norm-t1e-2"),
     pytest.param((2, 2, 17, 18, 12, 20, 0.3, "image1-all-invalid"), id="image-all-invalid"),
 ])
-def test_small_tiles_cover_d_chunks_and_dv_blocks(case, monkeypatch):
-    """16-wide tiles: D walked in chunks, Dv split over the grid, several partial query/key tiles."""
-    monkeypatch.setattr(triton_op, "choose_config", lambda *args: SMALL_TILES)
+@pytest.mark.parametrize("tiles", list(TILES))
+def test_small_tiles_cover_d_chunks_and_dv_blocks(case, tiles, monkeypatch):
+    """16-wide tiles: D walked in chunks, columns in several blocks per program and over the grid,
+    several partial query/key tiles."""
+    monkeypatch.setattr(triton_op, "choose_config", lambda *args: TILES[tiles])
     check_against_float64(case, torch.float32)
 
 
-@pytest.mark.parametrize("tiles", ["default", "small"])
+@pytest.mark.parametrize("dv", [16, 48, 130], ids=lambda dv: f"Dv{dv}")
+def test_every_column_block_of_the_widest_program(dv, monkeypatch):
+    """Dv = 130 needs 9 blocks of 16: 8 accumulators of the first program and one of a second."""
+    monkeypatch.setattr(triton_op, "choose_config", lambda *args: WIDEST_TILES)
+    check_against_float64((1, 1, 18, 17, 70, dv, 0.3, "random"), torch.float32)
+
+
+@pytest.mark.parametrize("tiles", ["default", "small", "multi-block"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 def test_triton_half_inputs(dtype, tiles, monkeypatch):
-    if tiles == "small":
-        monkeypatch.setattr(triton_op, "choose_config", lambda *args: SMALL_TILES)
+    if tiles != "default":
+        monkeypatch.setattr(triton_op, "choose_config", lambda *args: TILES[tiles])
     check_against_float64((2, 2, 33, 21, 24, 20, 0.2, "random"), dtype)
 
 
@@ -141,10 +160,68 @@ def test_backward_saves_no_score_matrix():
     assert type(node).__name__.startswith("TritonMaskedAttention")
     saved = node.saved_tensors
     assert len(saved) > 0
-    largest = max(s.numel() for s in saved)
+    largest = max(s.numel() for s in saved if s is not None)
     assert largest < B * H * Nq * Nk, f"backward saved a tensor of {largest} elements"
     assert largest == B * H * Nq * D  # q itself
-    assert any(tuple(s.shape) == (B, H, Nq) and s.dtype == torch.float32 for s in saved), "row log-sum-exp"
+    assert any(s is not None and tuple(s.shape) == (B, H, Nq) and s.dtype == torch.float32 for s in saved), "row stats"
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=["fp16", "bf16", "fp32"])
+def test_output_is_saved_in_the_input_dtype_with_a_rounding_residual(dtype):
+    """No fp32 copy of the output is kept: 16-bit inputs save out and out_fp32 - out, both 16-bit. The
+    residual is below one unit in the last place of out, and out + out_lo is closer to the result of
+    fp32 inputs than out alone (not equal to it: the weights meet v in the input dtype)."""
+    q, k, v, key_valid, t = make_inputs(1, 2, 20, 18, 8, 6, 0.2, "random", dtype=dtype)
+    q, k = torch.nn.functional.normalize(q, dim=-1), torch.nn.functional.normalize(k, dim=-1)
+    valid_u8, temp = key_valid.view(torch.uint8), t.float()
+    out, (m2, l2, out_lo) = triton_op._forward(q, k, v, valid_u8, temp, 1e4, None)
+    out32, _ = triton_op._forward(q.float(), k.float(), v.float(), valid_u8, temp, 1e4, None)
+    assert out.dtype == dtype and m2.dtype == l2.dtype == torch.float32
+    if dtype == torch.float32:
+        assert out_lo is None
+        return
+    assert out_lo.dtype == dtype
+    error_rounded = (out.float() - out32).abs().max()
+    error_with_residual = (out.float() + out_lo.float() - out32).abs().max()
+    assert error_rounded > 0
+    assert error_with_residual < error_rounded
+    ulp = out.float().abs() * torch.finfo(dtype).eps + torch.finfo(dtype).tiny  # (the interpreter truncates)
+    assert (out_lo.float().abs() <= ulp * 1.0001).all()
+    assert out_lo.float().abs().max() > 0
+
+
+def test_delta_kernel_matches_a_float64_row_dot():
+    g = torch.Generator().manual_seed(5)
+    out, lo, dout = (torch.randn(2, 3, 7, 37, generator=g, dtype=torch.float64) for _ in range(3))
+    delta = triton_op._delta(out.float().to(DEVICE), lo.float().to(DEVICE), dout.float().to(DEVICE))
+    assert_close(delta.cpu(), (dout * (out + lo)).sum(-1), torch.float32, "delta")
+    delta = triton_op._delta(out.float().to(DEVICE), None, dout.float().to(DEVICE))
+    assert_close(delta.cpu(), (dout * out).sum(-1), torch.float32, "delta without residual")
+
+
+@pytest.mark.parametrize("precision, expected", [("highest", "ieee"), ("high", "tf32"), ("medium", "tf32")])
+def test_fp32_dots_follow_torch_matmul_precision(precision, expected):
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision(precision)
+        assert triton_op.dot_precision(torch.float32) == expected
+        assert triton_op.dot_precision(torch.bfloat16) == "tf32"  # ignored by tl.dot for 16-bit tiles
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
+@pytest.mark.parametrize("d", [45, 288, 432, 576, 864, 1000])
+@pytest.mark.parametrize("kernel", triton_op.KERNELS)
+def test_autotune_candidates_cover_every_column(kernel, d):
+    """Each candidate holds at most the accumulators the kernel has, and its programs cover all columns
+    with less than one program's worth of padding."""
+    for dtype in (torch.bfloat16, torch.float32):
+        tiles = triton_op.candidates(kernel, d, d, dtype)
+        assert tiles and len(set(tiles)) == len(tiles)
+        for tile in tiles:
+            assert 1 <= tile.num_cb <= triton_op.MAX_COL_BLOCKS[kernel], tile
+            width = tile.block_c * tile.num_cb
+            assert 0 <= tile.column_splits(d) * width - d < width, tile
 
 
 def test_gradient_to_a_subset_of_inputs():
@@ -197,14 +274,18 @@ def test_empty_value_dim_returns_empty_output():
 
 
 def test_gpu_kernels_compile_for_sm90_without_a_gpu(tmp_path):
-    """The GPU code path (no bf16 upcast, tensor-core dots, launcher's block sizes) compiles with ptxas
-    for an H100 and fits its shared memory. Run in a subprocess: this process interprets the kernels."""
+    """The GPU code path (no bf16 upcast, tensor-core dots, the default block sizes) compiles with ptxas
+    for an H100 without register spills and fits its shared memory. Run in a subprocess: this process
+    interprets the kernels."""
     script = (
         "import torch\n"
-        "from mhtma_kernels.ops.triton_op import compile_for_gpu\n"
-        "for dtype in (torch.float16, torch.bfloat16, torch.float32):\n"
-        "    for name, kernel in compile_for_gpu(45, 288, dtype, arch=90).items():\n"
-        "        print(str(dtype)[6:], name, len(kernel.asm['cubin']), kernel.metadata.shared)\n"
+        "from mhtma_kernels.ops.triton_op import compile_for_gpu, resource_usage\n"
+        "torch.backends.cuda.matmul.allow_tf32 = True  # fp32 as TF32 (IEEE fp32 dots are the slow exact path)\n"
+        "for d in (45, 576):\n"
+        "    for dtype in (torch.float16, torch.bfloat16, torch.float32):\n"
+        "        for name, kernel in compile_for_gpu(d, d, dtype, arch=90).items():\n"
+        "            use = resource_usage(kernel)\n"
+        "            print(d, str(dtype)[6:], name, len(kernel.asm['cubin']), use['stack_bytes'], use['shared_bytes'])\n"
     )
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
     env["TRITON_CACHE_DIR"] = str(tmp_path)  # compile for real, not from a cache
@@ -215,7 +296,8 @@ def test_gpu_kernels_compile_for_sm90_without_a_gpu(tmp_path):
         pytest.skip("this triton build ships no ptxas")
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [line.split() for line in result.stdout.splitlines()]
-    assert len(rows) == 9, result.stdout
-    for dtype, name, cubin_bytes, shared in rows:
-        assert int(cubin_bytes) > 0, (dtype, name)
-        assert int(shared) <= 227 * 1024, f"{dtype} {name} needs {shared} bytes of shared memory"
+    assert len(rows) == 18, result.stdout
+    for d, dtype, name, cubin_bytes, stack, shared in rows:
+        assert int(cubin_bytes) > 0, (d, dtype, name)
+        assert int(stack) == 0, f"D={d} {dtype} {name} spills registers ({stack} stack bytes)"
+        assert int(shared) <= 227 * 1024, f"D={d} {dtype} {name} needs {shared} bytes of shared memory"

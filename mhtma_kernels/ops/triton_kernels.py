@@ -28,7 +28,8 @@ Tiling. The head dims D and Dv are arbitrary (45, 288, 576, 864): nothing is pad
 Products that contract over D (q k^T) or over Dv (dout v^T) walk that axis in chunks of BLOCK_D /
 BLOCK_E with masked loads (`_dot_abt`). Output columns (out over Dv; dq, dk over D; dv over Dv) are
 held as NUM_CB column blocks of BLOCK_C columns in ONE program: NUM_CB separate fp32 accumulators
-acc0..acc7 (Triton has no arrays of tiles, so the blocks are written out; blocks past NUM_CB are
+acc0..acc7 (dq0..dq7; dk0..dk3 and dv0..dv3 in the dk/dv kernel: triton_op.MAX_COL_BLOCKS)
+(Triton has no arrays of tiles, so the blocks are written out; blocks past NUM_CB are
 dead code the compiler drops). The scores of a tile are computed once and feed every column block
 of that program. Only when NUM_CB * BLOCK_C < Dv is the column range split over a grid axis (and
 the scores recomputed per split); the launcher's autotuner chooses between register pressure
@@ -42,8 +43,6 @@ fp32 inputs use DOT_PRECISION "tf32" or "ieee" as torch.matmul would (see triton
 import triton
 import triton.language as tl
 
-MAX_COL_BLOCKS = 8  # column blocks one forward / dq program can hold (acc0..acc7, dq0..dq7)
-MAX_COL_BLOCKS_DKDV = 4  # column blocks of dk and of dv one dk/dv program can hold (dk0..dk3, dv0..dv3)
 
 
 @triton.jit

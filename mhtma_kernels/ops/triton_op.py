@@ -51,7 +51,8 @@ _LOG2E = 1.4426950408889634
 # lambda_m exceeds ~150 + 1/t; capping the constant keeps it finite in fp32 without changing results.
 _LAMBDA_CAP = 1e30
 KERNELS = ("fwd", "dkdv", "dq")
-_MAX_COL_BLOCKS = {"fwd": 8, "dkdv": 4, "dq": 8}  # accumulators written out in triton_kernels
+# Column blocks (accumulators) one program of each kernel can hold, as written out in triton_kernels.
+MAX_COL_BLOCKS = {"fwd": 8, "dkdv": 4, "dq": 8}
 
 
 @dataclass(frozen=True)
@@ -108,35 +109,41 @@ def _output_columns(kernel: str, d: int, dv: int) -> int:
     return {"fwd": dv, "dkdv": max(d, dv), "dq": d}[kernel]
 
 
-def _fit_columns(kernel: str, ncols: int, block_c: int) -> int:
+def _fit_columns(ncols: int, block_c: int, max_cb: int) -> int:
     """num_cb that covers ncols in the fewest programs, balanced so the last one is not mostly empty."""
     blocks = triton.cdiv(max(ncols, 1), block_c)
-    splits = triton.cdiv(blocks, _MAX_COL_BLOCKS[kernel])
+    splits = triton.cdiv(blocks, max_cb)
     return triton.cdiv(blocks, splits)
 
 
-# Candidate tiles per kernel: (block_m, block_n, block_c, num_warps, num_stages, num_cb or None = fit).
-# The fixed num_cb=1 rows are the best configurations of the old one-column-block kernels measured on
-# an H200 (bf16, D = 576; issue "The fused op at GPU speed"), kept as a floor for the autotuner.
+# Candidate tiles per kernel: (block_m, block_n, block_d, block_e, block_c, num_warps, num_stages, max_cb)
+# with num_cb fitted to the columns up to max_cb; max_cb = 0 means num_cb = 1 fixed. Each fitted family
+# compiles for sm_90 in bf16 without register spills at its max_cb (ptxas via compile_tile, see
+# docs/kernel-notes.md); the num_cb = 1 rows are the best configurations of the old one-column-block
+# kernels measured on an H200 (bf16, D = 576; issue "The fused op at GPU speed"), kept as a floor for
+# the autotuner although they spill. The first row of each kernel is the fixed default (choose_config).
 _FAMILIES = {
-    "fwd": [(64, 64, 128, 8, 2, None), (128, 64, 128, 16, 2, None), (128, 64, 64, 8, 2, None),
-            (64, 64, 64, 4, 2, None), (128, 64, 128, 8, 3, 1)],
-    "dkdv": [(64, 64, 64, 8, 2, None), (64, 64, 128, 8, 2, None), (64, 64, 32, 4, 2, None),
-             (64, 64, 128, 4, 2, 1)],
-    "dq": [(64, 64, 128, 8, 2, None), (128, 64, 128, 16, 2, None), (64, 64, 64, 8, 2, None),
-           (64, 64, 128, 4, 2, 1)],
+    "fwd": [(64, 32, 64, 0, 64, 8, 2, 7), (64, 64, 64, 0, 64, 8, 2, 5), (64, 64, 64, 0, 32, 8, 2, 8),
+            (128, 64, 64, 0, 128, 8, 3, 0)],
+    "dkdv": [(32, 64, 32, 32, 64, 8, 2, 3), (64, 64, 32, 32, 32, 8, 2, 4), (64, 64, 32, 32, 64, 16, 2, 2),
+             (64, 64, 64, 64, 128, 4, 2, 0)],
+    "dq": [(64, 32, 32, 32, 64, 8, 2, 7), (64, 64, 32, 32, 64, 8, 2, 5), (64, 64, 64, 64, 128, 4, 2, 0)],
 }
 
 
 def candidates(kernel: str, d: int, dv: int, dtype: torch.dtype = torch.bfloat16) -> list[TileConfig]:
-    """The autotuner's candidate tiles of one kernel for head dims d, dv (fp32 gets half-depth chunks)."""
+    """The autotuner's candidate tiles of one kernel for head dims d, dv (fp32: D/Dv chunks of at most 32)."""
     chunk = 32 if dtype == torch.float32 else 64
     ncols = _output_columns(kernel, d, dv)
     tiles = []
-    for block_m, block_n, block_c, warps, stages, num_cb in _FAMILIES[kernel]:
+    for block_m, block_n, block_d, block_e, block_c, warps, stages, max_cb in _FAMILIES[kernel]:
         block_c = min(block_c, _pow2(ncols, 16, 128))
-        tile = TileConfig(block_m, block_n, _pow2(d, 16, chunk), _pow2(dv, 16, chunk) if kernel != "fwd" else 0,
-                          block_c, num_cb or _fit_columns(kernel, ncols, block_c), warps, stages)
+        if dtype == torch.float32 and max_cb > 1:
+            # fp32 tiles take twice the registers before they reach the tensor cores (checked with ptxas)
+            max_cb = max_cb // 2 if kernel == "dkdv" else max_cb - 1
+        num_cb = _fit_columns(ncols, block_c, max_cb) if max_cb else 1
+        tile = TileConfig(block_m, block_n, min(block_d, chunk, _pow2(d, 16, 64)),
+                          min(block_e, chunk, _pow2(dv, 16, 64)), block_c, num_cb, warps, stages)
         if tile not in tiles:
             tiles.append(tile)
     return tiles
@@ -233,6 +240,8 @@ def _launch(kernel: str, rows: int, bh: int, ncols: int, args, flags: dict, conf
         _autotuned(kernel)[grid](*args, **flags)
         return
     tile = config[kernel]
+    if not 1 <= tile.num_cb <= MAX_COL_BLOCKS[kernel]:
+        raise ValueError(f"{kernel} kernel holds 1 to {MAX_COL_BLOCKS[kernel]} column blocks, got num_cb={tile.num_cb}")
     tile_rows = tile.block_n if kernel == "dkdv" else tile.block_m
     grid = (triton.cdiv(rows, tile_rows), bh, tile.column_splits(ncols))
     _kernel(kernel)[grid](*args, **tile.constexprs(), **flags, **tile.launch_options())
@@ -318,7 +327,8 @@ def compile_for_gpu(d: int, dv: int, dtype: torch.dtype = torch.float16, arch: i
                     config: KernelConfig | None = None, kernels=KERNELS) -> dict:
     """Compile the three kernels for CUDA sm_<arch> ahead of time, without a GPU (ptxas ships with triton).
 
-    Uses `config` or the fixed choice for head dims d, dv. Returns {"fwd" | "dkdv" | "dq": triton
+    Uses `config` or the fixed choice for head dims d, dv; fp32 dots as torch's matmul precision says now
+    (IEEE fp32 dots are the exact, slow path and may spill; TF32 and 16-bit ones should not). Returns {"fwd" | "dkdv" | "dq": triton
     CompiledKernel}; `kernel.asm["cubin"]`, `kernel.n_regs`, `kernel.n_spills` and `kernel.metadata.shared`
     (bytes of shared memory) are there to inspect. Needs a process where TRITON_INTERPRET is not set.
     """
@@ -330,13 +340,33 @@ def compile_for_gpu(d: int, dv: int, dtype: torch.dtype = torch.float16, arch: i
     return {name: compile_tile(name, config[name], dtype, arch) for name in kernels}
 
 
-def compile_tile(kernel: str, tile: TileConfig, dtype: torch.dtype, arch: int = 90):
-    """Compile one kernel with one tile configuration for sm_<arch> (see compile_for_gpu)."""
+def resource_usage(compiled) -> dict:
+    """Registers per thread, stack bytes (register spills land there; 0 = none) and shared memory of a
+    kernel from compile_for_gpu / compile_tile, read from its cubin with the cuobjdump Triton ships."""
+    import re
+    import subprocess
+    import tempfile
+
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as cubin:
+        cubin.write(compiled.asm["cubin"])
+        cubin.flush()
+        report = subprocess.run([tool, "--dump-resource-usage", cubin.name], capture_output=True, text=True,
+                                check=True).stdout
+    found = re.search(r"REG:(\d+) STACK:(\d+)", report)
+    if found is None:
+        raise RuntimeError(f"no resource usage in cuobjdump's report:\n{report}")
+    return {"registers": int(found[1]), "stack_bytes": int(found[2]), "shared_bytes": compiled.metadata.shared}
+
+
+def compile_tile(kernel: str, tile: TileConfig, dtype: torch.dtype, arch: int = 90, precision: str | None = None):
+    """Compile one kernel with one tile configuration for sm_<arch> (see compile_for_gpu); `precision`
+    ("ieee" | "tf32") defaults to what the launcher would use now (dot_precision)."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     fn = _kernel(kernel)
-    constexprs = dict(tile.constexprs(), UPCAST=False, DOT_PRECISION=dot_precision(dtype))
+    constexprs = dict(tile.constexprs(), UPCAST=False, DOT_PRECISION=precision or dot_precision(dtype))
     if kernel == "fwd":
         constexprs["HAS_LO"] = dtype != torch.float32
     constexprs = {name: value for name, value in constexprs.items() if name in fn.arg_names}
