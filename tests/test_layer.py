@@ -197,23 +197,26 @@ BACKEND_PARAMS = [
 
 @pytest.mark.parametrize("backend", BACKEND_PARAMS)
 def test_backends_agree_inside_layer(backend):
-    """float32 layer on `backend` vs the same weights in float64 on `reference`: output and grads."""
+    """float32 layer on `backend` vs the same weights in float64 on `reference`: output and grads.
+    The triton backend runs on the GPU where there is one (CPU tensors under the interpreter otherwise)."""
     dtype = torch.float64 if backend == "torch" else torch.float32
+    device = "cuda" if backend == "triton" and torch.cuda.is_available() else "cpu"
     ref = make_layer(torch.float64, in_channels=5, heads=2, backend="reference")
-    layer = make_layer(dtype, in_channels=5, heads=2, backend=backend)
+    layer = make_layer(dtype, in_channels=5, heads=2, backend=backend).to(device)
     layer.load_state_dict(ref.state_dict())
     x64 = torch.randn(2, 5, 6, 7, dtype=torch.float64, requires_grad=True)
-    x = x64.detach().to(dtype).requires_grad_()
+    x = x64.detach().to(device, dtype).requires_grad_()
     mask = block_mask(2, 12, 7)
     grad_out = torch.randn(2, 5, 6, 7, dtype=torch.float64)
-    out_ref, out = ref(x64, mask), layer(x, mask)
-    assert_close(out, out_ref, dtype, f"{backend} output")
+    out_ref, out = ref(x64, mask), layer(x, mask.to(device))
+    assert out.device.type == device
+    assert_close(out.cpu(), out_ref, dtype, f"{backend} output")
     (out_ref * grad_out).sum().backward()
-    (out * grad_out.to(dtype)).sum().backward()
-    assert_close(x.grad, x64.grad, dtype, f"{backend} dx")
+    (out * grad_out.to(device, dtype)).sum().backward()
+    assert_close(x.grad.cpu(), x64.grad, dtype, f"{backend} dx")
     ref_params = dict(ref.named_parameters())
     for name, param in layer.named_parameters():
-        assert_close(param.grad, ref_params[name].grad, dtype, f"{backend} d{name}")
+        assert_close(param.grad.cpu(), ref_params[name].grad, dtype, f"{backend} d{name}")
 
 
 def test_resize_mask_never_loses_a_hole():
