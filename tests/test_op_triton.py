@@ -301,3 +301,38 @@ def test_gpu_kernels_compile_for_sm90_without_a_gpu(tmp_path):
         assert int(cubin_bytes) > 0, (d, dtype, name)
         assert int(stack) == 0, f"D={d} {dtype} {name} spills registers ({stack} stack bytes)"
         assert int(shared) <= 227 * 1024, f"D={d} {dtype} {name} needs {shared} bytes of shared memory"
+
+
+@pytest.mark.parametrize("kernel", triton_op.KERNELS)
+def test_autotuner_prunes_to_the_candidates_of_the_shape(kernel):
+    """On a GPU the autotuner times exactly `candidates(kernel, D, Dv, dtype)`, keyed on the shape, the
+    dtype and the dot precision; the dq kernel's partial sums are zeroed between timed runs."""
+    tuner = triton_op._autotuned(kernel)
+    assert set(tuner.keys) == {"NQ", "NK", "D", "DV", "DOT_PRECISION"}
+    for d, dv, dtype in [(576, 576, torch.bfloat16), (45, 40, torch.float32), (864, 288, torch.float16)]:
+        named = {"D": d, "DV": dv, "Q": torch.empty(0, dtype=dtype)}
+        pruned = tuner.early_config_prune(tuner.configs, named)
+        expected = triton_op.candidates(kernel, d, dv, dtype)
+        assert [c.kwargs for c in pruned] == [t.constexprs() for t in expected]
+        assert [(c.num_warps, c.num_stages) for c in pruned] == [(t.num_warps, t.num_stages) for t in expected]
+    assert ("DT_PART" in tuner.reset_to_zero) == (kernel == "dq")
+
+
+def test_fixed_tiles_without_autotuning(monkeypatch):
+    """MHTMA_AUTOTUNE=0 (and the interpreter) use choose_config; on a GPU config=None means autotune."""
+    monkeypatch.setattr(triton_op, "_interpreting", lambda: False)
+    monkeypatch.setenv("MHTMA_AUTOTUNE", "0")
+    fixed = triton_op._resolve(None, 4096, 3844, 576, 576, torch.bfloat16)
+    assert fixed == triton_op.choose_config(4096, 3844, 576, 576, torch.bfloat16, interpret=False)
+    assert fixed.fwd == triton_op.candidates("fwd", 576, 576)[0]
+    monkeypatch.setenv("MHTMA_AUTOTUNE", "1")
+    assert triton_op._resolve(None, 4096, 3844, 576, 576, torch.bfloat16) is None
+    assert triton_op._resolve(SMALL_TILES, 4096, 3844, 576, 576, torch.bfloat16) is SMALL_TILES
+
+
+def test_a_column_block_count_the_kernel_lacks_is_refused(monkeypatch):
+    too_wide = KernelConfig(fwd=TileConfig(16, 16, 16, 0, 16, num_cb=9), dkdv=SMALL_TILES.dkdv, dq=SMALL_TILES.dq)
+    monkeypatch.setattr(triton_op, "choose_config", lambda *args: too_wide)
+    q, k, v, key_valid, t = make_inputs(1, 1, 4, 4, 3, 2, 0.2, "random")
+    with pytest.raises(ValueError, match=r"fwd kernel holds 1 to 8 column blocks, got num_cb=9"):
+        masked_temperature_attention(q, k, v, key_valid, t, backend="triton")
