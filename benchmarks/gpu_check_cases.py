@@ -1,0 +1,478 @@
+"""What ``python -m benchmarks.gpu_check`` measures: shapes, inputs, providers and one function per measurement.
+
+Every ``*_plan(setup)`` returns a list of ``(record, thunk)`` pairs: ``record`` is the flat description of
+one measurement (level, provider, mode, dtype, batch, d, ...), ``thunk()`` runs it and returns the measured
+fields (``ms``, ``peak_mb``, errors, ...). The driver (:mod:`benchmarks.gpu_check`) runs the thunks under
+a time budget and records failures instead of stopping.
+
+Shapes (GPU; ``--smoke`` shrinks every one of them, see :func:`make_setup`):
+
+- op: B=16, H=2, 64x64 feature map with 3x3 patches -> Nq=4096, Nk=62*62=3844; D = Dv in 288, 432, 576,
+  864; key_valid = no hole pixel in the key's 3x3 window of a centred square hole (side 32) AND a
+  seeded 10 % of keys invalid at random; temperature uniform in [0.05, 1]; lambda_m = 1e4.
+- correctness: the same shapes, run on the whole batch; image 1 of the batch has no valid key at all.
+  The float64 oracle (``masked_temperature_attention_reference``) runs on images 0 and 1 only (all
+  query rows; the gradients of image b depend on image b alone, so the slice is exact), and errors are
+  normwise relative ``|a - e| / |e|`` per image: ``case="mixed"`` is image 0, ``"all_invalid"`` image 1.
+- layer: ``MaskedTemperatureAttention(128, heads=2, backend="triton")`` vs ``ContextualAttention`` at
+  B=16, 64x64, fp32 and bf16 autocast.
+- model: ``InpaintGenerator(base_channels=24, attention=...)`` at 256 px, batch 1 and 16, fp32 and bf16
+  autocast, inference under ``torch.no_grad()``; MHTMA uses backend="triton".
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+
+from mhtma_kernels import masked_temperature_attention_reference
+from mhtma_kernels.ops.reference import EPS
+
+from .cases import DTYPES, key_valid_from_hole, square_hole
+from .memory import cuda_peak
+from .providers import Unavailable, flex_padded_dim, op_provider
+
+LAMBDA_M = 1e4
+RANDOM_INVALID = 0.10
+SLOW_CALL_MS = 250.0
+GRAD_NAMES = ("q", "k", "v", "temperature")
+# FlexAttention's default tiles need more shared memory than Hopper has at padded D >= 512; smaller
+# tiles as large-head users pass them (DESIGN §1). Backward static asserts: BLOCK_N1 % BLOCK_M1 == 0,
+# BLOCK_M2 % BLOCK_N2 == 0.
+FLEX_KERNEL_OPTIONS = {"BLOCK_M": 32, "BLOCK_N": 32, "num_stages": 1, "num_warps": 4,
+                       "BLOCK_M1": 16, "BLOCK_N1": 32, "BLOCK_M2": 32, "BLOCK_N2": 16}
+
+
+@dataclass(frozen=True)
+class Setup:
+    """Shapes and timing knobs of one run (GPU defaults or the tiny ``--smoke`` ones)."""
+
+    device: str
+    smoke: bool
+    batch: int = 16
+    heads: int = 2
+    size: int = 64
+    correct_size: int = 64
+    dims: tuple = (576, 432, 288, 864)  # order = priority under the time budget
+    fp32_dim: int = 576
+    layer_channels: int = 128
+    model_size: int = 256
+    model_base: int = 24
+    model_batches: tuple = (1, 16)
+    warmup_ms: float = 25.0
+    rep_ms: float = 100.0
+    cpu_reps: int = 2
+    compile_model: bool = False
+
+    @property
+    def nq(self) -> int:
+        return self.size * self.size
+
+    @property
+    def nk(self) -> int:
+        return (self.size - 2) ** 2
+
+
+def make_setup(smoke: bool, compile_model: bool = False) -> Setup:
+    if not smoke:
+        return Setup(device="cuda", smoke=False, compile_model=compile_model)
+    # The interpreter's cost grows with the number of tiles: one 64-row tile per map of side 8. For
+    # correctness, side 12: the smallest map whose centred hole (side 6) leaves hole-free 3x3 key windows.
+    return Setup(device="cpu", smoke=True, batch=2, size=8, correct_size=12, dims=(18,), fp32_dim=18,
+                 layer_channels=8,
+                 model_size=16, model_base=4, model_batches=(2,), cpu_reps=1, compile_model=compile_model)
+
+
+# ------------------------------------------------------------------------------------------- helpers
+
+
+@contextlib.contextmanager
+def matmul_precision(precision: str | None):
+    """``torch.set_float32_matmul_precision(precision)`` for the block ("highest" = IEEE, "high" = TF32)."""
+    if precision is None:
+        yield
+        return
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(precision)
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
+def autocast(setup: Setup, dtype: str):
+    """bf16/fp16: ``torch.autocast`` on the setup's device; fp32: nothing."""
+    if dtype == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=setup.device, dtype=DTYPES[dtype])
+
+
+def synchronize(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def release_memory(device: str) -> None:
+    """After a measurement (also a failed one): drop cached CUDA blocks so the next peak starts clean."""
+    if device == "cuda":
+        with contextlib.suppress(Exception):
+            torch.cuda.synchronize()
+        with contextlib.suppress(Exception):
+            torch.cuda.empty_cache()
+
+
+def first_call(fn, device: str) -> tuple[float, object]:
+    """(wall ms, result) of one call; the time includes compilation / autotuning when it is the first."""
+    synchronize(device)
+    start = time.perf_counter()
+    result = fn()
+    synchronize(device)
+    return (time.perf_counter() - start) * 1e3, result
+
+
+def _median_of_runs(fn, device: str, runs: int) -> float:
+    times = []
+    for _ in range(runs):
+        synchronize(device)
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append((time.perf_counter() - start) * 1e3)
+    return sorted(times)[len(times) // 2]
+
+
+def median_ms(fn, setup: Setup) -> tuple[float, str]:
+    """(median ms, timer name). CUDA: ``triton.testing.do_bench`` (median), except for calls slower than
+    ``SLOW_CALL_MS`` -- do_bench runs those 8+ times -- which get the median of 3 synchronised wall-clock
+    runs. CPU (smoke): the median of ``cpu_reps`` wall-clock runs."""
+    if setup.device != "cuda":
+        return _median_of_runs(fn, setup.device, setup.cpu_reps), "wall_median"
+    if _median_of_runs(fn, setup.device, 1) > SLOW_CALL_MS:
+        return _median_of_runs(fn, setup.device, 3), "wall_median3"
+    from triton.testing import do_bench
+
+    try:
+        return float(do_bench(fn, warmup=setup.warmup_ms, rep=setup.rep_ms, return_mode="median")), "do_bench"
+    except TypeError:  # a do_bench without return_mode
+        return float(do_bench(fn, warmup=setup.warmup_ms, rep=setup.rep_ms, quantiles=[0.5])), "do_bench"
+
+
+def peak_mb(fn, device: str) -> float | None:
+    """CUDA allocator peak of one call above what was allocated before it (the inputs); None on CPU."""
+    if device != "cuda":
+        return None
+    return cuda_peak(fn)["work_mem_bytes"] / 2**20
+
+
+def finite(result) -> bool:
+    """All tensors in ``result`` (a tensor or a tuple of them) are finite."""
+    tensors = result if isinstance(result, (tuple, list)) else (result,)
+    return all(bool(torch.isfinite(t).all()) for t in tensors if isinstance(t, torch.Tensor))
+
+
+def timed(fn, setup: Setup) -> dict:
+    """First call (compile/tune; its result checked finite), median and peak memory of ``fn``."""
+    first, result = first_call(fn, setup.device)
+    ok = finite(result)
+    del result
+    ms, timer = median_ms(fn, setup)
+    return {"first_call_ms": first, "finite": ok, "ms": ms, "timer": timer, "peak_mb": peak_mb(fn, setup.device)}
+
+
+def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """Normwise relative error |a - e| / |e| (float64)."""
+    e = expected.detach().double()
+    return float((actual.detach().double() - e).norm() / e.norm().clamp_min(1e-30))
+
+
+# -------------------------------------------------------------------------------------------- inputs
+
+
+def key_valid_mask(setup: Setup, generator: torch.Generator) -> torch.Tensor:
+    """``[B, Nk]`` bool: outside the centred square hole AND not among the random 10 % invalid keys."""
+    outside_hole = key_valid_from_hole(square_hole(setup.batch, setup.size))
+    keep = torch.rand(outside_hole.shape, generator=generator) >= RANDOM_INVALID
+    return outside_hole & keep
+
+
+def op_inputs(setup: Setup, d: int, dtype: str, seed: int = 0) -> dict:
+    """q, k, v (``dtype``), key_valid, temperature (fp32) on the setup's device."""
+    gen = torch.Generator().manual_seed(seed)
+    b, h = setup.batch, setup.heads
+    cast = partial(torch.Tensor.to, device=setup.device, dtype=DTYPES[dtype])
+    q = cast(torch.randn(b, h, setup.nq, d, generator=gen))
+    k = cast(torch.randn(b, h, setup.nk, d, generator=gen))
+    v = cast(torch.randn(b, h, setup.nk, d, generator=gen))
+    temperature = (0.05 + 0.95 * torch.rand(b, h, generator=gen)).to(setup.device)
+    key_valid = key_valid_mask(setup, gen).to(setup.device)
+    return {"q": q, "k": k, "v": v, "key_valid": key_valid, "temperature": temperature}
+
+
+def poisoned_copy(x: torch.Tensor) -> torch.Tensor:
+    """``x`` copied to the start of a buffer whose tail is NaN: a kernel reading past the end sees NaN."""
+    flat = torch.full((x.numel() + 4096,), float("nan"), dtype=x.dtype, device=x.device)
+    flat[:x.numel()] = x.flatten()
+    return flat[:x.numel()].view(x.shape)
+
+
+def poison_allocator(device: str, mbytes: int = 2048) -> str:
+    """Fill (then free) a large CUDA block with NaN: outputs from ``torch.empty`` that a kernel forgets to
+    write then read NaN instead of zeros. Returns what was poisoned (for the record)."""
+    if device != "cuda":
+        return "inputs"
+    try:
+        block = torch.full((mbytes * 2**20 // 4,), float("nan"), device=device)
+    except torch.OutOfMemoryError:
+        return "inputs"
+    del block
+    return "inputs+allocator"
+
+
+# ------------------------------------------------------------------------------------------ providers
+
+
+def flex_op(device: str):
+    """FlexAttention: temperature folded into q (q' = qn / t), score_mod applies the mask only; q, k, v
+    zero-padded along D to a power of two; compiled on CUDA with :data:`FLEX_KERNEL_OPTIONS`."""
+    try:
+        from torch.nn.attention.flex_attention import flex_attention
+    except ImportError as error:
+        raise Unavailable(f"flex_attention is not importable: {error}") from error
+    kernel, options = flex_attention, None
+    if device == "cuda":
+        import torch._dynamo as dynamo
+
+        dynamo.config.cache_size_limit = max(dynamo.config.cache_size_limit, 64)
+        kernel, options = torch.compile(flex_attention, dynamic=False), dict(FLEX_KERNEL_OPTIONS)
+
+    def run(q, k, v, key_valid, temperature, lambda_m):
+        if device != "cuda" and torch.is_grad_enabled() and q.requires_grad:
+            raise Unavailable("FlexAttention has no backward on CPU")
+        d, dv = q.shape[-1], v.shape[-1]
+        qn = F.normalize(q, dim=-1, eps=EPS) / temperature.to(q.dtype)[:, :, None, None]
+        kn = F.normalize(k, dim=-1, eps=EPS)
+        qn, kn = F.pad(qn, (0, flex_padded_dim(d) - d)), F.pad(kn, (0, flex_padded_dim(d) - d))
+        vp = F.pad(v, (0, flex_padded_dim(dv) - dv))
+
+        def score_mod(score, b, h, q_idx, kv_idx):
+            return torch.where(key_valid[b, kv_idx], score, -lambda_m)
+
+        extra = {} if options is None else {"kernel_options": options}
+        return kernel(qn, kn, vp, score_mod=score_mod, scale=1.0, **extra)[..., :dv]
+
+    return run
+
+
+def op_fn(provider: str, device: str, mode: str):
+    """``fn(q, k, v, key_valid, temperature, lambda_m)`` for triton | sdpa | reference | flex."""
+    if provider == "flex":
+        return flex_op(device)
+    return op_provider(provider, device, mode)
+
+
+# --------------------------------------------------------------------------------------- correctness
+
+
+def _oracle(inputs: dict, images: int, dout: torch.Tensor):
+    """float64 reference output and q, k, v, temperature gradients of the first ``images`` images."""
+    leaves = {n: x[:images].detach().double().requires_grad_(True) for n, x in inputs.items() if n != "key_valid"}
+    out = masked_temperature_attention_reference(leaves["q"], leaves["k"], leaves["v"],
+                                                 inputs["key_valid"][:images], leaves["temperature"], LAMBDA_M)
+    grads = torch.autograd.grad(out, [leaves[n] for n in GRAD_NAMES], dout[:images].double())
+    return out.detach(), dict(zip(GRAD_NAMES, grads))
+
+
+def _run_with_grads(fn, inputs: dict, dout: torch.Tensor):
+    leaves = {n: (x.detach().requires_grad_(True) if n in GRAD_NAMES else x) for n, x in inputs.items()}
+    out = fn(**leaves, lambda_m=LAMBDA_M)
+    grads = torch.autograd.grad(out, [leaves[n] for n in GRAD_NAMES], dout)
+    return out.detach(), dict(zip(GRAD_NAMES, grads))
+
+
+def _errors(out, grads, ref_out, ref_grads, image: int) -> dict:
+    errs = {"err_out": rel_err(out[image], ref_out[image])}
+    for name in GRAD_NAMES:
+        key = "err_dtemperature" if name == "temperature" else f"err_d{name}"
+        errs[key] = rel_err(grads[name][image], ref_grads[name][image])
+    return errs
+
+
+def correct_case(setup: Setup, provider: str, dtype: str, precision: str | None, d: int) -> list[dict]:
+    """Forward + backward on the whole batch (image 1 all-invalid, inputs poisoned) vs the float64
+    oracle on images 0 and 1 -> two result dicts (case "mixed", case "all_invalid")."""
+    inputs = op_inputs(setup, d, dtype, seed=1)
+    inputs["key_valid"][1] = False
+    inputs = {n: (poisoned_copy(x) if x.is_floating_point() else x) for n, x in inputs.items()}
+    dout = torch.randn(inputs["q"].shape[:3] + (d,), generator=torch.Generator().manual_seed(2))
+    dout = dout.to(setup.device, DTYPES[dtype])
+    fn = op_fn(provider, setup.device, "fwdbwd")
+    with matmul_precision(precision):
+        poisoned = poison_allocator(setup.device)
+        start = time.perf_counter()
+        out, grads = _run_with_grads(fn, inputs, dout)
+        synchronize(setup.device)
+        first = (time.perf_counter() - start) * 1e3
+    ok = finite((out, *grads.values()))
+    ref_out, ref_grads = _oracle(inputs, 2, dout)
+    common = {"finite": ok, "first_call_ms": first, "poisoned": poisoned}
+    valid = inputs["key_valid"].sum(dim=1).tolist()
+    return [dict(common, case=case, valid_keys=int(valid[image]), **_errors(out, grads, ref_out, ref_grads, image))
+            for image, case in ((0, "mixed"), (1, "all_invalid"))]
+
+
+def correct_plan(setup: Setup) -> list:
+    setup = dataclasses.replace(setup, size=setup.correct_size)
+    cases = [("bf16", None, d) for d in setup.dims]
+    cases += [("fp16", None, setup.fp32_dim), ("fp32", "highest", setup.fp32_dim), ("fp32", "high", setup.fp32_dim)]
+    plan = []
+    for dtype, precision, d in cases:
+        for provider in ("triton", "sdpa"):
+            record = dict(level="correct", provider=provider, mode="fwdbwd", dtype=dtype, precision=precision,
+                          batch=setup.batch, d=d, nq=setup.nq, nk=setup.nk, heads=setup.heads,
+                          oracle="float64 reference on images 0 (mixed) and 1 (all keys invalid), all rows")
+            plan.append((record, partial(correct_case, setup, provider, dtype, precision, d)))
+    return plan
+
+
+# ------------------------------------------------------------------------------------------------ op
+
+
+def op_flops(setup: Setup, d: int, mode: str) -> float:
+    """4*B*H*Nq*Nk*D forward; 3.5x that forward + backward."""
+    fwd = 4.0 * setup.batch * setup.heads * setup.nq * setup.nk * d
+    return fwd * (3.5 if mode == "fwdbwd" else 1.0)
+
+
+def op_case(setup: Setup, provider: str, mode: str, dtype: str, precision: str | None, d: int) -> dict:
+    inputs = op_inputs(setup, d, dtype)
+    fn = op_fn(provider, setup.device, mode)
+    if mode == "fwd":
+        def call():
+            with torch.no_grad():
+                return fn(**inputs, lambda_m=LAMBDA_M)
+    else:
+        for name in GRAD_NAMES:
+            inputs[name].requires_grad_(True)
+        dout = torch.randn(inputs["q"].shape[:3] + (d,), generator=torch.Generator().manual_seed(3))
+        dout = dout.to(setup.device, DTYPES[dtype])
+
+        def call():
+            out = fn(**inputs, lambda_m=LAMBDA_M)
+            return torch.autograd.grad(out, [inputs[n] for n in GRAD_NAMES], dout)
+    with matmul_precision(precision):
+        result = timed(call, setup)
+    result["tflops"] = op_flops(setup, d, mode) / (result["ms"] * 1e-3) / 1e12
+    return result
+
+
+def op_plan(setup: Setup) -> list:
+    """bf16 triton / sdpa / reference for every D, then fp32 (IEEE and TF32), then flex (slow to compile)."""
+    rows = [(p, m, "bf16", None, d) for d in setup.dims for m in ("fwd", "fwdbwd") for p in ("triton", "sdpa",
+                                                                                           "reference")]
+    rows += [(p, m, "fp32", prec, setup.fp32_dim) for m in ("fwd", "fwdbwd")
+             for p, prec in (("triton", "highest"), ("triton", "high"), ("sdpa", "highest"), ("sdpa", "high"))]
+    rows += [("flex", m, "bf16", None, d) for d in setup.dims for m in ("fwd", "fwdbwd")]
+    plan = []
+    for provider, mode, dtype, precision, d in rows:
+        record = dict(level="op", provider=provider, mode=mode, dtype=dtype, precision=precision,
+                      batch=setup.batch, d=d, nq=setup.nq, nk=setup.nk, heads=setup.heads)
+        if provider == "flex":
+            record["flex_padded_d"] = flex_padded_dim(d)
+            record["flex_kernel_options"] = FLEX_KERNEL_OPTIONS if setup.device == "cuda" else None
+        plan.append((record, partial(op_case, setup, provider, mode, dtype, precision, d)))
+    return plan
+
+
+# --------------------------------------------------------------------------------------------- layer
+
+
+def make_layer(setup: Setup, provider: str) -> torch.nn.Module:
+    from mhtma_kernels import ContextualAttention, MaskedTemperatureAttention
+
+    torch.manual_seed(0)
+    if provider == "mhtma-triton":
+        layer = MaskedTemperatureAttention(setup.layer_channels, heads=setup.heads, backend="triton")
+    else:
+        layer = ContextualAttention(setup.layer_channels)
+    return layer.to(setup.device)
+
+
+def layer_case(setup: Setup, provider: str, mode: str, dtype: str) -> dict:
+    layer = make_layer(setup, provider)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(setup.batch, setup.layer_channels, setup.size, setup.size, generator=gen).to(setup.device)
+    mask = square_hole(setup.batch, setup.size, setup.device)
+    params = [p for p in layer.parameters() if p.requires_grad]
+    if mode == "fwdbwd":
+        x.requires_grad_(True)
+
+    def call():
+        with autocast(setup, dtype), torch.set_grad_enabled(mode == "fwdbwd"):
+            out = layer(x, mask)
+        if mode == "fwd":
+            return out
+        return torch.autograd.grad(out, [x, *params], torch.ones_like(out))
+
+    return timed(call, setup)
+
+
+def layer_plan(setup: Setup) -> list:
+    plan = []
+    for dtype in ("bf16", "fp32"):
+        for mode in ("fwd", "fwdbwd"):
+            for provider in ("mhtma-triton", "contextual"):
+                record = dict(level="layer", provider=provider, mode=mode, dtype=dtype,
+                              autocast=dtype != "fp32", batch=setup.batch, d=setup.layer_channels,
+                              size=setup.size, heads=setup.heads if provider == "mhtma-triton" else None)
+                plan.append((record, partial(layer_case, setup, provider, mode, dtype)))
+    return plan
+
+
+# --------------------------------------------------------------------------------------------- model
+
+
+def make_generator(setup: Setup, attention: str) -> torch.nn.Module:
+    from mhtma_model.networks import InpaintGenerator
+
+    torch.manual_seed(0)
+    generator = InpaintGenerator(base_channels=setup.model_base, attention=attention, backend="triton")
+    return generator.to(setup.device).eval()
+
+
+def model_case(setup: Setup, attention: str, dtype: str, batch: int, compiled: bool) -> dict:
+    generator = make_generator(setup, attention)
+    if compiled:
+        generator = torch.compile(generator)
+    gen = torch.Generator().manual_seed(0)
+    image = (torch.rand(batch, 3, setup.model_size, setup.model_size, generator=gen) * 2 - 1).to(setup.device)
+    mask = square_hole(batch, setup.model_size, setup.device)
+
+    def call():
+        with torch.no_grad(), autocast(setup, dtype):
+            return generator(image, mask)
+
+    result = timed(call, setup)
+    result["ms_per_image"] = result["ms"] / batch
+    return result
+
+
+def model_plan(setup: Setup) -> list:
+    rows = [(a, dt, b, False) for b in reversed(setup.model_batches) for dt in ("bf16", "fp32")
+            for a in ("mhtma", "contextual", "none")]
+    if setup.compile_model:
+        rows += [("mhtma", dt, max(setup.model_batches), True) for dt in ("bf16", "fp32")]
+    plan = []
+    for attention, dtype, batch, compiled in rows:
+        record = dict(level="model", provider=attention + ("+compile" if compiled else ""), mode="fwd",
+                      dtype=dtype, autocast=dtype != "fp32", batch=batch, d=setup.model_base,
+                      size=setup.model_size, compiled=compiled)
+        plan.append((record, partial(model_case, setup, attention, dtype, batch, compiled)))
+    return plan
+
+
+PLANS = {"correct": correct_plan, "op": op_plan, "layer": layer_plan, "model": model_plan}

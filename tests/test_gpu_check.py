@@ -1,0 +1,151 @@
+"""CI for ``python -m benchmarks.gpu_check``: the ``--smoke`` run (CPU, Triton interpreter, tiny shapes) runs
+every part and writes sane records, and the driver records failures, timeouts and spent budgets instead of
+stopping. No timing is asserted."""
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+REQUIRED = ("level", "provider", "mode", "dtype", "batch", "d", "ms", "peak_mb", "status", "error")
+# Normwise relative error bounds for the smoke shapes (D=18): about 3-10x what the kernels give there, far
+# below the O(1) error of a wrong result.
+MAX_ERR = {"bf16": 5e-2, "fp16": 1e-2, "fp32": 1e-5}
+# PyTorch's CPU SDPA (the comparison, not ours) gives ~3e-4 for dv of the all-invalid image in fp32.
+SDPA_MAX_ERR = dict(MAX_ERR, fp32=1e-3)
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gpu_check")
+    results = ROOT / "benchmarks" / "results"
+    before = sorted(results.iterdir()) if results.exists() else []
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")]))
+    # A generous budget: on a loaded machine the default 100 s could skip measurements and flake the test.
+    cmd = [sys.executable, "-m", "benchmarks.gpu_check", "--smoke", "--out", str(out), "--budget", "900"]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    after = sorted(results.iterdir()) if results.exists() else []
+    files = sorted(out.glob("gpu-check-*-smoke.json"))
+    records = json.loads(files[0].read_text()) if len(files) == 1 else None
+    return done, records, before == after
+
+
+def test_smoke_run_finishes_and_prints_the_table(smoke):
+    done, records, results_untouched = smoke
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert records is not None, "expected exactly one gpu-check-*-smoke.json in --out"
+    assert results_untouched, "the smoke run wrote into benchmarks/results"
+    for title in ("correctness:", "op:", "layer:", "model:", "=== json:"):
+        assert title in done.stdout
+
+
+def test_header_and_required_fields(smoke):
+    _, records, _ = smoke
+    header, rest = records[0], records[1:]
+    assert header["level"] == "header" and header["smoke"] is True
+    assert header["torch"] and header["triton"] and header["gpu"].startswith("cpu")
+    assert {r["level"] for r in rest} == {"correct", "op", "layer", "model"}
+    for r in rest:
+        assert all(key in r for key in REQUIRED), r
+        assert r["mode"] in ("fwd", "fwdbwd", "train") and r["dtype"] in ("bf16", "fp16", "fp32"), r
+        assert r["status"] in ("ok", "failed", "skipped"), r
+
+
+def test_every_measurement_ran_except_flex_backward_on_cpu(smoke):
+    _, records, _ = smoke
+    for r in records[1:]:
+        if r["provider"] == "flex" and r["mode"] == "fwdbwd":
+            assert r["status"] == "skipped" and "backward" in r["error"], r
+        else:
+            assert r["status"] == "ok", r
+            assert r["level"] == "correct" or r["ms"] > 0, r
+            assert r["finite"] is True, r
+    providers = {(r["level"], r["provider"]) for r in records[1:] if r["status"] == "ok"}
+    assert {("op", p) for p in ("triton", "sdpa", "reference", "flex")} <= providers
+    assert {("layer", "mhtma-triton"), ("layer", "contextual")} <= providers
+    assert {("model", a) for a in ("mhtma", "contextual", "none")} <= providers
+
+
+def test_correctness_errors_are_small_for_both_images(smoke):
+    _, records, _ = smoke
+    correct = [r for r in records if r["level"] == "correct"]
+    assert {(r["provider"], r["dtype"], r["precision"]) for r in correct} == {
+        (p, dt, prec) for p in ("triton", "sdpa")
+        for dt, prec in (("bf16", None), ("fp16", None), ("fp32", "highest"), ("fp32", "high"))}
+    for r in correct:
+        # image 0 has valid keys (gradients to q, k, t are non-trivial), image 1 none
+        assert (r["valid_keys"] > 0) == (r["case"] == "mixed"), r
+        for key in ("err_out", "err_dq", "err_dk", "err_dv", "err_dtemperature"):
+            bound = (MAX_ERR if r["provider"] == "triton" else SDPA_MAX_ERR)[r["dtype"]]
+            assert 0 <= r[key] <= bound, (key, r)
+
+
+def test_op_records_carry_flops_and_model_records_per_image_time(smoke):
+    _, records, _ = smoke
+    for r in records[1:]:
+        if r["level"] == "op" and r["status"] == "ok":
+            flops = 4 * r["batch"] * r["heads"] * r["nq"] * r["nk"] * r["d"] * (3.5 if r["mode"] == "fwdbwd" else 1)
+            assert r["tflops"] == pytest.approx(flops / (r["ms"] * 1e-3) / 1e12)
+        if r["level"] == "model":
+            assert r["ms_per_image"] == pytest.approx(r["ms"] / r["batch"])
+
+
+# ------------------------------------------------------------------------------------ the driver itself
+
+
+def _recorder(tmp_path):
+    from benchmarks.gpu_check import Recorder
+
+    return Recorder(tmp_path / "x.json", {"level": "header"})
+
+
+def _record():
+    return {"level": "op", "provider": "p", "mode": "fwd", "dtype": "fp32", "batch": 1, "d": 8}
+
+
+def test_a_failing_measurement_is_recorded_and_written(tmp_path):
+    from benchmarks.gpu_check import run_one
+
+    recorder = _recorder(tmp_path)
+
+    def boom():
+        raise RuntimeError("kernel exploded")
+
+    (rec,) = run_one(recorder, _record(), boom, time.monotonic() + 60, 60, "cpu")
+    assert rec["status"] == "failed" and "RuntimeError: kernel exploded" in rec["error"] and rec["ms"] is None
+    assert json.loads((tmp_path / "x.json").read_text())[1]["error"] == rec["error"]
+    (ok,) = run_one(recorder, _record(), lambda: {"ms": 1.5, "peak_mb": 2.0}, time.monotonic() + 60, 60, "cpu")
+    assert ok["status"] == "ok" and ok["ms"] == 1.5 and ok["error"] is None
+
+
+def test_a_measurement_past_its_cap_is_stopped(tmp_path):
+    from benchmarks.gpu_check import run_one
+
+    start = time.monotonic()
+    (rec,) = run_one(_recorder(tmp_path), _record(), lambda: time.sleep(30), start + 60, 0.5, "cpu")
+    assert rec["status"] == "failed" and "MeasureTimeout" in rec["error"]
+    assert time.monotonic() - start < 10
+
+
+def test_a_spent_budget_skips_without_running(tmp_path):
+    from benchmarks.gpu_check import run_one
+
+    ran = []
+    (rec,) = run_one(_recorder(tmp_path), _record(), lambda: ran.append(1), time.monotonic() - 1, 60, "cpu")
+    assert rec["status"] == "skipped" and "budget" in rec["error"] and not ran
+
+
+def test_deadlines_are_cumulative_shares_and_only_is_checked():
+    from benchmarks.gpu_check import PART_SHARES, deadlines, parse_args
+
+    ends = deadlines(["op", "model"], 100.0, 0.0)
+    assert ends["model"] == pytest.approx(100.0)
+    assert ends["op"] == pytest.approx(100.0 * PART_SHARES["op"] / (PART_SHARES["op"] + PART_SHARES["model"]))
+    assert parse_args(["--only", "layer,op"]).only == ["layer", "op"]
+    with pytest.raises(SystemExit):
+        parse_args(["--only", "op,bogus"])
