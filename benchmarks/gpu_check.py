@@ -132,9 +132,11 @@ def header_record(args, name: str) -> dict:
         "level": "header", "gpu": name, "torch": torch.__version__, "triton": triton_version,
         "cuda": torch.version.cuda, "python": platform.python_version(),
         "capability": list(torch.cuda.get_device_capability(0)) if cuda else None,
+        "gpu_memory_gb": round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1) if cuda else None,
         "started_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"), "argv": sys.argv[1:],
         "smoke": args.smoke, "budget_s": args.budget, "parts": args.only,
         "triton_interpret": os.environ.get("TRITON_INTERPRET"),
+        "triton_cache_autotuning": os.environ.get("TRITON_CACHE_AUTOTUNING"),
         "float32_matmul_precision": torch.get_float32_matmul_precision(),
     }
 
@@ -214,8 +216,9 @@ def progress_line(r: dict, elapsed: float) -> str:
     if r["level"] == "correct":
         errs = " ".join(f"{k[4:]} {_f(r[k], '.1e')}" for k in r if k.startswith("err_"))
         return f"{what} {r['case']}: {errs} finite={r['finite']} ({r['first_call_ms']:.0f} ms first call)"
+    tflops = f" {_f(r['tflops'])} TFLOPS" if r.get("tflops") else ""
     return (f"{what}: {_f(r['ms'])} ms peak {_f(r['peak_mb'], '.0f')} MB "
-            f"first {_f(r.get('first_call_ms'), '.0f')} ms{' ' + _f(r['tflops']) + ' TFLOPS' if r.get('tflops') else ''}")
+            f"first {_f(r.get('first_call_ms'), '.0f')} ms{tflops}")
 
 
 def _cell(r: dict | None, tflops: bool = False) -> str:
@@ -253,12 +256,18 @@ def table_correct(records: list[dict]) -> list[str]:
             continue
         errs = " ".join(f"{r[k]:7.1e}" for k in ("err_out", "err_dq", "err_dk", "err_dv", "err_dtemperature"))
         lines.append(f"{r['provider']:8} {dtype:12} {r['d']:>4} {r['case']:11} {errs} {r['finite']}")
+    firsts = [f"{r['dtype']}{'/' + r['precision'] if r.get('precision') else ''} D{r['d']} "
+              f"{r['first_call_ms'] / 1e3:.1f}s" for r in rows
+              if r["provider"] == "triton" and r["status"] == "ok" and r["case"] == "mixed"]
+    if firsts:
+        lines.append("triton first fwd+bwd call (compile/tune included): " + ", ".join(firsts))
     return lines
 
 
 def table_op(records: list[dict]) -> list[str]:
     rows = [r for r in records if r["level"] == "op"]
-    keys = list(dict.fromkeys((r["mode"], r["dtype"], r.get("precision"), r["d"]) for r in rows))
+    keys = sorted(dict.fromkeys((r["mode"], r["dtype"], r.get("precision"), r["d"]) for r in rows),
+                  key=lambda k: (k[1] != "bf16", k[2] or "", k[0], k[3]))
     providers = ("triton", "sdpa", "reference", "flex")
     lines = ["op: median ms, TFLOPS, peak MB above inputs" + (f" (B={rows[0]['batch']} H={rows[0]['heads']} "
              f"Nq={rows[0]['nq']} Nk={rows[0]['nk']})" if rows else ""),
@@ -367,6 +376,8 @@ def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.smoke:
         os.environ["TRITON_INTERPRET"] = "1"  # before anything imports triton
+    # Autotuning results cached on disk: a second run on the same machine skips the tuning (0 turns it off).
+    os.environ.setdefault("TRITON_CACHE_AUTOTUNING", "1")
     import torch
 
     from . import gpu_check_cases as cases

@@ -227,7 +227,7 @@ def poison_allocator(device: str, mbytes: int = 2048) -> str:
         return "inputs"
     try:
         block = torch.full((mbytes * 2**20 // 4,), float("nan"), device=device)
-    except torch.OutOfMemoryError:
+    except torch.cuda.OutOfMemoryError:
         return "inputs"
     del block
     return "inputs+allocator"
@@ -247,7 +247,9 @@ def flex_op(device: str):
     if device == "cuda":
         import torch._dynamo as dynamo
 
-        dynamo.config.cache_size_limit = max(dynamo.config.cache_size_limit, 64)
+        for name in ("recompile_limit", "cache_size_limit"):  # one compiled graph per shape and mode
+            if hasattr(dynamo.config, name):
+                setattr(dynamo.config, name, max(getattr(dynamo.config, name), 64))
         kernel, options = torch.compile(flex_attention, dynamic=False), dict(FLEX_KERNEL_OPTIONS)
 
     def run(q, k, v, key_valid, temperature, lambda_m):
