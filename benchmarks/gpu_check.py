@@ -3,9 +3,11 @@
     PYTHONPATH=. python -m benchmarks.gpu_check                 # on one CUDA GPU
     PYTHONPATH=. python -m benchmarks.gpu_check --smoke --out /tmp/x   # CPU, tiny shapes, TRITON_INTERPRET=1
 
-Parts, in this order (``--only correct,op,layer,model`` picks some); what each measures is in
+Parts, in this order (``--only warmup,correct,op,layer,model`` picks some); what each measures is in
 :mod:`benchmarks.gpu_check_cases`:
 
+- ``warmup``   one worker process per triton shape and dtype runs the op once, in parallel, so that the
+               kernels' compilations (autotuning: several per shape) fill Triton's disk cache side by side
 - ``correct``  normwise relative error vs the float64 oracle: out, dq, dk, dv, dtemperature (triton, sdpa)
 - ``op``       median ms, TFLOPS, peak MB of triton / sdpa / reference / flex, fwd and fwdbwd
 - ``layer``    MaskedTemperatureAttention (triton) vs the for-loop ContextualAttention
@@ -18,8 +20,8 @@ every record, so a killed run keeps what it measured; SIGTERM / Ctrl-C print the
 
 Output: one compact table on stdout (last), and ``<out>/gpu-check-<GPU name>.json`` (``-smoke`` appended
 with ``--smoke``): a list of flat records. Record 0 is the header (``level="header"``: gpu, torch, triton,
-cuda, python versions, start time, argv, budget). Every other record has ``level`` ("correct" | "op" |
-"layer" | "model"), ``provider``, ``mode`` ("fwd" | "fwdbwd"), ``dtype`` ("bf16" | "fp16" | "fp32"),
+cuda, python versions, start time, argv, budget). Every other record has ``level`` ("warmup" | "correct" |
+"op" | "layer" | "model"), ``provider``, ``mode`` ("fwd" | "fwdbwd"), ``dtype`` ("bf16" | "fp16" | "fp32"),
 ``precision`` (fp32 matmul precision "highest" = IEEE / "high" = TF32, else null), ``batch``, ``d`` (head
 dim; channels for the layer; base width for the model), ``ms`` (median, whole batch), ``peak_mb`` (CUDA
 allocator peak above what was allocated before the call; null on CPU), ``first_call_ms`` (includes
@@ -44,8 +46,8 @@ import traceback
 from datetime import datetime, timezone
 from pathlib import Path
 
-PARTS = ("correct", "op", "layer", "model")
-PART_SHARES = {"correct": 60, "op": 135, "layer": 30, "model": 55}  # seconds of the default 280-s budget
+PARTS = ("warmup", "correct", "op", "layer", "model")
+PART_SHARES = {"warmup": 55, "correct": 45, "op": 110, "layer": 25, "model": 45}  # s of the default 280-s budget
 GPU_BUDGET_S, SMOKE_BUDGET_S = 280.0, 100.0
 MIN_START_S = 1.0  # a measurement needs at least this much of its part's time left to start
 REQUIRED = ("level", "provider", "mode", "dtype", "batch", "d", "ms", "peak_mb")
@@ -213,6 +215,9 @@ def progress_line(r: dict, elapsed: float) -> str:
            f"{'/' + r['precision'] if r.get('precision') else ''} B={r['batch']} d={r['d']}"
     if r["status"] != "ok":
         return f"{what}: {r['status'].upper()} {(r['error'] or '')[:200]}"
+    if r["level"] == "warmup":
+        return (f"{what}: first fwd+bwd call {_f(r.get('first_call_ms'), '.0f')} ms in a worker "
+                f"(done after {r['worker_seconds']} s)")
     if r["level"] == "correct":
         errs = " ".join(f"{k[4:]} {_f(r[k], '.1e')}" for k in r if k.startswith("err_"))
         return f"{what} {r['case']}: {errs} finite={r['finite']} ({r['first_call_ms']:.0f} ms first call)"
@@ -262,6 +267,13 @@ def table_correct(records: list[dict]) -> list[str]:
     if firsts:
         lines.append("triton first fwd+bwd call (compile/tune included): " + ", ".join(firsts))
     return lines
+
+
+def table_warmup(records: list[dict]) -> list[str]:
+    rows = [r for r in records if r["level"] == "warmup" and r["status"] == "ok"]
+    return ["warm-up (parallel workers; first triton fwd+bwd call incl. compile/tune): " + ", ".join(
+        f"{r['dtype']}{'/' + r['precision'] if r.get('precision') else ''} D{r['d']} {r['first_call_ms'] / 1e3:.1f}s"
+        for r in rows)]
 
 
 def table_op(records: list[dict]) -> list[str]:
@@ -329,7 +341,7 @@ def print_table(recorder: Recorder) -> None:
     header, records = recorder.records[0], recorder.measurements
     lines = [f"=== gpu_check: {header['gpu']} | torch {header['torch']} | triton {header['triton']} | "
              f"cuda {header['cuda']} | {header['started_utc']}"]
-    for part, fn in (("correct", table_correct), ("op", table_op), ("layer", table_layer),
+    for part, fn in (("warmup", table_warmup), ("correct", table_correct), ("op", table_op), ("layer", table_layer),
                      ("model", table_model)):
         if any(r["level"] == part for r in records):
             lines += fn(records) + [""]

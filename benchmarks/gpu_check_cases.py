@@ -23,9 +23,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
+import os
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +42,7 @@ from .cases import DTYPES, key_valid_from_hole, square_hole
 from .memory import cuda_peak
 from .providers import Unavailable, flex_padded_dim, op_provider
 
+ROOT = Path(__file__).resolve().parent.parent
 LAMBDA_M = 1e4
 RANDOM_INVALID = 0.10
 SLOW_CALL_MS = 250.0
@@ -477,4 +483,89 @@ def model_plan(setup: Setup) -> list:
     return plan
 
 
-PLANS = {"correct": correct_plan, "op": op_plan, "layer": layer_plan, "model": model_plan}
+# --------------------------------------------------------------------------------------------- warm-up
+
+
+def warm_combos(setup: Setup) -> list[tuple]:
+    """(dtype, precision, d) of every triton shape the later parts run at B=16, 64x64: each is one
+    autotuning (several kernel compilations). The model's attention has D = 9 * 4 * base / heads."""
+    combos = [("bf16", None, d) for d in setup.dims]
+    combos += [("fp16", None, setup.fp32_dim), ("fp32", "highest", setup.fp32_dim), ("fp32", "high", setup.fp32_dim)]
+    combos.append(("fp32", "highest", 9 * 4 * setup.model_base // setup.heads))
+    return combos[:1] if setup.smoke else list(dict.fromkeys(combos))
+
+
+def warm_case(setup: Setup, dtype: str, precision: str | None, d: int) -> dict:
+    """One triton forward + backward at the op shape (what a warm-up worker runs)."""
+    inputs = op_inputs(setup, d, dtype)
+    leaves = [inputs[n].requires_grad_(True) for n in GRAD_NAMES]
+    fn = op_fn("triton", setup.device, "fwdbwd")
+
+    def call():
+        return torch.autograd.grad(fn(**inputs, lambda_m=LAMBDA_M), leaves, torch.ones_like(inputs["q"]))
+
+    with matmul_precision(precision):
+        first, result = first_call(call, setup.device)
+    return {"first_call_ms": first, "finite": finite(result)}
+
+
+def _worker_command(setup: Setup, combo: tuple) -> list[str]:
+    dtype, precision, d = combo
+    return [sys.executable, "-m", "benchmarks.gpu_check_cases", "--warm", dtype, str(precision), str(d)] \
+        + (["--smoke"] if setup.smoke else [])
+
+
+def _worker_result(proc: subprocess.Popen, combo: tuple, seconds: float) -> dict:
+    out, err = proc.communicate()
+    dtype, precision, d = combo
+    base = {"dtype": dtype, "precision": precision, "d": d, "worker_seconds": round(seconds, 2)}
+    lines = out.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        return dict(base, status="failed", error=f"worker rc {proc.returncode}: {err.strip()[-600:]}")
+    return dict(base, **json.loads(lines[-1]))
+
+
+def warm_all(setup: Setup) -> list[dict]:
+    """Run :func:`warm_case` for every combo in parallel worker processes (``TRITON_CACHE_AUTOTUNING=0``:
+    only compiled kernels land in Triton's disk cache, not tuning choices made on a shared GPU); the later
+    parts then load the kernels instead of compiling them one after the other. Workers still running when
+    this is interrupted (time cap) are killed."""
+    env = dict(os.environ, TRITON_CACHE_AUTOTUNING="0")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")]))
+    start = time.monotonic()
+    procs = {combo: subprocess.Popen(_worker_command(setup, combo), cwd=ROOT, env=env, text=True,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE) for combo in warm_combos(setup)}
+    try:
+        results = []
+        for combo, proc in procs.items():
+            proc.wait()
+            results.append(_worker_result(proc, combo, time.monotonic() - start))
+        return results
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def warm_plan(setup: Setup) -> list:
+    record = dict(level="warmup", provider="triton", mode="fwdbwd", dtype=None, batch=setup.batch, d=None,
+                  nq=setup.nq, nk=setup.nk, heads=setup.heads, workers=len(warm_combos(setup)))
+    return [(record, partial(warm_all, setup))]
+
+
+PLANS = {"warmup": warm_plan, "correct": correct_plan, "op": op_plan, "layer": layer_plan, "model": model_plan}
+
+
+def _warm_worker(argv: list[str]) -> int:
+    """``python -m benchmarks.gpu_check_cases --warm DTYPE PRECISION D [--smoke]``: one JSON line."""
+    dtype, precision, d = argv[1], None if argv[2] == "None" else argv[2], int(argv[3])
+    smoke = "--smoke" in argv
+    if smoke:
+        os.environ["TRITON_INTERPRET"] = "1"
+    print(json.dumps(warm_case(make_setup(smoke), dtype, precision, d)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_warm_worker(sys.argv[1:]))

@@ -40,7 +40,7 @@ def test_smoke_run_finishes_and_prints_the_table(smoke):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert records is not None, "expected exactly one gpu-check-*-smoke.json in --out"
     assert results_untouched, "the smoke run wrote into benchmarks/results"
-    for title in ("correctness:", "op:", "layer:", "model:", "=== json:"):
+    for title in ("warm-up", "correctness:", "op:", "layer:", "model:", "=== json:"):
         assert title in done.stdout
 
 
@@ -49,7 +49,7 @@ def test_header_and_required_fields(smoke):
     header, rest = records[0], records[1:]
     assert header["level"] == "header" and header["smoke"] is True
     assert header["torch"] and header["triton"] and header["gpu"].startswith("cpu")
-    assert {r["level"] for r in rest} == {"correct", "op", "layer", "model"}
+    assert {r["level"] for r in rest} == {"warmup", "correct", "op", "layer", "model"}
     for r in rest:
         assert all(key in r for key in REQUIRED), r
         assert r["mode"] in ("fwd", "fwdbwd", "train") and r["dtype"] in ("bf16", "fp16", "fp32"), r
@@ -63,7 +63,7 @@ def test_every_measurement_ran_except_flex_backward_on_cpu(smoke):
             assert r["status"] == "skipped" and "backward" in r["error"], r
         else:
             assert r["status"] == "ok", r
-            assert r["level"] == "correct" or r["ms"] > 0, r
+            assert r["level"] in ("warmup", "correct") or r["ms"] > 0, r
             assert r["finite"] is True, r
     providers = {(r["level"], r["provider"]) for r in records[1:] if r["status"] == "ok"}
     assert {("op", p) for p in ("triton", "sdpa", "reference", "flex")} <= providers
