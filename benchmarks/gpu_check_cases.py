@@ -30,6 +30,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -520,8 +521,13 @@ def _worker_command(setup: Setup, combo: tuple) -> list[str]:
         + (["--smoke"] if setup.smoke else [])
 
 
+def _read(file) -> str:
+    file.seek(0)
+    return file.read()
+
+
 def _worker_result(proc: subprocess.Popen, combo: tuple, seconds: float) -> dict:
-    out, err = proc.communicate()
+    out, err = _read(proc.stdout_file), _read(proc.stderr_file)
     dtype, precision, d = combo
     base = {"dtype": dtype, "precision": precision, "d": d, "worker_seconds": round(seconds, 2)}
     lines = out.strip().splitlines()
@@ -537,9 +543,14 @@ def warm_all(setup: Setup) -> list[dict]:
     this is interrupted (time cap) are killed."""
     env = dict(os.environ, TRITON_CACHE_AUTOTUNING="0")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")]))
-    start = time.monotonic()
-    procs = {combo: subprocess.Popen(_worker_command(setup, combo), cwd=ROOT, env=env, text=True,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE) for combo in warm_combos(setup)}
+    start, procs = time.monotonic(), {}
+    for combo in warm_combos(setup):
+        # Files, not pipes: a worker that writes a lot must not block on a pipe nobody reads yet.
+        stdout, stderr = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+        proc = subprocess.Popen(_worker_command(setup, combo), cwd=ROOT, env=env, text=True, stdout=stdout,
+                                stderr=stderr)
+        proc.stdout_file, proc.stderr_file = stdout, stderr
+        procs[combo] = proc
     try:
         results = []
         for combo, proc in procs.items():
@@ -551,6 +562,8 @@ def warm_all(setup: Setup) -> list[dict]:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+            proc.stdout_file.close()
+            proc.stderr_file.close()
 
 
 def warm_plan(setup: Setup) -> list:

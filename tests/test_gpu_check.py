@@ -149,3 +149,21 @@ def test_deadlines_are_cumulative_shares_and_only_is_checked():
     assert parse_args(["--only", "layer,op"]).only == ["layer", "op"]
     with pytest.raises(SystemExit):
         parse_args(["--only", "op,bogus"])
+
+
+@pytest.mark.timeout(120)
+def test_warm_up_records_each_worker_and_a_chatty_worker_does_not_block(monkeypatch):
+    from benchmarks import gpu_check_cases as cases
+
+    monkeypatch.setattr(cases, "warm_combos", lambda setup: [("bf16", None, 8), ("fp32", "high", 8)])
+
+    def command(setup, combo):  # stand-ins for the real worker: one succeeds, one fails after 200 kB of stderr
+        if combo[0] == "bf16":
+            return [sys.executable, "-c", "print('{\"first_call_ms\": 1.5, \"finite\": true}')"]
+        return [sys.executable, "-c", "import sys; sys.stderr.write('x' * 200000 + 'the end'); sys.exit(3)"]
+
+    monkeypatch.setattr(cases, "_worker_command", command)
+    good, bad = cases.warm_all(cases.make_setup(smoke=True))
+    assert good["first_call_ms"] == 1.5 and good["finite"] is True and good["dtype"] == "bf16"
+    assert bad["status"] == "failed" and "rc 3" in bad["error"] and bad["error"].endswith("the end")
+    assert (bad["dtype"], bad["precision"], bad["d"]) == ("fp32", "high", 8)
