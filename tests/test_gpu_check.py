@@ -167,3 +167,37 @@ def test_warm_up_records_each_worker_and_a_chatty_worker_does_not_block(monkeypa
     assert good["first_call_ms"] == 1.5 and good["finite"] is True and good["dtype"] == "bf16"
     assert bad["status"] == "failed" and "rc 3" in bad["error"] and bad["error"].endswith("the end")
     assert (bad["dtype"], bad["precision"], bad["d"]) == ("fp32", "high", 8)
+
+
+def test_gpu_plan_covers_the_issue_grid():
+    from benchmarks import gpu_check_cases as cases
+
+    setup = cases.make_setup(smoke=False)
+    assert (setup.batch, setup.heads, setup.nq, setup.nk) == (16, 2, 4096, 3844)
+    op = [r for r, _ in cases.op_plan(setup)]
+    for d in (288, 432, 576, 864):
+        for mode in ("fwd", "fwdbwd"):
+            for provider in ("triton", "sdpa", "reference", "flex"):
+                assert sum((r["provider"], r["mode"], r["dtype"], r["d"]) == (provider, mode, "bf16", d)
+                           for r in op) == 1
+    fp32 = {(r["provider"], r["mode"], r["precision"]) for r in op if r["dtype"] == "fp32"}
+    assert fp32 == {(p, m, prec) for p in ("triton", "sdpa") for m in ("fwd", "fwdbwd") for prec in ("highest", "high")}
+    layer = {(r["provider"], r["mode"], r["dtype"], r["batch"], r["d"]) for r, _ in cases.layer_plan(setup)}
+    assert layer == {(p, m, dt, 16, 128) for p in ("mhtma-triton", "contextual") for m in ("fwd", "fwdbwd")
+                     for dt in ("bf16", "fp32")}
+    model = {(r["provider"], r["dtype"], r["batch"], r["d"]) for r, _ in cases.model_plan(setup)}
+    assert model == {(a, dt, b, 24) for a in ("mhtma", "contextual", "none") for dt in ("bf16", "fp32")
+                     for b in (1, 16)}
+    correct = {(r["provider"], r["dtype"], r["precision"], r["d"]) for r, _ in cases.correct_plan(setup)}
+    assert ("triton", "fp32", "high", 576) in correct and ("triton", "bf16", None, 864) in correct
+    # every triton shape the later parts run is warmed: the generator's attention has D = 9 * 4 * 24 / 2
+    assert set(cases.warm_combos(setup)) == {(dt, prec, d) for _, dt, prec, d in correct} | {("fp32", "highest", 432)}
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the message shown without a GPU")
+def test_without_a_gpu_the_full_run_refuses_and_points_to_smoke(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    done = subprocess.run([sys.executable, "-m", "benchmarks.gpu_check", "--out", str(tmp_path)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "--smoke" in done.stderr
+    assert not list(tmp_path.iterdir())
