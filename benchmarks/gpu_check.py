@@ -153,7 +153,12 @@ def _base(record: dict) -> dict:
 
 def _error_text(error: BaseException) -> str:
     text = f"{type(error).__name__}: {str(error).strip()}"
-    return text[:800]
+    return text[:2000]
+
+
+def _short(text: str | None, n: int) -> str:
+    """One line of at most ``n`` characters (errors span lines)."""
+    return " ".join((text or "").split())[:n]
 
 
 def run_one(recorder: Recorder, record: dict, thunk, deadline: float, cap_s: float, device: str) -> list[dict]:
@@ -216,7 +221,7 @@ def progress_line(r: dict, elapsed: float) -> str:
     what = f"[{elapsed:6.1f}s] {r['level']} {r['provider']} {r['mode']} {r['dtype']}" \
            f"{'/' + r['precision'] if r.get('precision') else ''} B={r['batch']} d={r['d']}"
     if r["status"] != "ok":
-        return f"{what}: {r['status'].upper()} {(r['error'] or '')[:200]}"
+        return f"{what}: {r['status'].upper()} {_short(r['error'], 200)}"
     if r["level"] == "warmup":
         return (f"{what}: first fwd+bwd call {_f(r.get('first_call_ms'), '.0f')} ms in a worker "
                 f"(done after {r['worker_seconds']} s)")
@@ -332,7 +337,7 @@ def table_problems(records: list[dict]) -> list[str]:
     bad = [r for r in records if r["status"] != "ok"]
     budget = [r for r in bad if r["error"] == "time budget of this part spent"]
     lines = [f"{r['status'].upper()} {r['level']} {r['provider']} {r['mode']} {r['dtype']} d={r['d']}: "
-             f"{(r['error'] or '')[:160]}" for r in bad if r not in budget]
+             f"{_short(r['error'], 160)}" for r in bad if r not in budget]
     if budget:
         lines.append(f"SKIPPED for time: {len(budget)} measurements ("
                      + ", ".join(sorted({r['level'] for r in budget})) + ")")
