@@ -178,7 +178,8 @@ def run_one(recorder: Recorder, record: dict, thunk, deadline: float, cap_s: flo
             results = [{"status": "skipped", "error": _error_text(error)}]
         except (Exception, MeasureTimeout) as error:  # noqa: BLE001 - recorded, the run goes on
             traceback.print_exc(limit=3, file=sys.stderr)
-            results = [{"status": "failed", "error": _error_text(error)}]
+            # a thunk may attach what it finished before it was stopped (the warm-up's workers)
+            results = getattr(error, "partial_results", None) or [{"status": "failed", "error": _error_text(error)}]
         finally:
             release_memory(device)
     added = [dict(base, **r, seconds=round(time.monotonic() - start, 2)) for r in results]

@@ -551,12 +551,18 @@ def warm_all(setup: Setup) -> list[dict]:
                                 stderr=stderr)
         proc.stdout_file, proc.stderr_file = stdout, stderr
         procs[combo] = proc
+    results = []
     try:
-        results = []
         for combo, proc in procs.items():
             proc.wait()
             results.append(_worker_result(proc, combo, time.monotonic() - start))
         return results
+    except BaseException as stop:  # the time cap: keep what finished, say what was stopped
+        stopped = [dict(dtype=c[0], precision=c[1], d=c[2], status="failed",
+                        error=f"stopped ({type(stop).__name__}: {stop}) after {time.monotonic() - start:.0f} s")
+                   for c in list(procs)[len(results):]]
+        stop.partial_results = results + stopped
+        raise
     finally:
         for proc in procs.values():
             if proc.poll() is None:

@@ -201,3 +201,24 @@ def test_without_a_gpu_the_full_run_refuses_and_points_to_smoke(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and "--smoke" in done.stderr
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.timeout(120)
+def test_warm_up_stopped_by_its_cap_keeps_finished_workers(monkeypatch, tmp_path):
+    from benchmarks import gpu_check_cases as cases
+    from benchmarks.gpu_check import run_one
+
+    monkeypatch.setattr(cases, "warm_combos", lambda setup: [("bf16", None, 8), ("fp16", None, 8)])
+
+    def command(setup, combo):  # the first worker answers at once, the second never finishes in time
+        if combo[0] == "bf16":
+            return [sys.executable, "-c", "print('{\"first_call_ms\": 2.0, \"finite\": true}')"]
+        return [sys.executable, "-c", "import time; time.sleep(60)"]
+
+    monkeypatch.setattr(cases, "_worker_command", command)
+    (record, thunk), = cases.warm_plan(cases.make_setup(smoke=True))
+    start = time.monotonic()
+    done, stopped = run_one(_recorder(tmp_path), record, thunk, start + 60, 3.0, "cpu")
+    assert time.monotonic() - start < 30
+    assert done["status"] == "ok" and done["first_call_ms"] == 2.0 and done["dtype"] == "bf16"
+    assert stopped["status"] == "failed" and "MeasureTimeout" in stopped["error"] and stopped["dtype"] == "fp16"
