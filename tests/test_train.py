@@ -139,15 +139,15 @@ def test_checkpoint_contents_and_rng_restore(tmp_path, photos):
     assert (tmp_path / "r" / "config.yaml").is_file()
     assert load_config(tmp_path / "r" / "config.yaml") == _cfg(tmp_path / "r", photos, "train.max_steps=2")
 
-    from mhtma_model.train import _rng_state, _set_rng_state
+    from mhtma_model.checkpoint import rng_state, set_rng_state
     import random
 
-    _set_rng_state(payload["rng"])
+    set_rng_state(payload["rng"])
     draws = (torch.rand(3), np.random.rand(3), random.random())
-    _set_rng_state(payload["rng"])
+    set_rng_state(payload["rng"])
     again = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(draws[0], again[0]) and np.array_equal(draws[1], again[1]) and draws[2] == again[2]
-    state = _rng_state()
+    state = rng_state()
     assert isinstance(state["numpy"][1], torch.Tensor)
 
 
