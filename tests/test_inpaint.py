@@ -8,7 +8,7 @@ from PIL import Image
 from mhtma_model import images, inpaint, predict
 from mhtma_model.device import resolve_device
 from tests.tiny_checkpoint import make_tiny_checkpoint
-from tests.tolerance import assert_close
+from mhtma_kernels.testing import assert_close
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
