@@ -29,7 +29,6 @@ worker count; on CPU).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import json
 import math
@@ -41,18 +40,18 @@ from pathlib import Path
 
 import torch
 import torch.distributed
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from .checkpoint import (CheckpointError, check_resumable, load_checkpoint, resolve_resume, restore_training,
                          save_checkpoint, training_payload)
-from .config import Config, ConfigError, build_discriminator, build_generator, load_config, packaged_config_names
+from .config import Config, ConfigError, load_config, packaged_config_names
 from .data import InpaintingDataset, demo_dataset_root, split_paths
 from .device import resolve_device
 from .images import list_images
-from .losses import PerceptualLoss, generator_loss, gradient_penalty, hinge_d_loss, wgan_d_loss
+from .gan_step import GanStep
+from .losses import PerceptualLoss
 from .masks import MaskFolder
 from .networks import composite
 from .samples import save_sample_grid
@@ -263,20 +262,21 @@ class Trainer:
         self.run_dir = Path(cfg.run.dir).expanduser()
         self.ckpt_dir = self.run_dir / "checkpoints"
         # Fail fast: the perceptual loss's weights file and the resume checkpoint come before any work.
-        self.perceptual = PerceptualLoss(cfg.loss.vgg16).to(self.device) if cfg.loss.perceptual > 0 else None
+        perceptual = PerceptualLoss(cfg.loss.vgg16).to(self.device) if cfg.loss.perceptual > 0 else None
         self.resume_path = resolve_resume(cfg.train.resume, self.ckpt_dir)
         payload = load_checkpoint(self.resume_path, map_location="cpu") if self.resume_path else None
         if payload is not None:
             check_resumable(payload, cfg, self.resume_path)
         self._build_data()
-        self._build_networks()
+        self.gan = GanStep(cfg, self.device, perceptual)
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self.early = EarlyStopping(cfg.train.patience)
         self.metrics: dict = {}
         if payload is not None:
             self._restore(payload)
         del payload
-        self._wrap_distributed()
+        if d.enabled:
+            self.gan.wrap_distributed(self.device)
         self.writer = self._open_run_dir() if d.main else None
         self.sample_batch = None
         if d.main:
@@ -294,32 +294,11 @@ class Trainer:
         self.val_loader = DataLoader(torch.utils.data.Subset(self.val_ds, val_indices),
                                      batch_size=cfg.data.batch_size, shuffle=False, num_workers=cfg.data.num_workers)
 
-    def _build_networks(self) -> None:
-        cfg, device = self.cfg, self.device
-        torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
-        self.g_raw = self.generator = build_generator(cfg.model).to(device)
-        self.d_raw = self.discriminator = build_discriminator(cfg.model, cfg.data.size).to(device)
-        betas = tuple(cfg.train.betas)
-        self.opt_g = torch.optim.Adam(self.g_raw.parameters(), lr=cfg.train.lr_g, betas=betas)
-        self.opt_d = torch.optim.Adam(self.d_raw.parameters(), lr=cfg.train.lr_d, betas=betas)
-        self.use_amp = cfg.train.amp and device.type == "cuda"
-        self.scaler_g = torch.amp.GradScaler("cuda", enabled=self.use_amp)
-        self.scaler_d = torch.amp.GradScaler("cuda", enabled=self.use_amp)
-        self.weights = {"l1_coarse": cfg.loss.l1_coarse, "l1_out": cfg.loss.l1_out,
-                        "perceptual": cfg.loss.perceptual, "adversarial": cfg.loss.adversarial}
-
     def _restore(self, payload: dict) -> None:
-        state = restore_training(payload, self.cfg, generator=self.g_raw, discriminator=self.d_raw,
-                                 opt_g=self.opt_g, opt_d=self.opt_d, scaler_g=self.scaler_g, scaler_d=self.scaler_d)
+        state = restore_training(payload, self.cfg, **self.gan.parts())
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         self.early.load(state["early_stop"])
         self.metrics = state["metrics"]
-
-    def _wrap_distributed(self) -> None:
-        if self.d.enabled:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.generator = DistributedDataParallel(self.g_raw, device_ids=ids)
-            self.discriminator = DistributedDataParallel(self.d_raw, device_ids=ids)
 
     def _open_run_dir(self) -> SummaryWriter:
         """config.yaml, the TensorBoard writer and the start line (rank 0)."""
@@ -330,19 +309,15 @@ class Trainer:
         where = (f"resumed from {self.resume_path} at step {self.step}" if self.resume_path else "new run")
         print(f"mhtma-train: {where}; run dir {self.run_dir}; data {self.root} ({len(self.train_ds)} train / "
               f"{len(self.val_ds)} val images, {cfg.data.size}px); device {self.device}"
-              f"{' x' + str(d.world) if d.enabled else ''}{', amp' if self.use_amp else ''}",
+              f"{' x' + str(d.world) if d.enabled else ''}{', amp' if self.gan.use_amp else ''}",
               file=sys.stderr, flush=True)
         return writer
 
-    def autocast(self):
-        return torch.autocast("cuda", dtype=torch.float16) if self.use_amp else contextlib.nullcontext()
-
     # --------------------------------------------------------------------------------- checkpoints
     def payload(self) -> dict:
-        return training_payload(self.cfg, generator=self.g_raw, discriminator=self.d_raw, opt_g=self.opt_g,
-                                opt_d=self.opt_d, scaler_g=self.scaler_g, scaler_d=self.scaler_d, step=self.step,
-                                epoch=self.epoch, batch_in_epoch=self.batch_in_epoch,
-                                early_stop=self.early.state(), metrics=self.metrics)
+        return training_payload(self.cfg, **self.gan.parts(), step=self.step, epoch=self.epoch,
+                                batch_in_epoch=self.batch_in_epoch, early_stop=self.early.state(),
+                                metrics=self.metrics)
 
     def save_last(self, force: bool = True) -> None:
         """last.pt now (force) or only if train.checkpoint_every steps passed since the last save."""
@@ -355,18 +330,18 @@ class Trainer:
         if not self.d.main:
             return
         image, mask, sketch = _batch_to(self.sample_batch, self.device)
-        was = self.g_raw.training
-        self.g_raw.eval()
-        with torch.no_grad(), self.autocast():
-            coarse, refined = self.g_raw(image, mask, sketch)
-        self.g_raw.train(was)
+        was = self.gan.g_raw.training
+        self.gan.g_raw.eval()
+        with torch.no_grad(), self.gan.autocast():
+            coarse, refined = self.gan.g_raw(image, mask, sketch)
+        self.gan.g_raw.train(was)
         out = composite(refined.float(), image, mask)
         save_sample_grid(self.run_dir / "samples" / f"step_{self.step:07d}.png", image, mask, coarse.float(), out)
 
     # ---------------------------------------------------------------------------------- validation
     def validate(self) -> bool:
         """Validation + early-stop bookkeeping + best/last checkpoints. Returns True to stop."""
-        val = _validate(self.g_raw, self.val_loader, self.device, self.autocast, self.cfg.train.val_batches, self.d)
+        val = _validate(self.gan.g_raw, self.val_loader, self.device, self.gan.autocast, self.cfg.train.val_batches, self.d)
         self.metrics["val_l1"] = val
         improved = self.early.update(self.step, val)
         self.metrics["best_val_l1"] = self.early.best
@@ -385,55 +360,13 @@ class Trainer:
 
     # -------------------------------------------------------------------------------------- a step
     def train_step(self, batch: dict) -> None:
-        """One D update and one G update on ``batch`` (module docstring), then logging."""
-        cfg = self.cfg
-        torch.manual_seed(_step_seed(cfg.run.seed, self.step, self.d.rank))
-        image, mask, sketch = _batch_to(batch, self.device)
-        with self.autocast():  # generator forward once; the D step uses it detached
-            coarse, refined = self.generator(image, mask, sketch)
-            output = composite(refined, image, mask)
-        boxes = self.d_raw.crop_boxes(mask)
-        d_terms = self._d_step(image, output, mask, boxes)
-        g_terms = self._g_step(image, coarse, output, mask, boxes)
+        """One GAN update on ``batch`` (:class:`~mhtma_model.gan_step.GanStep`) from a per-step seed, then logging."""
+        torch.manual_seed(_step_seed(self.cfg.run.seed, self.step, self.d.rank))
+        named = self.gan.step(*_batch_to(batch, self.device))
         self.step += 1
         self.batch_in_epoch += 1
         if self.d.main:
-            self._log({**{f"loss/g_{k}": v for k, v in g_terms.items()}, **d_terms})
-
-    def _d_step(self, image, output, mask, boxes) -> dict:
-        """Real and fake in one forward, same masks and local crops -> the D terms to log."""
-        loss = self.cfg.loss
-        self.opt_d.zero_grad(set_to_none=True)
-        with self.autocast():
-            scores = self.discriminator(torch.cat([image, output.detach()]), torch.cat([mask, mask]),
-                                        boxes=torch.cat([boxes, boxes]))
-            real_s, fake_s = scores.float().chunk(2)
-            d_adv = hinge_d_loss(real_s, fake_s) if loss.gan == "hinge" else wgan_d_loss(real_s, fake_s)
-        d_loss, gp = d_adv, None
-        if loss.gan == "wgan-gp":
-            gp = gradient_penalty(self.d_raw, image.float(), output.detach().float(), mask, weight=loss.gp_weight)
-            d_loss = d_adv + gp
-        self.scaler_d.scale(d_loss).backward()
-        self.scaler_d.step(self.opt_d)
-        self.scaler_d.update()
-        terms = {"loss/d_total": d_loss, "loss/d_adv": d_adv, "score/real": real_s.mean(), "score/fake": fake_s.mean()}
-        if gp is not None:
-            terms["loss/d_gp"] = gp
-        return terms
-
-    def _g_step(self, image, coarse, output, mask, boxes) -> dict:
-        """D frozen, scored with the unwrapped D (no DDP sync needed for a frozen net) -> the G loss terms."""
-        self.d_raw.requires_grad_(False)
-        self.opt_g.zero_grad(set_to_none=True)
-        with self.autocast():
-            fake_g = self.d_raw(output, mask, boxes=boxes).float()
-            terms = generator_loss(coarse.float(), output.float(), image, fake_g, perceptual=self.perceptual,
-                                   weights=self.weights)
-        self.scaler_g.scale(terms["total"]).backward()
-        self.scaler_g.step(self.opt_g)
-        self.scaler_g.update()
-        self.d_raw.requires_grad_(True)
-        return terms
+            self._log(named)
 
     def _log(self, named: dict) -> None:
         """Progress bar, TensorBoard every train.log_every steps, samples every train.sample_every (rank 0)."""
@@ -446,9 +379,9 @@ class Trainer:
         if step % self.cfg.train.log_every == 0 or step == 1:
             for k, v in logs.items():
                 writer.add_scalar(k, v, step)
-            writer.add_scalar("lr/generator", self.opt_g.param_groups[0]["lr"], step)
-            writer.add_scalar("lr/discriminator", self.opt_d.param_groups[0]["lr"], step)
-            temps = self.g_raw.last_temperature
+            writer.add_scalar("lr/generator", self.gan.opt_g.param_groups[0]["lr"], step)
+            writer.add_scalar("lr/discriminator", self.gan.opt_d.param_groups[0]["lr"], step)
+            temps = self.gan.g_raw.last_temperature
             if temps is not None:
                 for k, t in enumerate(temps.float().mean(0).tolist()):
                     writer.add_scalar(f"temperature/head{k}", t, step)
@@ -492,8 +425,7 @@ class Trainer:
         """Train until a stop condition, end with a validation at the final step -> the summary dict."""
         self.pbar = tqdm(total=self.cfg.train.max_steps, initial=self.step, disable=not self.d.main,
                          dynamic_ncols=True, desc="mhtma-train", unit="step", file=sys.stderr)
-        self.generator.train()
-        self.discriminator.train()
+        self.gan.train()
         self.last_val_step = self.early.history[-1][0] if self.early.history else None
         while not self.finished():
             self.run_epoch()
@@ -517,7 +449,7 @@ class Trainer:
             "val_l1": self.metrics.get("val_l1"), "best_val_l1": early.best, "best_step": early.best_step,
             "last_checkpoint": str(self.ckpt_dir / "last.pt"), "best_checkpoint": str(self.ckpt_dir / "best.pt"),
             "losses": self.logs, "rank": self.d.rank, "world_size": self.d.world,
-            "seconds": round(time.time() - self.t_start, 1), "weights_sha256": _weights_digest(self.g_raw, self.d_raw),
+            "seconds": round(time.time() - self.t_start, 1), "weights_sha256": _weights_digest(self.gan.g_raw, self.gan.d_raw),
         }
 
 
