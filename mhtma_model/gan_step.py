@@ -1,12 +1,17 @@
-"""One GAN update of the inpainting model (paper Sec. III-B, IV-A): the networks, their optimisers, the
-precision they run at, and the discriminator and generator steps on a batch.
+"""One GAN update of the inpainting model: the networks, their optimisers, the precision they run at, and
+the discriminator and generator steps on a batch (I_gt, M[, S]) (paper Sec. III-B, IV-A)::
 
     I_c, I_r = G(I_gt, M[, S])                     I_out = I_r ⊙ M + I_gt ⊙ (1 − M)
     D step:  L_D = hinge(D(I_gt, M), D(I_out.detach(), M))   [+ gp_weight · GP  for wgan-gp]
-    G step:  L_G = l1_coarse·|I_c − I_gt|₁ + l1_out·|I_out − I_gt|₁ + perceptual·L_perc(I_c, I_gt) + adversarial·(−D(I_out, M))
+    G step:  L_G = 1.2·|I_c − I_gt|₁ + 1.0·|I_out − I_gt|₁ + λp·L_perc(I_c, I_gt) + 0.01·(−D(I_out, M))
 
-Real and fake are scored on the same local crop. Mixed precision (``train.amp``, CUDA only): fp16
-autocast with one gradient scaler per network. The trainer (:mod:`mhtma_model.train`) owns the loop.
+|·|₁ is the mean absolute error over the WHOLE image (all pixels, all channels), as the paper's Eq. 2
+writes ‖I_c − I_gt‖₁ and DeepFill v2 does; for I_out the known pixels are exact, so its term only
+counts hole pixels but is normalised by the image size. Real and fake are scored on the same local
+crop. Adam(β = 0.5, 0.9), lr 1e-4 for both.
+
+Mixed precision (``train.amp``, CUDA only): fp16 autocast with one gradient scaler per network. The loop
+around it is :class:`mhtma_model.train.Trainer`.
 """
 from __future__ import annotations
 

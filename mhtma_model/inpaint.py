@@ -3,10 +3,9 @@
     mhtma-inpaint --checkpoint runs/x/checkpoints/best.pt --image photo.jpg --mask photo_mask.png --output out/
     mhtma-inpaint --checkpoint best.pt --image photos/ --mask masks/ --output out/ [--sketch sketches/]
 
-The core is :func:`mhtma_model.predict.inpaint_image`, also used by the web UI (``mhtma-ui``).
-
-The library behind it is :mod:`mhtma_model.predict` (masks, any image size, large images, known pixels
-bit-identical, sketches: rules in its docstring).
+This module only parses arguments and reports. The work is done by :mod:`mhtma_model.predict`
+(:func:`~mhtma_model.predict.inpaint_image`, also used by ``mhtma-ui`` and ``mhtma-eval``), whose docstring
+states the rules for masks, any image size, large images, bit-identical known pixels and sketches.
 
 Command-line rules
 * **Outputs**: ``OUTPUT/<name>.png`` with the input's size, for input ``<name>.<any ext>``. In folder

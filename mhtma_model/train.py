@@ -6,16 +6,8 @@ model on 64 px crops of scikit-image's sample photos, a few minutes on 2 CPU cor
 ``places2``); overrides such as ``data.root=/data/celeba_hq/train train.max_steps=1000`` come after.
 Multi-GPU: ``torchrun --nproc_per_node N -m mhtma_model.train ...`` (DDP; ``data.batch_size`` is per process).
 
-One training step (paper Sec. III-B, IV-A), on a batch (I_gt, M[, S]):
-
-    I_c, I_r = G(I_gt, M[, S])                     I_out = I_r ⊙ M + I_gt ⊙ (1 − M)
-    D step:  L_D = hinge(D(I_gt, M), D(I_out.detach(), M))   [+ gp_weight · GP  for wgan-gp]
-    G step:  L_G = 1.2·|I_c − I_gt|₁ + 1.0·|I_out − I_gt|₁ + λp·L_perc(I_c, I_gt) + 0.01·(−D(I_out, M))
-
-|·|₁ is the mean absolute error over the WHOLE image (all pixels, all channels), as the paper's Eq. 2
-writes ‖I_c − I_gt‖₁ and DeepFill v2 does; for I_out the known pixels are exact, so its term only
-counts hole pixels but is normalised by the image size. Real and fake are scored on the same local
-crop. Adam(β = 0.5, 0.9), lr 1e-4 for both.
+Each step is one GAN update, :class:`mhtma_model.gan_step.GanStep` (losses and optimisers in its docstring),
+from a per-step seed; :class:`Trainer` runs the loop around it.
 
 Validation: mean |I_out − I_gt| over the held-out split with fixed masks (seeded by image index), each
 epoch (or every ``train.val_every`` steps); ``best.pt`` keeps the lowest; training stops after
@@ -49,8 +41,8 @@ from .checkpoint import (CheckpointError, check_resumable, load_checkpoint, reso
 from .config import Config, ConfigError, load_config, packaged_config_names
 from .data import InpaintingDataset, demo_dataset_root, split_paths
 from .device import resolve_device
-from .images import list_images
 from .gan_step import GanStep
+from .images import list_images
 from .losses import PerceptualLoss
 from .masks import MaskFolder
 from .networks import composite
