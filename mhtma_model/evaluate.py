@@ -12,7 +12,7 @@ Protocol
   skipped, as is any image whose mask has no hole pixels after resizing (it would only inflate the
   means). A mask with the original image's size goes through the same resize + centre crop (nearest);
   any other mask is resized to ``size × size`` (nearest). A pixel is a hole by the rules of
-  :func:`mhtma_model.masks.mask_from_image` (> 127; alpha for transparent layers). Without ``--masks``
+  :func:`mhtma_model.images.mask_from_image` (> 127; alpha for transparent layers). Without ``--masks``
   masks are generated: image number ``i`` of the sorted list gets
   ``free_form_mask(size, size, numpy.random.default_rng([mask_seed, i]))`` — the same seed gives the same
   masks on any machine, for any batch size and method.

@@ -97,7 +97,7 @@ def collect_inputs(editor: Optional[dict], mask_file: Any = None, sketch_file: A
 
     ``editor``: Gradio ImageEditor value ``{"background", "layers", "composite"}``; layer 0 = hole,
     layer 1 = sketch (painted pixels, any colour). ``mask_file``: optional image, holes by the project's
-    rule (:func:`mhtma_model.masks.mask_from_image`: value > 127, brightest channel for colour, alpha for
+    rule (:func:`mhtma_model.images.mask_from_image`: value > 127, brightest channel for colour, alpha for
     a transparent layer), added to the painted hole. ``sketch_file``: optional drawing, read with
     :func:`mhtma_model.sketch.load_user_sketch` (dark or light strokes on any background), added to the
     painted lines. Returned mask and sketch are 0/255 'L' images; UploadError on anything unusable.

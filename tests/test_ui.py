@@ -65,7 +65,7 @@ def test_uploaded_mask_and_sketch_files_are_added(tmp_path):
 
 @pytest.mark.parametrize("mode", ["red-on-black", "transparent-layer"])
 def test_uploaded_mask_follows_the_project_mask_rule(tmp_path, mode):
-    """A mask file is read like mhtma-inpaint reads it (masks.mask_from_image): a red stroke on black and
+    """A mask file is read like mhtma-inpaint reads it (images.mask_from_image): a red stroke on black and
     an opaque stroke on a transparent layer both mark holes."""
     if mode == "red-on-black":
         arr = np.zeros((64, 80, 3), np.uint8)
