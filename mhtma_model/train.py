@@ -189,7 +189,7 @@ def _batch_to(batch: dict, device) -> tuple:
     return image, mask, sketch
 
 
-def _build_data(cfg: Config, d: _Dist):
+def _datasets(cfg: Config, d: _Dist):
     """The image folder (or the demo dataset) split into training and validation datasets."""
     if cfg.data.root is None:
         if d.enabled and not d.main:
@@ -279,7 +279,7 @@ class Trainer:
     # ------------------------------------------------------------------------------------ building
     def _build_data(self) -> None:
         cfg, d = self.cfg, self.d
-        self.root, self.train_ds, self.val_ds = _build_data(cfg, d)
+        self.root, self.train_ds, self.val_ds = _datasets(cfg, d)
         self.sampler = EpochSampler(len(self.train_ds), seed=cfg.run.seed, rank=d.rank, world=d.world)
         self.batches_per_epoch = math.ceil(math.ceil(len(self.train_ds) / d.world) / cfg.data.batch_size)
         val_indices = list(range(d.rank, len(self.val_ds), d.world))
