@@ -23,13 +23,18 @@ import itertools
 import os
 
 from .cases import Case
+from .providers import OP_PROVIDERS
+from .runners import LAYER_PROVIDERS, MODEL_PROVIDERS
+
+#: Every layer provider but the reference-backend ones (those are the correctness oracle, not timed).
+LAYER_TIMED = tuple(p for p in LAYER_PROVIDERS if not p.endswith("-reference"))
 
 PROFILES = ("gpu", "cpu", "tiny")
 
 
 def op_cases(profile: str) -> list[Case]:
     if profile == "gpu":
-        providers = ("triton", "torch", "reference", "sdpa", "flex")
+        providers = OP_PROVIDERS
         full = os.environ.get("BENCH_FULL") == "1"
         cases = []
         for dtype in ("bf16", "fp16", "fp32"):
@@ -44,7 +49,7 @@ def op_cases(profile: str) -> list[Case]:
                 for mode in ("fwd", "fwdbwd") for b, size in shapes for p in ("torch", "reference", "sdpa")]
     if profile == "tiny":
         return [Case("op", p, mode, "fp32", 1, 6, 16)
-                for mode in ("fwd", "fwdbwd") for p in ("triton", "torch", "reference", "sdpa", "flex")]
+                for mode in ("fwd", "fwdbwd") for p in OP_PROVIDERS]
     raise ValueError(f"profile must be one of {PROFILES}, got {profile!r}")
 
 
@@ -52,20 +57,20 @@ def layer_cases(profile: str) -> list[Case]:
     if profile == "gpu":
         return [Case("layer", p, mode, "fp32", b, 64, 128, device="cuda")
                 for mode in ("fwd", "fwdbwd") for b in (2, 4, 8, 16)
-                for p in ("mhtma-triton", "mhtma-torch", "atma", "contextual")]
+                for p in LAYER_TIMED]
     if profile == "cpu":
         return [Case("layer", p, "fwd", "fp32", b, 32, 64)
                 for b in (2, 4, 8) for p in ("mhtma-torch", "atma", "contextual")]
     if profile == "tiny":
         return [Case("layer", p, mode, "fp32", 2, 8, 8)
-                for mode in ("fwd", "fwdbwd") for p in ("mhtma-triton", "mhtma-torch", "atma", "contextual")]
+                for mode in ("fwd", "fwdbwd") for p in LAYER_TIMED]
     raise ValueError(f"profile must be one of {PROFILES}, got {profile!r}")
 
 
 def model_cases(profile: str) -> list[Case]:
     if profile == "gpu":
         cases = [Case("model", p, "fwd", "fp32", b, 256, 32, device="cuda")
-                 for b in (1, 16) for p in ("mhtma", "atma", "contextual", "none")]
+                 for b in (1, 16) for p in MODEL_PROVIDERS]
         return cases + [Case("model", p, "train", "fp32", 16, 256, 32, device="cuda") for p in ("mhtma", "contextual")]
     if profile == "cpu":
         return ([Case("model", p, "fwd", "fp32", 1, 256, 32) for p in ("mhtma", "contextual")]

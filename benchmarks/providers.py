@@ -26,8 +26,10 @@ import torch.nn.functional as F
 
 from mhtma_kernels import masked_temperature_attention
 from mhtma_kernels.ops.reference import EPS
+from mhtma_model.networks import KERNEL_BACKENDS
 
-OP_PROVIDERS = ("triton", "torch", "reference", "sdpa", "flex")
+#: The op's own backends (the registry mhtma_kernels.ops.BACKENDS, "auto" aside), then PyTorch's attentions.
+OP_PROVIDERS = KERNEL_BACKENDS + ("sdpa", "flex")
 
 
 class Unavailable(Exception):
@@ -126,7 +128,7 @@ def op_provider(provider: str, device_type: str, mode: str, fold_temperature: bo
         if getattr(triton_op, "triton", True) is None:
             raise Unavailable("the triton package is not installed")
         return _mhtma("triton")
-    if provider in ("torch", "reference"):
+    if provider in KERNEL_BACKENDS:
         return _mhtma(provider)
     if provider == "sdpa":
         return sdpa_attention

@@ -19,11 +19,16 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
+from mhtma_model.networks import KERNEL_BACKENDS
+
+from .providers import OP_PROVIDERS
+from .runners import LAYER_PROVIDERS, MODEL_PROVIDERS
+
 HERE = Path(__file__).resolve().parent
-OP_ORDER = ("triton", "torch", "reference", "sdpa", "flex")
-FUSED = ("triton", "torch")
-LAYER_ORDER = ("mhtma-triton", "mhtma-torch", "mhtma-reference", "atma", "contextual")
-MODEL_ORDER = ("mhtma", "atma", "contextual", "none")
+OP_ORDER = OP_PROVIDERS
+FUSED = tuple(p for p in KERNEL_BACKENDS if p != "reference")  # the backends that never hold the Nq x Nk scores
+LAYER_ORDER = LAYER_PROVIDERS
+MODEL_ORDER = MODEL_PROVIDERS
 MIB = 1024.0 * 1024.0
 
 

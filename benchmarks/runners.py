@@ -13,32 +13,37 @@
               step must give finite losses and change the weights);
 - ``info``    facts recorded with the timing (e.g. FlexAttention's padded head size).
 
-Tolerances come from ``tests/tolerance.py``: op and layer outputs use its ``assert_close`` for the case
-dtype; gradients and generator outputs use the normwise relative error ``|g - g_ref| / |g_ref| <=
-max(atol, rtol)`` of that dtype.
+Tolerances come from :mod:`mhtma_kernels.testing`: op and layer outputs use its ``assert_close`` for the
+case dtype; gradients and generator outputs its ``assert_normwise_close`` (``|g - g_ref| / |g_ref| <=
+max(atol, rtol)`` of that dtype). Layer and model providers come from the registry of attention variants
+(:mod:`mhtma_model.networks.attention`).
 """
 from __future__ import annotations
 
 import copy
 import inspect
+import os
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
 from mhtma_kernels import masked_temperature_attention_reference
+from mhtma_kernels.testing import assert_close, assert_normwise_close
+from mhtma_model.losses import PerceptualLoss, hinge_d_loss, hinge_g_loss
+from mhtma_model.networks import (ATTENTION_VARIANTS, ATTENTIONS, KERNEL_BACKENDS, GlobalLocalDiscriminator,
+                                  InpaintGenerator, composite)
 
 from .cases import LAMBDA_M, Case, layer_inputs, model_inputs, op_inputs
-from .providers import Unavailable, op_provider
-
-try:
-    from tests.tolerance import TOLERANCE, assert_close
-except ImportError as error:  # pragma: no cover - benchmarks run from the repository root
-    raise ImportError("benchmarks need tests/tolerance.py: run them from the repository root") from error
+from .providers import Unavailable, flex_padded_dim, op_provider
 
 CHECK_ROWS = 256
-LAYER_PROVIDERS = ("mhtma-triton", "mhtma-torch", "mhtma-reference", "atma", "contextual")
-MODEL_PROVIDERS = ("mhtma", "atma", "contextual", "none")
+#: "<variant>-<backend>" for variants that run the op through a backend, else the variant's name.
+LAYER_PROVIDERS = tuple(f"{v.name}-{b}" if v.uses_backend else v.name
+                        for v in ATTENTION_VARIANTS.values() if v.layer is not None
+                        for b in (KERNEL_BACKENDS if v.uses_backend else ("",)))
+MODEL_PROVIDERS = ATTENTIONS
 
 
 @dataclass
@@ -52,15 +57,6 @@ class Bench:
 def synchronize(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
-
-
-def _grad_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype, name: str) -> None:
-    """Normwise relative error |actual - expected| / |expected| <= max(atol, rtol) of ``dtype``."""
-    atol, rtol = TOLERANCE[dtype]
-    err = (actual.double() - expected.double()).norm().item()
-    scale = max(expected.double().norm().item(), 1e-12)
-    if not err / scale <= max(atol, rtol):
-        raise AssertionError(f"{name}: normwise relative error {err / scale:.3g} > {max(atol, rtol):g}")
 
 
 # ----------------------------------------------------------------------------------------------- op
@@ -96,7 +92,7 @@ def _op_check(case: Case, fn, inputs: dict) -> None:
     want = torch.autograd.grad(masked_temperature_attention_reference(**ref_leaves, lambda_m=LAMBDA_M),
                                [ref_leaves[n] for n in names], dout)
     for name, g, w in zip(names, got, want):
-        _grad_close(g, w, dtype, f"{case.id} d{name}")
+        assert_normwise_close(g, w, dtype, f"{case.id} d{name}")
 
 
 def build_op(case: Case) -> Bench:
@@ -104,8 +100,6 @@ def build_op(case: Case) -> Bench:
     info = {}
     state = {"fn": op_provider(case.provider, case.device, case.mode)}
     if case.provider == "flex":
-        from .providers import flex_padded_dim
-
         info["flex_padded_d"] = flex_padded_dim(case.d)
         info["flex_temperature"] = "score_mod"
     grad_names = ("q", "k", "v", "temperature")
@@ -172,25 +166,18 @@ def _construct(cls, in_channels: int, heads: int, backend: str | None):
 
 def make_layer(case: Case) -> torch.nn.Module:
     """The layer of a layer case (weights seeded), in fp32 on the case device."""
-    import mhtma_kernels
-
     provider = case.provider
     if provider not in LAYER_PROVIDERS:
         raise ValueError(f"layer provider must be one of {LAYER_PROVIDERS}, got {provider!r}")
-    if provider == "mhtma-triton" and case.device != "cuda":
-        import os
-
-        if os.environ.get("TRITON_INTERPRET") != "1":
-            raise Unavailable("triton runs on CUDA (or on CPU only under TRITON_INTERPRET=1)")
-    name = {"atma": "ATMA", "contextual": "ContextualAttention"}.get(provider, "MaskedTemperatureAttention")
-    cls = getattr(mhtma_kernels, name, None)
-    if cls is None:
-        raise Unavailable(f"mhtma_kernels.{name} is not there yet")
+    name, _, backend = provider.partition("-")
+    if backend == "triton" and case.device != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise Unavailable("triton runs on CUDA (or on CPU only under TRITON_INTERPRET=1)")
+    variant = ATTENTION_VARIANTS[name]
     torch.manual_seed(0)
-    if provider.startswith("mhtma-"):
-        layer = _construct(cls, case.d, case.heads, provider.split("-", 1)[1])
+    if variant.uses_backend:
+        layer = _construct(variant.layer, case.d, case.heads, backend)
     else:
-        layer = _construct(cls, case.d, None, "auto")
+        layer = _construct(variant.layer, case.d, None, "auto")
     return layer.to(case.device)
 
 
@@ -240,11 +227,7 @@ def build_layer(case: Case) -> Bench:
 # -------------------------------------------------------------------------------------------- model
 
 
-def make_generator(case: Case):
-    try:
-        from mhtma_model.networks import InpaintGenerator
-    except ImportError as error:
-        raise Unavailable(f"mhtma_model.networks.InpaintGenerator is not importable yet: {error}") from error
+def make_generator(case: Case) -> InpaintGenerator:
     if case.provider not in MODEL_PROVIDERS:
         raise ValueError(f"model provider must be one of {MODEL_PROVIDERS}, got {case.provider!r}")
     torch.manual_seed(0)
@@ -253,15 +236,6 @@ def make_generator(case: Case):
 
 def _train_step_factory(case: Case, generator, inputs):
     """One optimisation step of G and D (hinge loss, DESIGN §3 weights; VGG term if MHTMA_VGG16 is set)."""
-    import os
-
-    import torch.nn.functional as F
-
-    try:
-        from mhtma_model.losses import hinge_d_loss, hinge_g_loss
-        from mhtma_model.networks import GlobalLocalDiscriminator, composite
-    except ImportError as error:
-        raise Unavailable(f"mhtma_model losses/discriminator are not importable yet: {error}") from error
     torch.manual_seed(1)
     disc = GlobalLocalDiscriminator(base_channels=case.extra.get("disc_channels", 64),
                                     image_size=case.size).to(case.device)
@@ -269,8 +243,6 @@ def _train_step_factory(case: Case, generator, inputs):
     opt_d = torch.optim.Adam(disc.parameters(), lr=1e-4, betas=(0.5, 0.9))
     perceptual = None
     if os.environ.get("MHTMA_VGG16"):
-        from mhtma_model.losses import PerceptualLoss
-
         perceptual = PerceptualLoss(os.environ["MHTMA_VGG16"]).to(case.device)
     image, mask = inputs["image"], inputs["mask"]
 
@@ -328,7 +300,7 @@ def build_model(case: Case) -> Bench:
             _, expected = ref(inputs["image"][:1], inputs["mask"][:1])
         if refined.shape != inputs["image"].shape or not bool(torch.isfinite(refined).all()):
             raise AssertionError(f"{case.id}: output shape {tuple(refined.shape)} or non-finite values")
-        _grad_close(refined[:1], expected, torch.float32, name=f"{case.id} generator output")
+        assert_normwise_close(refined[:1], expected, torch.float32, name=f"{case.id} generator output")
 
     def run():
         with torch.no_grad():

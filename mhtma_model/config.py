@@ -25,12 +25,16 @@ from typing import Any, Optional, Union
 
 import yaml
 
+from mhtma_kernels.ops import BACKENDS
+
+from .networks import ATTENTION_VARIANTS, ATTENTIONS, GlobalLocalDiscriminator, InpaintGenerator, attention_min_size
+
 __all__ = ["ConfigError", "RunConfig", "DataConfig", "ModelConfig", "LossConfig", "TrainConfig", "Config",
            "load_config", "packaged_config", "packaged_config_names", "build_generator", "build_discriminator",
            "ATTENTIONS", "BACKENDS", "GAN_LOSSES"]
 
-ATTENTIONS = ("mhtma", "atma", "contextual", "none")
-BACKENDS = ("auto", "torch", "triton", "reference")
+# ATTENTIONS (mhtma_model.networks.attention) and BACKENDS (mhtma_kernels.ops.attention) are the registries
+# themselves, re-exported here for config users.
 GAN_LOSSES = ("hinge", "wgan-gp")
 PACKAGED_DIR = Path(__file__).with_name("configs")
 
@@ -247,9 +251,7 @@ def _validate(cfg: "Config") -> None:
     _check(m.lambda_m > 0, "model.lambda_m", "must be > 0", m.lambda_m)
     _check(m.backend in BACKENDS, "model.backend", f"must be one of {list(BACKENDS)}", m.backend)
     _check(m.disc_channels >= 1, "model.disc_channels", "must be >= 1", m.disc_channels)
-    if m.attention != "none":
-        from .networks.generator import attention_min_size
-
+    if ATTENTION_VARIANTS[m.attention].layer is not None:
         need = attention_min_size(m.patch_size)
         _check(d.size >= need, "data.size", f"must be >= {need} with model.patch_size={m.patch_size} "
                "(attention works on 1/4-resolution patches)", d.size)
@@ -414,8 +416,6 @@ def load_config(path: str | os.PathLike | None = None, overrides=()) -> Config:
 
 def build_generator(model_cfg: ModelConfig):
     """The :class:`~mhtma_model.networks.InpaintGenerator` described by ``model_cfg``."""
-    from .networks import InpaintGenerator
-
     return InpaintGenerator(base_channels=model_cfg.base_channels, attention=model_cfg.attention,
                             heads=model_cfg.heads, temperature=model_cfg.temperature,
                             patch_size=model_cfg.patch_size, lambda_m=model_cfg.lambda_m, sketch=model_cfg.sketch,
@@ -424,6 +424,4 @@ def build_generator(model_cfg: ModelConfig):
 
 def build_discriminator(model_cfg: ModelConfig, image_size: int):
     """The :class:`~mhtma_model.networks.GlobalLocalDiscriminator` for ``image_size`` training images."""
-    from .networks import GlobalLocalDiscriminator
-
     return GlobalLocalDiscriminator(base_channels=model_cfg.disc_channels, image_size=image_size)

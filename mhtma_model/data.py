@@ -1,14 +1,6 @@
-"""Training data: image folders, robust RGB loading, the train/val split, the inpainting dataset and the
-embedded demo dataset built from scikit-image's sample photos.
-
-Image modes handled by :func:`load_rgb` (every result is 8-bit RGB):
-
-- RGB as is; L / 1 / P (palette) / CMYK / YCbCr / LAB / HSV through Pillow's conversion;
-- 16-bit grey (``I;16*``, and ``I`` when its values exceed 255) scaled by 255/65535; float (``F``)
-  taken as [0, 1] when its maximum is <= 1, else as [0, 255];
-- an alpha channel (RGBA, LA, PA, palette or grey with a transparency key) is composited on a
-  **white** background (transparent regions of product shots and logos are usually white);
-- EXIF orientation is applied.
+"""Training data: the train/val split, the inpainting dataset and the embedded demo dataset built from
+scikit-image's sample photos. Files are read with :mod:`mhtma_model.images` (:func:`load_rgb`: any mode
+to 8-bit RGB, EXIF orientation applied).
 
 Unreadable files (truncated, not an image, decompression bomb) raise :class:`UnreadableImageError`
 (an ``OSError``) naming the path; :class:`InpaintingDataset` warns once per file and substitutes the
@@ -23,88 +15,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
-from .masks import MaskFolder, free_form_mask, has_transparency
+from .images import UnreadableImageError, list_images, load_rgb, open_image
+from .masks import MaskFolder, free_form_mask
+from .sketch import make_sketch
 
-#: File suffixes treated as images (case-insensitive).
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
-
-
-class UnreadableImageError(OSError):
-    """An image file that Pillow cannot decode (message names the path and Pillow's reason)."""
-
+# The image readers moved to mhtma_model.images; importable from here as before.
+__all__ = ["InpaintingDataset", "UnreadableImageWarning", "cache_root", "demo_dataset_root", "resize_crop",
+           "split_paths", "UnreadableImageError", "list_images", "load_rgb", "open_image"]
 
 class UnreadableImageWarning(UserWarning):
     """Issued once per unreadable file by :class:`InpaintingDataset` (the file is replaced)."""
-
-
-def list_images(root) -> list[Path]:
-    """All image files under ``root`` (recursive; suffixes :data:`IMAGE_SUFFIXES`, any case), sorted by
-    their path relative to root. Hidden files (name starting with ".") are skipped.
-    Raises FileNotFoundError if ``root`` is not a folder."""
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise FileNotFoundError(f"image folder {root} does not exist or is not a folder")
-    found = [p for p in root.rglob("*")
-             if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()]
-    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
-
-
-def open_image(path, min_side: int | None = None) -> Image.Image:
-    """Open and fully decode ``path`` with EXIF orientation applied; UnreadableImageError on failure.
-
-    ``min_side``: JPEGs are decoded at the smallest DCT scale (1/2, 1/4, 1/8) that keeps both sides
-    >= ``min_side`` (much faster for large photos that are resized down anyway); other formats ignore it.
-    """
-    try:
-        with Image.open(path) as image:
-            if min_side is not None and image.format == "JPEG":
-                image.draft(image.mode, (min_side, min_side))
-            image.load()
-            return ImageOps.exif_transpose(image)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise UnreadableImageError(f"cannot read image {path}: {error}") from error
-
-
-def to_8bit(image: Image.Image) -> Image.Image:
-    """16-bit (``I;16*``, ``I``) and float (``F``) single-channel images -> 8-bit ``L``; others unchanged."""
-    if image.mode.startswith("I;16"):
-        values = np.asarray(image).astype(np.float64) * (255.0 / 65535.0)
-    elif image.mode == "I":
-        values = np.asarray(image).astype(np.float64)
-        if values.max(initial=0) > 255:
-            values = values * (255.0 / 65535.0)
-    elif image.mode == "F":
-        values = np.asarray(image).astype(np.float64)
-        finite = values[np.isfinite(values)]
-        if finite.size and finite.max() <= 1.0:
-            values = values * 255.0
-    else:
-        return image
-    values = np.nan_to_num(values, nan=0.0, posinf=255.0, neginf=0.0)
-    return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L")
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Any Pillow image -> 8-bit RGB (rules in the module docstring)."""
-    if image.mode == "RGB" and "transparency" not in image.info:
-        return image
-    if has_transparency(image) or "transparency" in image.info:
-        rgba = image.convert("RGBA")
-        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
-    return to_8bit(image).convert("RGB")
-
-
-def load_rgb(path, min_side: int | None = None) -> Image.Image:
-    """Read ``path`` as an 8-bit RGB PIL image (any mode, see module docstring); raises
-    :class:`UnreadableImageError` naming the path if it cannot be decoded. ``min_side``: see
-    :func:`open_image` (reduced-size JPEG decoding; the result keeps both sides >= min_side)."""
-    image = open_image(path, min_side)
-    try:
-        return to_rgb(image)
-    except (OSError, ValueError) as error:
-        raise UnreadableImageError(f"cannot convert image {path} ({image.mode}) to RGB: {error}") from error
 
 
 def split_paths(paths, val_fraction: float, seed: int = 0) -> tuple[list[Path], list[Path]]:
@@ -234,8 +156,6 @@ class InpaintingDataset(torch.utils.data.Dataset):
             "index": index,
         }
         if self.sketch:
-            from .sketch import make_sketch
-
             item["sketch"] = torch.from_numpy(np.asarray(make_sketch(pixels), dtype=np.float32))[None]
         return item
 

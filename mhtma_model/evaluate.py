@@ -12,7 +12,7 @@ Protocol
   skipped, as is any image whose mask has no hole pixels after resizing (it would only inflate the
   means). A mask with the original image's size goes through the same resize + centre crop (nearest);
   any other mask is resized to ``size × size`` (nearest). A pixel is a hole by the rules of
-  :func:`mhtma_model.masks.mask_from_image` (> 127; alpha for transparent layers). Without ``--masks``
+  :func:`mhtma_model.images.mask_from_image` (> 127; alpha for transparent layers). Without ``--masks``
   masks are generated: image number ``i`` of the sorted list gets
   ``free_form_mask(size, size, numpy.random.default_rng([mask_seed, i]))`` — the same seed gives the same
   masks on any machine, for any batch size and method.
@@ -38,6 +38,7 @@ import argparse
 import json
 import sys
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -45,11 +46,16 @@ import numpy as np
 import torch
 from PIL import Image
 
+from tqdm import tqdm
+
+from . import fid as fidmod
 from . import metrics as M
 from .classical import CLASSICAL_METHODS, OPENCV_METHODS, classical_inpaint, require_opencv
-from .inpaint import (files_by_key, generator_uses_sketch, load_generator_or_exit, pair_key, predict_batch,
-                      resolve_device)
-from .masks import free_form_mask, load_mask
+from .device import resolve_device
+from .images import files_by_key, list_images, load_mask, load_rgb, pair_key
+from .masks import free_form_mask
+from .predict import fill_holes, generator_uses_sketch, open_generator
+from .sketch import make_sketch
 
 METHODS = ("model",) + CLASSICAL_METHODS
 EXAMPLE_ROWS = 8
@@ -141,13 +147,32 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    from tqdm import tqdm
+@dataclass
+class Evaluation:
+    """What the image loop collects: per-image metrics, skipped images, example rows and FID features."""
+    records: list = field(default_factory=list)
+    skipped: list = field(default_factory=list)
+    examples: list = field(default_factory=list)
+    feats_out: list = field(default_factory=list)
+    feats_gt: list = field(default_factory=list)
 
-    from . import fid as fidmod
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
+@dataclass
+class Setup:
+    """Everything :func:`main` resolved from the arguments before the image loop."""
+    args: argparse.Namespace
+    device: torch.device
+    data_root: Path
+    mask_root: Optional[Path]
+    fid_path: Optional[Path]
+    generator: object = None
+    uses_sketch: bool = False
+    extractor: object = None
+    fid_note: str = ""
+
+
+def _check_args(args, parser) -> Setup:
+    """Validate the arguments (parser.error on a usage error) -> a :class:`Setup` without models."""
     if args.size < 16:
         parser.error(f"--size must be at least 16, got {args.size}")
     if args.batch_size < 1:
@@ -173,137 +198,155 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         fid_path = fidmod.resolve_inception_path(args.fid_weights)
     except FileNotFoundError as exc:
         parser.error(str(exc))
+    return Setup(args, device, data_root, mask_root, fid_path)
 
-    generator, uses_sketch = None, False
+
+def _load_models(setup: Setup, parser) -> None:
+    """The generator (``--method model``) and the FID feature extractor (when weights are given)."""
+    args = setup.args
     if args.method == "model":
         if not args.checkpoint:
             parser.error("--checkpoint is required for --method model (classical methods need none)")
-        generator, _config = load_generator_or_exit(args.checkpoint, parser)
-        generator.to(device).eval()
-        uses_sketch = generator_uses_sketch(generator)
+        try:
+            setup.generator, _config = open_generator(args.checkpoint)
+        except ValueError as exc:
+            parser.error(str(exc))
+        setup.generator.to(setup.device).eval()
+        setup.uses_sketch = generator_uses_sketch(setup.generator)
     elif args.checkpoint:
         print(f"note: --checkpoint is not used by --method {args.method}", file=sys.stderr)
-
-    extractor = None
-    if fid_path is None:
+    if setup.fid_path is None:
         fidmod.warn_fid_skipped()
-        fid_note = "skipped (no Inception-v3 weights given)"
+        setup.fid_note = "skipped (no Inception-v3 weights given)"
+        return
+    try:
+        setup.extractor = fidmod.InceptionFeatures(setup.fid_path).to(setup.device)
+    except (ValueError, FileNotFoundError) as exc:
+        parser.error(str(exc))
+    setup.fid_note = f"Inception-v3 pool features ({setup.extractor.variant} weights: {setup.fid_path})"
+
+
+def _load_case(setup: Setup, index: int, path: Path, mask_paths: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Ground truth uint8 [S, S, 3] and hole bool [S, S] of image ``index``; OSError/ValueError -> skipped."""
+    args, size = setup.args, setup.args.size
+    key = pair_key(path, setup.data_root)
+    image = load_rgb(path)
+    truth = np.asarray(resize_center_crop(image, size))
+    if setup.mask_root is None:
+        hole = generated_mask(size, args.mask_seed, index)
     else:
-        try:
-            extractor = fidmod.InceptionFeatures(fid_path).to(device)
-        except (ValueError, FileNotFoundError) as exc:
-            parser.error(str(exc))
-        fid_note = f"Inception-v3 pool features ({extractor.variant} weights: {fid_path})"
+        candidates = mask_paths.get(key, [])
+        if len(candidates) != 1:
+            raise ValueError(f"no mask named {key}.* in {setup.mask_root}" if not candidates else
+                             "several masks share this name: " + ", ".join(p.name for p in candidates))
+        hole = load_user_mask(candidates[0], image.size, size)
+    if not hole.any():
+        raise ValueError("the mask has no hole pixels at this size (nothing to inpaint)")
+    if hole.all() and args.method == "biharmonic":
+        raise ValueError("the mask covers the whole image; biharmonic inpainting needs known pixels")
+    return truth, hole
 
-    from .data import list_images, load_rgb
 
-    paths = list_images(data_root)
-    if not paths:
-        parser.error(f"no images found under {data_root}")
-    mask_paths = files_by_key(mask_root) if mask_root is not None else {}
+def _score_batch(setup: Setup, batch: list[tuple[str, np.ndarray, np.ndarray]], ev: Evaluation) -> None:
+    """Inpaint one batch, compute its metrics (and FID features), keep example rows."""
+    truth = np.stack([b[1] for b in batch])
+    holes = np.stack([b[2] for b in batch])
+    if setup.generator is not None:
+        sketches = np.stack([make_sketch(t) for t in truth]) if setup.uses_sketch else None
+        outputs = fill_holes(setup.generator, truth, holes, sketches, setup.device)
+    else:
+        outputs = np.stack([classical_inpaint(t, h, setup.args.method) for t, h in zip(truth, holes)])
+    values = M.image_metrics(outputs, truth)
+    for i, (key, _t, hole) in enumerate(batch):
+        ev.records.append({"name": key, "hole_ratio": float(hole.mean()),
+                           **{k: float(v[i]) for k, v in values.items()}})
+    if setup.extractor is not None:
+        to_t = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).to(setup.device, torch.float32) / 255.0  # noqa: E731
+        ev.feats_out.append(setup.extractor(to_t(outputs)).double().cpu())
+        ev.feats_gt.append(setup.extractor(to_t(truth)).double().cpu())
+    for i in range(min(len(batch), setup.args.examples - len(ev.examples))):
+        ev.examples.append((truth[i], holes[i], outputs[i]))
 
-    records: list[dict] = []
-    skipped: list[dict] = []
-    examples: list[tuple] = []
-    feats_out: list[torch.Tensor] = []
-    feats_gt: list[torch.Tensor] = []
-    size = args.size
 
-    def flush(batch: list[tuple[str, np.ndarray, np.ndarray]]) -> None:
-        truth = np.stack([b[1] for b in batch])
-        holes = np.stack([b[2] for b in batch])
-        if generator is not None:
-            sketches = None
-            if uses_sketch:
-                from .sketch import make_sketch
-
-                sketches = np.stack([make_sketch(t) for t in truth])
-            pred = predict_batch(generator, truth, holes, sketches, device)
-            pred_u8 = np.clip(np.round(pred), 0, 255).astype(np.uint8)
-            outputs = truth.copy()
-            outputs[holes] = pred_u8[holes]
-        else:
-            outputs = np.stack([classical_inpaint(t, h, args.method) for t, h in zip(truth, holes)])
-        values = M.image_metrics(outputs, truth)
-        for i, (key, _t, hole) in enumerate(batch):
-            records.append({"name": key, "hole_ratio": float(hole.mean()),
-                            **{k: float(v[i]) for k, v in values.items()}})
-        if extractor is not None:
-            to_t = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).to(device, torch.float32) / 255.0  # noqa: E731
-            feats_out.append(extractor(to_t(outputs)).double().cpu())
-            feats_gt.append(extractor(to_t(truth)).double().cpu())
-        for i in range(min(len(batch), args.examples - len(examples))):
-            examples.append((truth[i], holes[i], outputs[i]))
-
+def _evaluate(setup: Setup, paths: list[Path]) -> Evaluation:
+    """Every image in batches of ``--batch-size``; unreadable or unusable images are listed as skipped."""
+    ev = Evaluation()
+    mask_paths = files_by_key(setup.mask_root) if setup.mask_root is not None else {}
     batch: list[tuple[str, np.ndarray, np.ndarray]] = []
-    with tqdm(total=len(paths), desc=f"evaluating ({args.method})", unit="img") as bar:
+    with tqdm(total=len(paths), desc=f"evaluating ({setup.args.method})", unit="img") as bar:
         for index, path in enumerate(paths):
-            key = pair_key(path, data_root)
+            key = pair_key(path, setup.data_root)
             try:
-                image = load_rgb(path)
-                truth = np.asarray(resize_center_crop(image, size))
-                if mask_root is None:
-                    hole = generated_mask(size, args.mask_seed, index)
-                else:
-                    candidates = mask_paths.get(key, [])
-                    if len(candidates) != 1:
-                        raise ValueError(f"no mask named {key}.* in {mask_root}" if not candidates else
-                                         "several masks share this name: " + ", ".join(p.name for p in candidates))
-                    hole = load_user_mask(candidates[0], image.size, size)
-                if not hole.any():
-                    raise ValueError("the mask has no hole pixels at this size (nothing to inpaint)")
-                if hole.all() and args.method == "biharmonic":
-                    raise ValueError("the mask covers the whole image; biharmonic inpainting needs known pixels")
+                truth, hole = _load_case(setup, index, path, mask_paths)
             except (OSError, ValueError) as exc:
-                skipped.append({"name": key, "reason": str(exc)})
+                ev.skipped.append({"name": key, "reason": str(exc)})
                 tqdm.write(f"skipped {key}: {exc}", file=sys.stderr)
                 bar.update(1)
                 continue
             batch.append((key, truth, hole))
-            if len(batch) == args.batch_size:
-                flush(batch)
+            if len(batch) == setup.args.batch_size:
+                _score_batch(setup, batch, ev)
                 bar.update(len(batch))
                 batch = []
         if batch:
-            flush(batch)
+            _score_batch(setup, batch, ev)
             bar.update(len(batch))
+    return ev
 
-    if not records:
-        print(f"error: no image could be evaluated ({len(skipped)} skipped)", file=sys.stderr)
-        return 1
 
+def _result(setup: Setup, ev: Evaluation) -> dict:
+    """The metrics.json content: settings, overall and per-bucket rows, skipped and per-image values."""
+    args, mask_root = setup.args, setup.mask_root
     fid_fn = None
-    if extractor is not None:
-        all_out, all_gt = torch.cat(feats_out).numpy(), torch.cat(feats_gt).numpy()
+    if setup.extractor is not None:
+        all_out, all_gt = torch.cat(ev.feats_out).numpy(), torch.cat(ev.feats_gt).numpy()
         fid_fn = lambda idx: fidmod.fid_from_features(all_out[idx], all_gt[idx])  # noqa: E731
-    summary = M.summarise(records, fid_fn=fid_fn)
-    if fid_fn is not None and len(records) < 2:
+    summary = M.summarise(ev.records, fid_fn=fid_fn)
+    if fid_fn is not None and len(ev.records) < 2:
         warnings.warn("FID needs at least 2 images; not reported", stacklevel=1)
-    result = {
+    return {
         "method": args.method,
         "checkpoint": str(args.checkpoint) if args.method == "model" else None,
-        "data": str(data_root),
-        "size": size,
+        "data": str(setup.data_root),
+        "size": args.size,
         "mask_source": f"folder {mask_root}" if mask_root else f"generated, free_form_mask, seed {args.mask_seed}",
         "mask_seed": None if mask_root else args.mask_seed,
-        "device": str(device),
-        "fid_weights": str(fid_path) if fid_path else None,
-        "fid_note": fid_note,
+        "device": str(setup.device),
+        "fid_weights": str(setup.fid_path) if setup.fid_path else None,
+        "fid_note": setup.fid_note,
         "psnr_cap_db": M.PSNR_CAP_DB,
-        "images": len(records),
+        "images": len(ev.records),
         "overall": summary["overall"],
         "buckets": summary["buckets"],
-        "skipped": skipped,
-        "per_image": records,
+        "skipped": ev.skipped,
+        "per_image": ev.records,
     }
-    out_dir = Path(args.output)
+
+
+def _write(out_dir: Path, result: dict, examples: list) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     (out_dir / "metrics.md").write_text(markdown_table(result), encoding="utf-8")
     if examples:
         _grid(examples).save(out_dir / "examples.png")
-    overall = summary["overall"]
-    print(f"{args.method}: {overall['count']} images  MAE {overall['mae_percent']:.3f} %  PSNR "
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    setup = _check_args(parser.parse_args(argv), parser)
+    _load_models(setup, parser)
+    paths = list_images(setup.data_root)
+    if not paths:
+        parser.error(f"no images found under {setup.data_root}")
+    ev = _evaluate(setup, paths)
+    if not ev.records:
+        print(f"error: no image could be evaluated ({len(ev.skipped)} skipped)", file=sys.stderr)
+        return 1
+    result = _result(setup, ev)
+    out_dir = Path(setup.args.output)
+    _write(out_dir, result, ev.examples)
+    overall, skipped = result["overall"], ev.skipped
+    print(f"{setup.args.method}: {overall['count']} images  MAE {overall['mae_percent']:.3f} %  PSNR "
           f"{overall['psnr']:.2f} dB  SSIM {overall['ssim']:.4f}"
           + (f"  FID {overall['fid']:.3f}" if overall.get("fid") is not None else "")
           + (f"  ({len(skipped)} skipped)" if skipped else "") + f"  -> {out_dir}")

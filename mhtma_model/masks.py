@@ -15,6 +15,9 @@ Free-form generator (DeepFill v2 recipe, sizes given at 256 px and scaled by ``s
 All randomness comes from the ``numpy.random.Generator`` passed in, so a seed reproduces a mask
 exactly (``numpy.random.default_rng([seed, index])`` is the project's convention).
 
+Reading mask files (the > 127 rule, alpha layers) lives in :mod:`mhtma_model.images`
+(:func:`~mhtma_model.images.mask_from_image`, :func:`~mhtma_model.images.load_mask`).
+
 Hole-ratio distribution at 256×256 (200 masks, seeds ``default_rng([0, i])``, see tests/test_masks.py):
 mean 0.263; min 0.151, 5 % 0.165, 25 % 0.214, median 0.261, 75 % 0.302, 95 % 0.372, max 0.551
 (the 96×96 square alone is 0.141).
@@ -25,14 +28,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-MASK_THRESHOLD = 127  # mask files: value (or alpha) > 127 = hole
+from .images import list_images, load_mask, mask_from_image, positive_size
 
-
-def _check_size(height, width, owner: str) -> tuple[int, int]:
-    for name, value in (("height", height), ("width", width)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"{owner}: {name} must be a positive int, got {value!r}")
-    return int(height), int(width)
+# load_mask and mask_from_image live in mhtma_model.images; importable from here as before.
+__all__ = ["free_form_mask", "hole_ratio", "MaskFolder", "load_mask", "mask_from_image"]
 
 
 def _strokes(height: int, width: int, rng: np.random.Generator, scale: float) -> Image.Image:
@@ -68,7 +67,7 @@ def _strokes(height: int, width: int, rng: np.random.Generator, scale: float) ->
 
 def free_form_mask(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
     """Free-form strokes ∪ one square hole (module docstring) -> float32 ``[height, width]`` in {0, 1}."""
-    height, width = _check_size(height, width, "free_form_mask")
+    height, width = positive_size(height, width, "free_form_mask")
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"free_form_mask: rng must be a numpy.random.Generator (numpy.random.default_rng(seed)), "
                         f"got {type(rng).__name__}")
@@ -91,67 +90,14 @@ def hole_ratio(mask) -> float:
     return float((array > 0.5).mean())
 
 
-def has_transparency(img: Image.Image) -> bool:
-    """True for modes with an alpha channel and palette images with a transparent colour."""
-    return img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (img.mode == "P" and "transparency" in img.info)
-
-
-def mask_from_image(mask: Image.Image) -> np.ndarray:
-    """A mask picture -> bool ``[H, W]`` (True = hole): the project's one rule for mask files.
-
-    A pixel is a hole when its value is > 127: gray masks use the value, RGB masks the largest channel
-    (any bright stroke on black), 16/32-bit gray masks are scaled to 0-255 first. A mask with
-    transparency where some pixel has alpha < 255 (a layer painted in an editor) uses alpha > 127,
-    whatever the colour; a fully opaque RGBA mask is read by its colour.
-    """
-    if not isinstance(mask, Image.Image):
-        raise TypeError(f"mask must be a PIL image, got {type(mask).__name__}")
-    if has_transparency(mask):
-        alpha = np.asarray(mask.convert("RGBA"))[..., 3]
-        if alpha.min() < 255:
-            return alpha > MASK_THRESHOLD
-    if mask.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        arr = np.asarray(mask, dtype=np.float64)
-        peak = 65535.0 if mask.mode.startswith("I;16") or arr.max() > 255 else 255.0
-        return arr * (255.0 / peak) > MASK_THRESHOLD
-    if mask.mode == "1":
-        return np.asarray(mask.convert("L")) > MASK_THRESHOLD
-    if mask.mode == "L":
-        return np.asarray(mask) > MASK_THRESHOLD
-    return np.asarray(mask.convert("RGB")).max(axis=2) > MASK_THRESHOLD
-
-
-def load_mask(path, size=None) -> np.ndarray:
-    """Read a mask image -> float32 ``[H, W]`` in {0, 1} by the rule of :func:`mask_from_image`.
-
-    ``size=(H, W)`` resizes with nearest neighbour (None keeps the file's size). Unreadable files raise
-    :class:`mhtma_model.data.UnreadableImageError` naming the path.
-    """
-    from .data import UnreadableImageError, open_image
-
-    if size is not None:
-        if not (isinstance(size, (tuple, list)) and len(size) == 2):
-            raise ValueError(f"load_mask: size must be (height, width), got {size!r}")
-        size = _check_size(size[0], size[1], "load_mask")
-    try:
-        hole = Image.fromarray(mask_from_image(open_image(path)))
-    except (OSError, ValueError) as error:
-        raise UnreadableImageError(f"cannot read mask {path}: {error}") from error
-    if size is not None and (hole.height, hole.width) != size:
-        hole = hole.resize((size[1], size[0]), Image.Resampling.NEAREST)
-    return np.asarray(hole, dtype=np.float32)
-
-
 class MaskFolder:
-    """Masks read from a folder (recursive; the image suffixes of :func:`mhtma_model.data.list_images`).
+    """Masks read from a folder (recursive; the image suffixes of :func:`mhtma_model.images.list_images`).
 
     ``len(folder)``; ``folder.mask(i, size=(H, W))`` -> float32 ``[H, W]`` in {0, 1} of file ``i % len``
     (sorted order), resized with nearest neighbour. ``folder.paths`` lists the files.
     """
 
     def __init__(self, root):
-        from .data import list_images
-
         self.root = Path(root)
         self.paths = list_images(self.root)
         if not self.paths:

@@ -38,6 +38,8 @@ import torch
 from PIL import Image
 from torch import nn
 
+from .images import UnreadableImageError, has_transparency, open_image
+
 #: Edge-map threshold of the paper (Sec. IV-F, Paris StreetView).
 SKETCH_THRESHOLD = 0.65
 #: Smallest component kept by the area opening, in pixels at 256 x 256 (8-connectivity).
@@ -306,8 +308,6 @@ def _open_sketch(path_or_image: ImageLike) -> Image.Image:
         path = Path(path_or_image)
         if not path.is_file():
             raise FileNotFoundError(f"sketch file not found: {path}")
-        from .data import UnreadableImageError, open_image
-
         try:
             return open_image(path)
         except UnreadableImageError as exc:
@@ -327,8 +327,6 @@ def stroke_map(path_or_image: ImageLike) -> np.ndarray:
       dark background and coloured strokes on either all work; the strokes must not touch most of the
       border.
     """
-    from .masks import has_transparency
-
     img = _open_sketch(path_or_image)
     if has_transparency(img):
         alpha = np.asarray(img.convert("RGBA"))[..., 3]

@@ -6,16 +6,8 @@ model on 64 px crops of scikit-image's sample photos, a few minutes on 2 CPU cor
 ``places2``); overrides such as ``data.root=/data/celeba_hq/train train.max_steps=1000`` come after.
 Multi-GPU: ``torchrun --nproc_per_node N -m mhtma_model.train ...`` (DDP; ``data.batch_size`` is per process).
 
-One training step (paper Sec. III-B, IV-A), on a batch (I_gt, M[, S]):
-
-    I_c, I_r = G(I_gt, M[, S])                     I_out = I_r ⊙ M + I_gt ⊙ (1 − M)
-    D step:  L_D = hinge(D(I_gt, M), D(I_out.detach(), M))   [+ gp_weight · GP  for wgan-gp]
-    G step:  L_G = 1.2·|I_c − I_gt|₁ + 1.0·|I_out − I_gt|₁ + λp·L_perc(I_c, I_gt) + 0.01·(−D(I_out, M))
-
-|·|₁ is the mean absolute error over the WHOLE image (all pixels, all channels), as the paper's Eq. 2
-writes ‖I_c − I_gt‖₁ and DeepFill v2 does; for I_out the known pixels are exact, so its term only
-counts hole pixels but is normalised by the image size. Real and fake are scored on the same local
-crop. Adam(β = 0.5, 0.9), lr 1e-4 for both.
+Each step is one GAN update, :class:`mhtma_model.gan_step.GanStep` (losses and optimisers in its docstring),
+from a per-step seed; :class:`Trainer` runs the loop around it.
 
 Validation: mean |I_out − I_gt| over the held-out split with fixed masks (seeded by image index), each
 epoch (or every ``train.val_every`` steps); ``best.pt`` keeps the lowest; training stops after
@@ -29,26 +21,34 @@ worker count; on CPU).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import json
 import math
 import os
-import random
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
+import torch.distributed
 from torch.utils.data import DataLoader, Sampler
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
 
-from .checkpoint import FORMAT, VERSION, CheckpointError, load_checkpoint, save_checkpoint
-from .config import Config, ConfigError, build_discriminator, build_generator, load_config
+from .checkpoint import (CheckpointError, check_resumable, load_checkpoint, resolve_resume, restore_training,
+                         save_checkpoint, training_payload)
+from .config import Config, ConfigError, load_config, packaged_config_names
+from .data import InpaintingDataset, demo_dataset_root, split_paths
+from .device import resolve_device
+from .gan_step import GanStep
+from .images import list_images
+from .losses import PerceptualLoss
+from .masks import MaskFolder
 from .networks import composite
+from .samples import save_sample_grid
 
-__all__ = ["main", "train", "EpochSampler"]
+__all__ = ["main", "train", "Trainer", "EarlyStopping", "EpochSampler"]
 
 
 # ------------------------------------------------------------------------------------ distribution
@@ -71,8 +71,7 @@ def _setup_distributed(cfg: Config) -> _Dist:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return _Dist()
-    import torch.distributed as dist
-
+    dist = torch.distributed
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available() and cfg.train.device != "cpu"
     owns = False
@@ -83,14 +82,14 @@ def _setup_distributed(cfg: Config) -> _Dist:
 
 
 def _device(cfg: Config, d: _Dist) -> torch.device:
-    want = cfg.train.device
-    if want == "auto":
-        want = "cuda" if torch.cuda.is_available() else "cpu"
-    if want.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"train.device={cfg.train.device!r} but CUDA is not available; use train.device=cpu")
-    if want == "cuda":
-        want = f"cuda:{d.local_rank}" if d.enabled else "cuda"
-    device = torch.device(want)
+    """``train.device`` resolved (one GPU per process under DDP: cuda:LOCAL_RANK) and made current."""
+    try:
+        device = resolve_device(cfg.train.device)
+    except ValueError:
+        raise RuntimeError(f"train.device={cfg.train.device!r} but CUDA is not available; "
+                           f"use train.device=cpu") from None
+    if device.type == "cuda" and device.index is None and d.enabled:
+        device = torch.device(f"cuda:{d.local_rank}")
     if device.type == "cuda":
         torch.cuda.set_device(device)
     return device
@@ -135,58 +134,40 @@ def _step_seed(seed: int, step: int, rank: int) -> int:
     return ((seed * 1_000_003 + step) * 1_009 + rank) % (2 ** 62)
 
 
-# ----------------------------------------------------------------------------------------- RNG state
+# ---------------------------------------------------------------------------------- early stopping
 
-def _rng_state() -> dict:
-    """Every RNG as tensors / plain lists (loadable with weights_only=True)."""
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    py_version, py_state, py_gauss = random.getstate()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
-        "python": [py_version, list(py_state), py_gauss],
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+@dataclass
+class EarlyStopping:
+    """Validation bookkeeping: the best value and its step, validations without improvement (``bad``),
+    whether ``patience`` is used up, and the ``[step, value]`` history (saved as "early_stop")."""
+    patience: int
+    best: float | None = None
+    best_step: int | None = None
+    bad: int = 0
+    stopped: bool = False
+    history: list = field(default_factory=list)
 
+    def update(self, step: int, value: float) -> bool:
+        """Record a validation -> True when it improved on the best."""
+        self.history.append([step, value])
+        improved = self.best is None or value < self.best
+        if improved:
+            self.best, self.best_step, self.bad = value, step, 0
+        else:
+            self.bad += 1
+        self.stopped = self.bad >= self.patience
+        return improved
 
-def _set_rng_state(state: dict | None) -> None:
-    if not state:
-        return
-    torch.set_rng_state(state["torch"])
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    py_version, py_state, py_gauss = state["python"]
-    random.setstate((py_version, tuple(py_state), py_gauss))
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    def state(self) -> dict:
+        return {"best": self.best, "best_step": self.best_step, "bad": self.bad, "stopped": self.stopped,
+                "history": [list(h) for h in self.history]}
 
-
-# ------------------------------------------------------------------------------------------- samples
-
-def _to_uint8(x: torch.Tensor) -> np.ndarray:
-    """``[B, 3, H, W]`` in [-1, 1] -> ``[B, H, W, 3]`` uint8."""
-    return ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
-
-
-def save_sample_grid(path: Path, image, mask, coarse, output) -> Path:
-    """PNG grid, one row per image, columns: input (holes white) | coarse | output | truth."""
-    from PIL import Image
-
-    shown_input = image * (1 - mask) + mask  # holes drawn white
-    cols = [_to_uint8(t) for t in (shown_input, coarse, output, image)]
-    b, h, w, _ = cols[0].shape
-    gap = 2
-    grid = np.full((b * h + (b - 1) * gap, 4 * w + 3 * gap, 3), 255, np.uint8)
-    for i in range(b):
-        for j, col in enumerate(cols):
-            grid[i * (h + gap):i * (h + gap) + h, j * (w + gap):j * (w + gap) + w] = col[i]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(grid).save(tmp, format="PNG")
-    os.replace(tmp, path)
-    return path
+    def load(self, state: dict) -> None:
+        """Continue from a saved :meth:`state` (a resumed run may raise the patience)."""
+        for key in ("best", "best_step", "bad", "history"):
+            if key in state:
+                setattr(self, key, state[key])
+        self.stopped = self.bad >= self.patience
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -208,61 +189,8 @@ def _batch_to(batch: dict, device) -> tuple:
     return image, mask, sketch
 
 
-def _unwrap(module):
-    return module.module if hasattr(module, "module") else module
-
-
-def _resolve_resume(cfg: Config, ckpt_dir: Path) -> Path | None:
-    mode = cfg.train.resume
-    last = ckpt_dir / "last.pt"
-    if mode == "auto":
-        return last if last.is_file() else None
-    if mode == "never":
-        if last.is_file():
-            raise CheckpointError(f"{last}: the run directory already holds a checkpoint and train.resume=never; "
-                                  f"choose another run.dir or use train.resume=auto to continue it")
-        return None
-    path = Path(mode).expanduser()
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint file not found (train.resume)")
-    return path
-
-
-def _check_compatible(payload: dict, cfg: Config, path: Path) -> None:
-    old = payload["config"]
-    new = cfg.to_dict()
-    if old.get("model") != new["model"]:
-        diff = {k: (old.get("model", {}).get(k), v) for k, v in new["model"].items()
-                if old.get("model", {}).get(k) != v}
-        raise CheckpointError(f"{path}: cannot resume, the model settings differ from the checkpoint's "
-                              f"(key: (checkpoint, now) {diff}); use another run.dir or train.resume=never")
-    missing = [k for k in ("discriminator", "opt_g", "opt_d", "step", "epoch") if payload.get(k) is None]
-    if missing:
-        raise CheckpointError(f"{path}: cannot resume training from it, it holds no {missing} (a generator-only "
-                              f"checkpoint?); resume from a last.pt written by mhtma-train")
-    if old.get("data", {}).get("size") != new["data"]["size"]:
-        raise CheckpointError(f"{path}: cannot resume, data.size is {new['data']['size']} but the checkpoint "
-                              f"was trained at {old.get('data', {}).get('size')}")
-    for section, key in (("run", "seed"), ("data", "val_fraction")):
-        before, now = old.get(section, {}).get(key), new[section][key]
-        if before != now:
-            raise CheckpointError(f"{path}: cannot resume with {section}.{key}={now}; the checkpoint used "
-                                  f"{section}.{key}={before}, and the train/validation split depends on it "
-                                  f"(validation images would leak into training); resume with {section}.{key}={before}")
-    old_bs = old.get("data", {}).get("batch_size")
-    if payload.get("batch_in_epoch") and old_bs != new["data"]["batch_size"]:
-        raise CheckpointError(f"{path}: cannot resume mid-epoch with data.batch_size={new['data']['batch_size']}; "
-                              f"the checkpoint stopped {payload['batch_in_epoch']} batches of {old_bs} into its "
-                              f"epoch (the rest of the epoch would be skipped or repeated); resume with "
-                              f"data.batch_size={old_bs}")
-
-
-# --------------------------------------------------------------------------------------------- train
-
-def _build_data(cfg: Config, d: _Dist):
-    from .data import InpaintingDataset, demo_dataset_root, list_images, split_paths
-    from .masks import MaskFolder
-
+def _datasets(cfg: Config, d: _Dist):
+    """The image folder (or the demo dataset) split into training and validation datasets."""
     if cfg.data.root is None:
         if d.enabled and not d.main:
             torch.distributed.barrier()  # rank 0 writes the demo images first
@@ -311,6 +239,212 @@ def _validate(generator, loader, device, amp_ctx, max_batches, d: _Dist) -> floa
     return float(total[0] / total[1].clamp_min(1))
 
 
+# --------------------------------------------------------------------------------------------- train
+
+class Trainer:
+    """One training run: built from a :class:`Config` (networks, optimisers, data, resume), advanced by
+    :meth:`run`. Plain state: ``step``, ``epoch``, ``batch_in_epoch``, ``early`` (:class:`EarlyStopping`),
+    ``metrics``; checkpoints are written and read by :mod:`mhtma_model.checkpoint` alone."""
+
+    def __init__(self, cfg: Config, d: _Dist):
+        self.cfg, self.d, self.t_start = cfg, d, time.time()
+        if cfg.train.threads is not None:
+            torch.set_num_threads(cfg.train.threads)
+        self.device = _device(cfg, d)
+        self.run_dir = Path(cfg.run.dir).expanduser()
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        # Fail fast: the perceptual loss's weights file and the resume checkpoint come before any work.
+        perceptual = PerceptualLoss(cfg.loss.vgg16).to(self.device) if cfg.loss.perceptual > 0 else None
+        self.resume_path = resolve_resume(cfg.train.resume, self.ckpt_dir)
+        payload = load_checkpoint(self.resume_path, map_location="cpu") if self.resume_path else None
+        if payload is not None:
+            check_resumable(payload, cfg, self.resume_path)
+        self._build_data()
+        self.gan = GanStep(cfg, self.device, perceptual)
+        self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+        self.early = EarlyStopping(cfg.train.patience)
+        self.metrics: dict = {}
+        if payload is not None:
+            self._restore(payload)
+        del payload
+        if d.enabled:
+            self.gan.wrap_distributed(self.device)
+        self.writer = self._open_run_dir() if d.main else None
+        self.sample_batch = None
+        if d.main:
+            self.sample_batch = next(iter(DataLoader(self.val_ds, batch_size=min(4, len(self.val_ds)), shuffle=False)))
+        self.saved_at = self.step
+        self.logs: dict = {}
+
+    # ------------------------------------------------------------------------------------ building
+    def _build_data(self) -> None:
+        cfg, d = self.cfg, self.d
+        self.root, self.train_ds, self.val_ds = _datasets(cfg, d)
+        self.sampler = EpochSampler(len(self.train_ds), seed=cfg.run.seed, rank=d.rank, world=d.world)
+        self.batches_per_epoch = math.ceil(math.ceil(len(self.train_ds) / d.world) / cfg.data.batch_size)
+        val_indices = list(range(d.rank, len(self.val_ds), d.world))
+        self.val_loader = DataLoader(torch.utils.data.Subset(self.val_ds, val_indices),
+                                     batch_size=cfg.data.batch_size, shuffle=False, num_workers=cfg.data.num_workers)
+
+    def _restore(self, payload: dict) -> None:
+        state = restore_training(payload, self.cfg, **self.gan.parts())
+        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        self.early.load(state["early_stop"])
+        self.metrics = state["metrics"]
+
+    def _open_run_dir(self) -> SummaryWriter:
+        """config.yaml, the TensorBoard writer and the start line (rank 0)."""
+        cfg, d = self.cfg, self.d
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        cfg.save(self.run_dir / "config.yaml")
+        writer = SummaryWriter(str(self.run_dir / "tb"))
+        where = (f"resumed from {self.resume_path} at step {self.step}" if self.resume_path else "new run")
+        print(f"mhtma-train: {where}; run dir {self.run_dir}; data {self.root} ({len(self.train_ds)} train / "
+              f"{len(self.val_ds)} val images, {cfg.data.size}px); device {self.device}"
+              f"{' x' + str(d.world) if d.enabled else ''}{', amp' if self.gan.use_amp else ''}",
+              file=sys.stderr, flush=True)
+        return writer
+
+    # --------------------------------------------------------------------------------- checkpoints
+    def payload(self) -> dict:
+        return training_payload(self.cfg, **self.gan.parts(), step=self.step, epoch=self.epoch,
+                                batch_in_epoch=self.batch_in_epoch, early_stop=self.early.state(),
+                                metrics=self.metrics)
+
+    def save_last(self, force: bool = True) -> None:
+        """last.pt now (force) or only if train.checkpoint_every steps passed since the last save."""
+        if force or self.step - self.saved_at >= self.cfg.train.checkpoint_every:
+            self.saved_at = self.step
+            if self.d.main:
+                save_checkpoint(self.ckpt_dir / "last.pt", self.payload())
+
+    def write_samples(self) -> None:
+        if not self.d.main:
+            return
+        image, mask, sketch = _batch_to(self.sample_batch, self.device)
+        was = self.gan.g_raw.training
+        self.gan.g_raw.eval()
+        with torch.no_grad(), self.gan.autocast():
+            coarse, refined = self.gan.g_raw(image, mask, sketch)
+        self.gan.g_raw.train(was)
+        out = composite(refined.float(), image, mask)
+        save_sample_grid(self.run_dir / "samples" / f"step_{self.step:07d}.png", image, mask, coarse.float(), out)
+
+    # ---------------------------------------------------------------------------------- validation
+    def validate(self) -> bool:
+        """Validation + early-stop bookkeeping + best/last checkpoints. Returns True to stop."""
+        val = _validate(self.gan.g_raw, self.val_loader, self.device, self.gan.autocast, self.cfg.train.val_batches, self.d)
+        self.metrics["val_l1"] = val
+        improved = self.early.update(self.step, val)
+        self.metrics["best_val_l1"] = self.early.best
+        if self.d.main:
+            self.writer.add_scalar("val/l1_out", val, self.step)
+            self.writer.add_scalar("val/best_l1_out", self.early.best, self.step)
+            if improved:
+                save_checkpoint(self.ckpt_dir / "best.pt", self.payload())
+        self.save_last(force=self.early.stopped or self.finished())  # else every checkpoint_every steps
+        return self.early.stopped
+
+    def finished(self) -> bool:
+        t = self.cfg.train
+        return (self.early.stopped or (t.max_steps is not None and self.step >= t.max_steps)
+                or (t.max_epochs is not None and self.epoch >= t.max_epochs))
+
+    # -------------------------------------------------------------------------------------- a step
+    def train_step(self, batch: dict) -> None:
+        """One GAN update on ``batch`` (:class:`~mhtma_model.gan_step.GanStep`) from a per-step seed, then logging."""
+        torch.manual_seed(_step_seed(self.cfg.run.seed, self.step, self.d.rank))
+        named = self.gan.step(*_batch_to(batch, self.device))
+        self.step += 1
+        self.batch_in_epoch += 1
+        if self.d.main:
+            self._log(named)
+
+    def _log(self, named: dict) -> None:
+        """Progress bar, TensorBoard every train.log_every steps, samples every train.sample_every (rank 0)."""
+        # one device-to-host copy for all of them (on CUDA, not one synchronisation per value)
+        self.logs = logs = dict(zip(named, torch.stack([v.detach().float() for v in named.values()]).tolist()))
+        self.pbar.update(1)
+        self.pbar.set_postfix(d=f"{logs['loss/d_total']:.3f}", g=f"{logs['loss/g_total']:.3f}",
+                              l1=f"{logs['loss/g_l1_out']:.4f}", ep=self.epoch)
+        step, writer = self.step, self.writer
+        if step % self.cfg.train.log_every == 0 or step == 1:
+            for k, v in logs.items():
+                writer.add_scalar(k, v, step)
+            writer.add_scalar("lr/generator", self.gan.opt_g.param_groups[0]["lr"], step)
+            writer.add_scalar("lr/discriminator", self.gan.opt_d.param_groups[0]["lr"], step)
+            temps = self.gan.g_raw.last_temperature
+            if temps is not None:
+                for k, t in enumerate(temps.float().mean(0).tolist()):
+                    writer.add_scalar(f"temperature/head{k}", t, step)
+        if step % self.cfg.train.sample_every == 0:
+            self.write_samples()
+
+    # ------------------------------------------------------------------------------------ the loop
+    def _epoch_loader(self) -> DataLoader:
+        cfg = self.cfg
+        self.sampler.set_epoch(self.epoch, skip=self.batch_in_epoch * cfg.data.batch_size)
+        loader_gen = torch.Generator()
+        loader_gen.manual_seed(_step_seed(cfg.run.seed, self.epoch, 999))
+        self.train_ds.set_epoch(self.epoch)
+        return DataLoader(self.train_ds, batch_size=cfg.data.batch_size, sampler=self.sampler,
+                          num_workers=cfg.data.num_workers, generator=loader_gen,
+                          pin_memory=self.device.type == "cuda", drop_last=False)
+
+    def run_epoch(self) -> None:
+        """The rest of the current epoch, or until a stop; validates per train.val_every (or at its end)."""
+        val_every = self.cfg.train.val_every
+        stop = False
+        for batch in self._epoch_loader():
+            self.train_step(batch)
+            if val_every and self.step % val_every == 0:
+                self.last_val_step = self.step
+                stop = self.validate()
+            elif self.step % self.cfg.train.checkpoint_every == 0:
+                self.save_last()
+            if stop or self.finished():
+                break
+        else:  # the epoch ran to its end
+            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+            if not val_every and self.last_val_step != self.step:
+                self.last_val_step = self.step
+                self.validate()
+            return
+        if self.batch_in_epoch >= self.batches_per_epoch:  # max_steps hit exactly at the epoch's end
+            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+
+    def run(self) -> dict:
+        """Train until a stop condition, end with a validation at the final step -> the summary dict."""
+        self.pbar = tqdm(total=self.cfg.train.max_steps, initial=self.step, disable=not self.d.main,
+                         dynamic_ncols=True, desc="mhtma-train", unit="step", file=sys.stderr)
+        self.gan.train()
+        self.last_val_step = self.early.history[-1][0] if self.early.history else None
+        while not self.finished():
+            self.run_epoch()
+        self.pbar.close()
+        # Always end with a validation at the final step (so best.pt exists and last.pt holds it).
+        if self.last_val_step != self.step:
+            self.validate()
+        if self.d.main and not (self.run_dir / "samples" / f"step_{self.step:07d}.png").exists():
+            self.write_samples()
+        if self.d.main and not (self.ckpt_dir / "best.pt").exists():
+            save_checkpoint(self.ckpt_dir / "best.pt", self.payload())
+        if self.writer is not None:
+            self.writer.flush()
+            self.writer.close()
+        return self.summary()
+
+    def summary(self) -> dict:
+        early = self.early
+        return {
+            "run_dir": str(self.run_dir), "step": self.step, "epoch": self.epoch, "stopped_early": bool(early.stopped),
+            "val_l1": self.metrics.get("val_l1"), "best_val_l1": early.best, "best_step": early.best_step,
+            "last_checkpoint": str(self.ckpt_dir / "last.pt"), "best_checkpoint": str(self.ckpt_dir / "best.pt"),
+            "losses": self.logs, "rank": self.d.rank, "world_size": self.d.world,
+            "seconds": round(time.time() - self.t_start, 1), "weights_sha256": _weights_digest(self.gan.g_raw, self.gan.d_raw),
+        }
+
+
 def train(config: Config) -> dict:
     """Run (or resume) the training described by ``config``; returns a summary dict.
 
@@ -322,273 +456,15 @@ def train(config: Config) -> dict:
     cfg = config
     d = _setup_distributed(cfg)
     try:
-        return _train(cfg, d)
+        return Trainer(cfg, d).run()
     finally:
         if d.owns_group:
             torch.distributed.destroy_process_group()
 
 
-def _train(cfg: Config, d: _Dist) -> dict:
-    from tqdm import tqdm
-
-    from .losses import PerceptualLoss, generator_loss, gradient_penalty, hinge_d_loss, wgan_d_loss
-
-    t_start = time.time()
-    if cfg.train.threads is not None:
-        torch.set_num_threads(cfg.train.threads)
-    device = _device(cfg, d)
-    run_dir = Path(cfg.run.dir).expanduser()
-    ckpt_dir = run_dir / "checkpoints"
-
-    # Fail fast: the perceptual loss's weights file and the resume checkpoint come before any work.
-    perceptual = PerceptualLoss(cfg.loss.vgg16).to(device) if cfg.loss.perceptual > 0 else None
-    resume_path = _resolve_resume(cfg, ckpt_dir)
-    payload = load_checkpoint(resume_path, map_location="cpu") if resume_path else None
-    if payload is not None:
-        _check_compatible(payload, cfg, resume_path)
-
-    root, train_ds, val_ds = _build_data(cfg, d)
-    bs = cfg.data.batch_size
-    sampler = EpochSampler(len(train_ds), seed=cfg.run.seed, rank=d.rank, world=d.world)
-    batches_per_epoch = math.ceil(math.ceil(len(train_ds) / d.world) / bs)
-    val_indices = list(range(d.rank, len(val_ds), d.world))
-    val_loader = DataLoader(torch.utils.data.Subset(val_ds, val_indices), batch_size=bs, shuffle=False,
-                            num_workers=cfg.data.num_workers)
-
-    torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
-    generator = build_generator(cfg.model).to(device)
-    discriminator = build_discriminator(cfg.model, cfg.data.size).to(device)
-    opt_g = torch.optim.Adam(generator.parameters(), lr=cfg.train.lr_g, betas=tuple(cfg.train.betas))
-    opt_d = torch.optim.Adam(discriminator.parameters(), lr=cfg.train.lr_d, betas=tuple(cfg.train.betas))
-    use_amp = cfg.train.amp and device.type == "cuda"
-    scaler_g = torch.amp.GradScaler("cuda", enabled=use_amp)
-    scaler_d = torch.amp.GradScaler("cuda", enabled=use_amp)
-
-    def amp_ctx():
-        return torch.autocast("cuda", dtype=torch.float16) if use_amp else contextlib.nullcontext()
-
-    step, epoch, batch_in_epoch = 0, 0, 0
-    early = {"best": None, "best_step": None, "bad": 0, "stopped": False, "history": []}
-    metrics: dict = {}
-    if payload is not None:
-        generator.load_state_dict(payload["generator"])
-        discriminator.load_state_dict(payload["discriminator"])
-        opt_g.load_state_dict(payload["opt_g"])
-        opt_d.load_state_dict(payload["opt_d"])
-        for group, lr in ((opt_g.param_groups, cfg.train.lr_g), (opt_d.param_groups, cfg.train.lr_d)):
-            for g in group:  # the current config's learning rates win
-                g["lr"] = lr
-        if payload.get("scaler_g"):
-            scaler_g.load_state_dict(payload["scaler_g"])
-            scaler_d.load_state_dict(payload["scaler_d"])
-        step, epoch = int(payload["step"]), int(payload["epoch"])
-        batch_in_epoch = int(payload.get("batch_in_epoch", 0))
-        early.update(payload.get("early_stop") or {})
-        early["stopped"] = early["bad"] >= cfg.train.patience  # a resumed run may raise the patience
-        metrics = dict(payload.get("metrics") or {})
-        _set_rng_state(payload.get("rng"))
-    del payload
-
-    g_raw, d_raw = generator, discriminator
-    if d.enabled:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        ids = [device.index] if device.type == "cuda" else None
-        generator = DDP(generator, device_ids=ids)
-        discriminator = DDP(discriminator, device_ids=ids)
-
-    writer = None
-    if d.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        cfg.save(run_dir / "config.yaml")
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(run_dir / "tb"))
-        where = "resumed from " + str(resume_path) + f" at step {step}" if resume_path else "new run"
-        print(f"mhtma-train: {where}; run dir {run_dir}; data {root} ({len(train_ds)} train / {len(val_ds)} val "
-              f"images, {cfg.data.size}px); device {device}{' x' + str(d.world) if d.enabled else ''}"
-              f"{', amp' if use_amp else ''}", file=sys.stderr, flush=True)
-
-    weights = {"l1_coarse": cfg.loss.l1_coarse, "l1_out": cfg.loss.l1_out, "perceptual": cfg.loss.perceptual,
-               "adversarial": cfg.loss.adversarial}
-    sample_batch = None
-    if d.main:
-        sample_batch = next(iter(DataLoader(val_ds, batch_size=min(4, len(val_ds)), shuffle=False)))
-
-    def payload_now() -> dict:
-        return {"format": FORMAT, "version": VERSION, "config": cfg.to_dict(),
-                "generator": g_raw.state_dict(), "discriminator": d_raw.state_dict(),
-                "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
-                "scaler_g": scaler_g.state_dict() if use_amp else None,
-                "scaler_d": scaler_d.state_dict() if use_amp else None,
-                "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "rng": _rng_state(),
-                "early_stop": {**early, "history": [list(h) for h in early["history"]]}, "metrics": dict(metrics)}
-
-    saved_at = [step]
-
-    def save_last(force: bool = True):
-        """last.pt now (force) or only if train.checkpoint_every steps passed since the last save."""
-        if force or step - saved_at[0] >= cfg.train.checkpoint_every:
-            saved_at[0] = step
-            if d.main:
-                save_checkpoint(ckpt_dir / "last.pt", payload_now())
-
-    def write_samples():
-        if not d.main:
-            return
-        image, mask, sketch = _batch_to(sample_batch, device)
-        was = g_raw.training
-        g_raw.eval()
-        with torch.no_grad(), amp_ctx():
-            coarse, refined = g_raw(image, mask, sketch)
-        g_raw.train(was)
-        out = composite(refined.float(), image, mask)
-        save_sample_grid(run_dir / "samples" / f"step_{step:07d}.png", image, mask, coarse.float(), out)
-
-    def validate():
-        """Validation + early-stop bookkeeping + best/last checkpoints. Returns True to stop."""
-        val = _validate(g_raw, val_loader, device, amp_ctx, cfg.train.val_batches, d)
-        metrics["val_l1"] = val
-        early["history"].append([step, val])
-        improved = early["best"] is None or val < early["best"]
-        if improved:
-            early.update(best=val, best_step=step, bad=0)
-        else:
-            early["bad"] += 1
-        early["stopped"] = early["bad"] >= cfg.train.patience
-        metrics["best_val_l1"] = early["best"]
-        if d.main:
-            writer.add_scalar("val/l1_out", val, step)
-            writer.add_scalar("val/best_l1_out", early["best"], step)
-            if improved:
-                save_checkpoint(ckpt_dir / "best.pt", payload_now())
-        save_last(force=early["stopped"] or finished())  # else every checkpoint_every steps
-        return early["stopped"]
-
-    def finished() -> bool:
-        return (early["stopped"] or (cfg.train.max_steps is not None and step >= cfg.train.max_steps)
-                or (cfg.train.max_epochs is not None and epoch >= cfg.train.max_epochs))
-
-    pbar = tqdm(total=cfg.train.max_steps, initial=step, disable=not d.main, dynamic_ncols=True,
-                desc="mhtma-train", unit="step", file=sys.stderr)
-    generator.train()
-    discriminator.train()
-    last_val_step = early["history"][-1][0] if early["history"] else None
-    logs: dict = {}
-    while not finished():
-        sampler.set_epoch(epoch, skip=batch_in_epoch * bs)
-        loader_gen = torch.Generator()
-        loader_gen.manual_seed(_step_seed(cfg.run.seed, epoch, 999))
-        loader = DataLoader(train_ds, batch_size=bs, sampler=sampler, num_workers=cfg.data.num_workers,
-                            generator=loader_gen, pin_memory=device.type == "cuda", drop_last=False)
-        train_ds.set_epoch(epoch)
-        stop = False
-        for batch in loader:
-            torch.manual_seed(_step_seed(cfg.run.seed, step, d.rank))
-            image, mask, sketch = _batch_to(batch, device)
-
-            # generator forward (once; the D step uses it detached)
-            with amp_ctx():
-                coarse, refined = generator(image, mask, sketch)
-                output = composite(refined, image, mask)
-            boxes = d_raw.crop_boxes(mask)
-
-            # D step: real and fake in one forward, same masks and local crops
-            opt_d.zero_grad(set_to_none=True)
-            with amp_ctx():
-                scores = discriminator(torch.cat([image, output.detach()]), torch.cat([mask, mask]),
-                                       boxes=torch.cat([boxes, boxes]))
-                real_s, fake_s = scores.float().chunk(2)
-                d_adv = hinge_d_loss(real_s, fake_s) if cfg.loss.gan == "hinge" else wgan_d_loss(real_s, fake_s)
-            d_loss = d_adv
-            gp = None
-            if cfg.loss.gan == "wgan-gp":
-                gp = gradient_penalty(d_raw, image.float(), output.detach().float(), mask, weight=cfg.loss.gp_weight)
-                d_loss = d_adv + gp
-            scaler_d.scale(d_loss).backward()
-            scaler_d.step(opt_d)
-            scaler_d.update()
-
-            # G step: D frozen, scored with the unwrapped D (no DDP sync needed for a frozen net)
-            d_raw.requires_grad_(False)
-            opt_g.zero_grad(set_to_none=True)
-            with amp_ctx():
-                fake_g = d_raw(output, mask, boxes=boxes).float()
-                terms = generator_loss(coarse.float(), output.float(), image, fake_g, perceptual=perceptual,
-                                       weights=weights)
-            scaler_g.scale(terms["total"]).backward()
-            scaler_g.step(opt_g)
-            scaler_g.update()
-            d_raw.requires_grad_(True)
-
-            step += 1
-            batch_in_epoch += 1
-            if d.main:
-                named = {f"loss/g_{k}": v for k, v in terms.items()}
-                named.update({"loss/d_total": d_loss, "loss/d_adv": d_adv, "score/real": real_s.mean(),
-                              "score/fake": fake_s.mean()})
-                if gp is not None:
-                    named["loss/d_gp"] = gp
-                # one device-to-host copy for all of them (on CUDA, not one synchronisation per value)
-                logs = dict(zip(named, torch.stack([v.detach().float() for v in named.values()]).tolist()))
-                pbar.update(1)
-                pbar.set_postfix(d=f"{logs['loss/d_total']:.3f}", g=f"{logs['loss/g_total']:.3f}",
-                                 l1=f"{logs['loss/g_l1_out']:.4f}", ep=epoch)
-                if step % cfg.train.log_every == 0 or step == 1:
-                    for k, v in logs.items():
-                        writer.add_scalar(k, v, step)
-                    writer.add_scalar("lr/generator", opt_g.param_groups[0]["lr"], step)
-                    writer.add_scalar("lr/discriminator", opt_d.param_groups[0]["lr"], step)
-                    temps = g_raw.last_temperature
-                    if temps is not None:
-                        for k, t in enumerate(temps.float().mean(0).tolist()):
-                            writer.add_scalar(f"temperature/head{k}", t, step)
-                if step % cfg.train.sample_every == 0:
-                    write_samples()
-            if cfg.train.val_every and step % cfg.train.val_every == 0:
-                last_val_step = step
-                stop = validate()
-            elif step % cfg.train.checkpoint_every == 0:
-                save_last()
-            if stop or finished():
-                break
-        else:  # the epoch ran to its end
-            epoch += 1
-            batch_in_epoch = 0
-            if not cfg.train.val_every and last_val_step != step:
-                last_val_step = step
-                validate()
-            continue
-        if batch_in_epoch >= batches_per_epoch:  # max_steps hit exactly at the epoch's end
-            epoch += 1
-            batch_in_epoch = 0
-    pbar.close()
-
-    # Always end with a validation at the final step (so best.pt exists and last.pt holds it).
-    if last_val_step != step:
-        validate()
-    if d.main and not (run_dir / "samples" / f"step_{step:07d}.png").exists():
-        write_samples()
-    if d.main and not (ckpt_dir / "best.pt").exists():
-        save_checkpoint(ckpt_dir / "best.pt", payload_now())
-    summary = {
-        "run_dir": str(run_dir), "step": step, "epoch": epoch, "stopped_early": bool(early["stopped"]),
-        "val_l1": metrics.get("val_l1"), "best_val_l1": early["best"], "best_step": early["best_step"],
-        "last_checkpoint": str(ckpt_dir / "last.pt"), "best_checkpoint": str(ckpt_dir / "best.pt"),
-        "losses": logs, "rank": d.rank, "world_size": d.world, "seconds": round(time.time() - t_start, 1),
-        "weights_sha256": _weights_digest(g_raw, d_raw),
-    }
-    if writer is not None:
-        writer.flush()
-        writer.close()
-    return summary
-
-
 # ----------------------------------------------------------------------------------------------- CLI
 
 def _parser() -> argparse.ArgumentParser:
-    from .config import packaged_config_names
-
     p = argparse.ArgumentParser(
         prog="mhtma-train",
         description="Train the MHTMA inpainting GAN. No arguments = the demo (small model, 64 px, embedded "

@@ -5,7 +5,7 @@ optionally, guide lines on the layer "sketch" (or uploads a mask / sketch file i
 checkpoint and gets the inpainted result next to the input, a download button, and the temperature
 ``t_h`` that each attention head chose for this image (``generator.last_temperature`` after the forward).
 
-The inference itself is :func:`run_inpainting`, which calls :func:`mhtma_model.inpaint.inpaint_image`
+The inference itself is :func:`run_inpainting`, which calls :func:`mhtma_model.predict.inpaint_image`
 (the one copy of padding and compositing) and reads the temperatures; the page only collects inputs.
 Gradio is an optional dependency (``pip install 'mhtma[ui]'``); nothing here contacts the internet
 (analytics off, no share links, fonts served locally).
@@ -21,7 +21,13 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
+
+from .checkpoint import load_generator
+from .device import resolve_device
+from .images import UnreadableImageError, mask_from_image, open_image, to_rgb
+from .predict import inpaint_image
+from .sketch import load_user_sketch, skeleton
 
 #: Largest accepted side of an uploaded image, in pixels.
 MAX_SIDE = 4096
@@ -50,20 +56,16 @@ def check_size(image: Image.Image, name: str) -> Image.Image:
 
 
 def open_image_file(path: str | os.PathLike, name: str) -> Image.Image:
-    """Decode an uploaded file -> PIL image (loaded, EXIF orientation applied as in
-    :func:`mhtma_model.data.open_image`), or UploadError saying why not (not an image, too big)."""
+    """Decode an uploaded file with :func:`mhtma_model.images.open_image` (EXIF orientation applied; the
+    size is checked from the header before decoding) -> PIL image, or UploadError saying why not."""
     path = Path(path)
     try:
-        with Image.open(path) as img:
-            check_size(img, name)  # header only: refuses huge images before decoding them
-            img.load()
-            return ImageOps.exif_transpose(img)
-    except UploadError:
-        raise
-    except Image.DecompressionBombError as exc:
-        raise UploadError(f"{name} ({path.name}) is too large to open: {exc}") from exc
-    except Exception as exc:  # PIL.UnidentifiedImageError, truncated files, ...
-        raise UploadError(f"{name} ({path.name}) is not a readable image file ({type(exc).__name__}).") from exc
+        return open_image(path, check_header=lambda img: check_size(img, name))
+    except UnreadableImageError as exc:
+        if isinstance(exc.__cause__, Image.DecompressionBombError):
+            raise UploadError(f"{name} ({path.name}) is too large to open: {exc.__cause__}") from exc
+        cause = type(exc.__cause__ or exc).__name__
+        raise UploadError(f"{name} ({path.name}) is not a readable image file ({cause}).") from exc
 
 
 def _as_pil(value: Any, name: str) -> Optional[Image.Image]:
@@ -95,23 +97,16 @@ def collect_inputs(editor: Optional[dict], mask_file: Any = None, sketch_file: A
 
     ``editor``: Gradio ImageEditor value ``{"background", "layers", "composite"}``; layer 0 = hole,
     layer 1 = sketch (painted pixels, any colour). ``mask_file``: optional image, holes by the project's
-    rule (:func:`mhtma_model.masks.mask_from_image`: value > 127, brightest channel for colour, alpha for
+    rule (:func:`mhtma_model.images.mask_from_image`: value > 127, brightest channel for colour, alpha for
     a transparent layer), added to the painted hole. ``sketch_file``: optional drawing, read with
     :func:`mhtma_model.sketch.load_user_sketch` (dark or light strokes on any background), added to the
     painted lines. Returned mask and sketch are 0/255 'L' images; UploadError on anything unusable.
     """
-    from .masks import mask_from_image
-    from .sketch import load_user_sketch, skeleton
-
     if not editor or editor.get("background") is None:
         raise UploadError("Please upload an image first.")
     image = _as_pil(editor["background"], "the image")
     check_size(image, "the image")
-    if image.mode in ("RGBA", "LA", "PA") or image.mode == "P":
-        rgba = image.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(white, rgba)
-    image = image.convert("RGB")
+    image = to_rgb(image)  # transparency on white, like every image the project reads
     size = image.size
     layers = [_as_pil(layer, "a layer") for layer in (editor.get("layers") or [])]
 
@@ -159,11 +154,9 @@ def run_inpainting(generator, image: Image.Image, mask: Image.Image, sketch: Opt
     ``image``: PIL RGB; ``mask``: PIL, white = hole, same size; ``sketch``: PIL 'L' lines (white = line)
     or None. Returns ``(inpaint_image(generator, image, mask, sketch, device), {"head k": t_k})``: known
     pixels unchanged, temperatures from ``generator.last_temperature`` after that forward. Errors of
-    :func:`mhtma_model.inpaint.inpaint_image` (ValueError/TypeError: sizes differ, a sketch for a model
+    :func:`mhtma_model.predict.inpaint_image` (ValueError/TypeError: sizes differ, a sketch for a model
     trained without sketches, ...) propagate with its message.
     """
-    from .inpaint import inpaint_image
-
     result = inpaint_image(generator, image, mask, sketch=sketch, device=device)
     return result, head_temperatures(generator)
 
@@ -185,8 +178,6 @@ class GeneratorCache:
         self._lock = threading.Lock()
 
     def get(self, path: str | os.PathLike):
-        from .checkpoint import load_generator
-
         resolved = Path(str(path)).expanduser()
         if not str(path).strip() or not resolved.is_file():
             raise UploadError(f"checkpoint not found: {resolved}")
@@ -307,8 +298,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not 0 < args.port < 65536:
         print(f"mhtma-ui: --port must be in 1..65535, got {args.port}", file=sys.stderr)
         return 2
-    from .inpaint import resolve_device
-
     try:
         device = resolve_device(args.device)
     except ValueError as exc:

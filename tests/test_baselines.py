@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from mhtma_kernels import ATMA, ContextualAttention, MaskedTemperatureAttention
 from mhtma_kernels.layers.patches import resize_mask
-from tests.tolerance import assert_close
+from mhtma_kernels.testing import assert_close
 
 
 def masks_per_image(batch, height, width):

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.tolerance import assert_close
+from mhtma_kernels.testing import assert_close
 
 ROOT = Path(__file__).resolve().parent.parent
 

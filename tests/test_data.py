@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from mhtma_model.data import (InpaintingDataset, UnreadableImageError, UnreadableImageWarning, demo_dataset_root,
-                              list_images, load_rgb, split_paths)
+from mhtma_model.data import InpaintingDataset, UnreadableImageWarning, demo_dataset_root, split_paths
+from mhtma_model.images import UnreadableImageError, list_images, load_rgb
 from mhtma_model.masks import MaskFolder, free_form_mask
 
 

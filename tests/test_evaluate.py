@@ -13,7 +13,7 @@ from mhtma_model import evaluate, fid
 from mhtma_model.classical import CLASSICAL_METHODS, OPENCV_METHODS, opencv_available
 from mhtma_model.metrics import BUCKETS
 from tests.tiny_checkpoint import make_tiny_checkpoint
-from tests.tolerance import assert_close
+from mhtma_kernels.testing import assert_close
 
 SIZE = 32
 SAMPLES = ("astronaut", "coffee", "chelsea", "rocket", "camera", "immunohistochemistry")

@@ -1,13 +1,14 @@
-"""`mhtma-inpaint` and its core `inpaint_image`: mask rules, padding/window geometry, any size and mode,
+"""`mhtma-inpaint` and its library `mhtma_model.predict`: mask rules, padding/window geometry, any size and mode,
 known-pixel bit-identity, folder mode with broken pairs, checkpoint errors — on a real tiny checkpoint."""
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from mhtma_model import inpaint
+from mhtma_model import images, inpaint, predict
+from mhtma_model.device import resolve_device
 from tests.tiny_checkpoint import make_tiny_checkpoint
-from tests.tolerance import assert_close
+from mhtma_kernels.testing import assert_close
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
@@ -69,7 +70,7 @@ def test_mask_rules(mode, make, expected):
         assert img.mode.startswith("I;16")
     else:
         img = img.convert(mode)
-    np.testing.assert_array_equal(inpaint.mask_from_image(img)[0], expected)
+    np.testing.assert_array_equal(images.mask_from_image(img)[0], expected)
 
 
 @pytest.mark.parametrize("shape, min_size, padded_shape, mode", [
@@ -78,7 +79,7 @@ def test_mask_rules(mode, make, expected):
 ], ids=["odd", "tiny", "aligned", "below-min-size"])
 def test_pad_to_multiple(shape, min_size, padded_shape, mode):
     x = torch.arange(float(np.prod(shape))).reshape(1, 1, *shape)
-    padded, size = inpaint.pad_to_multiple(x, 8, min_size)
+    padded, size = predict.pad_to_multiple(x, 8, min_size)
     assert size == shape
     assert tuple(padded.shape[-2:]) == padded_shape
     assert_close(padded[..., :shape[0], :shape[1]], x.double(), torch.float32, "original kept")
@@ -89,37 +90,37 @@ def test_pad_to_multiple(shape, min_size, padded_shape, mode):
 def test_plan_window_small_image_runs_whole():
     hole = np.zeros((217, 301), bool)
     hole[50:60, 70:90] = True
-    assert inpaint.plan_window(hole, 512) == ((0, 217, 0, 301), (217, 301))
+    assert predict.plan_window(hole, 512) == ((0, 217, 0, 301), (217, 301))
 
 
 def test_plan_window_large_image_crops_around_the_hole_then_resizes():
     hole = np.zeros((1000, 1600), bool)
     hole[400:450, 700:760] = True  # 50 x 60 box -> margin 32
-    box, net = inpaint.plan_window(hole, 512)
+    box, net = predict.plan_window(hole, 512)
     assert box == (368, 482, 668, 792) and net == (114, 124)
     hole[100:900, 100:1500] = True  # box grows past the limit: window clipped to the image, downscaled
-    box, net = inpaint.plan_window(hole, 512)
+    box, net = predict.plan_window(hole, 512)
     assert box == (0, 1000, 0, 1600) and max(net) == 512 and net == (320, 512)
 
 
 def test_resolve_device():
-    assert inpaint.resolve_device("cpu") == torch.device("cpu")
-    assert inpaint.resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     with pytest.raises(ValueError, match="device"):
-        inpaint.resolve_device("tpu")
+        resolve_device("tpu")
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA"):
-            inpaint.resolve_device("cuda")
+            resolve_device("cuda")
 
 
 # ------------------------------------------------------------------------- the network on real inputs
 
 def test_inpaint_image_writes_the_rounded_prediction_into_the_hole_only(generator):
     image, mask = _photo(45, 61), _mask(45, 61)
-    result = inpaint.inpaint_image(generator, image, mask)
+    result = predict.inpaint_image(generator, image, mask)
     _known_identical(result, image, mask)
     hole = np.asarray(mask) > 127
-    pred = inpaint.predict(generator, np.asarray(image), hole)
+    pred = predict.predict(generator, np.asarray(image), hole)
     expected = np.clip(np.round(pred), 0, 255).astype(np.uint8)
     np.testing.assert_array_equal(np.asarray(result)[hole], expected[hole])
 
@@ -128,15 +129,15 @@ def test_default_max_size_is_the_checkpoint_training_size(generator):
     """load_generator records data.size; without max_size the network runs at that scale."""
     assert generator.training_size == 64
     image, mask = _photo(100, 140, seed=5), _mask(100, 140)
-    default = np.asarray(inpaint.inpaint_image(generator, image, mask))
-    np.testing.assert_array_equal(default, np.asarray(inpaint.inpaint_image(generator, image, mask, max_size=64)))
-    assert not np.array_equal(default, np.asarray(inpaint.inpaint_image(generator, image, mask, max_size=512)))
+    default = np.asarray(predict.inpaint_image(generator, image, mask))
+    np.testing.assert_array_equal(default, np.asarray(predict.inpaint_image(generator, image, mask, max_size=64)))
+    assert not np.array_equal(default, np.asarray(predict.inpaint_image(generator, image, mask, max_size=512)))
 
 
 def test_inpaint_image_large_input_uses_a_window(generator):
     image = _photo(300, 420, seed=3)
     mask = _mask(300, 420, boxes=((0.1, 0.2, 0.1, 0.3), (0.7, 0.8, 0.6, 0.9)))
-    result = inpaint.inpaint_image(generator, image, mask, max_size=96)
+    result = predict.inpaint_image(generator, image, mask, max_size=96)
     _known_identical(result, image, mask)
     hole = np.asarray(mask) > 127
     assert (np.asarray(result)[hole] != np.asarray(image)[hole]).any()
@@ -145,23 +146,23 @@ def test_inpaint_image_large_input_uses_a_window(generator):
 def test_inpaint_image_rejects_bad_arguments(generator):
     image = _photo(32, 40)
     with pytest.raises(ValueError, match="differs from image size"):
-        inpaint.inpaint_image(generator, image, _mask(32, 41))
+        predict.inpaint_image(generator, image, _mask(32, 41))
     with pytest.raises(ValueError, match="without sketches"):
-        inpaint.inpaint_image(generator, image, _mask(32, 40), sketch=Image.new("L", (40, 32)))
+        predict.inpaint_image(generator, image, _mask(32, 40), sketch=Image.new("L", (40, 32)))
     with pytest.raises(TypeError, match="PIL"):
-        inpaint.inpaint_image(generator, np.zeros((32, 40, 3), np.uint8), _mask(32, 40))
+        predict.inpaint_image(generator, np.zeros((32, 40, 3), np.uint8), _mask(32, 40))
 
 
 def test_images_smaller_than_the_network_minimum_are_padded(generator):
     image = _photo(5, 7, seed=2)
     mask = Image.fromarray(np.pad(np.full((2, 3), 255, np.uint8), ((1, 2), (2, 2))))
-    result = inpaint.inpaint_image(generator, image, mask)
+    result = predict.inpaint_image(generator, image, mask)
     _known_identical(result, image, mask)
 
 
 def test_empty_mask_returns_the_image_unchanged(generator):
     image = _photo(24, 24)
-    np.testing.assert_array_equal(np.asarray(inpaint.inpaint_image(generator, image, Image.new("L", (24, 24)))),
+    np.testing.assert_array_equal(np.asarray(predict.inpaint_image(generator, image, Image.new("L", (24, 24)))),
                                   np.asarray(image))
 
 
@@ -224,7 +225,7 @@ def test_folder_sketches_pair_like_masks(tmp_path):
     _mask(24, 24).save(sketches / "b.png")
     _mask(24, 24).save(sketches / "b.bmp")
     _mask(24, 24).save(sketches / "orphan.png")
-    pairs, problems = inpaint.pair_inputs(images, masks, sketches)
+    pairs, problems = predict.pair_inputs(images, masks, sketches)
     assert [(key, None if sk is None else sk.name) for key, _, _, sk in pairs] == [("a", "a.png"), ("c", None)]
     reasons = dict(problems)
     assert set(reasons) == {"b", "orphan"}
@@ -296,7 +297,7 @@ def test_the_user_sketch_reaches_the_generator(checkpoints):
         line = np.zeros((40, 56), np.uint8)
         line[20, 5:50] = 255
         for sketch in (Image.fromarray(line), None):
-            _known_identical(inpaint.inpaint_image(generator, image, mask, sketch=sketch), image, mask)
+            _known_identical(predict.inpaint_image(generator, image, mask, sketch=sketch), image, mask)
     finally:
         handle.remove()
     guided, unguided = seen[0][0, 0, :40, :56].numpy(), seen[1].numpy()

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from mhtma_kernels import MaskedTemperatureAttention, TemperatureNetwork, masked_temperature_attention_reference
 from mhtma_kernels.layers.patches import extract_patches, fold_patches, key_validity, resize_mask
 from mhtma_kernels.ops import attention_weights_reference
-from tests.tolerance import assert_close
+from mhtma_kernels.testing import assert_close
 
 
 

@@ -9,7 +9,7 @@ from torch import nn
 
 from mhtma_model.losses import (VGG16_ENV, PerceptualLoss, generator_loss, gradient_penalty, hinge_d_loss,
                                 hinge_g_loss, resolve_vgg16_path, vgg16_relu1_2, wgan_d_loss, wgan_g_loss)
-from tests.tolerance import assert_close
+from mhtma_kernels.testing import assert_close
 
 
 def test_hinge_losses_known_values():

@@ -10,7 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from mhtma_model.masks import MaskFolder, free_form_mask, hole_ratio, load_mask
+from mhtma_model.images import load_mask
+from mhtma_model.masks import MaskFolder, free_form_mask, hole_ratio
 
 
 def _mask(seed, size=(256, 256)):

@@ -10,7 +10,7 @@ from skimage.transform import resize
 
 from mhtma_model import fid, metrics
 from mhtma_model.classical import CLASSICAL_METHODS, OPENCV_METHODS, classical_inpaint, opencv_available
-from tests.tolerance import assert_close
+from mhtma_kernels.testing import assert_close
 
 F64 = torch.float64
 

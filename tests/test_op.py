@@ -11,7 +11,7 @@ from mhtma_kernels import masked_temperature_attention, masked_temperature_atten
 from mhtma_kernels.ops import chunked
 from mhtma_kernels.ops.attention import resolve_backend
 
-from .tolerance import assert_close
+from mhtma_kernels.testing import assert_close
 
 # (B, H, Nq, Nk, D, Dv, temperature, key-validity rule, normalize)
 CASES = [

@@ -18,7 +18,7 @@ from mhtma_kernels import masked_temperature_attention, masked_temperature_atten
 from mhtma_kernels.ops import triton_op  # noqa: E402
 from mhtma_kernels.ops.triton_op import KernelConfig, TileConfig, triton_masked_attention  # noqa: E402
 
-from .tolerance import assert_close  # noqa: E402
+from mhtma_kernels.testing import assert_close  # noqa: E402
 
 NAMES = ("out", "dq", "dk", "dv", "dtemperature")
 

@@ -17,7 +17,7 @@ from PIL import Image
 from mhtma_model.checkpoint import CheckpointError, load_checkpoint, load_generator
 from mhtma_model.config import load_config
 from mhtma_model.networks import composite
-from mhtma_model.train import EpochSampler, main, train
+from mhtma_model.train import EarlyStopping, EpochSampler, main, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -139,15 +139,15 @@ def test_checkpoint_contents_and_rng_restore(tmp_path, photos):
     assert (tmp_path / "r" / "config.yaml").is_file()
     assert load_config(tmp_path / "r" / "config.yaml") == _cfg(tmp_path / "r", photos, "train.max_steps=2")
 
-    from mhtma_model.train import _rng_state, _set_rng_state
+    from mhtma_model.checkpoint import rng_state, set_rng_state
     import random
 
-    _set_rng_state(payload["rng"])
+    set_rng_state(payload["rng"])
     draws = (torch.rand(3), np.random.rand(3), random.random())
-    _set_rng_state(payload["rng"])
+    set_rng_state(payload["rng"])
     again = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(draws[0], again[0]) and np.array_equal(draws[1], again[1]) and draws[2] == again[2]
-    state = _rng_state()
+    state = rng_state()
     assert isinstance(state["numpy"][1], torch.Tensor)
 
 
@@ -361,3 +361,17 @@ def test_demo_command_end_to_end(tmp_path):
     assert expected <= tags, expected - tags
     generator, _ = load_generator(run / "checkpoints" / "best.pt")
     assert generator.last_temperature is None  # eval-mode generator, fresh from the file
+
+
+def test_early_stopping_counts_validations_without_improvement_and_resumes():
+    early = EarlyStopping(patience=2)
+    improved = [early.update(step, value) for step, value in ((10, 0.5), (20, 0.4), (30, 0.45), (40, 0.41))]
+    assert improved == [True, True, False, False]
+    assert (early.best, early.best_step, early.bad, early.stopped) == (0.4, 20, 2, True)
+    state = early.state()
+    assert list(state) == ["best", "best_step", "bad", "stopped", "history"]  # the checkpoint's "early_stop"
+    assert state["history"] == [[10, 0.5], [20, 0.4], [30, 0.45], [40, 0.41]]
+    resumed = EarlyStopping(patience=3)  # a resumed run may raise the patience
+    resumed.load(state)
+    assert (resumed.best, resumed.bad, resumed.stopped) == (0.4, 2, False)
+    assert resumed.update(50, 0.39) and resumed.bad == 0 and resumed.best_step == 50

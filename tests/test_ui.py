@@ -65,7 +65,7 @@ def test_uploaded_mask_and_sketch_files_are_added(tmp_path):
 
 @pytest.mark.parametrize("mode", ["red-on-black", "transparent-layer"])
 def test_uploaded_mask_follows_the_project_mask_rule(tmp_path, mode):
-    """A mask file is read like mhtma-inpaint reads it (masks.mask_from_image): a red stroke on black and
+    """A mask file is read like mhtma-inpaint reads it (images.mask_from_image): a red stroke on black and
     an opaque stroke on a transparent layer both mark holes."""
     if mode == "red-on-black":
         arr = np.zeros((64, 80, 3), np.uint8)
@@ -81,8 +81,7 @@ def test_uploaded_mask_follows_the_project_mask_rule(tmp_path, mode):
 
 def test_uploaded_files_follow_their_exif_orientation(tmp_path):
     """A mask file stored sideways with an EXIF orientation tag is read upright, as mhtma-inpaint reads it."""
-    from mhtma_model.data import open_image
-    from mhtma_model.masks import mask_from_image
+    from mhtma_model.images import mask_from_image, open_image
 
     stored = np.zeros((80, 64), np.uint8)  # stored 64 wide x 80 high; upright (rotated 90°) it is 80 x 64
     stored[0:20, 0:10] = 255

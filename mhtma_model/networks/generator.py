@@ -24,7 +24,7 @@ Width: a gated conv here outputs C features (its convolution has 2C channels). D
 ``cnum = 48`` splits 48 channels into 24 features + 24 gates, so ``base_channels=24`` reproduces its
 width (4.1 M generator parameters); 32 -> 7.3 M, 48 -> 16.4 M, 64 -> 29 M; demo 8 -> 0.5 M.
 
-Attention choices (paper ablations): ``"mhtma"`` (:class:`mhtma_kernels.MaskedTemperatureAttention`,
+Attention choices (paper ablations; the registry is :mod:`.attention`): ``"mhtma"`` (:class:`mhtma_kernels.MaskedTemperatureAttention`,
 multi-head, learned or fixed temperature), ``"atma"`` (single-head, LeakyReLU temperature),
 ``"contextual"`` (DeepFill v2 contextual attention, fixed scale 10), ``"none"`` (identity: the
 attention branch keeps its gated convs, only the attention layer is removed).
@@ -34,13 +34,11 @@ import math
 import torch
 from torch import nn
 
+from .attention import ATTENTION_VARIANTS, ATTENTIONS, build_attention
 from .gated import GatedConv2d, GatedDeconv, _positive_int
 
 #: ImageNet mean colour in [0, 1] units; hole pixels are set to it (mapped to [-1, 1]) before G_c.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
-
-ATTENTIONS = ("mhtma", "atma", "contextual", "none")
-
 
 def composite(pred: torch.Tensor, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """``pred ⊙ mask + image ⊙ (1 - mask)``: generated pixels in the hole, known pixels elsewhere.
@@ -119,21 +117,6 @@ class RefinementNetwork(nn.Module):
         return self.decoder(torch.cat([a, b], dim=1))
 
 
-def _build_attention(attention: str, channels: int, heads: int, temperature, patch_size: int, lambda_m: float,
-                     backend: str) -> nn.Module | None:
-    """The attention layer of G_r's attention branch (imported lazily from ``mhtma_kernels``)."""
-    if attention == "none":
-        return None
-    from mhtma_kernels import ATMA, ContextualAttention, MaskedTemperatureAttention
-
-    if attention == "mhtma":
-        return MaskedTemperatureAttention(channels, heads=heads, patch_size=patch_size, lambda_m=lambda_m,
-                                          temperature=temperature, backend=backend)
-    if attention == "atma":
-        return ATMA(channels, patch_size=patch_size, lambda_m=lambda_m)
-    return ContextualAttention(channels, patch_size=patch_size)
-
-
 class InpaintGenerator(nn.Module):
     r"""Coarse-to-fine inpainting generator (DeepFill v2 layout with a pluggable attention layer).
 
@@ -186,7 +169,7 @@ class InpaintGenerator(nn.Module):
         c = base_channels
         self.coarse = CoarseNetwork(in_channels, c)
         self.refine = RefinementNetwork(
-            in_channels, c, _build_attention(attention, 4 * c, heads, temperature, patch_size, lambda_m, backend))
+            in_channels, c, build_attention(attention, 4 * c, heads, temperature, patch_size, lambda_m, backend))
         self.register_buffer("fill_value", torch.tensor(IMAGENET_MEAN).mul(2).sub(1).view(1, 3, 1, 1),
                              persistent=False)
 
@@ -207,7 +190,7 @@ class InpaintGenerator(nn.Module):
         ``None`` when nothing is learned (fixed temperature, contextual attention, no attention) or
         before the first forward."""
         layer = self.refine.attention
-        if layer is None or self.attention_type == "contextual":
+        if layer is None or not ATTENTION_VARIANTS[self.attention_type].learns_temperature:
             return None
         if self.attention_type == "mhtma" and self.temperature_mode != "learned":
             return None

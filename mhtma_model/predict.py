@@ -1,0 +1,297 @@
+"""Inference: a trained generator applied to images of any size — pad, window, resize, composite — and
+the pairing of image, mask and sketch files. ``mhtma-inpaint``, ``mhtma-eval`` and ``mhtma-ui`` all call
+this module; they only parse arguments and report.
+
+Rules (what a user can rely on)
+* **Mask**: a pixel is a hole when its value is > 127. Gray ("L") masks use the value, RGB masks the
+  largest of the three channels (so white, red, green, … strokes on black all mark holes). Masks with
+  transparency (RGBA/LA/PA, or P with a transparent colour, where at least one pixel has alpha < 255 —
+  e.g. a layer painted in an editor) use the alpha channel: hole = alpha > 127, whatever the colour. A
+  fully opaque RGBA mask is read by its colour like RGB. 16-bit/32-bit gray masks are scaled to 0–255
+  first. The mask must have the image's size (after EXIF orientation is applied to both).
+* **Any image size**: the network needs sides divisible by its ``multiple`` (8) and at least its
+  ``min_size`` (16 with 3×3 attention patches); the image is padded at the bottom/right by reflection
+  (replication for sides shorter than the pad) and the prediction cropped back.
+* **Large images** (longer side > ``--max-size``, default the checkpoint's training size ``data.size``): the network runs on a window around the
+  holes — their bounding box grown by half its longer side (at least 32 px) on every side, clipped to
+  the image. If that window is still longer than ``--max-size`` it is downscaled (antialiased bicubic;
+  the mask so that every pixel touching a hole stays a hole) for the network, and the prediction is
+  upscaled back (bicubic). Only hole pixels are replaced, so the rest of a large photo stays sharp.
+* **Known pixels are bit-identical** to the input: the prediction is rounded to 8 bits and written
+  only into the hole of a copy of the input array. The output keeps the input's mode for L, LA, RGB and
+  RGBA (alpha is copied, not inpainted; gray outputs use the prediction's luminance); other modes
+  (P, CMYK, 16-bit, …) are converted to RGB/RGBA first, and the identity holds for that conversion.
+* **Sketch** (guided models, ``model.sketch=true``): lines drawn by the person, read with
+  :func:`mhtma_model.sketch.load_user_sketch` (white/coloured lines on a plain background or a
+  transparent layer). Giving a sketch to a model trained without sketches is an error; a sketch model
+  without a sketch gets an empty one (no guidance).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .checkpoint import CheckpointError, load_generator
+from .device import resolve_device
+from .images import files_by_key, has_transparency, mask_from_image, open_image
+from .sketch import load_user_sketch, thin_strokes
+
+MAX_SIZE = 512
+CONTEXT_MIN_MARGIN = 32
+
+_NATIVE_MODES = ("L", "LA", "RGB", "RGBA")
+
+
+# ---------------------------------------------------------------------------------------- generator
+
+def open_generator(path) -> tuple:
+    """:func:`mhtma_model.checkpoint.load_generator` on CPU -> ``(generator, config)``; ValueError with a
+    message for the user when the file is missing or unusable."""
+    ckpt = Path(path)
+    if not ckpt.is_file():
+        raise ValueError(f"checkpoint not found: {ckpt}")
+    try:
+        return load_generator(ckpt, map_location="cpu")
+    except (CheckpointError, ValueError, KeyError, RuntimeError, OSError) as exc:
+        raise ValueError(f"cannot use checkpoint {ckpt}: {exc}") from exc
+
+
+def generator_uses_sketch(generator) -> bool:
+    flag = getattr(generator, "sketch", False)
+    return flag if isinstance(flag, bool) else False
+
+
+def _generator_device(generator) -> Optional[torch.device]:
+    for param in generator.parameters():
+        return param.device
+    return None
+
+
+def _native(image: Image.Image) -> Image.Image:
+    if image.mode in _NATIVE_MODES:
+        return image
+    return image.convert("RGBA" if has_transparency(image) else "RGB")
+
+
+# ---------------------------------------------------------------------------------------- the geometry
+
+def plan_window(hole: np.ndarray, max_size: int = MAX_SIZE) -> tuple[tuple[int, int, int, int], tuple[int, int]]:
+    """Where the network runs: ``((top, bottom, left, right), (net_h, net_w))`` for a bool hole [H, W].
+
+    Whole image at native size when its longer side ≤ ``max_size``; else the holes' bounding box grown
+    by max(32, longer box side / 2) per side, clipped, and downscaled to a longer side of ``max_size``
+    when still larger.
+    """
+    if max_size < 8:
+        raise ValueError(f"max_size must be at least 8, got {max_size}")
+    height, width = hole.shape
+    if max(height, width) <= max_size:
+        return (0, height, 0, width), (height, width)
+    rows, cols = np.nonzero(hole.any(axis=1))[0], np.nonzero(hole.any(axis=0))[0]
+    top, bottom, left, right = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    margin = max(CONTEXT_MIN_MARGIN, max(bottom - top, right - left) // 2)
+    top, bottom = max(0, top - margin), min(height, bottom + margin)
+    left, right = max(0, left - margin), min(width, right + margin)
+    wh, ww = bottom - top, right - left
+    scale = min(1.0, max_size / max(wh, ww))
+    net = (max(1, round(wh * scale)), max(1, round(ww * scale)))
+    return (int(top), int(bottom), int(left), int(right)), net
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int, min_size: int = 0) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Pad ``x [B, C, H, W]`` at the bottom/right to sides that are multiples of ``multiple`` and at least
+    ``min_size`` (reflect; replicate when a side is too short to reflect) -> (padded, (H, W))."""
+    height, width = x.shape[-2:]
+    target_h = max(-(-height // multiple) * multiple, -(-min_size // multiple) * multiple)
+    target_w = max(-(-width // multiple) * multiple, -(-min_size // multiple) * multiple)
+    ph, pw = target_h - height, target_w - width
+    if ph == 0 and pw == 0:
+        return x, (height, width)
+    mode = "reflect" if ph < height and pw < width else "replicate"
+    return F.pad(x, (0, pw, 0, ph), mode=mode), (height, width)
+
+
+@torch.no_grad()
+def predict_batch(generator, images: np.ndarray, holes: np.ndarray, sketches: Optional[np.ndarray] = None,
+                  device: Union[str, torch.device] = "cpu") -> np.ndarray:
+    """Raw refined predictions for a batch of same-size images.
+
+    ``images`` uint8 [B, h, w, 3], ``holes`` bool [B, h, w], ``sketches`` float [B, h, w] in {0, 1} or None
+    -> float32 [B, h, w, 3] in [0, 255] (not rounded, not composited). Pads to ``generator.multiple``
+    (reflect) and crops back.
+    """
+    dev = torch.device(device)
+    multiple = int(getattr(generator, "multiple", 8))
+    min_size = int(getattr(generator, "min_size", multiple))
+    x = torch.tensor(np.asarray(images, dtype=np.uint8)).permute(0, 3, 1, 2).to(dev, torch.float32) / 127.5 - 1.0
+    m = torch.tensor(np.asarray(holes, dtype=np.float32))[:, None].to(dev)
+    x, (h, w) = pad_to_multiple(x, multiple, min_size)
+    m, _ = pad_to_multiple(m, multiple, min_size)
+    if sketches is not None:
+        sk = torch.tensor(np.asarray(sketches, dtype=np.float32))[:, None].to(dev)
+        s, _ = pad_to_multiple(sk, multiple, min_size)
+        _coarse, refined = generator(x, m, s)
+    else:
+        _coarse, refined = generator(x, m)
+    out = (refined[:, :, :h, :w].float().clamp(-1, 1) + 1.0) * 127.5
+    return out.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def predict(generator, image: np.ndarray, hole: np.ndarray, sketch: Optional[np.ndarray] = None,
+            device: Union[str, torch.device] = "cpu") -> np.ndarray:
+    """:func:`predict_batch` for one image: uint8 [h, w, 3], bool [h, w], sketch [h, w] | None -> float32 [h, w, 3]."""
+    return predict_batch(generator, image[None], hole[None], None if sketch is None else sketch[None], device)[0]
+
+
+def to_uint8(pred: np.ndarray) -> np.ndarray:
+    """A float prediction in [0, 255] -> uint8 (rounded, clipped)."""
+    return np.clip(np.round(pred), 0, 255).astype(np.uint8)
+
+
+def fill_holes(generator, images: np.ndarray, holes: np.ndarray, sketches: Optional[np.ndarray] = None,
+               device: Union[str, torch.device] = "cpu") -> np.ndarray:
+    """:func:`predict_batch` composited in 8 bits: uint8 [B, h, w, 3] with only the hole pixels replaced
+    by the rounded prediction (known pixels copied)."""
+    pred_u8 = to_uint8(predict_batch(generator, images, holes, sketches, device))
+    outputs = np.array(images, dtype=np.uint8, copy=True)
+    outputs[holes] = pred_u8[holes]
+    return outputs
+
+
+def _check_inputs(generator, image, mask, sketch) -> None:
+    if not isinstance(image, Image.Image):
+        raise TypeError(f"image must be a PIL image, got {type(image).__name__}")
+    if not isinstance(mask, Image.Image):
+        raise TypeError(f"mask must be a PIL image, got {type(mask).__name__}")
+    if mask.size != image.size:
+        raise ValueError(f"mask size {mask.size[0]}x{mask.size[1]} differs from image size "
+                         f"{image.size[0]}x{image.size[1]} (width x height)")
+    if sketch is not None and not generator_uses_sketch(generator):
+        raise ValueError("a sketch was given but this generator was trained without sketches (model.sketch=false)")
+    if sketch is not None and not isinstance(sketch, Image.Image):
+        raise TypeError(f"sketch must be a PIL image or None, got {type(sketch).__name__}")
+
+
+def _network_inputs(rgb: np.ndarray, hole: np.ndarray, sketch: Optional[np.ndarray], net_size: tuple[int, int]):
+    """The window's pixels, hole and sketch at the size the network sees (unchanged when it fits)."""
+    if net_size == hole.shape:
+        return rgb, hole, sketch
+    nh, nw = net_size
+    net_rgb = np.asarray(Image.fromarray(rgb).resize((nw, nh), Image.BICUBIC))
+    covered = Image.fromarray(hole.astype(np.uint8) * 255).resize((nw, nh), Image.BILINEAR)
+    net_sketch = None if sketch is None else thin_strokes(sketch > 0.5, net_size)
+    return net_rgb, np.asarray(covered) > 0, net_sketch
+
+
+def _predict_window(generator, rgb, hole, sketch, net_size, device) -> np.ndarray:
+    """uint8 [h, w, 3] prediction for a window (downscaled for the network and upscaled back if needed)."""
+    if _generator_device(generator) not in (None, device):
+        generator.to(device)
+    pred = predict(generator, *_network_inputs(rgb, hole, sketch, net_size), device)
+    if net_size != hole.shape:
+        up = torch.from_numpy(pred).permute(2, 0, 1)[None]
+        up = F.interpolate(up, size=hole.shape, mode="bicubic", align_corners=False)
+        pred = up[0].permute(1, 2, 0).numpy()
+    return to_uint8(pred)
+
+
+def _paste(source: Image.Image, pred_u8: np.ndarray, hole: np.ndarray, box) -> Image.Image:
+    """Copy of ``source`` whose hole pixels inside ``box`` are taken from ``pred_u8`` (same mode)."""
+    top, bottom, left, right = box
+    out = np.array(source, copy=True)
+    window = out[top:bottom, left:right]
+    if source.mode in ("RGB", "RGBA"):
+        window[..., :3][hole] = pred_u8[hole]
+    else:  # L or LA: ITU-R 601 luminance of the prediction, as PIL's RGB -> L conversion
+        gray = np.asarray(Image.fromarray(pred_u8).convert("L"))
+        if source.mode == "L":
+            window[hole] = gray[hole]
+        else:
+            window[..., 0][hole] = gray[hole]
+    return Image.fromarray(out)
+
+
+def inpaint_image(generator, image: Image.Image, mask: Image.Image, sketch: Optional[Image.Image] = None,
+                  device: Union[str, torch.device] = "cpu", max_size: Optional[int] = None) -> Image.Image:
+    """Inpaint ``image`` where ``mask`` marks holes -> PIL image of the same size; known pixels bit-identical.
+
+    ``generator``: an :class:`~mhtma_model.networks.InpaintGenerator` (eval mode; it is moved to ``device``).
+    ``image``: any PIL image (mode handling in the module docstring); ``mask``: PIL, same size, rules in
+    :func:`mask_from_image`; ``sketch``: PIL lines or None (only for sketch generators). ``max_size``:
+    longest side the network sees (large-image strategy in the module docstring); None = the
+    generator's ``training_size`` (set by :func:`mhtma_model.checkpoint.load_generator`: a network sees
+    its inputs at the scale it was trained on), else MAX_SIZE.
+    """
+    _check_inputs(generator, image, mask, sketch)
+    dev = resolve_device(device)
+    if max_size is None:
+        max_size = getattr(generator, "training_size", None) or MAX_SIZE
+    source = _native(image)
+    hole = mask_from_image(mask)
+    if not hole.any():
+        return source.copy()
+    rgb = np.asarray(source.convert("RGB"))
+    box, net_size = plan_window(hole, max_size)
+    top, bottom, left, right = box
+    win_hole = hole[top:bottom, left:right]
+    win_sketch = None
+    if generator_uses_sketch(generator):
+        win_sketch = (np.zeros(win_hole.shape, np.float32) if sketch is None
+                      else load_user_sketch(sketch, rgb.shape[:2])[top:bottom, left:right])
+    pred_u8 = _predict_window(generator, rgb[top:bottom, left:right], win_hole, win_sketch, net_size, dev)
+    return _paste(source, pred_u8, win_hole, box)
+
+
+def inpaint_files(generator, image_path: Path, mask_path: Path, sketch_path: Optional[Path] = None,
+                  device: Union[str, torch.device] = "cpu", max_size: Optional[int] = None) -> Image.Image:
+    """:func:`inpaint_image` of files (read with :func:`mhtma_model.images.open_image`); OSError or
+    ValueError naming the file when one is unreadable or the mask's size differs from the image's."""
+    image, mask = open_image(image_path), open_image(mask_path)
+    sketch = open_image(sketch_path) if sketch_path is not None else None
+    if mask.size != image.size:
+        raise ValueError(f"mask {mask_path.name} is {mask.size[0]}x{mask.size[1]} but image "
+                         f"{image_path.name} is {image.size[0]}x{image.size[1]}")
+    return inpaint_image(generator, image, mask, sketch=sketch, device=device, max_size=max_size)
+
+
+# --------------------------------------------------------------------------------------------- files
+
+def pair_inputs(image: Path, mask: Path, sketch: Optional[Path] = None):
+    """-> (pairs [(key, image_path, mask_path, sketch_path | None)], problems [(key, reason)])."""
+    if image.is_file():
+        if not mask.is_file():
+            raise ValueError(f"--image is a file, so --mask must be a file too: {mask}")
+        if sketch is not None and not sketch.is_file():
+            raise ValueError(f"--image is a file, so --sketch must be a file too: {sketch}")
+        return [(image.stem, image, mask, sketch)], []
+    if not image.is_dir():
+        raise ValueError(f"--image not found: {image}")
+    if not mask.is_dir():
+        raise ValueError(f"--image is a folder, so --mask must be a folder too: {mask}")
+    if sketch is not None and not sketch.is_dir():
+        raise ValueError(f"--image is a folder, so --sketch must be a folder too: {sketch}")
+    images, masks = files_by_key(image), files_by_key(mask)
+    sketches = files_by_key(sketch) if sketch is not None else {}
+    pairs, problems = [], []
+    for key, paths in sorted(images.items()):
+        if len(paths) > 1:
+            problems.append((key, "several images share this name: " + ", ".join(p.name for p in paths)))
+        elif key not in masks:
+            problems.append((key, f"no mask named {key}.* in {mask}"))
+        elif len(masks[key]) > 1:
+            problems.append((key, "several masks share this name: " + ", ".join(p.name for p in masks[key])))
+        elif len(sketches.get(key, [])) > 1:
+            problems.append((key, "several sketches share this name: " + ", ".join(p.name for p in sketches[key])))
+        else:
+            sk = sketches.get(key)
+            pairs.append((key, paths[0], masks[key][0], sk[0] if sk else None))
+    for key in sorted(set(masks) - set(images)):
+        problems.append((key, f"mask without an image in {image}"))
+    for key in sorted(set(sketches) - set(images)):
+        problems.append((key, f"sketch without an image in {image}"))
+    return pairs, problems

@@ -1,0 +1,140 @@
+"""The house's rules, read from the source: imports run one way (kernels -> images -> ... -> command lines),
+the benchmarks import nothing from tests/, functions stay short, and the registries of attention variants
+and backends are what config validation, the generator and the benchmarks accept."""
+import ast
+from pathlib import Path
+
+import pytest
+import torch
+
+from mhtma_kernels.ops import BACKENDS
+from mhtma_model.config import ConfigError, load_config
+from mhtma_model.networks import ATTENTION_VARIANTS, ATTENTIONS, KERNEL_BACKENDS, InpaintGenerator
+
+REPO = Path(__file__).resolve().parents[1]
+MAX_FUNCTION_LINES = 80
+
+#: mhtma_model's modules by floor (README "Layout"): a module imports only modules on lower floors.
+FLOORS = {
+    "images": 0, "device": 0, "samples": 0, "metrics": 0, "fid": 0, "classical": 0,
+    "masks": 1, "sketch": 1,
+    "data": 2,
+    "networks": 3,
+    "losses": 4,
+    "config": 5,
+    "checkpoint": 6,
+    "gan_step": 7, "predict": 7,
+    "train": 8,
+    "inpaint": 9, "evaluate": 9, "ui": 9,
+    "__main__": 10,
+}
+
+
+def _sources(folder: str) -> list[Path]:
+    return sorted((REPO / folder).rglob("*.py"))
+
+
+def _imported(path: Path) -> set[str]:
+    """Fully qualified names that ``path`` imports (also inside functions), relative imports resolved."""
+    here = path.relative_to(REPO).with_suffix("").parts[:-1]  # the package the file belongs to
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = list(here[:len(here) - node.level + 1]) if node.level else []
+            module = ".".join(base + ([node.module] if node.module else []))
+            names.add(module)
+            names.update(f"{module}.{a.name}" for a in node.names)
+    return names
+
+
+def _ids(paths):
+    return [p.relative_to(REPO).as_posix() for p in paths]
+
+
+@pytest.mark.parametrize("path", _sources("mhtma_kernels"), ids=_ids(_sources("mhtma_kernels")))
+def test_kernels_never_import_the_model(path):
+    assert not any(n.split(".")[0] == "mhtma_model" for n in _imported(path))
+
+
+BENCH = _sources("benchmarks")
+
+
+@pytest.mark.parametrize("path", BENCH, ids=_ids(BENCH))
+def test_benchmarks_import_nothing_from_tests(path):
+    assert not any(n.split(".")[0] == "tests" for n in _imported(path))
+
+
+MODEL = [p for p in _sources("mhtma_model") if p.name != "__init__.py"]
+
+
+def _floor(path: Path) -> int:
+    return FLOORS[path.relative_to(REPO / "mhtma_model").parts[0].removesuffix(".py")]
+
+
+@pytest.mark.parametrize("path", MODEL, ids=_ids(MODEL))
+def test_model_imports_only_lower_floors(path):
+    own = path.relative_to(REPO / "mhtma_model").parts[0].removesuffix(".py")
+    upward = []
+    for name in _imported(path):
+        parts = name.split(".")
+        if parts[0] != "mhtma_model" or len(parts) < 2 or parts[1] not in FLOORS or parts[1] == own:
+            continue
+        if FLOORS[parts[1]] >= _floor(path):
+            upward.append(parts[1])
+    assert not upward, f"{own} (floor {_floor(path)}) imports {sorted(set(upward))} on its floor or above"
+
+
+def test_every_model_module_has_a_floor():
+    assert {p.relative_to(REPO / "mhtma_model").parts[0].removesuffix(".py") for p in MODEL} <= set(FLOORS)
+
+
+@pytest.mark.parametrize("path", MODEL, ids=_ids(MODEL))
+def test_model_functions_are_short(path):
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    long = [f"{node.name} ({node.end_lineno - node.lineno + 1} lines)" for node in ast.walk(tree)
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+            and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES]
+    assert not long
+
+
+# --------------------------------------------------------------------------------------------- registries
+
+def test_backend_registry_is_the_kernels_list():
+    assert KERNEL_BACKENDS == tuple(b for b in BACKENDS if b != "auto") and "auto" in BACKENDS
+    with pytest.raises(ConfigError, match=str(list(BACKENDS)).replace("[", r"\[").replace("]", r"\]")):
+        load_config(None, ["model.backend=cuda"])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_config_accepts_every_registered_backend(backend):
+    assert load_config(None, [f"model.backend={backend}"]).model.backend == backend
+
+
+@pytest.mark.parametrize("name", ATTENTIONS)
+def test_every_registered_variant_builds_and_runs(name):
+    assert load_config(None, [f"model.attention={name}"]).model.attention == name
+    torch.manual_seed(0)
+    generator = InpaintGenerator(base_channels=4, attention=name).eval()
+    variant = ATTENTION_VARIANTS[name]
+    layer = generator.refine.attention
+    assert (layer is None) == (variant.layer is None)
+    assert layer is None or type(layer) is variant.layer
+    image, mask = torch.zeros(1, 3, 16, 16), torch.zeros(1, 1, 16, 16)
+    mask[..., 4:10, 4:10] = 1
+    with torch.no_grad():
+        _coarse, refined = generator(image, mask)
+    assert refined.shape == image.shape and bool(torch.isfinite(refined).all())
+    assert (generator.last_temperature is not None) == variant.learns_temperature
+
+
+def test_benchmark_providers_come_from_the_registries():
+    from benchmarks import profiles, providers, report, runners
+
+    assert runners.MODEL_PROVIDERS == ATTENTIONS == report.MODEL_ORDER
+    assert providers.OP_PROVIDERS[:len(KERNEL_BACKENDS)] == KERNEL_BACKENDS
+    with_layer = {n for n, v in ATTENTION_VARIANTS.items() if v.layer is not None}
+    assert {p.partition("-")[0] for p in runners.LAYER_PROVIDERS} == with_layer
+    assert all(p.partition("-")[2] in KERNEL_BACKENDS for p in runners.LAYER_PROVIDERS if "-" in p)
+    assert set(profiles.LAYER_TIMED) < set(runners.LAYER_PROVIDERS)
