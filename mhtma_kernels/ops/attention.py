@@ -2,10 +2,13 @@
 import math
 import os
 
+
 import torch
 
-from .chunked import chunked_masked_attention
+from .autocast import autocast_dtype, cast_for_autocast
+from .library import chunked_attention
 from .reference import l2_normalize, masked_temperature_attention_reference
+from .tracing import is_tracing
 
 BACKENDS = ("auto", "reference", "torch", "triton")
 
@@ -46,8 +49,33 @@ def _validate(q, k, v, key_valid, temperature, lambda_m, backend):
         raise ValueError(f"lambda_m must be a finite positive number, got {lambda_m!r}")
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if temperature.numel() and not bool(torch.isfinite(temperature).all() & (temperature > 0).all()):
-        raise ValueError(f"temperature must be finite and strictly positive, got min {temperature.min().item():g}")
+    _check_temperature_values(temperature)
+
+
+_TEMPERATURE_MESSAGE = "temperature must be finite and strictly positive"
+
+
+def _check_temperature_values(temperature: torch.Tensor) -> None:
+    """temperature > 0 and finite: a ValueError in eager mode; a runtime assertion in a compiled graph.
+
+    Reading the values needs them to exist: under torch.compile the check becomes
+    ``torch._assert_async`` (a graph node, no graph break; it raises RuntimeError when the compiled
+    code runs). Under torch.export it is skipped: an assertion node would be exported into every
+    deployed graph (ONNX has no such operator), and the layers' temperatures are positive by
+    construction (Softplus + floor, or a fixed positive float, both checked when the layer is built).
+    """
+    if temperature.numel() == 0:
+        return
+    if not is_tracing(temperature):
+        if not bool(torch.isfinite(temperature).all() & (temperature > 0).all()):
+            raise ValueError(f"{_TEMPERATURE_MESSAGE}, got min {temperature.min().item():g}")
+    elif not _exporting():
+        torch._assert_async((torch.isfinite(temperature) & (temperature > 0)).all(), _TEMPERATURE_MESSAGE)
+
+
+def _exporting() -> bool:
+    check = getattr(torch.compiler, "is_exporting", None)
+    return bool(check is not None and check())
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
@@ -87,12 +115,32 @@ def masked_temperature_attention(q, k, v, key_valid, temperature, lambda_m=1e4, 
     A row whose keys are all invalid gets uniform weights. Gradients flow to q, k, v and
     temperature (not to key_valid).
 
+    Autocast: inside ``torch.autocast(device_type, dtype=torch.bfloat16 | torch.float16)`` on the
+    inputs' device, q, k and v (unless float64) are cast to the autocast dtype, as autocast does for
+    ``torch.matmul``, so the fused kernels run on tensor cores under AMP; the temperature keeps its
+    dtype and accumulation stays fp32. The output is then in the autocast dtype.
+
+    torch.compile / torch.export: the `torch` and `triton` backends are ``torch.library`` custom ops
+    (``mhtma::chunked_attention``, ``mhtma::triton_attention``, see :mod:`.library`), so
+    ``torch.compile(..., fullgraph=True)`` and ``torch.export`` trace through them. Checks of the
+    temperature's values run in eager mode; compiled, they become a runtime assertion
+    (RuntimeError); exported, they are skipped. Shape, dtype and device checks run everywhere.
+
     Returns:
         ``[B, H, Nq, Dv]`` in the dtype of ``v``.
     """
     _validate(q, k, v, key_valid, temperature, lambda_m, backend)
     backend = resolve_backend(backend, q.device)
     lambda_m = float(lambda_m)
+    low_precision = autocast_dtype(q.device)
+    if low_precision is None:
+        return _dispatch(q, k, v, key_valid, temperature, lambda_m, normalize, backend)
+    q, k, v = cast_for_autocast(low_precision, q, k, v)
+    with torch.autocast(q.device.type, enabled=False):  # the op's fp32 accumulation is not re-cast
+        return _dispatch(q, k, v, key_valid, temperature, lambda_m, normalize, backend)
+
+
+def _dispatch(q, k, v, key_valid, temperature, lambda_m: float, normalize: bool, backend: str):
     if backend == "reference":
         return masked_temperature_attention_reference(q, k, v, key_valid, temperature, lambda_m, normalize)
     if q.shape[0] == 0 or q.shape[2] == 0:
@@ -102,7 +150,7 @@ def masked_temperature_attention(q, k, v, key_valid, temperature, lambda_m=1e4, 
     if normalize:
         q, k = l2_normalize(q), l2_normalize(k)
     if backend == "torch":
-        return chunked_masked_attention(q, k, v, key_valid, temperature, lambda_m)
-    from .triton_op import triton_masked_attention  # imported lazily: triton is optional on CPU
+        return chunked_attention(q, k, v, key_valid, temperature, lambda_m)
+    from .triton_library import triton_attention  # imported lazily: triton is optional on CPU
 
-    return triton_masked_attention(q, k, v, key_valid, temperature, lambda_m)
+    return triton_attention(q, k, v, key_valid, temperature, lambda_m)
