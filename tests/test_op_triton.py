@@ -138,7 +138,7 @@ def test_backward_saves_no_score_matrix():
                              for x in make_inputs(B, H, Nq, Nk, D, Dv, 0.1, "random"))
     out = masked_temperature_attention(q, k, v, key_valid, t, backend="triton")
     node = out.grad_fn
-    assert type(node).__name__.startswith("TritonMaskedAttention")
+    assert "triton_attention" in type(node).__name__  # the mhtma::triton_attention custom op (ops/triton_library.py)
     saved = node.saved_tensors
     assert len(saved) > 0
     largest = max(s.numel() for s in saved)

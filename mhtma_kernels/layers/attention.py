@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from ..ops.attention import BACKENDS, masked_temperature_attention
+from ..ops.tracing import is_exporting
 from .patches import (check_feature_size, check_inputs, check_patch_size, extract_patches, fold_patches,
                       key_validity, resize_mask)
 from .temperature import TemperatureNetwork
@@ -111,5 +112,6 @@ class MaskedTemperatureAttention(nn.Module):
         out = fold_patches(patches.flatten(0, 1), (h, w), s).reshape(b, heads * self.head_channels, h, w)
         if self.project is not None:
             out = self.project(out)
-        self.last_temperature = t.detach()
+        if not is_exporting():  # an exported graph has no Python attributes to set (torch.export warns)
+            self.last_temperature = t.detach()
         return out

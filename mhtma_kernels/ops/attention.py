@@ -8,7 +8,7 @@ import torch
 from .autocast import autocast_dtype, cast_for_autocast
 from .library import chunked_attention
 from .reference import l2_normalize, masked_temperature_attention_reference
-from .tracing import is_tracing
+from .tracing import is_exporting, is_tracing
 
 BACKENDS = ("auto", "reference", "torch", "triton")
 
@@ -69,13 +69,8 @@ def _check_temperature_values(temperature: torch.Tensor) -> None:
     if not is_tracing(temperature):
         if not bool(torch.isfinite(temperature).all() & (temperature > 0).all()):
             raise ValueError(f"{_TEMPERATURE_MESSAGE}, got min {temperature.min().item():g}")
-    elif not _exporting():
+    elif not is_exporting():
         torch._assert_async((torch.isfinite(temperature) & (temperature > 0)).all(), _TEMPERATURE_MESSAGE)
-
-
-def _exporting() -> bool:
-    check = getattr(torch.compiler, "is_exporting", None)
-    return bool(check is not None and check())
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:

@@ -20,6 +20,12 @@ def _compiling() -> bool:
     return any(check is not None and check() for check in checks)
 
 
+def is_exporting() -> bool:
+    """True while torch.export traces (torch >= 2.5 says so; older torch: False)."""
+    check = getattr(torch.compiler, "is_exporting", None)
+    return bool(check is not None and check())
+
+
 def is_tracing(*tensors: torch.Tensor) -> bool:
     """True under torch.compile / torch.export / jit tracing, or when any tensor is a fake tensor."""
     if _compiling() or torch.jit.is_tracing():
