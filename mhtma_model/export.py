@@ -119,8 +119,12 @@ def export_onnx(generator: nn.Module, output, size: int) -> Path:
 
     ExportError for what ONNX cannot hold (Triton attention, a size the generator refuses).
     """
+    import inspect
+
     from mhtma_kernels.ops.library import EXPORT_DECOMPOSITIONS
 
+    if "dynamo" not in inspect.signature(torch.onnx.export).parameters:
+        raise ExportError(f"ONNX export uses torch's dynamo exporter (torch >= 2.5); this is torch {torch.__version__}")
     program = export_program(generator, size).run_decompositions(EXPORT_DECOMPOSITIONS)
     leftover = sorted({str(n.target) for n in program.graph.nodes if str(n.target).startswith("mhtma.")})
     if leftover:

@@ -218,7 +218,7 @@ def test_generator_exports_with_a_dynamic_batch(attention):
         assert_close(a, e.double(), torch.float32, name)
 
 
-def test_mhtma_export_cli_writes_an_onnx_model_that_onnxruntime_runs(tmp_path, capsys):
+def test_mhtma_export_cli_writes_an_onnx_model_that_onnxruntime_runs(tmp_path, capsys, monkeypatch):
     onnxruntime = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
     from mhtma_model import export
@@ -246,6 +246,12 @@ def test_mhtma_export_cli_writes_an_onnx_model_that_onnxruntime_runs(tmp_path, c
     assert_close(torch.from_numpy(inpainted), expected.double(), torch.float32, "onnxruntime vs PyTorch")
     known = mask.expand_as(image) == 0
     assert torch.equal(torch.from_numpy(inpainted)[known], image[known])  # known pixels pass through
+
+    # Above the tolerance the command fails loudly (exit 1), after writing the file (reused here, not re-exported).
+    monkeypatch.setattr(export, "export_onnx", lambda generator, path, size: output)
+    assert export.main(["--checkpoint", str(checkpoint), "--output", str(output), "--size", "32",
+                        "--tolerance", "0"]) == 1
+    assert "differs from PyTorch" in capsys.readouterr().err
 
 
 def test_triton_backend_to_onnx_is_a_clear_error(tmp_path):
