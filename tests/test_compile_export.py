@@ -78,6 +78,15 @@ def test_fake_tensor_shapes_of_the_op():
         assert tuple(out.shape) == (3, 2, 7, 4) and out.dtype == torch.bfloat16
 
 
+def test_missing_triton_is_a_clear_import_error(monkeypatch):
+    pytest.importorskip("triton")
+    from mhtma_kernels.ops import triton_op
+
+    monkeypatch.setattr(triton_op, "_IMPORT_ERROR", ImportError("No module named 'triton'"))
+    with pytest.raises(ImportError, match=r"needs the `triton` package.*backend='torch'"):
+        masked_temperature_attention(*op_inputs(), backend="triton")
+
+
 # ------------------------------------------------------------------------------------------ compile
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -280,3 +289,20 @@ def test_mhtma_export_user_errors_exit_2_with_one_line(tmp_path, capsys, argv, m
     assert exit_info.value.code == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert message in error and error.startswith("mhtma-export: error:")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the compiled Triton kernels need a CUDA GPU")
+def test_generator_compiles_on_cuda_with_the_triton_backend_without_graph_breaks():
+    """GPU check: the generator with the fused op, inductor, fullgraph, forward and backward vs eager."""
+    from mhtma_kernels.ops import triton_library
+
+    torch.manual_seed(0)
+    generator = InpaintGenerator(base_channels=8, backend="triton").cuda()
+    image, mask = (x.cuda() for x in tiny_inputs(2, size=64))
+    explanation = torch._dynamo.explain(generator)(image, mask)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    compiled = torch.compile(generator, fullgraph=True)
+    expected, actual = generator(image, mask)[1], compiled(image, mask)[1]
+    assert_close(actual, expected.detach().double(), torch.float32, f"refined ({triton_library.REGISTERED_WITH})")
+    actual.sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in generator.parameters())

@@ -92,7 +92,8 @@ class MaskedTemperatureAttention(nn.Module):
 
     def attend(self, q, k, v, key_valid, t):
         """The masked attention: q [B,K,Nq,D], k/v [B,K,Nk,D], key_valid [B,Nk], t [B,K] -> [B,K,Nq,D]."""
-        return masked_temperature_attention(q, k, v, key_valid, t.to(q.dtype), lambda_m=self.lambda_m,
+        # t keeps its dtype: under autocast q, k, v are bf16/fp16 but the learned scale stays fp32
+        return masked_temperature_attention(q, k, v, key_valid, t, lambda_m=self.lambda_m,
                                             normalize=True, backend=self.backend)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -45,6 +45,9 @@ class ContextualAttention(nn.Module):
     (``rate=1`` here: matching and pasting at the feature resolution), the 3×3 identity "fuse"
     convolutions that propagate attention scores, and the flow/offset visualisation.
 
+    Traced (torch.compile, torch.export) the loop is replaced by :meth:`batched_forward`, the same
+    computation for the whole batch at once: a Python loop over a symbolic batch size cannot be traced.
+
     Args:
         in_channels: optional; when given, ``forward`` checks that x has that many channels.
         patch_size: odd s (DeepFill: 3).

@@ -58,18 +58,22 @@ _TEMPERATURE_MESSAGE = "temperature must be finite and strictly positive"
 def _check_temperature_values(temperature: torch.Tensor) -> None:
     """temperature > 0 and finite: a ValueError in eager mode; a runtime assertion in a compiled graph.
 
-    Reading the values needs them to exist: under torch.compile the check becomes
-    ``torch._assert_async`` (a graph node, no graph break; it raises RuntimeError when the compiled
-    code runs). Under torch.export it is skipped: an assertion node would be exported into every
-    deployed graph (ONNX has no such operator), and the layers' temperatures are positive by
-    construction (Softplus + floor, or a fixed positive float, both checked when the layer is built).
+    Reading the values needs them to exist. Compiled (torch.compile), on CPU the check becomes
+    ``torch._assert_async`` (a graph node, no graph break; RuntimeError with the same message when the
+    compiled code runs). It is skipped
+    - compiled on CUDA: a failing device-side assertion aborts the CUDA context without the message,
+      and checking on the host would synchronise the device on every call;
+    - under torch.export: the assertion would be exported into every deployed graph (ONNX has no such
+      operator).
+    The layers' temperatures are positive by construction (Softplus + floor, or a fixed positive float
+    checked when the layer is built); a NaN still shows in the output and the loss.
     """
     if temperature.numel() == 0:
         return
     if not is_tracing(temperature):
         if not bool(torch.isfinite(temperature).all() & (temperature > 0).all()):
             raise ValueError(f"{_TEMPERATURE_MESSAGE}, got min {temperature.min().item():g}")
-    elif not is_exporting():
+    elif temperature.device.type == "cpu" and not is_exporting():
         torch._assert_async((torch.isfinite(temperature) & (temperature > 0)).all(), _TEMPERATURE_MESSAGE)
 
 
@@ -118,8 +122,9 @@ def masked_temperature_attention(q, k, v, key_valid, temperature, lambda_m=1e4, 
     torch.compile / torch.export: the `torch` and `triton` backends are ``torch.library`` custom ops
     (``mhtma::chunked_attention``, ``mhtma::triton_attention``, see :mod:`.library`), so
     ``torch.compile(..., fullgraph=True)`` and ``torch.export`` trace through them. Checks of the
-    temperature's values run in eager mode; compiled, they become a runtime assertion
-    (RuntimeError); exported, they are skipped. Shape, dtype and device checks run everywhere.
+    temperature's values run in eager mode; compiled on CPU they become a runtime assertion
+    (RuntimeError); compiled on CUDA or exported they are skipped (see ``_check_temperature_values``).
+    Shape, dtype and device checks run everywhere.
 
     Returns:
         ``[B, H, Nq, Dv]`` in the dtype of ``v``.

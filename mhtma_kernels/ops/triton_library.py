@@ -29,11 +29,17 @@ import torch
 from . import triton_op
 from .library import NAMESPACE
 
-if triton_op._IMPORT_ERROR is not None:  # pragma: no cover - exercised only where triton is missing
-    raise ImportError(
-        "backend='triton' needs the `triton` package, which could not be imported "
-        f"({triton_op._IMPORT_ERROR}); install triton or use backend='torch'"
-    ) from triton_op._IMPORT_ERROR
+
+
+def _require_triton() -> None:
+    if triton_op._IMPORT_ERROR is not None:
+        raise ImportError(
+            "backend='triton' needs the `triton` package, which could not be imported "
+            f"({triton_op._IMPORT_ERROR}); install triton or use backend='torch'"
+        ) from triton_op._IMPORT_ERROR
+
+
+_require_triton()  # at import: the registration below asks triton_op whether it interprets
 
 
 def _use_triton_op() -> bool:
@@ -134,6 +140,7 @@ def triton_attention(q, k, v, key_valid, temperature, lambda_m: float) -> torch.
     Checks what the kernels need (dtype fp16/bf16/fp32, CUDA or the interpreter, B*H <= 65535); an
     empty problem returns zeros connected to the inputs' graph.
     """
+    _require_triton()
     triton_op._check_inputs(q, k, v, temperature)
     B, H, Nq, _ = q.shape
     Dv = v.shape[3]
