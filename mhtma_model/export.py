@@ -152,13 +152,16 @@ def check_onnx(path, generator: nn.Module, inputs: Sequence[torch.Tensor]) -> fl
 
 
 def _load_pair(image_path: str, mask_path: str, size: int, sketch: bool) -> tuple[torch.Tensor, ...]:
-    from PIL import Image
+    from PIL import Image, ImageOps
 
-    from .data import open_image
     from .masks import mask_from_image
 
-    image = open_image(image_path).convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
-    hole = mask_from_image(open_image(mask_path).resize((size, size), Image.Resampling.NEAREST))
+    def open_upright(path):
+        with Image.open(path) as img:
+            return ImageOps.exif_transpose(img)
+
+    image = open_upright(image_path).convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
+    hole = mask_from_image(open_upright(mask_path).resize((size, size), Image.Resampling.NEAREST))
     x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)[None]
     mask = torch.from_numpy(np.asarray(hole, dtype=np.float32)).reshape(1, 1, size, size)
     return (x, mask, torch.zeros_like(mask)) if sketch else (x, mask)
@@ -188,19 +191,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         import onnxruntime  # noqa: F401
     except ImportError as exc:
         parser.error(f"ONNX export needs onnx and onnxruntime ({exc}); pip install -e \".[export]\"")
-    from .inpaint import load_generator_or_exit
+    from .checkpoint import CheckpointError, load_generator
 
-    generator, config = load_generator_or_exit(args.checkpoint, parser)
+    if not Path(args.checkpoint).is_file():
+        parser.error(f"checkpoint not found: {args.checkpoint}")
+    try:
+        generator, config = load_generator(args.checkpoint, map_location="cpu")
+    except (CheckpointError, ValueError, KeyError, RuntimeError, OSError) as exc:
+        parser.error(f"cannot use checkpoint {args.checkpoint}: {exc}")
     size = args.size if args.size is not None else config.data.size
     if "triton" in attention_backends(generator):
         print("note: the checkpoint's attention uses backend='triton'; exporting the `torch` backend "
               "(same weights, same math)", file=sys.stderr)
     use_torch_backend(generator)
     try:
-        path = export_onnx(generator, args.output, size)
         inputs = (_load_pair(args.image, args.mask, size, generator.sketch) if args.image
-                  else example_inputs(generator, size))
-    except (ExportError, OSError) as exc:
+                  else example_inputs(generator, size))  # read first: a bad file fails before the export
+        path = export_onnx(generator, args.output, size)
+    except (ExportError, OSError, ValueError) as exc:
         parser.error(str(exc))
     difference = check_onnx(path, generator, inputs)
     print(f"wrote {path} (inputs {', '.join(n for n in ('image', 'mask', 'sketch')[:len(inputs)])}, "

@@ -20,16 +20,20 @@ from .tolerance import TOLERANCE, assert_close
 BACKENDS = [pytest.param("torch", id="torch"), pytest.param("triton", id="triton-interpreter")]
 
 
-def needs_triton(backend):
-    if backend == "triton":
-        pytest.importorskip("triton")
-        if not torch.cuda.is_available():
-            from mhtma_kernels.ops import triton_op
-            if not triton_op._interpreting():
-                pytest.skip("triton on CPU needs TRITON_INTERPRET=1 before triton is imported")
+def device_for(backend) -> str:
+    """CPU for the torch backend; for triton CUDA when present, else CPU under the interpreter (or skip)."""
+    if backend != "triton":
+        return "cpu"
+    pytest.importorskip("triton")
+    if torch.cuda.is_available():
+        return "cuda"
+    from mhtma_kernels.ops import triton_op
+    if not triton_op._interpreting():
+        pytest.skip("triton on CPU needs TRITON_INTERPRET=1 before triton is imported")
+    return "cpu"
 
 
-def op_inputs(dtype=torch.float32, seed=0):
+def op_inputs(dtype=torch.float32, seed=0, device="cpu"):
     g = torch.Generator().manual_seed(seed)
     q = torch.randn(2, 2, 10, 12, generator=g)
     k = torch.randn(2, 2, 9, 12, generator=g)
@@ -37,13 +41,13 @@ def op_inputs(dtype=torch.float32, seed=0):
     key_valid = torch.rand(2, 9, generator=g) > 0.3
     key_valid[1] = False  # image 1: every key is a hole (uniform weights)
     temperature = torch.rand(2, 2, generator=g) + 0.1
-    return [x.to(dtype) for x in (q, k, v)] + [key_valid, temperature]
+    return [x.to(device, dtype) for x in (q, k, v)] + [key_valid.to(device), temperature.to(device)]
 
 
 def output_and_grads(fn, q, k, v, key_valid, temperature):
     leaves = [x.detach().clone().requires_grad_() for x in (q, k, v, temperature)]
     out = fn(leaves[0], leaves[1], leaves[2], key_valid, leaves[3])
-    weight = torch.linspace(-1.0, 2.0, out.numel()).reshape(out.shape).to(out.dtype)
+    weight = torch.linspace(-1.0, 2.0, out.numel(), device=out.device).reshape(out.shape).to(out.dtype)
     (out * weight).sum().backward()
     return [out.detach()] + [x.grad for x in leaves]
 
@@ -54,13 +58,13 @@ def output_and_grads(fn, q, k, v, key_valid, temperature):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_custom_op_passes_opcheck(backend, dtype):
     """Schema, fake (shape) implementation, autograd registration and dynamic-shape tracing of the op."""
-    needs_triton(backend)
+    device = device_for(backend)
     if backend == "torch":
         op = torch.ops.mhtma.chunked_attention.default
     else:
         from mhtma_kernels.ops import triton_library  # noqa: F401  (registers the op)
         op = torch.ops.mhtma.triton_attention.default
-    q, k, v, key_valid, t = op_inputs()
+    q, k, v, key_valid, t = op_inputs(device=device)
     q, k = torch.nn.functional.normalize(q, dim=-1), torch.nn.functional.normalize(k, dim=-1)
     args = [x.to(dtype).requires_grad_() for x in (q, k, v)] + [key_valid, t.requires_grad_(), 1e4]
     result = torch.library.opcheck(op, args)
@@ -91,14 +95,15 @@ def test_missing_triton_is_a_clear_import_error(monkeypatch):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_op_compiles_fullgraph_and_matches_eager(backend):
-    needs_triton(backend)
-    inputs = op_inputs()
+    device = device_for(backend)
+    inputs = op_inputs(device=device)
 
     def op(q, k, v, key_valid, t):
         return masked_temperature_attention(q, k, v, key_valid, t, backend=backend)
 
-    # inductor for the torch op; the interpreted Triton op is opaque to inductor, aot_eager traces the same graph
-    compiler = "inductor" if backend == "torch" else "aot_eager"
+    # inductor for the torch op and on CUDA; the interpreted Triton op is opaque to inductor, aot_eager traces
+    # the same graph
+    compiler = "aot_eager" if backend == "triton" and device == "cpu" else "inductor"
     compiled = torch.compile(op, fullgraph=True, backend=compiler)
     expected = output_and_grads(op, *inputs)
     actual = output_and_grads(compiled, *inputs)
@@ -276,6 +281,7 @@ def test_triton_backend_to_onnx_is_a_clear_error(tmp_path):
     pytest.param(["--checkpoint", "missing.pt"], "checkpoint not found", id="missing-checkpoint"),
     pytest.param(["--checkpoint", "CKPT", "--size", "30"], "size must be a multiple of 8", id="bad-size"),
     pytest.param(["--checkpoint", "CKPT", "--image", "a.png"], "--image and --mask go together", id="image-without-mask"),
+    pytest.param(["--checkpoint", "CKPT", "--image", "nope.png", "--mask", "nope.png"], "nope.png", id="missing-image"),
 ])
 def test_mhtma_export_user_errors_exit_2_with_one_line(tmp_path, capsys, argv, message):
     from mhtma_model import export
