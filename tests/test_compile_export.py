@@ -164,6 +164,20 @@ def test_generator_traces_fullgraph():
     assert all(p.grad is not None for p in generator.parameters())
 
 
+def test_contextual_attention_batched_form_equals_its_loop():
+    """What tracing runs instead of the per-image loop (a loop over a symbolic batch cannot be exported)."""
+    from mhtma_kernels import ContextualAttention
+    from mhtma_kernels.layers.patches import resize_mask
+
+    layer = ContextualAttention(6)
+    x = torch.randn(3, 6, 9, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    mask = torch.zeros(3, 1, 18, 14)
+    mask[0, :, 4:10, 2:8] = 1
+    mask[2] = 1  # every key a hole
+    batched = layer.batched_forward(x, resize_mask(mask, (9, 7)).double())
+    assert_close(batched, layer(x, mask), torch.float64, "batched vs loop")
+
+
 # ----------------------------------------------------------------------------------------- autocast
 
 @pytest.mark.parametrize("backend", ["torch", "reference"])
