@@ -149,6 +149,17 @@ def test_layer_compiles_fullgraph_and_matches_eager():
     assert layer.last_temperature is not None and layer.last_temperature.shape == (2, 2)
 
 
+def test_layer_compiles_with_dynamic_shapes():
+    """dynamic=True: batch and feature size symbolic (module floats such as lambda_m become symbolic too)."""
+    torch.manual_seed(0)
+    layer = MaskedTemperatureAttention(16, heads=2, backend="torch")
+    compiled = torch.compile(layer, fullgraph=True, dynamic=True, backend="aot_eager")
+    for batch, size in ((2, 8), (3, 10)):
+        x, mask = feature_and_mask(batch=batch, size=size)
+        with torch.no_grad():
+            assert_close(compiled(x, mask), layer(x, mask).double(), torch.float32, f"batch {batch}, {size}x{size}")
+
+
 def test_generator_traces_fullgraph():
     """The whole generator is captured as one graph (no break at the op or the layers), forward and backward."""
     torch.manual_seed(0)

@@ -45,7 +45,9 @@ def _validate(q, k, v, key_valid, temperature, lambda_m, backend):
     for name, x in (("k", k), ("v", v), ("key_valid", key_valid), ("temperature", temperature)):
         if x.device != q.device:
             raise ValueError(f"{name} is on {x.device} but q is on {q.device}: all inputs must share one device")
-    if isinstance(lambda_m, bool) or not isinstance(lambda_m, (int, float)) or not math.isfinite(lambda_m) or lambda_m <= 0:
+    # `0 < lambda_m < inf` rather than math.isfinite: also holds for the symbolic float torch.compile(dynamic=True)
+    # makes of a module's float attribute (False for NaN as well)
+    if isinstance(lambda_m, bool) or not isinstance(lambda_m, (int, float)) or not 0 < lambda_m < math.inf:
         raise ValueError(f"lambda_m must be a finite positive number, got {lambda_m!r}")
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
