@@ -29,10 +29,12 @@ setup(
     extras_require={
         # Everything the full test suite exercises (the optional parts included).
         "dev": ["pytest", "pytest-benchmark", "pytest-timeout", "matplotlib", "opencv-python-headless",
-                "gradio", "selenium"],
+                "gradio", "selenium", "onnx", "onnxruntime", "onnxscript"],
         "classical": ["opencv-python-headless"],  # Telea / Navier-Stokes reference rows in mhtma-eval
         "ui": ["gradio"],                          # mhtma-ui
         "bench": ["pytest", "pytest-benchmark", "matplotlib"],
+        # mhtma-export: ONNX through torch's dynamo exporter (needs onnxscript), checked with onnxruntime
+        "export": ["onnx", "onnxruntime", "onnxscript"],
     },
     entry_points={
         "console_scripts": [
@@ -40,6 +42,7 @@ setup(
             "mhtma-eval=mhtma_model.evaluate:main",
             "mhtma-inpaint=mhtma_model.inpaint:main",
             "mhtma-ui=mhtma_model.ui:main",
+            "mhtma-export=mhtma_model.export:main",
         ]
     },
 )

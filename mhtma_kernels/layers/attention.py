@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from ..ops.attention import BACKENDS, masked_temperature_attention
+from ..ops.tracing import is_exporting
 from .patches import (check_feature_size, check_inputs, check_patch_size, extract_patches, fold_patches,
                       key_validity, resize_mask)
 from .temperature import TemperatureNetwork
@@ -91,7 +92,8 @@ class MaskedTemperatureAttention(nn.Module):
 
     def attend(self, q, k, v, key_valid, t):
         """The masked attention: q [B,K,Nq,D], k/v [B,K,Nk,D], key_valid [B,Nk], t [B,K] -> [B,K,Nq,D]."""
-        return masked_temperature_attention(q, k, v, key_valid, t.to(q.dtype), lambda_m=self.lambda_m,
+        # t keeps its dtype: under autocast q, k, v are bf16/fp16 but the learned scale stays fp32
+        return masked_temperature_attention(q, k, v, key_valid, t, lambda_m=self.lambda_m,
                                             normalize=True, backend=self.backend)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -111,5 +113,6 @@ class MaskedTemperatureAttention(nn.Module):
         out = fold_patches(patches.flatten(0, 1), (h, w), s).reshape(b, heads * self.head_channels, h, w)
         if self.project is not None:
             out = self.project(out)
-        self.last_temperature = t.detach()
+        if not is_exporting():  # an exported graph has no Python attributes to set (torch.export warns)
+            self.last_temperature = t.detach()
         return out

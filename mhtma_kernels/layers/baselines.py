@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..ops.tracing import is_tracing
 from .attention import MaskedTemperatureAttention
 from .patches import check_feature_size, check_inputs, check_patch_size, resize_mask
 from .temperature import TemperatureNetwork
@@ -44,6 +45,9 @@ class ContextualAttention(nn.Module):
     (``rate=1`` here: matching and pasting at the feature resolution), the 3×3 identity "fuse"
     convolutions that propagate attention scores, and the flow/offset visualisation.
 
+    Traced (torch.compile, torch.export) the loop is replaced by :meth:`batched_forward`, the same
+    computation for the whole batch at once: a Python loop over a symbolic batch size cannot be traced.
+
     Args:
         in_channels: optional; when given, ``forward`` checks that x has that many channels.
         patch_size: odd s (DeepFill: 3).
@@ -74,6 +78,8 @@ class ContextualAttention(nn.Module):
         s, p = self.patch_size, self.patch_size // 2
         check_feature_size(h, w, s, "ContextualAttention")
         hole = resize_mask(mask, (h, w)).to(x.dtype)
+        if is_tracing(x):  # a loop over a symbolic batch cannot be traced (torch.export, dynamic batch)
+            return self.batched_forward(x, hole)
         outputs = []
         for n in range(x.shape[0]):
             xn = x[n:n + 1]
@@ -86,6 +92,22 @@ class ContextualAttention(nn.Module):
             weights = F.softmax(scores * self.softmax_scale, dim=1) * mm
             outputs.append(F.conv_transpose2d(weights, raw, padding=p) / (s * s))
         return torch.cat(outputs, dim=0)
+
+    def batched_forward(self, x: torch.Tensor, hole: torch.Tensor) -> torch.Tensor:
+        """The same computation for the whole batch at once (used when the layer is traced).
+
+        ``x [B, C, H, W]``, ``hole [B, 1, H, W]`` resized -> ``[B, C, H, W]``. The convolution with the
+        normalised patches is ``wn @ unfold(x)`` and the transposed convolution ``fold(w^T @ weights)``.
+        """
+        _, _, h, w = x.shape
+        s, p = self.patch_size, self.patch_size // 2
+        cols = F.unfold(x, s, padding=p)  # [B, D, L]: patch j (centred on pixel j) in column j
+        raw = cols.transpose(1, 2)  # [B, L, D]
+        normed = raw / raw.norm(dim=2, keepdim=True).clamp_min(_DEEPFILL_EPS)
+        scores = normed @ cols  # [B, L keys, L pixels]
+        mm = (F.unfold(hole, s, padding=p).mean(dim=1) == 0).to(x.dtype)[:, :, None]  # [B, L, 1]
+        weights = F.softmax(scores * mm * self.softmax_scale, dim=1) * mm
+        return F.fold(raw.transpose(1, 2) @ weights, (h, w), s, padding=p) / (s * s)
 
 
 class ATMA(MaskedTemperatureAttention):

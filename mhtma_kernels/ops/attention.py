@@ -2,10 +2,13 @@
 import math
 import os
 
+
 import torch
 
-from .chunked import chunked_masked_attention
+from .autocast import autocast_dtype, cast_for_autocast
+from .library import chunked_attention
 from .reference import l2_normalize, masked_temperature_attention_reference
+from .tracing import is_exporting, is_tracing
 
 BACKENDS = ("auto", "reference", "torch", "triton")
 
@@ -42,12 +45,38 @@ def _validate(q, k, v, key_valid, temperature, lambda_m, backend):
     for name, x in (("k", k), ("v", v), ("key_valid", key_valid), ("temperature", temperature)):
         if x.device != q.device:
             raise ValueError(f"{name} is on {x.device} but q is on {q.device}: all inputs must share one device")
-    if isinstance(lambda_m, bool) or not isinstance(lambda_m, (int, float)) or not math.isfinite(lambda_m) or lambda_m <= 0:
+    # `0 < lambda_m < inf` rather than math.isfinite: also holds for the symbolic float torch.compile(dynamic=True)
+    # makes of a module's float attribute (False for NaN as well)
+    if isinstance(lambda_m, bool) or not isinstance(lambda_m, (int, float)) or not 0 < lambda_m < math.inf:
         raise ValueError(f"lambda_m must be a finite positive number, got {lambda_m!r}")
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if temperature.numel() and not bool(torch.isfinite(temperature).all() & (temperature > 0).all()):
-        raise ValueError(f"temperature must be finite and strictly positive, got min {temperature.min().item():g}")
+    _check_temperature_values(temperature)
+
+
+_TEMPERATURE_MESSAGE = "temperature must be finite and strictly positive"
+
+
+def _check_temperature_values(temperature: torch.Tensor) -> None:
+    """temperature > 0 and finite: a ValueError in eager mode; a runtime assertion in a compiled graph.
+
+    Reading the values needs them to exist. Compiled (torch.compile), on CPU the check becomes
+    ``torch._assert_async`` (a graph node, no graph break; RuntimeError with the same message when the
+    compiled code runs). It is skipped
+    - compiled on CUDA: a failing device-side assertion aborts the CUDA context without the message,
+      and checking on the host would synchronise the device on every call;
+    - under torch.export: the assertion would be exported into every deployed graph (ONNX has no such
+      operator).
+    The layers' temperatures are positive by construction (Softplus + floor, or a fixed positive float
+    checked when the layer is built); a NaN still shows in the output and the loss.
+    """
+    if temperature.numel() == 0:
+        return
+    if not is_tracing(temperature):
+        if not bool(torch.isfinite(temperature).all() & (temperature > 0).all()):
+            raise ValueError(f"{_TEMPERATURE_MESSAGE}, got min {temperature.min().item():g}")
+    elif temperature.device.type == "cpu" and not is_exporting():
+        torch._assert_async((torch.isfinite(temperature) & (temperature > 0)).all(), _TEMPERATURE_MESSAGE)
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
@@ -87,12 +116,33 @@ def masked_temperature_attention(q, k, v, key_valid, temperature, lambda_m=1e4, 
     A row whose keys are all invalid gets uniform weights. Gradients flow to q, k, v and
     temperature (not to key_valid).
 
+    Autocast: inside ``torch.autocast(device_type, dtype=torch.bfloat16 | torch.float16)`` on the
+    inputs' device, q, k and v (unless float64) are cast to the autocast dtype, as autocast does for
+    ``torch.matmul``, so the fused kernels run on tensor cores under AMP; the temperature keeps its
+    dtype and accumulation stays fp32. The output is then in the autocast dtype.
+
+    torch.compile / torch.export: the `torch` and `triton` backends are ``torch.library`` custom ops
+    (``mhtma::chunked_attention``, ``mhtma::triton_attention``, see :mod:`.library`), so
+    ``torch.compile(..., fullgraph=True)`` and ``torch.export`` trace through them. Checks of the
+    temperature's values run in eager mode; compiled on CPU they become a runtime assertion
+    (RuntimeError); compiled on CUDA or exported they are skipped (see ``_check_temperature_values``).
+    Shape, dtype and device checks run everywhere.
+
     Returns:
         ``[B, H, Nq, Dv]`` in the dtype of ``v``.
     """
     _validate(q, k, v, key_valid, temperature, lambda_m, backend)
     backend = resolve_backend(backend, q.device)
     lambda_m = float(lambda_m)
+    low_precision = autocast_dtype(q.device)
+    if low_precision is None:
+        return _dispatch(q, k, v, key_valid, temperature, lambda_m, normalize, backend)
+    q, k, v = cast_for_autocast(low_precision, q, k, v)
+    with torch.autocast(q.device.type, enabled=False):  # the op's fp32 accumulation is not re-cast
+        return _dispatch(q, k, v, key_valid, temperature, lambda_m, normalize, backend)
+
+
+def _dispatch(q, k, v, key_valid, temperature, lambda_m: float, normalize: bool, backend: str):
     if backend == "reference":
         return masked_temperature_attention_reference(q, k, v, key_valid, temperature, lambda_m, normalize)
     if q.shape[0] == 0 or q.shape[2] == 0:
@@ -102,7 +152,7 @@ def masked_temperature_attention(q, k, v, key_valid, temperature, lambda_m=1e4, 
     if normalize:
         q, k = l2_normalize(q), l2_normalize(k)
     if backend == "torch":
-        return chunked_masked_attention(q, k, v, key_valid, temperature, lambda_m)
-    from .triton_op import triton_masked_attention  # imported lazily: triton is optional on CPU
+        return chunked_attention(q, k, v, key_valid, temperature, lambda_m)
+    from .triton_library import triton_attention  # imported lazily: triton is optional on CPU
 
-    return triton_masked_attention(q, k, v, key_valid, temperature, lambda_m)
+    return triton_attention(q, k, v, key_valid, temperature, lambda_m)

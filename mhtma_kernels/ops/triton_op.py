@@ -1,4 +1,5 @@
-"""The `triton` backend: launcher, block-size choice and autograd Function around the fused kernels.
+"""The `triton` backend: launcher and block-size choice of the fused kernels (the op and its autograd
+formula are registered with torch.library in triton_library).
 
 Inputs are ALREADY L2-normalised (the public function normalises in a PyTorch prepass, so that
 autograd differentiates the norm exactly and the kernels are identical for normalize=True/False):
@@ -51,6 +52,9 @@ _LOG2E = 1.4426950408889634
 # lambda_m exceeds ~150 + 1/t; capping the constant keeps it finite in fp32 without changing results.
 _LAMBDA_CAP = 1e30
 KERNELS = ("fwd", "dkdv", "dq")
+# Whether the launches go through torch.library.wrap_triton (triton_library then registers the op with
+# torch.library.triton_op so that inductor sees the kernels). Off: see triton_library's docstring.
+LAUNCHES_WRAP_TRITON = False
 # Column blocks (accumulators) one program of each kernel can hold, as written out in triton_kernels.
 MAX_COL_BLOCKS = {"fwd": 8, "dkdv": 4, "dq": 8}
 
@@ -387,66 +391,3 @@ def compile_tile(kernel: str, tile: TileConfig, dtype: torch.dtype, arch: int = 
     source = ASTSource(fn=fn, signature=signature,
                        constexprs={(fn.arg_names.index(k),): v for k, v in constexprs.items()})
     return triton.compile(source, target=GPUTarget("cuda", arch, 32), options=tile.launch_options())
-
-
-class TritonMaskedAttention(torch.autograd.Function):
-    """Autograd op on normalised inputs; saves q, k, v, key_valid, temperature, out and the row statistics."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, key_valid, temperature, lambda_m, config):
-        # .contiguous() is a no-op for tensors that already are; the kernels need stride 1 along D.
-        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-        valid_u8 = key_valid.contiguous().view(torch.uint8)  # [B, Nk], bool storage read as bytes
-        temp = temperature.detach().to(torch.float32).contiguous()  # [B, H]
-        out, (m2, l2, out_lo) = _forward(q, k, v, valid_u8, temp, lambda_m, config)
-        ctx.save_for_backward(q, k, v, valid_u8, temp, out, m2, l2, out_lo)
-        ctx.lambda_m = lambda_m
-        ctx.config = config
-        ctx.temperature_dtype = temperature.dtype
-        return out
-
-    @staticmethod
-    def backward(ctx, dout):
-        q, k, v, valid_u8, temp, out, m2, l2, out_lo = ctx.saved_tensors
-        need_q, need_k, need_v, _, need_t = ctx.needs_input_grad[:5]
-        dq, dk, dv, dt = _backward(
-            q, k, v, valid_u8, temp, ctx.lambda_m, ctx.config, out, (m2, l2, out_lo), dout.contiguous(),
-            need_dq=need_q, need_dkdv=need_k or need_v, need_dt=need_t,
-        )
-        if dt is not None:
-            dt = dt.to(ctx.temperature_dtype)
-        return dq, dk if need_k else None, dv if need_v else None, None, dt, None, None
-
-
-def triton_masked_attention(q, k, v, key_valid, temperature, lambda_m, config: KernelConfig | None = None):
-    """Fused masked temperature attention on ALREADY L2-normalised q, k.
-
-    Args:
-        q: ``[B, H, Nq, D]``, k: ``[B, H, Nk, D]`` (normalised), v: ``[B, H, Nk, Dv]``;
-            float16, bfloat16 or float32, one dtype; CUDA, or CPU under ``TRITON_INTERPRET=1``.
-        key_valid: ``[B, Nk]`` bool (True = valid key), shared by all heads.
-        temperature: ``[B, H]`` > 0.
-        lambda_m: mask penalty: ``z_ij = -lambda_m`` for invalid keys (``<q_i, k_j> / t`` otherwise).
-        config: block sizes; ``None`` -> autotuned on a GPU (``choose_config`` under the interpreter
-            or with ``MHTMA_AUTOTUNE=0``).
-
-    Returns:
-        ``softmax_j(z_ij) @ v`` as ``[B, H, Nq, Dv]`` in v's dtype; differentiable w.r.t. q, k, v and
-        temperature.
-    """
-    if _IMPORT_ERROR is not None:
-        raise ImportError(
-            "backend='triton' needs the `triton` package, which could not be imported "
-            f"({_IMPORT_ERROR}); install triton or use backend='torch'"
-        ) from _IMPORT_ERROR
-    _check_inputs(q, k, v, temperature)
-    B, H, Nq, D = q.shape
-    Nk, Dv = k.shape[2], v.shape[3]
-    if B * H > 65535:  # CUDA limit of grid axis 1
-        raise ValueError(f"backend='triton' supports at most 65535 batch*heads, got B*H = {B * H}; split the batch")
-    if B * H * Nq * Dv == 0:  # nothing to compute; keep the graph connected for autograd
-        return v.new_zeros(B, H, Nq, Dv) + 0 * (v.sum() + q.sum() + k.sum() + temperature.sum()).to(v.dtype)
-    lambda_m = min(float(lambda_m), _LAMBDA_CAP)
-    if not math.isfinite(lambda_m):
-        raise ValueError(f"lambda_m must be finite, got {lambda_m!r}")
-    return TritonMaskedAttention.apply(q, k, v, key_valid, temperature, lambda_m, config)

@@ -1,0 +1,143 @@
+"""The `triton` backend registered with ``torch.library`` (replaces ``triton_op.TritonMaskedAttention``).
+
+Ops (namespace ``mhtma``; q, k already L2-normalised):
+
+    mhtma::triton_attention(q, k, v, key_valid, temperature, float lambda_m)
+        -> (out [B,H,Nq,Dv] in v's dtype, out_lo (rounding residual, v's dtype; empty when v is fp32),
+            m2, l2 [B,H,Nq] fp32)
+    mhtma::triton_attention_backward(q, k, v, key_valid, temperature, out, out_lo, m2, l2, dout,
+                                     float lambda_m, bool need_dq, bool need_dkdv, bool need_dt)
+        -> (dq | empty, dk | empty, dv | empty, dtemperature [B,H] fp32 | empty)
+
+The kernels are launched by ``triton_op._forward`` / ``triton_op._backward``; block sizes are autotuned
+there on a GPU (the fixed ``choose_config`` under the interpreter or with MHTMA_AUTOTUNE=0). The gradient
+to the temperature, ``dL/dt = -(1/t) sum_i <dq_i, q_i>``, comes from fp32 partial sums in the dq kernel.
+
+How the ops are registered (decided once, at import):
+
+* ``torch.library.triton_op`` (torch >= 2.6) when ``triton_op`` launches its kernels through
+  ``torch.library.wrap_triton`` (it says so with ``triton_op.LAUNCHES_WRAP_TRITON = True``) and the
+  kernels are compiled (not the CPU interpreter): torch.compile then sees the Triton kernels
+  themselves, and the fake implementation is derived by tracing the launcher;
+* otherwise ``torch.library.custom_op`` with an explicit fake implementation: an opaque node that
+  torch.compile calls as is (no graph break either), the choice on older torch and under
+  ``TRITON_INTERPRET=1``.
+
+``REGISTERED_WITH`` names the choice ("triton_op" or "custom_op").
+"""
+import torch
+
+from . import triton_op
+from .library import NAMESPACE
+
+
+
+def _require_triton() -> None:
+    if triton_op._IMPORT_ERROR is not None:
+        raise ImportError(
+            "backend='triton' needs the `triton` package, which could not be imported "
+            f"({triton_op._IMPORT_ERROR}); install triton or use backend='torch'"
+        ) from triton_op._IMPORT_ERROR
+
+
+_require_triton()  # at import: the registration below asks triton_op whether it interprets
+
+
+def _use_triton_op() -> bool:
+    return (hasattr(torch.library, "triton_op") and hasattr(torch.library, "wrap_triton")
+            and getattr(triton_op, "LAUNCHES_WRAP_TRITON", False) and not triton_op._interpreting())
+
+
+REGISTERED_WITH = "triton_op" if _use_triton_op() else "custom_op"
+
+
+def _register(name: str):
+    qualname = f"{NAMESPACE}::{name}"
+    if REGISTERED_WITH == "triton_op":
+        return torch.library.triton_op(qualname, mutates_args=())
+    return torch.library.custom_op(qualname, mutates_args=())
+
+
+def _prepare(q, k, v, key_valid, temperature):
+    """Contiguous inputs, the key mask as bytes, the temperature as fp32 [B, H]."""
+    valid_u8 = key_valid.contiguous().view(torch.uint8)  # bool storage read as bytes
+    temp = temperature.detach().to(torch.float32).contiguous()
+    return q.contiguous(), k.contiguous(), v.contiguous(), valid_u8, temp
+
+
+@_register("triton_attention")
+def triton_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_valid: torch.Tensor,
+                             temperature: torch.Tensor, lambda_m: float
+                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    q, k, v, valid_u8, temp = _prepare(q, k, v, key_valid, temperature)
+    out, (m2, l2, out_lo) = triton_op._forward(q, k, v, valid_u8, temp, lambda_m, None)
+    return out, (out.new_empty(0) if out_lo is None else out_lo), m2, l2
+
+
+@_register("triton_attention_backward")
+def triton_attention_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_valid: torch.Tensor,
+                              temperature: torch.Tensor, out: torch.Tensor, out_lo: torch.Tensor, m2: torch.Tensor,
+                              l2: torch.Tensor, dout: torch.Tensor, lambda_m: float, need_dq: bool, need_dkdv: bool,
+                              need_dt: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    q, k, v, valid_u8, temp = _prepare(q, k, v, key_valid, temperature)
+    stats = (m2, l2, out_lo if out_lo.numel() else None)
+    dq, dk, dv, dt = triton_op._backward(q, k, v, valid_u8, temp, lambda_m, None, out, stats, dout.contiguous(),
+                                         need_dq=need_dq, need_dkdv=need_dkdv, need_dt=need_dt)
+    empty = q.new_empty(0)
+    return (dq if need_dq else empty.clone(), dk if need_dkdv else empty.clone(),
+            dv if need_dkdv else empty.clone(), dt if need_dt else empty.float())
+
+
+if REGISTERED_WITH == "custom_op":
+    @triton_attention_forward.register_fake
+    def _(q, k, v, key_valid, temperature, lambda_m):
+        B, H, Nq, _ = q.shape
+        out = v.new_empty(B, H, Nq, v.shape[3])
+        out_lo = out.new_empty(0) if v.dtype == torch.float32 else torch.empty_like(out)
+        m2 = q.new_empty(B, H, Nq, dtype=torch.float32)
+        return out, out_lo, m2, torch.empty_like(m2)
+
+    @triton_attention_backward.register_fake
+    def _(q, k, v, key_valid, temperature, out, out_lo, m2, l2, dout, lambda_m, need_dq, need_dkdv, need_dt):
+        empty = q.new_empty(0)
+        dq = q.new_empty(q.shape) if need_dq else empty.clone()  # contiguous, as the kernels write them
+        dk = k.new_empty(k.shape) if need_dkdv else empty.clone()
+        dv = v.new_empty(v.shape) if need_dkdv else empty.clone()
+        dt = q.new_empty(q.shape[:2], dtype=torch.float32) if need_dt else empty.float()
+        return dq, dk, dv, dt
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, key_valid, temperature, lambda_m = inputs
+    out, out_lo, m2, l2 = output
+    ctx.save_for_backward(q, k, v, key_valid, temperature, out, out_lo, m2, l2)
+    ctx.lambda_m = lambda_m
+
+
+def _backward(ctx, dout, _d_out_lo, _d_m2, _d_l2):
+    q, k, v, key_valid, temperature, out, out_lo, m2, l2 = ctx.saved_tensors
+    need_q, need_k, need_v, _, need_t, _ = ctx.needs_input_grad
+    dq, dk, dv, dt = triton_attention_backward(q, k, v, key_valid, temperature, out, out_lo, m2, l2, dout,
+                                               ctx.lambda_m, need_q, need_k or need_v, need_t)
+    return (dq if need_q else None, dk if need_k else None, dv if need_v else None, None,
+            dt.to(temperature.dtype) if need_t else None, None)
+
+
+triton_attention_forward.register_autograd(_backward, setup_context=_setup_context)
+
+def triton_attention(q, k, v, key_valid, temperature, lambda_m: float) -> torch.Tensor:
+    """Fused masked temperature attention on normalised q, k as one traceable op -> ``[B, H, Nq, Dv]``.
+
+    Checks what the kernels need (dtype fp16/bf16/fp32, CUDA or the interpreter, B*H <= 65535); an
+    empty problem returns zeros connected to the inputs' graph.
+    """
+    _require_triton()
+    triton_op._check_inputs(q, k, v, temperature)
+    B, H, Nq, _ = q.shape
+    Dv = v.shape[3]
+    if B * H > 65535:  # CUDA limit of grid axis 1
+        raise ValueError(f"backend='triton' supports at most 65535 batch*heads, got B*H = {B * H}; split the batch")
+    if B * H * Nq * Dv == 0:  # nothing to compute; keep the graph connected for autograd
+        return v.new_zeros(B, H, Nq, Dv) + 0 * (v.sum() + q.sum() + k.sum() + temperature.sum()).to(v.dtype)
+    lambda_m = min(float(lambda_m), triton_op._LAMBDA_CAP)
+    return triton_attention_forward(q, k, v, key_valid, temperature, lambda_m)[0]
