@@ -128,7 +128,10 @@ def _flash_takes(q, k, v, bias) -> bool:
 def sdpa_masked_attention(q, k, v, key_valid, temperature, lambda_m):
     """The same function through `F.scaled_dot_product_attention` and the additive-bias identity (DESIGN §1).
 
-        z_ij = <q_i / t, k'_j> + bias_j,   k'_j = k_j (valid) or 0 (invalid),   bias_j = 0 or -lambda_m
+        z_ij = <q_i, k'_j> + bias_j,   k'_j = k_j / t (valid) or 0 (invalid),   bias_j = 0 or -lambda_m
+
+(the temperature goes with the keys, so one pass over k applies both it and the mask and q is used as
+it comes when it is contiguous).
 
     An image whose keys are all invalid gets bias 0 everywhere instead: its logits are all equal either
     way (uniform weights), but at 0 rather than -lambda_m, so the log-sum-exp that the fused backward
@@ -139,17 +142,18 @@ def sdpa_masked_attention(q, k, v, key_valid, temperature, lambda_m):
     """
     compute = _compute_dtype(q.dtype)
     with torch.autocast(q.device.type, enabled=False):
-        inv_t = temperature.to(compute).reciprocal()[:, :, None, None]
-        # The fused kernel wants unit stride along D (one pass each for contiguous inputs, two for views).
-        qs = (q.to(compute) * inv_t).contiguous()
-        ks = (k.to(compute) * key_valid[:, None, :, None].to(compute)).contiguous()
+        # [B, H, Nk, 1]: 1/t on valid keys, 0 on invalid ones
+        key_scale = key_valid[:, None, :, None].to(compute) / temperature.to(compute)[:, :, None, None]
+        # The fused kernel wants unit stride along D (a copy only where the input is a strided view).
+        qc = q.to(compute).contiguous()
+        ks = (k.to(compute) * key_scale).contiguous()
         vc = v.to(compute).contiguous()
         penalised = ~key_valid & key_valid.any(dim=1, keepdim=True)  # [B, Nk]
         bias = torch.zeros(penalised.shape, dtype=compute, device=q.device).masked_fill_(penalised, -lambda_m)
         bias = bias[:, None, None, :]
-        if not _flash_takes(qs, ks, vc, bias):
+        if not _flash_takes(qc, ks, vc, bias):
             return None
-        out = F.scaled_dot_product_attention(qs, ks, vc, attn_mask=bias, scale=1.0)
+        out = F.scaled_dot_product_attention(qc, ks, vc, attn_mask=bias, scale=1.0)
     return out.to(q.dtype)
 
 
