@@ -108,7 +108,7 @@ def extract_patches(features: torch.Tensor, patch_size: int) -> tuple[torch.Tens
     p = patch_size // 2
     padded = F.pad(features.permute(0, 2, 3, 1), (0, 0, p, p, p, p))  # [N, H+2p, W+2p, C]
     windows = padded.unfold(1, patch_size, 1).unfold(2, patch_size, 1)  # [N, H, W, C, s, s] view
-    queries = windows.permute(0, 1, 2, 4, 5, 3).reshape(n, h * w, patch_size * patch_size * c)
+    queries = windows.permute(0, 1, 2, 4, 5, 3).reshape(n, h * w, patch_size * patch_size * c).contiguous()
     return queries, key_rows(queries, (h, w), patch_size)
 
 
