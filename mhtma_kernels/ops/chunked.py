@@ -5,7 +5,8 @@ Two implementations of the same function, both memory-lean (one block of scores 
 
 - on CPU, where PyTorch's fused flash-attention kernel takes the problem (D == Dv), the additive-bias
   identity of DESIGN §1 through `F.scaled_dot_product_attention` (:func:`sdpa_masked_attention`);
-  it was about 2x faster than the loop below at B=16, H=2, 32x32 map, D=288 on a 2-core CPU;
+  forward at B=16, H=2, Nq=1024, Nk=900, D=288, fp32: 205 ms against 400 ms for the loop below (median
+  of 5, 2 threads on a shared 2-core AMD EPYC, 2026-11-26);
 - everywhere else, :class:`ChunkedMaskedAttention`, a query-chunked loop with its own backward.
 
 ChunkedMaskedAttention: the forward walks over query chunks, keeping only each row's max m_i and log-sum l_i; the backward
@@ -130,10 +131,8 @@ def sdpa_masked_attention(q, k, v, key_valid, temperature, lambda_m):
 
         z_ij = <q_i, k'_j> + bias_j,   k'_j = k_j / t (valid) or 0 (invalid),   bias_j = 0 or -lambda_m
 
-(the temperature goes with the keys, so one pass over k applies both it and the mask and q is used as
-it comes when it is contiguous).
-
-    An image whose keys are all invalid gets bias 0 everywhere instead: its logits are all equal either
+    The temperature goes with the keys: one pass over k applies it and the mask, and q is used as it
+    comes when it is contiguous. An image whose keys are all invalid gets bias 0 everywhere instead: its logits are all equal either
     way (uniform weights), but at 0 rather than -lambda_m, so the log-sum-exp that the fused backward
     recomputes the weights from keeps float32 precision there (at -1e4 one float32 step is ~1e-3).
     Gradients to q, k, v and temperature come from autograd through SDPA's own fused backward.
