@@ -22,7 +22,7 @@ class MaskedTemperatureAttention(nn.Module):
         k_j  = v_j = unpadded s×s patch j of Fe_k          Nk = (H-s+1)(W-s+1)
         qn_i = q_i / max(|q_i|, eps), kn_j likewise        (norms by a box filter; the op gets normalize=False)
         m'_j = 1 iff window j of resize(mask) has no hole  (paper Eq. 8)
-        P_k  = op(q, k, v, m', t_k, lambda_m)              softmax_j(<qn_i, kn_j>/t_k | -lambda_m)
+        P_k  = op(qn, kn, v, m', t_k, lambda_m)            softmax_j(<qn_i, kn_j>/t_k | -lambda_m)
         Fr_k = fold(P_k) / fold(1)                         overlapping contributions averaged
         out  = Conv1x1(concat_k Fr_k)                      (identity when heads*C' == C)
 
