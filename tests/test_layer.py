@@ -271,6 +271,33 @@ def test_query_patch_inverse_norms_match_row_norms(n, c, h, w, s, dtype):
     assert torch.isfinite(features.grad).all()
 
 
+@pytest.mark.parametrize("patch_size", [1, 3], ids=lambda s: f"s{s}")
+def test_layer_torch_backend_keeps_the_memory_promise(patch_size):
+    """On CPU the layer hands the torch backend unit-stride patches, so it runs PyTorch's fused flash kernel:
+    nothing saved for the backward is [B, heads, Nq, Nk] sized (the materialising fallback would save that)."""
+    layer = make_layer(torch.float32, in_channels=8, heads=2, patch_size=patch_size, backend="torch")
+    b, h, w = 2, 12, 13
+    x = torch.randn(b, 8, h, w, requires_grad=True)
+    sizes = []
+
+    def pack(tensor):
+        sizes.append(tensor.numel())
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        out = layer(x, block_mask(b, h, w))
+    seen, stack = set(), [out.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is not None and node not in seen:
+            seen.add(node)
+            stack.extend(n for n, _ in node.next_functions)
+    nodes = {type(node).__name__ for node in seen}
+    assert any(n.startswith("ScaledDotProductFlashAttentionForCpuBackward") for n in nodes), sorted(nodes)
+    nk = (h - patch_size + 1) * (w - patch_size + 1)
+    assert max(sizes) < b * 2 * h * w * nk, f"saved a tensor of {max(sizes)} elements"
+
+
 def test_resize_mask_never_loses_a_hole():
     for (h0, w0), (h, w) in [((37, 41), (9, 10)), ((5, 6), (17, 23)), ((30, 7), (8, 20))]:
         for y, x in [(0, 0), (h0 - 1, w0 - 1), (h0 // 2, w0 // 3), (h0 - 1, 0)]:
