@@ -31,11 +31,12 @@ STAT = {"name": "median"}
 
 
 def load(paths, stat: str = "median") -> tuple[list[dict], dict]:
-    """Entries ``{**extra_info, "time": seconds}`` (``stat`` of the timed rounds; later files win per case)
-    and the merged machine info."""
+    """Entries ``{**extra_info, "time": seconds}`` (``stat`` of the timed rounds; the later run, by the
+    ``datetime`` pytest-benchmark records, wins per case whatever the order of ``paths``) and the merged
+    machine info."""
     rows, machine = {}, {}
-    for path in paths:
-        data = json.loads(Path(path).read_text())
+    runs = [json.loads(Path(path).read_text()) for path in paths]
+    for data in sorted(runs, key=lambda d: str(d.get("datetime", ""))):
         machine.update(data.get("machine_info", {}))
         machine.setdefault("dates", []).append(str(data.get("datetime", "?"))[:19])
         for bench in data.get("benchmarks", []):
