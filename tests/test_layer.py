@@ -244,14 +244,18 @@ def test_extract_patches_matches_unfold(n, c, h, w, s):
     assert torch.equal(key_rows(queries, (h, w), s), keys)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16],
+                         ids=["fp64", "fp32", "bf16", "fp16"])
 @pytest.mark.parametrize("n,c,h,w,s", PATCH_GEOMETRIES)
-def test_fold_patches_matches_fold_over_counts(n, c, h, w, s):
-    patches = torch.randn(n, h * w, s * s * c, dtype=torch.float64)
-    cols = patches.view(n, h * w, s * s, c).permute(0, 3, 2, 1).reshape(n, c * s * s, h * w)  # channel-major
+def test_fold_patches_matches_fold_over_counts(n, c, h, w, s, dtype):
+    patches = torch.randn(n, h * w, s * s * c, dtype=torch.float64).to(dtype)
+    cols = patches.double().view(n, h * w, s * s, c).permute(0, 3, 2, 1).reshape(n, c * s * s, h * w)  # channel-major
     summed = F.fold(cols, (h, w), s, padding=s // 2)
     count = F.fold(torch.ones(1, s * s, h * w, dtype=torch.float64), (h, w), s, padding=s // 2)
     assert torch.equal(patch_counts((h, w), s, torch.float64, "cpu"), count[0, 0])
-    assert_close(fold_patches(patches, (h, w), s), summed / count, torch.float64, "fold")
+    folded = fold_patches(patches, (h, w), s)
+    assert folded.dtype == dtype
+    assert_close(folded, summed / count, dtype, "fold")
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])

@@ -158,10 +158,12 @@ def fold_patches(patches: torch.Tensor, size: tuple[int, int], patch_size: int) 
     s, p = patch_size, patch_size // 2
     n, _, d = patches.shape
     grid = patches.view(n, h, w, s, s, d // (s * s))
-    canvas = patches.new_zeros(n, h + 2 * p, w + 2 * p, d // (s * s))
+    # half-precision patches are summed in float32 (the canvas is 1/s² the size of the patches)
+    acc = torch.promote_types(patches.dtype, torch.float32)
+    canvas = patches.new_zeros(n, h + 2 * p, w + 2 * p, d // (s * s), dtype=acc)
     for dy in range(s):
         for dx in range(s):
             # the patch centred on (y, x) puts its offset (dy, dx) on pixel (y + dy - p, x + dx - p)
             canvas[:, dy:dy + h, dx:dx + w] += grid[:, :, :, dy, dx]
-    count = patch_counts(size, patch_size, patches.dtype, patches.device)
-    return (canvas[:, p:p + h, p:p + w] / count[:, :, None]).permute(0, 3, 1, 2)
+    count = patch_counts(size, patch_size, acc, patches.device)
+    return (canvas[:, p:p + h, p:p + w] / count[:, :, None]).to(patches.dtype).permute(0, 3, 1, 2)
