@@ -36,11 +36,12 @@ STAT = {"name": "median"}
 
 
 def load(paths, stat: str = "median") -> tuple[list[dict], dict]:
-    """Entries ``{**extra_info, "time": seconds}`` (``stat`` of the timed rounds; later files win per case)
-    and the merged machine info."""
+    """Entries ``{**extra_info, "time": seconds}`` (``stat`` of the timed rounds; the later run, by the
+    ``datetime`` pytest-benchmark records, wins per case whatever the order of ``paths``) and the merged
+    machine info."""
     rows, machine = {}, {}
-    for path in paths:
-        data = json.loads(Path(path).read_text())
+    runs = [json.loads(Path(path).read_text()) for path in paths]
+    for data in sorted(runs, key=lambda d: str(d.get("datetime", ""))):
         machine.update(data.get("machine_info", {}))
         machine.setdefault("dates", []).append(str(data.get("datetime", "?"))[:19])
         for bench in data.get("benchmarks", []):
@@ -149,11 +150,11 @@ def model_table(rows: list[dict]) -> str:
                                   if r["provider"] in MODEL_ORDER else 99))
     if not cases:
         return ""
-    head = ["what", "attention", "image", "B", f"{STAT['name']} ms", "images/s", "peak MiB"]
+    head = ["what", "attention", "image", "base", "B", f"{STAT['name']} ms", "ms per image", "images/s", "peak MiB"]
     body = [["inference" if r["mode"] == "fwd" else "train step (G+D)", r["provider"], f"{r['size']}²",
-             str(r["batch"]), _ms(r["time"]), f"{r['batch'] / r['time']:.3g}", _mib(r.get("peak_mem_bytes"))]
-            for r in cases]
-    return "#### Model (generator, base_channels 32)\n\n" + _table(head, body)
+             str(r["d"]), str(r["batch"]), _ms(r["time"]), _ms(r["time"] / r["batch"]),
+             f"{r['batch'] / r['time']:.3g}", _mib(r.get("peak_mem_bytes"))] for r in cases]
+    return "#### Model (generator; base = base_channels)\n\n" + _table(head, body)
 
 
 def _find(rows, **want):
@@ -184,8 +185,10 @@ def targets(rows: list[dict]) -> str:
                     best[r["batch"]] = (ratio, r["provider"], r["size"], r["d"])
         if 16 in best:
             ratio, p, size, c = best[16]
+            # GPU: the fused op's target; CPU (torch backend, 32², C=64): the issue on the model's speed
+            goal = 0.8 if p == "mhtma-torch" and size == 32 and c == 64 else 30
             lines.append(f"- layer {mode} vs the for-loop baseline at batch 16 ({p}, {size}², C={c}): "
-                         f"**{ratio:.2f}×** (target ≥ 30×: {'met' if ratio >= 30 else 'not met'})")
+                         f"**{ratio:.2f}×** (target ≥ {goal:g}×: {'met' if ratio >= goal else 'not met'})")
         elif best:
             b = max(best)
             ratio, p, size, c = best[b]

@@ -101,7 +101,8 @@ def test_report_writes_tables_and_plots(tmp_path):
             "benchmarks": [entry(p, b, t * b, m * b) for b in (2, 4) for p, t, m in
                            (("torch", 1.0, 100), ("reference", 2.0, 800), ("sdpa", 1.5, 300))]
             + [entry(p, b, t * b, 10, level="layer") for b in (2, 4) for p, t in
-               (("mhtma-torch", 1.0), ("contextual", 5.0), ("atma", 2.0))]}
+               (("mhtma-torch", 1.0), ("contextual", 5.0), ("atma", 2.0))]
+            + [entry("mhtma", 4, 2.0, 10, level="model")]}
     results = tmp_path / "cpu-test.json"
     results.write_text(json.dumps(data))
     readme = tmp_path / "README.md"
@@ -112,6 +113,7 @@ def test_report_writes_tables_and_plots(tmp_path):
     assert "| 2 |" in text or "| B=2" in text or "2 |" in text
     assert "5.00×" in text  # contextual / mhtma-torch layer speedup at both batches
     assert "8.00×" in text  # reference / torch peak-memory ratio
+    assert "| inference | mhtma | 8² | 16 | 4 | 2e+03 | 500 | 2 |" in text  # base, B, ms, ms per image, images/s
     try:
         import matplotlib  # noqa: F401
     except ImportError:  # plots need the optional matplotlib; the tables above do not

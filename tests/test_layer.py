@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from mhtma_kernels import MaskedTemperatureAttention, TemperatureNetwork, masked_temperature_attention_reference
-from mhtma_kernels.layers.patches import extract_patches, fold_patches, key_validity, resize_mask
+from mhtma_kernels.layers.patches import (extract_patches, fold_patches, key_rows, key_validity, patch_counts,
+                                          query_patch_inverse_norms, resize_mask)
 from mhtma_kernels.ops import attention_weights_reference
 from mhtma_kernels.testing import assert_close
 
@@ -217,6 +218,91 @@ def test_backends_agree_inside_layer(backend):
     ref_params = dict(ref.named_parameters())
     for name, param in layer.named_parameters():
         assert_close(param.grad.cpu(), ref_params[name].grad, dtype, f"{backend} d{name}")
+
+
+# ------------------------------------------------------------------------------- patch plumbing vs F.unfold
+def unfold_rows(features, patch_size, padded):
+    """Oracle: F.unfold patches as rows [N, L, D], reordered from channel-major (c, dy, dx) to the
+    layer's pixel-major (dy, dx, c)."""
+    n, c = features.shape[:2]
+    cols = F.unfold(features, patch_size, padding=patch_size // 2 if padded else 0)  # [N, C*s*s, L]
+    return cols.view(n, c, patch_size * patch_size, -1).permute(0, 3, 2, 1).reshape(n, cols.shape[-1], -1)
+
+
+PATCH_GEOMETRIES = [
+    pytest.param(2, 3, 7, 9, 3, id="c3-7x9-s3"),
+    pytest.param(1, 5, 8, 8, 1, id="c5-8x8-s1"),
+    pytest.param(3, 2, 6, 11, 5, id="c2-6x11-s5"),
+    pytest.param(1, 4, 5, 5, 5, id="c4-5x5-s5-one-key"),
+]
+
+
+@pytest.mark.parametrize("n,c,h,w,s", PATCH_GEOMETRIES)
+def test_extract_patches_matches_unfold(n, c, h, w, s):
+    features = torch.randn(n, c, h, w, dtype=torch.float64)
+    queries, keys = extract_patches(features, s)
+    assert queries.is_contiguous() and keys.is_contiguous()
+    assert torch.equal(queries, unfold_rows(features, s, padded=True))
+    assert torch.equal(keys, unfold_rows(features, s, padded=False))
+    assert torch.equal(key_rows(queries, (h, w), s), keys)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16],
+                         ids=["fp64", "fp32", "bf16", "fp16"])
+@pytest.mark.parametrize("n,c,h,w,s", PATCH_GEOMETRIES)
+def test_fold_patches_matches_fold_over_counts(n, c, h, w, s, dtype):
+    patches = torch.randn(n, h * w, s * s * c, dtype=torch.float64).to(dtype)
+    cols = patches.double().view(n, h * w, s * s, c).permute(0, 3, 2, 1).reshape(n, c * s * s, h * w)  # channel-major
+    summed = F.fold(cols, (h, w), s, padding=s // 2)
+    count = F.fold(torch.ones(1, s * s, h * w, dtype=torch.float64), (h, w), s, padding=s // 2)
+    assert torch.equal(patch_counts((h, w), s, torch.float64, "cpu"), count[0, 0])
+    folded = fold_patches(patches, (h, w), s)
+    assert folded.dtype == dtype
+    assert_close(folded, summed / count, dtype, "fold")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
+@pytest.mark.parametrize("n,c,h,w,s", PATCH_GEOMETRIES)
+def test_query_patch_inverse_norms_match_row_norms(n, c, h, w, s, dtype):
+    """Box-filter norms == 1 / max(||row||, 1e-6) of the unfolded patches, zero patches included, and
+    the gradient stays finite where a patch is zero."""
+    features = torch.randn(n, c, h, w, dtype=torch.float64)
+    features[:, :, : h // 2] = 0.0  # zero patches (and patches that are partly zero)
+    features = features.to(dtype).requires_grad_()
+    inv = query_patch_inverse_norms(features, s)
+    rows = unfold_rows(features.detach().double(), s, padded=True)
+    expected = 1.0 / rows.norm(dim=-1).clamp_min(1e-6)
+    assert inv.dtype == dtype
+    assert_close(inv / expected, torch.ones_like(expected), dtype, "inverse norms / oracle")
+    (inv.clamp(max=10.0) * torch.randn_like(inv)).sum().backward()
+    assert torch.isfinite(features.grad).all()
+
+
+@pytest.mark.parametrize("patch_size", [1, 3], ids=lambda s: f"s{s}")
+def test_layer_torch_backend_keeps_the_memory_promise(patch_size):
+    """On CPU the layer hands the torch backend unit-stride patches, so it runs PyTorch's fused flash kernel:
+    nothing saved for the backward is [B, heads, Nq, Nk] sized (the materialising fallback would save that)."""
+    layer = make_layer(torch.float32, in_channels=8, heads=2, patch_size=patch_size, backend="torch")
+    b, h, w = 2, 12, 13
+    x = torch.randn(b, 8, h, w, requires_grad=True)
+    sizes = []
+
+    def pack(tensor):
+        sizes.append(tensor.numel())
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        out = layer(x, block_mask(b, h, w))
+    seen, stack = set(), [out.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is not None and node not in seen:
+            seen.add(node)
+            stack.extend(n for n, _ in node.next_functions)
+    nodes = {type(node).__name__ for node in seen}
+    assert any(n.startswith("ScaledDotProductFlashAttentionForCpuBackward") for n in nodes), sorted(nodes)
+    nk = (h - patch_size + 1) * (w - patch_size + 1)
+    assert max(sizes) < b * 2 * h * w * nk, f"saved a tensor of {max(sizes)} elements"
 
 
 def test_resize_mask_never_loses_a_hole():

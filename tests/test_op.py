@@ -79,6 +79,7 @@ def test_torch_backend_half_inputs(dtype):
 
 def test_torch_backend_chunks_queries_and_saves_no_score_matrix(monkeypatch):
     """Force many small query chunks; results stay exact and autograd keeps nothing Nq x Nk sized."""
+    monkeypatch.setattr(chunked, "SDPA_ON_CPU", False)
     monkeypatch.setattr(chunked, "_CHUNK_ELEMENTS", 2 * 2 * 29 * 5)  # 5 query rows per chunk
     assert chunked.query_chunk(4, 37, 29) == 5
     inputs = make_inputs(2, 2, 37, 29, 12, 7, 0.1, "random")
@@ -93,6 +94,102 @@ def test_torch_backend_chunks_queries_and_saves_no_score_matrix(monkeypatch):
         node = node.next_functions[0][0]
     largest = max(t.numel() for t in node.saved_tensors)
     assert largest < 37 * 29 * 2 * 2, f"backward saved a tensor of {largest} elements"
+
+
+# The torch backend's two implementations (ops/chunked.py): PyTorch's fused CPU flash attention through the
+# additive-bias identity where it applies (D == Dv on CPU), the query-chunked loop elsewhere.
+# (the chunked loop runs as the mhtma::chunked_attention custom op, ops/library.py)
+TORCH_PATHS = {"sdpa": "ScaledDotProductFlashAttentionForCpuBackward", "chunked": "GeneratedBackwardFor_mhtma_chunked_attention"}
+
+
+@pytest.fixture(params=list(TORCH_PATHS), ids=[f"torch-{p}" for p in TORCH_PATHS])
+def torch_path(request, monkeypatch):
+    """Selects one implementation of the torch backend; yields the autograd node name that proves it ran."""
+    monkeypatch.setattr(chunked, "SDPA_ON_CPU", request.param == "sdpa")
+    return TORCH_PATHS[request.param]
+
+
+def autograd_node_names(out):
+    """Names of every node in the autograd graph of `out`."""
+    names, stack, seen = set(), [out.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.add(type(node).__name__)
+        stack.extend(n for n, _ in node.next_functions)
+    return names
+
+
+def assert_ran(out, node_name):
+    names = autograd_node_names(out)
+    assert any(n.startswith(node_name) for n in names), f"expected {node_name} in the autograd graph, got {sorted(names)}"
+    assert not any("Math" in n or n == "SoftmaxBackward0" for n in names), f"materialising path ran: {sorted(names)}"
+
+
+# D == Dv (the layer's case, where SDPA applies): (B, H, Nq, Nk, D, temperature, key-validity rule, normalize)
+SQUARE_CASES = [
+    pytest.param(2, 2, 37, 29, 45, 0.1, "random", True, id="odd-D-Nq!=Nk"),
+    pytest.param(1, 2, 40, 36, 288, 0.5, "random", True, id="D288"),
+    pytest.param(3, 1, 20, 50, 7, 1e-2, "random", True, id="tiny-t"),
+    pytest.param(2, 2, 19, 23, 16, 1e2, "random", True, id="large-t"),
+    pytest.param(2, 2, 30, 25, 12, 0.3, "image1-all-invalid", True, id="all-invalid-image"),
+    pytest.param(2, 2, 21, 17, 10, 0.7, "random", False, id="no-normalize"),
+    pytest.param(2, 2, 18, 15, 9, 0.1, "zero-norm", True, id="zero-norm-patches"),
+]
+
+
+@pytest.mark.parametrize("B,H,Nq,Nk,D,t,rule,normalize", SQUARE_CASES)
+def test_torch_paths_match_float64_reference(torch_path, B, H, Nq, Nk, D, t, rule, normalize):
+    """Output and the q, k, v, temperature gradients of both torch-backend paths against the float64 oracle."""
+    expected = forward_and_grads("reference", *make_inputs(B, H, Nq, Nk, D, D, t, rule), normalize=normalize)
+    inputs = make_inputs(B, H, Nq, Nk, D, D, t, rule, torch.float32)
+    actual = forward_and_grads("torch", *inputs, normalize=normalize)
+    for name, a, e in zip(NAMES, actual, expected):
+        assert torch.isfinite(a).all(), name
+        assert_close(a, e, torch.float32, name)
+    assert_ran(masked_temperature_attention(*[x.requires_grad_() if x.is_floating_point() else x for x in inputs],
+                                            normalize=normalize, backend="torch"), torch_path)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64], ids=["fp16", "bf16", "fp64"])
+def test_torch_paths_keep_the_input_dtype(torch_path, dtype):
+    """Half inputs compute in float32, float64 in float64; both paths return the input dtype."""
+    expected = forward_and_grads("reference", *make_inputs(2, 2, 33, 21, 24, 24, 0.2, "random"))
+    inputs = make_inputs(2, 2, 33, 21, 24, 24, 0.2, "random", dtype)
+    actual = forward_and_grads("torch", *inputs)
+    for name, a, e in zip(NAMES, actual, expected):
+        assert a.dtype == dtype, name
+        assert_close(a, e, dtype, name)
+    assert_ran(masked_temperature_attention(*[x.requires_grad_() if x.is_floating_point() else x for x in inputs],
+                                            backend="torch"), torch_path)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "strided"])
+def test_torch_paths_save_no_score_matrix(torch_path, layout, monkeypatch):
+    """Whatever the input strides (the layer hands over transposed unfold views), nothing saved for the
+    backward is Nq x Nk sized: the materialising SDPA fallback would save the [B, H, Nq, Nk] weights."""
+    monkeypatch.setattr(chunked, "_CHUNK_ELEMENTS", 2 * 2 * 29 * 5)
+    B, H, Nq, Nk, D = 2, 2, 37, 29, 12
+    q, k, v, key_valid, t = make_inputs(B, H, Nq, Nk, D, D, 0.1, "random", torch.float32)
+    if layout == "strided":  # unit stride along the patch axis, as in F.unfold(...).transpose(1, 2)
+        q, k, v = (x.transpose(-1, -2).contiguous().transpose(-1, -2) for x in (q, k, v))
+        assert q.stride(-1) != 1
+    leaves = [x.detach().requires_grad_() for x in (q, k, v, t)]
+    sizes = []
+
+    def pack(x):
+        sizes.append(x.numel())
+        return x
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
+        out = masked_temperature_attention(leaves[0], leaves[1], leaves[2], key_valid, leaves[3], backend="torch")
+    assert_ran(out, torch_path)
+    assert sizes and max(sizes) < B * H * Nq * Nk, f"saved a tensor of {max(sizes)} elements"
+    expected = masked_temperature_attention(q.double(), k.double(), v.double(), key_valid, t.double(),
+                                            backend="reference")
+    assert_close(out, expected, torch.float32, "strided output")
 
 
 def test_all_invalid_row_gets_uniform_weights():

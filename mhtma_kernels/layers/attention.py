@@ -7,7 +7,7 @@ from torch import nn
 from ..ops.attention import BACKENDS, masked_temperature_attention
 from ..ops.tracing import is_exporting
 from .patches import (check_feature_size, check_inputs, check_patch_size, extract_patches, fold_patches,
-                      key_validity, resize_mask)
+                      key_rows, key_validity, query_patch_inverse_norms, resize_mask)
 from .temperature import TemperatureNetwork
 
 
@@ -21,8 +21,9 @@ class MaskedTemperatureAttention(nn.Module):
         Fe_k = Conv1x1_k(x)                                [B, C', H, W]    C' = head_channels
         q_i  = zero-padded s×s patch of Fe_k at pixel i    Nq = H*W,  D = C'*s*s
         k_j  = v_j = unpadded s×s patch j of Fe_k          Nk = (H-s+1)(W-s+1)
+        qn_i = q_i / max(|q_i|, eps), kn_j likewise        (norms by a box filter; the op gets normalize=False)
         m'_j = 1 iff window j of resize(mask) has no hole  (paper Eq. 8)
-        P_k  = op(q, k, v, m', t_k, lambda_m)              softmax_j(<qn_i, kn_j>/t_k | -lambda_m)
+        P_k  = op(qn, kn, v, m', t_k, lambda_m)            softmax_j(<qn_i, kn_j>/t_k | -lambda_m)
         Fr_k = fold(P_k) / fold(1)                         overlapping contributions averaged
         out  = Conv1x1(concat_k Fr_k)                      (identity when heads*C' == C)
 
@@ -90,11 +91,12 @@ class MaskedTemperatureAttention(nn.Module):
             return x.new_full((x.shape[0], self.heads), self.fixed_temperature)
         return self.temperature_net(x, hole)
 
-    def attend(self, q, k, v, key_valid, t):
-        """The masked attention: q [B,K,Nq,D], k/v [B,K,Nk,D], key_valid [B,Nk], t [B,K] -> [B,K,Nq,D]."""
-        # t keeps its dtype: under autocast q, k, v are bf16/fp16 but the learned scale stays fp32
-        return masked_temperature_attention(q, k, v, key_valid, t, lambda_m=self.lambda_m,
-                                            normalize=True, backend=self.backend)
+    def attend(self, qn, kn, v, key_valid, t):
+        """The masked attention on L2-normalised patches: qn [B,K,Nq,D], kn [B,K,Nk,D], v [B,K,Nk,D],
+        key_valid [B,Nk], t [B,K] -> [B,K,Nq,D]. t keeps its dtype: under autocast the patches are
+        bf16/fp16 but the learned scale stays fp32."""
+        return masked_temperature_attention(qn, kn, v, key_valid, t, lambda_m=self.lambda_m,
+                                            normalize=False, backend=self.backend)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``x [B, C, H, W]``, ``mask [B, 1, H0, W0]`` (1 = hole) -> refined ``[B, C, H, W]``."""
@@ -107,9 +109,11 @@ class MaskedTemperatureAttention(nn.Module):
         key_valid = key_validity(hole, s)  # [B, Nk]
         t = self.temperature(x, hole)  # [B, heads]
         fe = self.embed(x).view(b * heads, self.head_channels, h, w)
-        q, k = extract_patches(fe, s)  # [B*K, Nq, D], [B*K, Nk, D]
-        q, k = q.unflatten(0, (b, heads)), k.unflatten(0, (b, heads))
-        patches = self.attend(q, k, k, key_valid, t)  # [B, K, Nq, D]
+        q, v = extract_patches(fe, s)  # [B*K, Nq, D], [B*K, Nk, D]
+        qn = q * query_patch_inverse_norms(fe, s).to(q.dtype)[..., None]
+        kn = key_rows(qn, (h, w), s)  # key j is the query centred on j's centre: the same unit vector
+        split = (b, heads)
+        patches = self.attend(qn.unflatten(0, split), kn.unflatten(0, split), v.unflatten(0, split), key_valid, t)
         out = fold_patches(patches.flatten(0, 1), (h, w), s).reshape(b, heads * self.head_channels, h, w)
         if self.project is not None:
             out = self.project(out)

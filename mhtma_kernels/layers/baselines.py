@@ -148,10 +148,10 @@ class ATMA(MaskedTemperatureAttention):
         return (f"in_channels={self.in_channels}, head_channels={self.head_channels}, patch_size={self.patch_size}, "
                 f"lambda_m={self.lambda_m:g}, temperature=LeakyReLU(F_emb)")
 
-    def attend(self, q, k, v, key_valid, t):
-        """Masked softmax for a temperature of any sign: q [B,1,Nq,D], k/v [B,1,Nk,D], t [B,1]."""
-        qn = F.normalize(q, dim=-1, eps=1e-6) / t.to(q.dtype)[:, :, None, None]
-        valid = key_valid[:, None, :, None]
-        kn = F.normalize(k, dim=-1, eps=1e-6) * valid.to(k.dtype)
-        bias = torch.zeros(key_valid.shape, dtype=q.dtype, device=q.device).masked_fill(~key_valid, -self.lambda_m)
-        return F.scaled_dot_product_attention(qn, kn, v, attn_mask=bias[:, None, None, :], scale=1.0)
+    def attend(self, qn, kn, v, key_valid, t):
+        """Masked softmax for a temperature of any sign on normalised patches: qn [B,1,Nq,D], kn/v [B,1,Nk,D],
+        t [B,1]."""
+        qs = qn / t.to(qn.dtype)[:, :, None, None]
+        ks = kn * key_valid[:, None, :, None].to(kn.dtype)
+        bias = torch.zeros(key_valid.shape, dtype=qn.dtype, device=qn.device).masked_fill(~key_valid, -self.lambda_m)
+        return F.scaled_dot_product_attention(qs, ks, v, attn_mask=bias[:, None, None, :], scale=1.0)

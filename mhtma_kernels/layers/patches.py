@@ -4,13 +4,21 @@ patch extraction ("unrolling") and folding back ("rolling").
 Conventions: a mask is ``[B, 1, H0, W0]`` with 1 = hole (any resolution, float or bool); a feature
 map is ``[N, C, H, W]``; the patch size ``s`` is odd, ``p = s // 2``.
 
-Patches of a map ``[N, C, H, W]`` are flattened channel-major, ``D = C * s * s`` (the layout of
-``torch.nn.functional.unfold``):
+Patches of a map ``[N, C, H, W]`` are flattened pixel-major, ``D = s * s * C``: entry
+``(dy * s + dx) * C + c`` is channel ``c`` at offset ``(dy, dx)`` of the window (the transpose of
+``torch.nn.functional.unfold``'s channel-major order; a dot product between two patches is the same in
+either order). Runs of C contiguous values make the gather and the fold cheap passes over memory:
+at 32 channels, 32x32 maps and N = 32 they took 25 ms and 11 ms of CPU time against 50 ms and 44 ms
+channel-major (one thread, AMD EPYC).
 
 - queries: the zero-padded s×s patch centred on every pixel, ``Nq = H * W`` (row-major centres);
 - keys / values: the unpadded patches, ``Nk = (H - s + 1) * (W - s + 1)``; key ``j`` with top-left
-  corner ``(y, x)`` is exactly the query patch centred on ``(y + p, x + p)``, so one padded unfold
-  yields both (the keys are a strided view of the inner region, no second unfold).
+  corner ``(y, x)`` is exactly the query patch centred on ``(y + p, x + p)``, so the keys are the
+  query rows of the inner region (:func:`key_rows`; no second unfold), and a key's unit vector is
+  that query's unit vector (the keys need no norms of their own).
+
+Patch norms come from a box filter (:func:`query_patch_inverse_norms`): ``||q_i||^2`` is the sum of
+``sum_c f_c^2`` over the s×s window, O(C·H·W) instead of a reduction over the O(C·s²·H·W) patches.
 """
 import torch
 import torch.nn.functional as F
@@ -89,29 +97,76 @@ def key_validity(hole: torch.Tensor, patch_size: int) -> torch.Tensor:
 
 
 def extract_patches(features: torch.Tensor, patch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Unroll ``features [N, C, H, W]`` once into queries and keys.
+    """Unroll ``features [N, C, H, W]`` into queries and keys.
 
-    Returns ``(queries [N, Nq, D], keys [N, Nk, D])`` (strided views; D = C·s·s, Nq = H·W,
-    Nk = (H-s+1)(W-s+1)); values are the keys.
+    Returns ``(queries [N, Nq, D], keys [N, Nk, D])``, both contiguous (D = s·s·C pixel-major, see the
+    module docstring; Nq = H·W, Nk = (H-s+1)(W-s+1)); values are the keys. One pass writes the
+    zero-padded map channels-last, one gather pass the queries (a window view, whose backward is
+    PyTorch's ``unfold_backward``), one copy of their inner rows the keys.
     """
     n, c, h, w = features.shape
     p = patch_size // 2
-    cols = F.unfold(features, kernel_size=patch_size, padding=p)  # [N, D, H*W]
-    d = cols.shape[1]
-    keys = cols.view(n, d, h, w)[:, :, p:h - p, p:w - p].reshape(n, d, -1)
-    return cols.transpose(1, 2), keys.transpose(1, 2)
+    padded = F.pad(features.permute(0, 2, 3, 1), (0, 0, p, p, p, p))  # [N, H+2p, W+2p, C]
+    windows = padded.unfold(1, patch_size, 1).unfold(2, patch_size, 1)  # [N, H, W, C, s, s] view
+    queries = windows.permute(0, 1, 2, 4, 5, 3).reshape(n, h * w, patch_size * patch_size * c).contiguous()
+    return queries, key_rows(queries, (h, w), patch_size)
+
+
+def key_rows(rows: torch.Tensor, size: tuple[int, int], patch_size: int) -> torch.Tensor:
+    """The rows of query-aligned ``rows [N, H*W, ...]`` whose centre is a key centre -> ``[N, Nk, ...]``.
+
+    Key ``j`` (top-left corner ``(y, x)``) is the query centred on ``(y + p, x + p)``: applied to the
+    query patches this gives the key patches, applied to the normalised queries the normalised keys.
+    """
+    h, w = size
+    p = patch_size // 2
+    return rows.unflatten(1, (h, w))[:, p:h - p, p:w - p].flatten(1, 2)
+
+
+def query_patch_inverse_norms(features: torch.Tensor, patch_size: int, eps: float = 1e-6) -> torch.Tensor:
+    """``1 / max(||q_i||, eps)`` ``[N, H*W]`` for the zero-padded query patches of ``features [N, C, H, W]``.
+
+    ``||q_i||^2`` is the s×s box sum (zero padding) of ``sum_c f_c^2``, accumulated in float32 at least;
+    ``rsqrt(max(n2, eps^2)) = 1 / max(sqrt(n2), eps)``, and the clamp keeps the gradient finite (0) at
+    a zero patch. Multiply the queries (and, through :func:`key_rows`, the keys) by it to normalise them.
+    """
+    p = patch_size // 2
+    energy = features.to(torch.promote_types(features.dtype, torch.float32)).square().sum(dim=1, keepdim=True)
+    # A convolution with a ones kernel, not avg_pool2d(divisor_override=1): ONNX's AveragePool has no
+    # divisor override, and the exported model would average instead of sum.
+    box = energy.new_ones(1, 1, patch_size, patch_size)
+    sums = F.conv2d(energy, box, padding=p)  # [N, 1, H, W]
+    return sums.clamp_min(eps * eps).rsqrt().flatten(1)
+
+
+def patch_counts(size: tuple[int, int], patch_size: int, dtype: torch.dtype, device) -> torch.Tensor:
+    """``[H, W]``: how many zero-padded query patches cover each pixel (s² inside, fewer at the border)."""
+    p = patch_size // 2
+    per_axis = []
+    for n in size:
+        i = torch.arange(n, device=device)
+        per_axis.append(((i + p).clamp(max=n - 1) - (i - p).clamp(min=0) + 1).to(dtype))
+    return per_axis[0][:, None] * per_axis[1][None, :]
 
 
 def fold_patches(patches: torch.Tensor, size: tuple[int, int], patch_size: int) -> torch.Tensor:
     """Roll query-aligned patches ``[N, H*W, D]`` back into a map ``[N, C, H, W]`` (C = D / s²).
 
     Every pixel receives the matching entry of each patch that covers it; the sum is divided by
-    the number of such patches (``fold(patches) / fold(ones)``; s² inside, fewer at the border).
+    the number of such patches (:func:`patch_counts`). The sum is s² shifted adds of ``[N, H, W, C]``
+    planes into a zero-padded channels-last canvas; the result is a ``[N, C, H, W]`` view of
+    channels-last memory.
     """
     h, w = size
-    p = patch_size // 2
-    cols = patches.transpose(1, 2)  # [N, D, H*W]
-    summed = F.fold(cols, (h, w), kernel_size=patch_size, padding=p)
-    ones = torch.ones(1, patch_size * patch_size, h * w, dtype=patches.dtype, device=patches.device)
-    count = F.fold(ones, (h, w), kernel_size=patch_size, padding=p)  # [1, 1, H, W], >= 1
-    return summed / count
+    s, p = patch_size, patch_size // 2
+    n, _, d = patches.shape
+    grid = patches.view(n, h, w, s, s, d // (s * s))
+    # half-precision patches are summed in float32 (the canvas is 1/s² the size of the patches)
+    acc = torch.promote_types(patches.dtype, torch.float32)
+    canvas = patches.new_zeros(n, h + 2 * p, w + 2 * p, d // (s * s), dtype=acc)
+    for dy in range(s):
+        for dx in range(s):
+            # the patch centred on (y, x) puts its offset (dy, dx) on pixel (y + dy - p, x + dx - p)
+            canvas[:, dy:dy + h, dx:dx + w] += grid[:, :, :, dy, dx]
+    count = patch_counts(size, patch_size, acc, patches.device)
+    return (canvas[:, p:p + h, p:p + w] / count[:, :, None]).to(patches.dtype).permute(0, 3, 1, 2)

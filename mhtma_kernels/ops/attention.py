@@ -6,6 +6,7 @@ import os
 import torch
 
 from .autocast import autocast_dtype, cast_for_autocast
+from .chunked import sdpa_applies, sdpa_masked_attention
 from .library import chunked_attention
 from .reference import l2_normalize, masked_temperature_attention_reference
 from .tracing import is_exporting, is_tracing
@@ -152,7 +153,12 @@ def _dispatch(q, k, v, key_valid, temperature, lambda_m: float, normalize: bool,
     if normalize:
         q, k = l2_normalize(q), l2_normalize(k)
     if backend == "torch":
-        return chunked_attention(q, k, v, key_valid, temperature, lambda_m)
+        # CPU, D == Dv: PyTorch's fused flash kernel through the bias identity (an aten op, traceable);
+        # otherwise, where SDPA would materialise the scores, or under torch.export (whose ATen graph
+        # would hold SDPA's math decomposition), the chunked loop as one custom-op node.
+        sdpa = sdpa_applies(q, v) and not is_exporting()
+        out = sdpa_masked_attention(q, k, v, key_valid, temperature, lambda_m) if sdpa else None
+        return out if out is not None else chunked_attention(q, k, v, key_valid, temperature, lambda_m)
     from .triton_library import triton_attention  # imported lazily: triton is optional on CPU
 
     return triton_attention(q, k, v, key_valid, temperature, lambda_m)
