@@ -22,7 +22,7 @@ Protocol
   (:func:`mhtma_model.sketch.make_sketch`, as in training).
 * FID (:mod:`mhtma_model.fid`) between the composited outputs and the ground truths, overall and per
   bucket with ≥ 2 images (FID of small sets is strongly biased upwards: compare buckets only with
-  equal counts). Skipped with one warning when no Inception weights are given.
+  equal counts). Skipped with one plain line on stderr when no Inception weights are given.
 * Rows: overall and one per hole-ratio bucket 0–0.1, …, 0.5–0.6 (paper Table IV) plus ">0.6" when any
   image falls there, so the bucket counts add up to the number of evaluated images.
 
@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
@@ -216,7 +215,7 @@ def _load_models(setup: Setup, parser) -> None:
     elif args.checkpoint:
         print(f"note: --checkpoint is not used by --method {args.method}", file=sys.stderr)
     if setup.fid_path is None:
-        fidmod.warn_fid_skipped()
+        fidmod.note_fid_skipped()
         setup.fid_note = "skipped (no Inception-v3 weights given)"
         return
     try:
@@ -303,7 +302,7 @@ def _result(setup: Setup, ev: Evaluation) -> dict:
         fid_fn = lambda idx: fidmod.fid_from_features(all_out[idx], all_gt[idx])  # noqa: E731
     summary = M.summarise(ev.records, fid_fn=fid_fn)
     if fid_fn is not None and len(ev.records) < 2:
-        warnings.warn("FID needs at least 2 images; not reported", stacklevel=1)
+        print("note: FID needs at least 2 images; not reported", file=sys.stderr)
     return {
         "method": args.method,
         "checkpoint": str(args.checkpoint) if args.method == "model" else None,
