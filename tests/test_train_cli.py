@@ -57,7 +57,7 @@ def test_empty_data_root_is_one_line_and_exit_2(tmp_path, capsys):
     empty.mkdir()
     (empty / "notes.txt").write_text("not an image")
     err = _one_line_usage_error([*TINY, f"run.dir={tmp_path / 'run'}", f"data.root={empty}"], capsys)
-    assert "data.root" in err and str(empty) in err and "found 0 image" in err
+    assert "data.root" in err and str(empty) in err and "found no images" in err
     assert ".jpg" in err and ".png" in err  # what was searched for
     assert not (tmp_path / "run").exists()  # nothing written
 
@@ -101,7 +101,7 @@ def test_finished_run_says_where_everything_went_and_what_to_run_next(tmp_path, 
 def test_sample_grid_columns_are_labelled(tmp_path):
     """The grid starts with a header band naming the columns input | coarse | output | truth: ink in each
     column's header, centred on that column, and nothing else changed below it."""
-    from mhtma_model.train import SAMPLE_COLUMNS, save_sample_grid
+    from mhtma_model.samples import SAMPLE_COLUMNS, save_sample_grid
 
     assert SAMPLE_COLUMNS == ("input", "coarse", "output", "truth")
     torch.manual_seed(0)
