@@ -83,6 +83,13 @@ def test_missing_data_root_is_one_line(tmp_path, capsys):
     assert "data.root" in err and str(tmp_path / "nope") in err
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
+def test_cuda_requested_without_a_gpu_is_one_line(tmp_path, photos, capsys):
+    err = _one_line_usage_error([*TINY, f"run.dir={tmp_path / 'run'}", f"data.root={photos}", "train.device=cuda"],
+                                capsys)
+    assert "train.device='cuda'" in err and "train.device=cpu" in err
+
+
 # ------------------------------------------------------------------------- what a finished run says
 def test_finished_run_says_where_everything_went_and_what_to_run_next(tmp_path, photos, capsys):
     run = tmp_path / "run"
