@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from .checkpoint import load_generator
-from .device import resolve_device
+from .device import default_cpu_threads, resolve_device, set_cpu_threads
 from .images import UnreadableImageError, mask_from_image, open_image, to_rgb
 from .predict import inpaint_image
 from .sketch import load_user_sketch, skeleton
@@ -306,6 +306,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     parser.add_argument("--device", default=None, help="auto, cpu or cuda[:N] (default auto: cuda if available, else cpu)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help=f"CPU threads (default: $OMP_NUM_THREADS, else half the CPUs, at most 4; "
+                             f"here {default_cpu_threads()})")
     args = parser.parse_args(argv)
     if not args.checkpoint:
         print("mhtma-ui: no checkpoint given. Start it with --checkpoint PATH, a generator checkpoint written "
@@ -320,6 +323,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     try:
         device = resolve_device(args.device)
+        set_cpu_threads(args.threads)
     except ValueError as exc:
         print(f"mhtma-ui: {exc}", file=sys.stderr)
         return 2

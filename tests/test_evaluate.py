@@ -188,3 +188,33 @@ def test_fid_skipped_is_one_plain_line(dataset, tmp_path):
     assert "Warning" not in proc.stderr and "warn(" not in proc.stderr, proc.stderr
     assert "--fid-weights FILE" in fid_lines[0] and fid.INCEPTION_ENV in fid_lines[0]
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["fid_note"].startswith("skipped")
+
+
+@pytest.mark.parametrize("which", ["data", "masks"])
+def test_eval_folders_without_images_name_what_was_searched(dataset, tmp_path, capsys, which):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "list.txt").write_text("no pictures")
+    args = ["--method", "biharmonic", "--data", str(empty if which == "data" else dataset), "--output",
+            str(tmp_path / "o")] + (["--masks", str(empty)] if which == "masks" else [])
+    with pytest.raises(SystemExit) as info:
+        evaluate.main(args)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    line = [x for x in err.splitlines() if "found no images" in x]
+    assert len(line) == 1 and str(empty) in line[0] and ".jpg" in line[0] and ".png" in line[0], err
+    assert f"--{which} folder" in line[0]
+    assert "FID skipped" not in err  # the usage error comes before any model or FID set-up
+
+
+def test_eval_threads_option(dataset, tmp_path, capsys):
+    before = torch.get_num_threads()
+    try:
+        _run(["--method", "biharmonic", "--data", str(dataset), "--threads", "1", "--examples", "0"], tmp_path / "o")
+        assert torch.get_num_threads() == 1
+        with pytest.raises(SystemExit) as info:
+            evaluate.main(["--method", "biharmonic", "--data", str(dataset), "--output", str(tmp_path / "p"),
+                           "--threads", "0"])
+        assert info.value.code == 2 and "--threads must be at least 1" in capsys.readouterr().err
+    finally:
+        torch.set_num_threads(before)

@@ -361,3 +361,36 @@ def test_cli_threads_option_sets_torch_threads(checkpoints, tmp_path, capsys):
         assert "--threads" in err and "at least 1" in err
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("cpus, omp, expected", [
+    (1, None, 1), (2, None, 1), (3, None, 1), (6, None, 3), (64, None, 4), (64, "2", 2), (2, "6", 6), (8, "x", 4),
+])
+def test_default_cpu_threads(monkeypatch, cpus, omp, expected):
+    """Half the CPUs this process may use, 1..4, unless OMP_NUM_THREADS says otherwise (torch's own default,
+    every core, spins on a busy machine)."""
+    from mhtma_model import device
+
+    monkeypatch.setattr(device.os, "sched_getaffinity", lambda pid: set(range(cpus)), raising=False)
+    if omp is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", omp)
+    assert device.default_cpu_threads() == expected
+
+
+def test_cli_default_threads_are_not_torchs_every_core(checkpoints, tmp_path, capsys, monkeypatch):
+    from mhtma_model import device
+
+    monkeypatch.setattr(device.os, "sched_getaffinity", lambda pid: set(range(2)), raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        _photo(24, 24).save(tmp_path / "i.png")
+        _mask(24, 24).save(tmp_path / "m.png")
+        assert inpaint.main(["--checkpoint", str(checkpoints["plain"]), "--image", str(tmp_path / "i.png"), "--mask",
+                             str(tmp_path / "m.png"), "--output", str(tmp_path / "o"), "--device", "cpu"]) == 0
+        assert torch.get_num_threads() == 1  # 2 CPUs -> 1 thread
+    finally:
+        torch.set_num_threads(before)

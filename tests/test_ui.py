@@ -349,6 +349,11 @@ def test_cli_refuses_an_unusable_device(checkpoints, device, match, capsys):
     assert match in capsys.readouterr().err
 
 
+def test_cli_refuses_zero_threads(checkpoints, capsys):
+    assert ui.main(["--checkpoint", str(checkpoints["plain"]), "--device", "cpu", "--threads", "0"]) == 2
+    assert "--threads must be at least 1, got 0" in capsys.readouterr().err
+
+
 def screenshot_destination(tmp_path):
     """Where the browser test saves its screenshot: ``$MHTMA_UI_SCREENSHOT`` when asked for explicitly
     (``MHTMA_UI_SCREENSHOT=docs/ui.png`` refreshes the README's picture), else a temporary folder, so that
