@@ -13,6 +13,9 @@ Validation: mean |I_out − I_gt| over the held-out split with fixed masks (seed
 epoch (or every ``train.val_every`` steps); ``best.pt`` keeps the lowest; training stops after
 ``train.patience`` validations without improvement, at ``train.max_steps`` or ``train.max_epochs``.
 
+Interruption: SIGINT (Ctrl+C) or SIGTERM ends the run after the current step with ``last.pt`` written
+(:class:`StopSignals`, :class:`TrainingInterrupted`); the same command resumes it.
+
 Determinism: before step s the torch RNG is seeded from (run.seed, s, rank), the data order of epoch e
 from (run.seed, e) and masks from (seed, epoch, index), so a run stopped at step k and resumed from its
 ``last.pt`` ends with exactly the weights of an uninterrupted run (with ``data.num_workers=0`` or any
@@ -572,7 +575,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    """CLI entry point (``mhtma-train``); exit status 0 on success, 2 on bad config/arguments."""
+    """CLI entry point (``mhtma-train``); exit status 0 on success, 2 on bad config/arguments (one line each),
+    128 + the signal number after SIGINT/SIGTERM (last.pt written first)."""
     parser = _parser()
     args = parser.parse_args(argv)
     try:
