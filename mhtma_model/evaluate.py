@@ -22,7 +22,7 @@ Protocol
   (:func:`mhtma_model.sketch.make_sketch`, as in training).
 * FID (:mod:`mhtma_model.fid`) between the composited outputs and the ground truths, overall and per
   bucket with ≥ 2 images (FID of small sets is strongly biased upwards: compare buckets only with
-  equal counts). Skipped with one warning when no Inception weights are given.
+  equal counts). Skipped with one plain line on stderr when no Inception weights are given.
 * Rows: overall and one per hole-ratio bucket 0–0.1, …, 0.5–0.6 (paper Table IV) plus ">0.6" when any
   image falls there, so the bucket counts add up to the number of evaluated images.
 
@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
@@ -51,8 +50,8 @@ from tqdm import tqdm
 from . import fid as fidmod
 from . import metrics as M
 from .classical import CLASSICAL_METHODS, OPENCV_METHODS, classical_inpaint, require_opencv
-from .device import resolve_device
-from .images import files_by_key, list_images, load_mask, load_rgb, pair_key
+from .device import default_cpu_threads, resolve_device, set_cpu_threads
+from .images import files_by_key, list_images, load_mask, load_rgb, no_images_found, pair_key
 from .masks import free_form_mask
 from .predict import fill_holes, generator_uses_sketch, open_generator
 from .sketch import make_sketch
@@ -143,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
     p.add_argument("--method", choices=METHODS, default="model", help="model (default) or a classical method")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    p.add_argument("--threads", type=int, default=None,
+                   help=f"CPU threads (default: $OMP_NUM_THREADS, else half the CPUs, at most 4; "
+                        f"here {default_cpu_threads()})")
     p.add_argument("--examples", type=int, default=EXAMPLE_ROWS, help="rows in examples.png (default 8; 0: none)")
     return p
 
@@ -181,6 +183,7 @@ def _check_args(args, parser) -> Setup:
         parser.error(f"--examples must be ≥ 0, got {args.examples}")
     try:
         device = resolve_device(args.device)
+        set_cpu_threads(args.threads)
     except ValueError as exc:
         parser.error(str(exc))
     data_root = Path(args.data)
@@ -189,6 +192,8 @@ def _check_args(args, parser) -> Setup:
     mask_root = Path(args.masks) if args.masks else None
     if mask_root is not None and not mask_root.is_dir():
         parser.error(f"--masks folder not found: {mask_root}")
+    if mask_root is not None and not list_images(mask_root):
+        parser.error(no_images_found(mask_root, "--masks folder"))
     if args.method in OPENCV_METHODS:
         try:
             require_opencv(args.method)
@@ -216,7 +221,7 @@ def _load_models(setup: Setup, parser) -> None:
     elif args.checkpoint:
         print(f"note: --checkpoint is not used by --method {args.method}", file=sys.stderr)
     if setup.fid_path is None:
-        fidmod.warn_fid_skipped()
+        fidmod.note_fid_skipped()
         setup.fid_note = "skipped (no Inception-v3 weights given)"
         return
     try:
@@ -303,7 +308,7 @@ def _result(setup: Setup, ev: Evaluation) -> dict:
         fid_fn = lambda idx: fidmod.fid_from_features(all_out[idx], all_gt[idx])  # noqa: E731
     summary = M.summarise(ev.records, fid_fn=fid_fn)
     if fid_fn is not None and len(ev.records) < 2:
-        warnings.warn("FID needs at least 2 images; not reported", stacklevel=1)
+        print("note: FID needs at least 2 images; not reported", file=sys.stderr)
     return {
         "method": args.method,
         "checkpoint": str(args.checkpoint) if args.method == "model" else None,
@@ -334,10 +339,10 @@ def _write(out_dir: Path, result: dict, examples: list) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     setup = _check_args(parser.parse_args(argv), parser)
-    _load_models(setup, parser)
     paths = list_images(setup.data_root)
     if not paths:
-        parser.error(f"no images found under {setup.data_root}")
+        parser.error(no_images_found(setup.data_root, "--data folder"))
+    _load_models(setup, parser)
     ev = _evaluate(setup, paths)
     if not ev.records:
         print(f"error: no image could be evaluated ({len(ev.skipped)} skipped)", file=sys.stderr)

@@ -36,7 +36,7 @@ dependency for a formula of a few lines; the statistics are written here and pin
 from __future__ import annotations
 
 import os
-import warnings
+import sys
 from pathlib import Path
 from typing import Optional, Union
 
@@ -74,10 +74,14 @@ def resolve_inception_path(path: Union[str, os.PathLike, None] = None) -> Option
     return resolved
 
 
-def warn_fid_skipped() -> None:
-    """The one warning printed when no Inception weights are configured."""
-    warnings.warn(f"FID skipped: no Inception-v3 weights given. To report FID, {HOW_TO_GET_WEIGHTS}.",
-                  stacklevel=2)
+#: The one line a command prints when no Inception weights are configured.
+FID_SKIPPED = f"FID skipped: no Inception-v3 weights given; to report FID, {HOW_TO_GET_WEIGHTS}"
+
+
+def note_fid_skipped(file=None) -> None:
+    """Print :data:`FID_SKIPPED` as one plain line on ``file`` (default stderr); not a Python warning,
+    which would add the warning class and a source line."""
+    print(f"note: {FID_SKIPPED}", file=file if file is not None else sys.stderr, flush=True)
 
 
 # --- the TensorFlow-graph variants of three torchvision Inception blocks (FID port) -------------------------
@@ -265,5 +269,5 @@ def fid_from_features(features_a, features_b) -> float:
     return max(float(diff @ diff + trace_a + trace_b - 2.0 * trace_sqrt), 0.0)
 
 
-__all__ = ["INCEPTION_ENV", "resolve_inception_path", "warn_fid_skipped", "build_inception", "InceptionFeatures",
+__all__ = ["INCEPTION_ENV", "resolve_inception_path", "FID_SKIPPED", "note_fid_skipped", "build_inception", "InceptionFeatures",
            "feature_statistics", "frechet_distance", "fid_from_features"]

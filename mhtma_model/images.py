@@ -46,6 +46,13 @@ def list_images(root) -> list[Path]:
     return sorted(found, key=lambda p: p.relative_to(root).as_posix())
 
 
+def no_images_found(root, what: str) -> str:
+    """The one message for a folder without images: ``what`` (e.g. "data.root", "--image folder") and
+    ``root``, saying what was searched for, so the user can tell a wrong folder from wrong file types."""
+    return (f"{what} {root}: found no images (searched it and its sub-folders for "
+            f"{' '.join(IMAGE_SUFFIXES)} files, any case; hidden files are skipped)")
+
+
 def pair_key(path: Path, root: Path) -> str:
     """The name that pairs files across folders: ``path`` relative to ``root``, without extension."""
     return path.relative_to(root).with_suffix("").as_posix()

@@ -13,8 +13,13 @@ Command-line rules
   extension (``photos/a/b.jpg`` ↔ ``masks/a/b.png`` → ``out/a/b.png``); a missing, mismatched (size),
   ambiguous (two files with one name) or unreadable pair is reported and skipped, the rest is still
   written. A sketch is optional per image; a mask or sketch without an image is reported.
+* **Notices**: a mask with no hole (the image is written unchanged) or one that covers the whole image
+  (nothing known to condition on) is legal; each gets one ``note:`` line on stderr.
+* **Threads**: ``--threads N`` CPU threads (default :func:`mhtma_model.device.default_cpu_threads`:
+  ``$OMP_NUM_THREADS``, else half the CPUs, at most 4).
 * **Exit status**: 0 when every image was written, 1 when at least one pair failed, 2 for usage errors
-  (bad arguments, missing or incompatible checkpoint, CUDA requested but absent).
+  (bad arguments, missing or incompatible checkpoint, CUDA requested but absent, an image folder without
+  images).
 """
 from __future__ import annotations
 
@@ -25,8 +30,8 @@ from typing import Optional, Sequence
 
 from tqdm import tqdm
 
-from .device import resolve_device
-from .predict import generator_uses_sketch, inpaint_files, open_generator, pair_inputs
+from .device import default_cpu_threads, resolve_device, set_cpu_threads
+from .predict import generator_uses_sketch, inpaint_image, mask_notice, open_generator, open_inputs, pair_inputs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="folder for the inpainted PNGs")
     p.add_argument("--sketch", default=None, help="optional sketch file or folder (sketch-guided models)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    p.add_argument("--threads", type=int, default=None,
+                   help=f"CPU threads (default: $OMP_NUM_THREADS, else half the CPUs, at most 4; "
+                        f"here {default_cpu_threads()})")
     p.add_argument("--max-size", type=int, default=None,
                    help="longest side the network sees; larger inputs use the window/resize strategy "
                         "(default: the checkpoint's training size, data.size)")
@@ -59,6 +67,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error(f"--max-size must be at least 8, got {args.max_size}")
     try:
         device = resolve_device(args.device)
+        set_cpu_threads(args.threads)
     except ValueError as exc:
         parser.error(str(exc))
     try:
@@ -81,7 +90,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for key, image_path, mask_path, sketch_path in tqdm(pairs, desc="inpainting", unit="img",
                                                          disable=len(pairs) < 2):
         try:
-            result = inpaint_files(generator, image_path, mask_path, sketch_path, device, args.max_size)
+            image, mask, sketch = open_inputs(image_path, mask_path, sketch_path)
+            notice = mask_notice(mask)
+            if notice:
+                tqdm.write(f"note: {key}: {notice}", file=sys.stderr)
+            result = inpaint_image(generator, image, mask, sketch=sketch, device=device, max_size=args.max_size)
             target = out_dir / f"{key}.png"
             target.parent.mkdir(parents=True, exist_ok=True)
             result.save(target)

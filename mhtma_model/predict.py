@@ -38,7 +38,7 @@ from PIL import Image
 
 from .checkpoint import CheckpointError, load_generator
 from .device import resolve_device
-from .images import files_by_key, has_transparency, mask_from_image, open_image
+from .images import files_by_key, has_transparency, mask_from_image, no_images_found, open_image
 from .sketch import load_user_sketch, thin_strokes
 
 MAX_SIZE = 512
@@ -247,22 +247,41 @@ def inpaint_image(generator, image: Image.Image, mask: Image.Image, sketch: Opti
     return _paste(source, pred_u8, win_hole, box)
 
 
-def inpaint_files(generator, image_path: Path, mask_path: Path, sketch_path: Optional[Path] = None,
-                  device: Union[str, torch.device] = "cpu", max_size: Optional[int] = None) -> Image.Image:
-    """:func:`inpaint_image` of files (read with :func:`mhtma_model.images.open_image`); OSError or
-    ValueError naming the file when one is unreadable or the mask's size differs from the image's."""
+def mask_notice(mask: Image.Image) -> Optional[str]:
+    """A one-line notice for a mask that is legal but probably not what the user meant, else None: no hole
+    (the image comes back unchanged) or all hole (nothing known to condition on: the fill is a guess)."""
+    hole = mask_from_image(mask)
+    if not hole.any():
+        return "the mask has no hole (no pixel > 127): nothing to fill, the image is written unchanged"
+    if hole.all():
+        return ("the mask covers the whole image: nothing known to condition on, so the output is the model's "
+                "guess from nothing (leave part of the image visible for a real fill)")
+    return None
+
+
+def open_inputs(image_path: Path, mask_path: Path, sketch_path: Optional[Path] = None):
+    """Image, mask and sketch (or None) files as PIL images (:func:`mhtma_model.images.open_image`); OSError
+    or ValueError naming the file when one is unreadable or the mask's size differs from the image's."""
     image, mask = open_image(image_path), open_image(mask_path)
     sketch = open_image(sketch_path) if sketch_path is not None else None
     if mask.size != image.size:
         raise ValueError(f"mask {mask_path.name} is {mask.size[0]}x{mask.size[1]} but image "
                          f"{image_path.name} is {image.size[0]}x{image.size[1]}")
+    return image, mask, sketch
+
+
+def inpaint_files(generator, image_path: Path, mask_path: Path, sketch_path: Optional[Path] = None,
+                  device: Union[str, torch.device] = "cpu", max_size: Optional[int] = None) -> Image.Image:
+    """:func:`inpaint_image` of files read with :func:`open_inputs` (its errors propagate)."""
+    image, mask, sketch = open_inputs(image_path, mask_path, sketch_path)
     return inpaint_image(generator, image, mask, sketch=sketch, device=device, max_size=max_size)
 
 
 # --------------------------------------------------------------------------------------------- files
 
 def pair_inputs(image: Path, mask: Path, sketch: Optional[Path] = None):
-    """-> (pairs [(key, image_path, mask_path, sketch_path | None)], problems [(key, reason)])."""
+    """-> (pairs [(key, image_path, mask_path, sketch_path | None)], problems [(key, reason)]); ValueError for
+    a usage error (file/folder mix-up, missing path, an image folder holding no images)."""
     if image.is_file():
         if not mask.is_file():
             raise ValueError(f"--image is a file, so --mask must be a file too: {mask}")
@@ -276,6 +295,8 @@ def pair_inputs(image: Path, mask: Path, sketch: Optional[Path] = None):
     if sketch is not None and not sketch.is_dir():
         raise ValueError(f"--image is a folder, so --sketch must be a folder too: {sketch}")
     images, masks = files_by_key(image), files_by_key(mask)
+    if not images:
+        raise ValueError(no_images_found(image, "--image folder"))
     sketches = files_by_key(sketch) if sketch is not None else {}
     pairs, problems = [], []
     for key, paths in sorted(images.items()):

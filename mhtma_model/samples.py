@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
@@ -14,16 +14,50 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     return ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
 
 
+#: The columns of a sample grid, left to right, as labelled in its header.
+SAMPLE_COLUMNS = ("input", "coarse", "output", "truth")
+GAP = 2  # white pixels between rows and columns
+
+
+def _font(size: int):
+    """Pillow's bundled font at ``size`` px (FreeType), or its fixed bitmap font where FreeType is missing."""
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, ImportError, OSError):
+        return ImageFont.load_default()
+
+
+def label_band(labels, width: int) -> np.ndarray:
+    """A white uint8 band ``[h, len(labels) * (width + GAP) - GAP, 3]`` with each label in black, centred
+    over its column of ``width`` px (the font shrinks, down to 6 px, until the longest label fits)."""
+    size = 12
+    while size > 6 and max(_font(size).getbbox(t)[2] for t in labels) > width - 2:
+        size -= 1
+    font = _font(size)
+    height = size + 6
+    band = Image.new("RGB", (len(labels) * (width + GAP) - GAP, height), (255, 255, 255))
+    draw = ImageDraw.Draw(band)
+    for j, text in enumerate(labels):
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        x = j * (width + GAP) + (width - (right - left)) / 2 - left
+        draw.text((x, (height - (bottom - top)) / 2 - top), text, fill=(0, 0, 0), font=font)
+    return np.asarray(band)
+
+
 def save_sample_grid(path: Path, image, mask, coarse, output) -> Path:
-    """PNG grid, one row per image, columns: input (holes white) | coarse | output | truth (written atomically)."""
+    """PNG grid, one row per image, columns: input (holes white) | coarse | output | truth, under a header
+    band naming them (:data:`SAMPLE_COLUMNS`); written atomically."""
     shown_input = image * (1 - mask) + mask  # holes drawn white
     cols = [to_uint8(t) for t in (shown_input, coarse, output, image)]
     b, h, w, _ = cols[0].shape
-    gap = 2
-    grid = np.full((b * h + (b - 1) * gap, 4 * w + 3 * gap, 3), 255, np.uint8)
+    gap = GAP
+    header = label_band(SAMPLE_COLUMNS, w)
+    top = header.shape[0]
+    grid = np.full((top + b * h + (b - 1) * gap, 4 * w + 3 * gap, 3), 255, np.uint8)
+    grid[:top] = header
     for i in range(b):
         for j, col in enumerate(cols):
-            grid[i * (h + gap):i * (h + gap) + h, j * (w + gap):j * (w + gap) + w] = col[i]
+            grid[top + i * (h + gap):top + i * (h + gap) + h, j * (w + gap):j * (w + gap) + w] = col[i]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     Image.fromarray(grid).save(tmp, format="PNG")

@@ -13,6 +13,9 @@ Validation: mean |I_out − I_gt| over the held-out split with fixed masks (seed
 epoch (or every ``train.val_every`` steps); ``best.pt`` keeps the lowest; training stops after
 ``train.patience`` validations without improvement, at ``train.max_steps`` or ``train.max_epochs``.
 
+Interruption: SIGINT (Ctrl+C) or SIGTERM ends the run after the current step with ``last.pt`` written
+(:class:`StopSignals`, :class:`TrainingInterrupted`); the same command resumes it.
+
 Determinism: before step s the torch RNG is seeded from (run.seed, s, rank), the data order of epoch e
 from (run.seed, e) and masks from (seed, epoch, index), so a run stopped at step k and resumed from its
 ``last.pt`` ends with exactly the weights of an uninterrupted run (with ``data.num_workers=0`` or any
@@ -25,7 +28,9 @@ import hashlib
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,13 +47,13 @@ from .config import Config, ConfigError, load_config, packaged_config_names
 from .data import InpaintingDataset, demo_dataset_root, split_paths
 from .device import resolve_device
 from .gan_step import GanStep
-from .images import list_images
+from .images import list_images, no_images_found
 from .losses import PerceptualLoss
 from .masks import MaskFolder
 from .networks import composite
-from .samples import save_sample_grid
+from .samples import SAMPLE_COLUMNS, save_sample_grid
 
-__all__ = ["main", "train", "Trainer", "EarlyStopping", "EpochSampler"]
+__all__ = ["main", "train", "Trainer", "EarlyStopping", "EpochSampler", "TrainingInterrupted"]
 
 
 # ------------------------------------------------------------------------------------ distribution
@@ -86,8 +91,8 @@ def _device(cfg: Config, d: _Dist) -> torch.device:
     try:
         device = resolve_device(cfg.train.device)
     except ValueError:
-        raise RuntimeError(f"train.device={cfg.train.device!r} but CUDA is not available; "
-                           f"use train.device=cpu") from None
+        raise ConfigError(f"train.device={cfg.train.device!r} but CUDA is not available; "
+                          f"use train.device=cpu") from None
     if device.type == "cuda" and device.index is None and d.enabled:
         device = torch.device(f"cuda:{d.local_rank}")
     if device.type == "cuda":
@@ -202,19 +207,31 @@ def _datasets(cfg: Config, d: _Dist):
         if not root.is_dir():
             raise FileNotFoundError(f"data.root {root} is not a folder of images")
     paths = list_images(root)
+    if not paths:
+        raise ConfigError(no_images_found(root, "data.root"))
     if len(paths) < 2:
-        raise ValueError(f"data.root {root}: found {len(paths)} image(s); training needs at least 2 "
-                         f"(one for validation)")
+        raise ConfigError(f"data.root {root}: found {len(paths)} image; training needs at least 2 "
+                          f"(one for validation)")
     train_paths, val_paths = split_paths(paths, cfg.data.val_fraction, cfg.run.seed)
     if not train_paths or not val_paths:
-        raise ValueError(f"data.root {root}: {len(paths)} images give {len(train_paths)} training and "
-                         f"{len(val_paths)} validation images with data.val_fraction={cfg.data.val_fraction}")
-    masks = MaskFolder(cfg.data.masks) if cfg.data.masks else None
+        raise ConfigError(f"data.root {root}: {len(paths)} images give {len(train_paths)} training and "
+                          f"{len(val_paths)} validation images with data.val_fraction={cfg.data.val_fraction}")
+    masks = _mask_folder(cfg.data.masks) if cfg.data.masks else None
     train_ds = InpaintingDataset(train_paths, cfg.data.size, masks=masks, train=True, seed=cfg.run.seed,
                                  sketch=cfg.model.sketch)
     val_ds = InpaintingDataset(val_paths, cfg.data.size, masks=masks, train=False, seed=cfg.run.seed,
                                sketch=cfg.model.sketch)
     return root, train_ds, val_ds
+
+
+def _mask_folder(setting) -> MaskFolder:
+    """``data.masks`` as a :class:`MaskFolder`; ConfigError naming the setting when it is not a folder of masks."""
+    root = Path(setting).expanduser()
+    if not root.is_dir():
+        raise ConfigError(f"data.masks {root} is not a folder (give a folder of mask images, > 127 = hole)")
+    if not list_images(root):
+        raise ConfigError(no_images_found(root, "data.masks"))
+    return MaskFolder(root)
 
 
 @torch.no_grad()
@@ -239,15 +256,64 @@ def _validate(generator, loader, device, amp_ctx, max_batches, d: _Dist) -> floa
     return float(total[0] / total[1].clamp_min(1))
 
 
+# -------------------------------------------------------------------------------------- stop signals
+
+class TrainingInterrupted(Exception):
+    """:func:`train` stopped on SIGINT (Ctrl+C) or SIGTERM (e.g. a cluster's preemption) after writing
+    ``last.pt`` at ``step``; running the same command again resumes from there."""
+
+    def __init__(self, signum: int, step: int, checkpoint: Path):
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+        super().__init__(f"{signal.Signals(signum).name} received: saved {checkpoint} at step {step}; "
+                         f"run the same command again to resume")
+
+
+class StopSignals:
+    """While active (a context manager, main thread only), SIGINT and SIGTERM do not kill the process:
+    they set :attr:`signum`, which :class:`Trainer` checks after every step, so that it can write last.pt
+    and stop. A second signal restores the previous handlers and re-raises it (stop at once)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict = {}
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    @property
+    def active(self) -> bool:
+        """Whether the handlers are installed (only in the main thread)."""
+        return bool(self._previous)
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is None:
+            self.signum = signum
+            return
+        self.__exit__()
+        signal.raise_signal(signum)
+
+
 # --------------------------------------------------------------------------------------------- train
 
 class Trainer:
     """One training run: built from a :class:`Config` (networks, optimisers, data, resume), advanced by
     :meth:`run`. Plain state: ``step``, ``epoch``, ``batch_in_epoch``, ``early`` (:class:`EarlyStopping`),
-    ``metrics``; checkpoints are written and read by :mod:`mhtma_model.checkpoint` alone."""
+    ``metrics``; checkpoints are written and read by :mod:`mhtma_model.checkpoint` alone. With ``signals``
+    (:class:`StopSignals`) a SIGINT/SIGTERM ends the run after the current step: last.pt is written and
+    :class:`TrainingInterrupted` raised."""
 
-    def __init__(self, cfg: Config, d: _Dist):
+    def __init__(self, cfg: Config, d: _Dist, signals: StopSignals | None = None):
         self.cfg, self.d, self.t_start = cfg, d, time.time()
+        self.signals, self.stop_signum = signals, None
         if cfg.train.threads is not None:
             torch.set_num_threads(cfg.train.threads)
         self.device = _device(cfg, d)
@@ -301,7 +367,8 @@ class Trainer:
         where = (f"resumed from {self.resume_path} at step {self.step}" if self.resume_path else "new run")
         print(f"mhtma-train: {where}; run dir {self.run_dir}; data {self.root} ({len(self.train_ds)} train / "
               f"{len(self.val_ds)} val images, {cfg.data.size}px); device {self.device}"
-              f"{' x' + str(d.world) if d.enabled else ''}{', amp' if self.gan.use_amp else ''}",
+              f"{' x' + str(d.world) if d.enabled else ''}{', amp' if self.gan.use_amp else ''}"
+              f"{'; Ctrl+C saves last.pt and stops' if self.signals is not None and self.signals.active else ''}",
               file=sys.stderr, flush=True)
         return writer
 
@@ -402,7 +469,7 @@ class Trainer:
                 stop = self.validate()
             elif self.step % self.cfg.train.checkpoint_every == 0:
                 self.save_last()
-            if stop or self.finished():
+            if stop or self.finished() or self.interrupted():
                 break
         else:  # the epoch ran to its end
             self.epoch, self.batch_in_epoch = self.epoch + 1, 0
@@ -419,9 +486,11 @@ class Trainer:
                          dynamic_ncols=True, desc="mhtma-train", unit="step", file=sys.stderr)
         self.gan.train()
         self.last_val_step = self.early.history[-1][0] if self.early.history else None
-        while not self.finished():
+        while not self.finished() and not self.interrupted():
             self.run_epoch()
         self.pbar.close()
+        if self.stop_signum is not None:
+            self._stop_on_signal()
         # Always end with a validation at the final step (so best.pt exists and last.pt holds it).
         if self.last_val_step != self.step:
             self.validate()
@@ -433,6 +502,25 @@ class Trainer:
             self.writer.flush()
             self.writer.close()
         return self.summary()
+
+    def interrupted(self) -> bool:
+        """Whether a stop signal arrived (under DDP on any rank: all ranks stop after the same step)."""
+        signum = self.signals.signum if self.signals is not None and self.signals.signum is not None else 0
+        if self.d.enabled:
+            flag = torch.tensor([signum], device=self.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            signum = int(flag.item())
+        if signum:
+            self.stop_signum = signum
+        return bool(signum)
+
+    def _stop_on_signal(self) -> None:
+        """Write last.pt at the current step (atomically, like every checkpoint) and raise TrainingInterrupted."""
+        self.save_last(force=True)
+        if self.writer is not None:
+            self.writer.flush()
+            self.writer.close()
+        raise TrainingInterrupted(self.stop_signum, self.step, self.ckpt_dir / "last.pt")
 
     def summary(self) -> dict:
         early = self.early
@@ -449,14 +537,17 @@ def train(config: Config) -> dict:
     """Run (or resume) the training described by ``config``; returns a summary dict.
 
     Files (rank 0 only) in ``config.run.dir``: config.yaml, checkpoints/{last,best}.pt, samples/*.png,
-    tb/ (TensorBoard). Raises FileNotFoundError (data folder, VGG16 weights), CheckpointError (resume).
+    tb/ (TensorBoard). Raises FileNotFoundError (data folder, VGG16 weights), CheckpointError (resume),
+    ConfigError (a setting that cannot work: no images in data.root, CUDA absent, ...), and
+    TrainingInterrupted after SIGINT/SIGTERM (handled while it runs in the main thread; last.pt is written first).
     """
     if not isinstance(config, Config):
         raise TypeError(f"train: config must be a mhtma_model.config.Config, got {type(config).__name__}")
     cfg = config
     d = _setup_distributed(cfg)
     try:
-        return Trainer(cfg, d).run()
+        with StopSignals() as signals:
+            return Trainer(cfg, d, signals).run()
     finally:
         if d.owns_group:
             torch.distributed.destroy_process_group()
@@ -484,7 +575,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    """CLI entry point (``mhtma-train``); exit status 0 on success, 2 on bad config/arguments."""
+    """CLI entry point (``mhtma-train``); exit status 0 on success, 2 on bad config/arguments (one line each),
+    128 + the signal number after SIGINT/SIGTERM (last.pt written first)."""
     parser = _parser()
     args = parser.parse_args(argv)
     try:
@@ -493,12 +585,35 @@ def main(argv=None) -> int:
         parser.error(str(exc))
     try:
         summary = train(cfg)
-    except (FileNotFoundError, CheckpointError) as exc:
+    except (FileNotFoundError, CheckpointError, ConfigError) as exc:
         print(f"mhtma-train: error: {exc}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as exc:
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"mhtma-train: {exc}", file=sys.stderr, flush=True)
+        return 128 + exc.signum
     if summary["rank"] == 0:
         print(json.dumps({k: v for k, v in summary.items() if k != "losses"}, indent=2))
+        print(closing_lines(summary), file=sys.stderr)
     return 0
+
+
+def closing_lines(summary: dict) -> str:
+    """What a finished run tells its user: why it stopped, where checkpoints, samples and TensorBoard logs
+    are, and the commands to run next."""
+    run_dir, best = Path(summary["run_dir"]), summary["best_checkpoint"]
+    why = "stopped early (no validation improvement)" if summary["stopped_early"] else "finished"
+    best_val = summary["best_val_l1"]
+    head = f"mhtma-train: {why} at step {summary['step']}" + (
+        f"; best validation L1 {best_val:.4f} at step {summary['best_step']}" if best_val is not None else "")
+    return "\n".join([
+        head,
+        f"  checkpoints  {best} (lowest validation L1); {summary['last_checkpoint']} (to resume or extend)",
+        f"  samples      {run_dir / 'samples'}/step_*.png (columns: {' | '.join(SAMPLE_COLUMNS)})",
+        f"  TensorBoard  tensorboard --logdir {run_dir / 'tb'}",
+        f"  next         mhtma-inpaint --checkpoint {best} --image photo.png --mask hole.png --output out/",
+        f"  evaluate     mhtma-eval --checkpoint {best} --data YOUR_TEST_IMAGES/ --output eval/",
+    ])
 
 
 if __name__ == "__main__":

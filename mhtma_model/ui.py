@@ -17,6 +17,7 @@ import os
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -24,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from .checkpoint import load_generator
-from .device import resolve_device
+from .device import default_cpu_threads, resolve_device, set_cpu_threads
 from .images import UnreadableImageError, mask_from_image, open_image, to_rgb
 from .predict import inpaint_image
 from .sketch import load_user_sketch, skeleton
@@ -273,10 +274,29 @@ def build_app(checkpoint: str | os.PathLike, device: str = "cpu", cache: Optiona
 
 
 def launch(app, host: str = "127.0.0.1", port: int = 7860, block: bool = True):
-    """Serve ``app`` locally (no share link, analytics off). ``block=False`` returns once serving."""
-    return app.launch(server_name=host, server_port=port, share=False, inbrowser=False, show_error=True,
-                      ssr_mode=False, max_file_size=MAX_FILE_SIZE, prevent_thread_lock=not block, quiet=not block,
-                      footer_links=[])
+    """Serve ``app`` locally (no share link, analytics off). ``block=False`` returns once serving.
+
+    Gradio runs quietly: its start-up lines (including the hint "To create a public link, set share=True",
+    which does not apply to an offline tool) are not printed; :func:`main` prints its own one-line address.
+    A port that is taken raises OSError.
+    """
+    app.launch(server_name=host, server_port=port, share=False, inbrowser=False, show_error=True,
+               ssr_mode=False, max_file_size=MAX_FILE_SIZE, prevent_thread_lock=True, quiet=True,
+               footer_links=[])
+    if block:
+        serve_until_interrupted(app)
+    return app
+
+
+def serve_until_interrupted(app) -> None:
+    """Block until Ctrl+C (or the server stops), then close the server with one line of output."""
+    try:
+        while app.is_running:
+            time.sleep(0.1)
+    except KeyboardInterrupt:
+        print("mhtma-ui: stopped (Ctrl+C)", flush=True)
+    finally:
+        app.close()
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -286,6 +306,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     parser.add_argument("--device", default=None, help="auto, cpu or cuda[:N] (default auto: cuda if available, else cpu)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help=f"CPU threads (default: $OMP_NUM_THREADS, else half the CPUs, at most 4; "
+                             f"here {default_cpu_threads()})")
     args = parser.parse_args(argv)
     if not args.checkpoint:
         print("mhtma-ui: no checkpoint given. Start it with --checkpoint PATH, a generator checkpoint written "
@@ -300,6 +323,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     try:
         device = resolve_device(args.device)
+        set_cpu_threads(args.threads)
     except ValueError as exc:
         print(f"mhtma-ui: {exc}", file=sys.stderr)
         return 2
@@ -310,8 +334,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (UploadError, ImportError) as exc:
         print(f"mhtma-ui: {exc}", file=sys.stderr)
         return 2
-    print(f"mhtma-ui: serving {path} on http://{args.host}:{args.port} (Ctrl+C to stop)")
-    launch(app, args.host, args.port, block=True)
+    try:
+        launch(app, args.host, args.port, block=False)
+    except OSError as exc:  # Gradio: "Cannot find empty port ..." when the port is taken
+        print(f"mhtma-ui: cannot listen on {args.host}:{args.port} ({str(exc).split('. ')[0]}); "
+              "pick another --port", file=sys.stderr)
+        return 2
+    print(f"mhtma-ui: serving {path} on http://{args.host}:{args.port} (Ctrl+C to stop)", flush=True)
+    serve_until_interrupted(app)
     return 0
 
 

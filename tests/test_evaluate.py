@@ -1,7 +1,10 @@
 """`mhtma-eval` end to end on a real tiny checkpoint and with the classical methods: generated and user
 masks, bucket rows, reproducibility, FID from a weights file, usage errors."""
-import contextlib
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -43,8 +46,7 @@ def _no_inception_env(monkeypatch):
 
 
 def _run(args, out):
-    with pytest.warns(UserWarning, match="FID skipped") if "--fid-weights" not in args else contextlib.nullcontext():
-        code = evaluate.main(list(args) + ["--output", str(out), "--size", str(SIZE), "--device", "cpu"])
+    code = evaluate.main(list(args) + ["--output", str(out), "--size", str(SIZE), "--device", "cpu"])
     assert code == 0
     return json.loads((out / "metrics.json").read_text())
 
@@ -169,3 +171,50 @@ def test_eval_sketch_model_gets_the_ground_truth_sketch(dataset, tmp_path):
         Image.fromarray(getattr(skdata, name)()).resize((48, 40)).save(data / f"{name}.png")
     result = _run(["--checkpoint", str(ckpt), "--data", str(data)], tmp_path / "o")
     _check_rows(result, 2)
+
+
+def test_fid_skipped_is_one_plain_line(dataset, tmp_path):
+    """`python -m mhtma_model.evaluate` without Inception weights, in a real process: the skip is reported in
+    one plain line on stderr (no Python warning with its class and source line), and the rest still runs."""
+    repo = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k != fid.INCEPTION_ENV}
+    env.update(PYTHONPATH=str(repo) + os.pathsep + env.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "mhtma_model.evaluate", "--method", "biharmonic", "--data",
+                           str(dataset), "--output", str(tmp_path / "out"), "--size", str(SIZE), "--examples", "0"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    fid_lines = [line for line in proc.stderr.splitlines() if "FID" in line]
+    assert fid_lines == [f"note: {fid.FID_SKIPPED}"], proc.stderr
+    assert "Warning" not in proc.stderr and "warn(" not in proc.stderr, proc.stderr
+    assert "--fid-weights FILE" in fid_lines[0] and fid.INCEPTION_ENV in fid_lines[0]
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["fid_note"].startswith("skipped")
+
+
+@pytest.mark.parametrize("which", ["data", "masks"])
+def test_eval_folders_without_images_name_what_was_searched(dataset, tmp_path, capsys, which):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "list.txt").write_text("no pictures")
+    args = ["--method", "biharmonic", "--data", str(empty if which == "data" else dataset), "--output",
+            str(tmp_path / "o")] + (["--masks", str(empty)] if which == "masks" else [])
+    with pytest.raises(SystemExit) as info:
+        evaluate.main(args)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    line = [x for x in err.splitlines() if "found no images" in x]
+    assert len(line) == 1 and str(empty) in line[0] and ".jpg" in line[0] and ".png" in line[0], err
+    assert f"--{which} folder" in line[0]
+    assert "FID skipped" not in err  # the usage error comes before any model or FID set-up
+
+
+def test_eval_threads_option(dataset, tmp_path, capsys):
+    before = torch.get_num_threads()
+    try:
+        _run(["--method", "biharmonic", "--data", str(dataset), "--threads", "1", "--examples", "0"], tmp_path / "o")
+        assert torch.get_num_threads() == 1
+        with pytest.raises(SystemExit) as info:
+            evaluate.main(["--method", "biharmonic", "--data", str(dataset), "--output", str(tmp_path / "p"),
+                           "--threads", "0"])
+        assert info.value.code == 2 and "--threads must be at least 1" in capsys.readouterr().err
+    finally:
+        torch.set_num_threads(before)

@@ -303,3 +303,94 @@ def test_the_user_sketch_reaches_the_generator(checkpoints):
     guided, unguided = seen[0][0, 0, :40, :56].numpy(), seen[1].numpy()
     np.testing.assert_array_equal(guided[20, 5:50], 1.0)
     assert guided.sum() == 45 and not unguided.any()
+
+
+# ------------------------------------------------------------- what a new user meets first (issue 15)
+
+def test_cli_empty_input_folders_are_an_error_naming_what_was_searched(checkpoints, tmp_path, capsys):
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    (images / "readme.txt").write_text("no pictures here")
+    err = _run_expecting_usage_error(["--checkpoint", str(checkpoints["plain"]), "--image", str(images),
+                                      "--mask", str(masks), "--output", str(tmp_path / "out")], capsys)
+    line = [x for x in err.splitlines() if "no images" in x]
+    assert len(line) == 1 and str(images) in line[0], err
+    for suffix in (".jpg", ".jpeg", ".png", ".webp", ".bmp"):
+        assert suffix in line[0]
+    assert "wrote 0" not in err and not (tmp_path / "out").exists()
+
+
+def _single(checkpoints, tmp_path, hole_value, capsys):
+    image = _photo(40, 48, seed=5)
+    image.save(tmp_path / "photo.png")
+    Image.new("L", (48, 40), hole_value).save(tmp_path / "photo_mask.png")
+    code = inpaint.main(["--checkpoint", str(checkpoints["plain"]), "--image", str(tmp_path / "photo.png"),
+                         "--mask", str(tmp_path / "photo_mask.png"), "--output", str(tmp_path / "out"),
+                         "--device", "cpu", "--threads", "1"])
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]
+    with Image.open(tmp_path / "out" / "photo.png") as result:
+        result.load()
+    return code, notes, image, result
+
+
+def test_cli_mask_without_a_hole_writes_the_image_unchanged_with_a_notice(checkpoints, tmp_path, capsys):
+    code, notes, image, result = _single(checkpoints, tmp_path, 0, capsys)
+    assert code == 0
+    np.testing.assert_array_equal(np.asarray(result), np.asarray(image))
+    assert len(notes) == 1 and "photo" in notes[0] and "no hole" in notes[0] and "unchanged" in notes[0], notes
+
+
+def test_cli_all_hole_mask_is_filled_with_a_notice(checkpoints, tmp_path, capsys):
+    code, notes, image, result = _single(checkpoints, tmp_path, 255, capsys)
+    assert code == 0 and result.size == image.size
+    assert len(notes) == 1 and "photo" in notes[0] and "whole image" in notes[0] \
+        and "nothing known" in notes[0], notes
+
+
+# ----------------------------------------------------------------------------------- CPU threads
+
+def test_cli_threads_option_sets_torch_threads(checkpoints, tmp_path, capsys):
+    before = torch.get_num_threads()
+    try:
+        _single(checkpoints, tmp_path, 0, capsys)  # passes --threads 1
+        assert torch.get_num_threads() == 1
+        err = _run_expecting_usage_error(["--checkpoint", str(checkpoints["plain"]), "--image",
+                                          str(tmp_path / "photo.png"), "--mask", str(tmp_path / "photo_mask.png"),
+                                          "--output", str(tmp_path / "o2"), "--threads", "0"], capsys)
+        assert "--threads" in err and "at least 1" in err
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("cpus, omp, expected", [
+    (1, None, 1), (2, None, 1), (3, None, 1), (6, None, 3), (64, None, 4), (64, "2", 2), (2, "6", 6), (8, "x", 4),
+])
+def test_default_cpu_threads(monkeypatch, cpus, omp, expected):
+    """Half the CPUs this process may use, 1..4, unless OMP_NUM_THREADS says otherwise (torch's own default,
+    every core, spins on a busy machine)."""
+    from mhtma_model import device
+
+    monkeypatch.setattr(device.os, "sched_getaffinity", lambda pid: set(range(cpus)), raising=False)
+    if omp is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", omp)
+    assert device.default_cpu_threads() == expected
+
+
+def test_cli_default_threads_are_not_torchs_every_core(checkpoints, tmp_path, capsys, monkeypatch):
+    from mhtma_model import device
+
+    monkeypatch.setattr(device.os, "sched_getaffinity", lambda pid: set(range(2)), raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        _photo(24, 24).save(tmp_path / "i.png")
+        _mask(24, 24).save(tmp_path / "m.png")
+        assert inpaint.main(["--checkpoint", str(checkpoints["plain"]), "--image", str(tmp_path / "i.png"), "--mask",
+                             str(tmp_path / "m.png"), "--output", str(tmp_path / "o"), "--device", "cpu"]) == 0
+        assert torch.get_num_threads() == 1  # 2 CPUs -> 1 thread
+    finally:
+        torch.set_num_threads(before)

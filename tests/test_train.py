@@ -349,7 +349,12 @@ def test_demo_command_end_to_end(tmp_path):
     assert grids
     grid = Image.open(grids[-1])
     rows = 4  # the first 4 of the 5 validation images (48 demo images, val_fraction 0.1)
-    assert grid.size[0] == 4 * 64 + 3 * 2 and grid.size[1] == rows * 64 + (rows - 1) * 2
+    from mhtma_model.samples import SAMPLE_COLUMNS, label_band
+
+    header = label_band(SAMPLE_COLUMNS, 64).shape[0]  # the column labels above the rows
+    assert grid.size[0] == 4 * 64 + 3 * 2 and grid.size[1] == header + rows * 64 + (rows - 1) * 2
+    assert "tensorboard --logdir runs/demo/tb" in proc.stderr  # the closing lines name the outputs
+    assert "mhtma-inpaint --checkpoint runs/demo/checkpoints/best.pt" in proc.stderr
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(run / "tb"))

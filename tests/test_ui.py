@@ -349,10 +349,31 @@ def test_cli_refuses_an_unusable_device(checkpoints, device, match, capsys):
     assert match in capsys.readouterr().err
 
 
+def test_cli_refuses_zero_threads(checkpoints, capsys):
+    assert ui.main(["--checkpoint", str(checkpoints["plain"]), "--device", "cpu", "--threads", "0"]) == 2
+    assert "--threads must be at least 1, got 0" in capsys.readouterr().err
+
+
+def screenshot_destination(tmp_path):
+    """Where the browser test saves its screenshot: ``$MHTMA_UI_SCREENSHOT`` when asked for explicitly
+    (``MHTMA_UI_SCREENSHOT=docs/ui.png`` refreshes the README's picture), else a temporary folder, so that
+    running the tests never modifies the checkout."""
+    explicit = os.environ.get("MHTMA_UI_SCREENSHOT")
+    return Path(explicit) if explicit else tmp_path / "ui.png"
+
+
+def test_screenshot_goes_to_a_temporary_folder_unless_asked(tmp_path, monkeypatch):
+    monkeypatch.delenv("MHTMA_UI_SCREENSHOT", raising=False)
+    target = screenshot_destination(tmp_path).resolve()
+    assert REPO.resolve() not in target.parents  # never inside the checkout (docs/ui.png is tracked)
+    monkeypatch.setenv("MHTMA_UI_SCREENSHOT", str(tmp_path / "asked.png"))
+    assert screenshot_destination(tmp_path) == tmp_path / "asked.png"
+
+
 def test_page_in_headless_chromium(checkpoints, tmp_path):
     """The real page, served on a free localhost port, driven by headless Chromium: upload, brush, mask
-    upload, Inpaint -> result image, download button and temperatures appear; screenshot -> docs/ui.png
-    (or $MHTMA_UI_SCREENSHOT); then an oversized image -> a message."""
+    upload, Inpaint -> result image, download button and temperatures appear; screenshot -> a temporary
+    file (or $MHTMA_UI_SCREENSHOT); then an oversized image -> a message."""
     pytest.importorskip("gradio", reason="Gradio not installed (pip install 'mhtma[ui]')")
     pytest.importorskip("selenium", reason="Selenium not installed (pip install 'mhtma[ui]')")
     _, _, reason = find_browser()
@@ -389,4 +410,51 @@ def test_page_in_headless_chromium(checkpoints, tmp_path):
     assert hole_percent > mask_percent + 0.2  # the brush stroke added to the uploaded mask
     # An oversized upload gives a message on the page (the server keeps serving).
     assert f"{ui.MAX_SIDE + 100}x200 px; the largest side may be at most {ui.MAX_SIDE} px" in info["too_big_text"]
-    shrink_screenshot(tmp_path / "shot.png", os.environ.get("MHTMA_UI_SCREENSHOT", REPO / "docs" / "ui.png"))
+    target = screenshot_destination(tmp_path)
+    shrink_screenshot(tmp_path / "shot.png", target)
+    assert target.is_file()
+
+
+# ------------------------------------------------------------------------------- the real command
+def test_cli_serves_offline_quietly_and_stops_on_ctrl_c(checkpoints, tmp_path):
+    """`python -m mhtma_model.ui` in a real process: one line with the address, the page answers, the log
+    holds no share-link hint (the tool is offline) and Ctrl+C (SIGINT) stops it with exit status 0."""
+    pytest.importorskip("gradio", reason="Gradio not installed (pip install 'mhtma[ui]')")
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    port = free_port()
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               OMP_NUM_THREADS="1", GRADIO_SHARE="true")  # GRADIO_SHARE must not turn a share link on
+    proc = subprocess.Popen([sys.executable, "-m", "mhtma_model.ui", "--checkpoint", str(checkpoints["plain"]),
+                             "--port", str(port), "--device", "cpu"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        first = proc.stdout.readline()  # blocks until the server is up (or the process ended)
+        assert first.startswith("mhtma-ui: serving") and f"http://127.0.0.1:{port}" in first, first
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=60) as response:
+            assert response.status == 200 and b"mhtma inpainting" in response.read()
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    log = first + rest
+    assert proc.returncode == 0, log
+    assert "share" not in log.lower() and "public" not in log.lower(), log
+    assert "Traceback" not in log, log
+    assert "mhtma-ui: stopped" in log
+
+
+def test_cli_refuses_a_port_in_use(checkpoints, capsys):
+    pytest.importorskip("gradio", reason="Gradio not installed (pip install 'mhtma[ui]')")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert ui.main(["--checkpoint", str(checkpoints["plain"]), "--port", str(port), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot listen on 127.0.0.1:{port}" in err and len(err.strip().splitlines()) == 1
