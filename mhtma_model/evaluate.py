@@ -54,7 +54,7 @@ from .classical import CLASSICAL_METHODS, OPENCV_METHODS, classical_inpaint, req
 from .device import resolve_device
 from .images import files_by_key, list_images, load_mask, load_rgb, pair_key
 from .masks import free_form_mask
-from .predict import fill_holes, generator_uses_sketch, open_generator
+from .predict import add_inference_arguments, fill_holes, generator_uses_sketch, open_generator, prepare_generator
 from .sketch import make_sketch
 
 METHODS = ("model",) + CLASSICAL_METHODS
@@ -144,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=METHODS, default="model", help="model (default) or a classical method")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     p.add_argument("--examples", type=int, default=EXAMPLE_ROWS, help="rows in examples.png (default 8; 0: none)")
+    add_inference_arguments(p)
     return p
 
 
@@ -211,7 +212,10 @@ def _load_models(setup: Setup, parser) -> None:
             setup.generator, _config = open_generator(args.checkpoint)
         except ValueError as exc:
             parser.error(str(exc))
-        setup.generator.to(setup.device).eval()
+        try:
+            prepare_generator(setup.generator, setup.device, args.precision, args.compile)
+        except ValueError as exc:
+            parser.error(str(exc))
         setup.uses_sketch = generator_uses_sketch(setup.generator)
     elif args.checkpoint:
         print(f"note: --checkpoint is not used by --method {args.method}", file=sys.stderr)
@@ -312,6 +316,7 @@ def _result(setup: Setup, ev: Evaluation) -> dict:
         "mask_source": f"folder {mask_root}" if mask_root else f"generated, free_form_mask, seed {args.mask_seed}",
         "mask_seed": None if mask_root else args.mask_seed,
         "device": str(setup.device),
+        "precision": args.precision if args.method == "model" else None,
         "fid_weights": str(setup.fid_path) if setup.fid_path else None,
         "fid_note": setup.fid_note,
         "psnr_cap_db": M.PSNR_CAP_DB,

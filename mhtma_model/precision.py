@@ -36,7 +36,7 @@ from typing import Optional
 
 import torch
 
-__all__ = ["AMP_SETTINGS", "PRECISIONS", "LEGACY_AMP", "bf16_supported", "training_dtype", "inference_dtype",
+__all__ = ["PrecisionError", "AMP_SETTINGS", "PRECISIONS", "LEGACY_AMP", "bf16_supported", "training_dtype", "inference_dtype",
            "autocast", "set_tf32", "inference_precision", "compile_module", "compile_backend"]
 
 AMP_SETTINGS = ("auto", "bf16", "fp16", "off")
@@ -44,6 +44,10 @@ PRECISIONS = ("auto", "bf16", "fp16", "tf32", "fp32")
 #: What the old boolean ``train.amp`` means today.
 LEGACY_AMP = {True: "auto", False: "off"}
 COMPILE_BACKEND_ENV = "MHTMA_COMPILE_BACKEND"
+
+
+class PrecisionError(ValueError):
+    """A precision setting that is unknown or cannot run on the device (fp16 on CPU, bf16 on an old GPU)."""
 
 
 def bf16_supported(device: torch.device) -> bool:
@@ -57,20 +61,20 @@ def _low(name: str, device: torch.device, where: str) -> torch.dtype:
     """The dtype of an explicit "bf16"/"fp16" on ``device``; ValueError where it cannot run."""
     if name == "fp16":
         if device.type != "cuda":
-            raise ValueError(f"{where}=fp16 needs a CUDA device (this run is on {device}); use bf16 or "
+            raise PrecisionError(f"{where}=fp16 needs a CUDA device (this run is on {device}); use bf16 or "
                              f"{'off' if where == 'train.amp' else 'fp32'} on CPU")
         return torch.float16
     if device.type == "cuda" and not bf16_supported(device):
-        raise ValueError(f"{where}=bf16: {torch.cuda.get_device_name(device)} has no native bf16 "
+        raise PrecisionError(f"{where}=bf16: {torch.cuda.get_device_name(device)} has no native bf16 "
                          f"(compute capability < 8.0); use fp16 or auto")
     return torch.bfloat16
 
 
 def training_dtype(amp: str, device: torch.device) -> Optional[torch.dtype]:
-    """The autocast dtype of ``train.amp`` on ``device`` (None = fp32); ValueError for fp16 on CPU or bf16 on
+    """The autocast dtype of ``train.amp`` on ``device`` (None = fp32); PrecisionError for fp16 on CPU or bf16 on
     a GPU without it."""
     if amp not in AMP_SETTINGS:
-        raise ValueError(f"train.amp must be one of {list(AMP_SETTINGS)}, got {amp!r}")
+        raise PrecisionError(f"train.amp must be one of {list(AMP_SETTINGS)}, got {amp!r}")
     if amp == "off" or (amp == "auto" and device.type != "cuda"):
         return None
     if amp == "auto":
@@ -81,7 +85,7 @@ def training_dtype(amp: str, device: torch.device) -> Optional[torch.dtype]:
 def inference_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
     """The autocast dtype of an inference ``precision`` on ``device`` (None = fp32/TF32)."""
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+        raise PrecisionError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
     if precision == "auto":
         return torch.bfloat16 if bf16_supported(device) else None
     if precision in ("tf32", "fp32"):

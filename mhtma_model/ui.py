@@ -26,7 +26,7 @@ from PIL import Image
 from .checkpoint import load_generator
 from .device import resolve_device
 from .images import UnreadableImageError, mask_from_image, open_image, to_rgb
-from .predict import inpaint_image
+from .predict import add_inference_arguments, check_precision, inpaint_image, prepare_generator
 from .sketch import load_user_sketch, skeleton
 
 #: Largest accepted side of an uploaded image, in pixels.
@@ -172,8 +172,8 @@ def temperature_markdown(temps: dict[str, float]) -> str:
 class GeneratorCache:
     """Loads checkpoints with :func:`mhtma_model.checkpoint.load_generator`, once per (path, mtime)."""
 
-    def __init__(self, device: str = "cpu"):
-        self.device = device
+    def __init__(self, device: str = "cpu", precision: str = "auto", compile: bool = False):
+        self.device, self.precision, self.compile = device, precision, compile
         self._cache: dict[tuple[str, float], Any] = {}
         self._lock = threading.Lock()
 
@@ -189,7 +189,7 @@ class GeneratorCache:
                 except Exception as exc:
                     raise UploadError(f"cannot load checkpoint {resolved}: {exc}") from exc
                 self._cache.clear()  # keep one model in memory
-                self._cache[key] = generator.to(self.device).eval()
+                self._cache[key] = prepare_generator(generator, self.device, self.precision, self.compile)
             return self._cache[key]
 
 
@@ -286,6 +286,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     parser.add_argument("--device", default=None, help="auto, cpu or cuda[:N] (default auto: cuda if available, else cpu)")
+    add_inference_arguments(parser)
     args = parser.parse_args(argv)
     if not args.checkpoint:
         print("mhtma-ui: no checkpoint given. Start it with --checkpoint PATH, a generator checkpoint written "
@@ -300,11 +301,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     try:
         device = resolve_device(args.device)
+        check_precision(args.precision, device)
     except ValueError as exc:
         print(f"mhtma-ui: {exc}", file=sys.stderr)
         return 2
     try:
-        cache = GeneratorCache(device)
+        cache = GeneratorCache(device, args.precision, args.compile)
         cache.get(path)  # refuse to start with an unusable checkpoint
         app = build_app(path, device=device, cache=cache)
     except (UploadError, ImportError) as exc:
