@@ -237,3 +237,33 @@ def test_inpaint_cli_rejects_fp16_on_cpu(tmp_path):
         main(["--checkpoint", str(ckpt), "--image", str(image), "--mask", str(tmp_path / "m.png"),
               "--output", str(tmp_path / "out"), "--device", "cpu", "--precision", "fp16"])
     assert info.value.code == 2
+
+
+def test_eval_and_ui_pass_the_precision_through(tmp_path):
+    """mhtma-eval runs the generator at --precision and records it; mhtma-ui's cache prepares its generator
+    with the precision it was started with."""
+    from PIL import Image
+    from skimage import data as skdata
+
+    from mhtma_model import evaluate, ui
+    from tests.tiny_checkpoint import make_tiny_checkpoint
+
+    ckpt = make_tiny_checkpoint(tmp_path / "g.pt")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("astronaut", "coffee"):
+        Image.fromarray(getattr(skdata, name)()).resize((48, 32), Image.BICUBIC).save(photos / f"{name}.png")
+    results = {}
+    for precision in ("fp32", "bf16"):
+        out = tmp_path / precision
+        with pytest.warns(UserWarning, match="FID skipped"):
+            code = evaluate.main(["--checkpoint", str(ckpt), "--data", str(photos), "--output", str(out), "--size",
+                                  "32", "--device", "cpu", "--precision", precision])
+        assert code == 0
+        results[precision] = __import__("json").loads((out / "metrics.json").read_text())
+        assert results[precision]["precision"] == precision
+    mae = {p: [r["mae_percent"] for r in results[p]["per_image"]] for p in results}
+    assert mae["bf16"] != mae["fp32"]  # the bf16 run really ran in bf16
+    np.testing.assert_allclose(mae["bf16"], mae["fp32"], rtol=0.1, atol=0.5)
+    generator = ui.GeneratorCache("cpu", "bf16").get(ckpt)
+    assert generator.inference_precision == "bf16" and not generator.training
