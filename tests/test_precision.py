@@ -7,6 +7,7 @@ import pytest
 import torch
 import yaml
 
+from mhtma_kernels.layers import MaskedTemperatureAttention
 from mhtma_kernels.testing import TOLERANCE, assert_normwise_close
 from mhtma_model import precision as P
 from mhtma_model.config import Config, load_config
@@ -193,10 +194,14 @@ def test_bf16_inference_on_cpu_matches_fp32():
     generator, images, holes = _inference_case()
     fp32 = predict_batch(generator, images, holes, precision="fp32")
     seen, hooks = _conv_output_dtypes(generator)
+    attention = []
+    hooks += [m.register_forward_hook(lambda _m, _i, out: attention.append(out.dtype))
+              for m in generator.modules() if isinstance(m, MaskedTemperatureAttention)]
     bf16 = predict_batch(generator, images, holes, precision="bf16")
     for h in hooks:
         h.remove()
     assert seen and all(d == torch.bfloat16 for d in seen)
+    assert attention == [torch.bfloat16]  # the MHTMA layer (and its op) ran in bf16 too
     assert bf16.dtype == np.float32
     assert_normwise_close(torch.from_numpy(bf16), torch.from_numpy(fp32).double(), torch.bfloat16, "bf16 vs fp32")
     assert np.abs(bf16 - fp32).max() / 255.0 < 2 * TOLERANCE[torch.bfloat16][0]
