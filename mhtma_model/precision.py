@@ -24,6 +24,11 @@ duration of a forward (:func:`inference_precision` restores them). What stays in
 discriminator's spectral norm (``networks.discriminator``), the losses and the composite (``gan_step``),
 and the prediction handed back (``predict``).
 
+Known issue (CPU bf16 only, torch 2.14): oneDNN's bf16 convolution weight gradient returns NaN in about
+15% of calls when the conv's input is 1x1 (5x5 kernel, stride 2, padding 2) — the discriminator's last convs
+at ``data.size=32``; from 64 px on they see >= 2x2 inputs, clean in 100 of 100 calls. "auto" never picks
+bf16 on CPU.
+
 ``torch.compile`` (``train.compile``, ``--compile``): :func:`compile_module` compiles a module in place
 (``nn.Module.compile``: its state dict, attributes and checkpoints are unchanged) with the backend named
 by the environment variable ``MHTMA_COMPILE_BACKEND`` (default ``inductor``; the tests use ``aot_eager``).
