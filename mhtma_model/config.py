@@ -28,6 +28,7 @@ import yaml
 from mhtma_kernels.ops import BACKENDS
 
 from .networks import ATTENTION_VARIANTS, ATTENTIONS, GlobalLocalDiscriminator, InpaintGenerator, attention_min_size
+from .precision import AMP_SETTINGS, LEGACY_AMP
 
 __all__ = ["ConfigError", "RunConfig", "DataConfig", "ModelConfig", "LossConfig", "TrainConfig", "Config",
            "load_config", "packaged_config", "packaged_config_names", "build_generator", "build_discriminator",
@@ -109,8 +110,11 @@ class TrainConfig:
     steps. ``patience``: validations without improvement before stopping. ``checkpoint_every``: steps
     between ``last.pt`` saves (also saved at every validation and at the end). ``resume``: "auto"
     (continue from run.dir/checkpoints/last.pt if present), "never" (refuse a run dir that already has
-    one), or a checkpoint path. ``amp``: mixed precision, used on CUDA only. ``device``: "auto" | "cpu" |
-    "cuda" | "cuda:N".
+    one), or a checkpoint path. ``device``: "auto" | "cpu" | "cuda" | "cuda:N".
+    ``amp``: "auto" (bf16 autocast on GPUs with bf16, fp16 + GradScaler on older GPUs, off on CPU) | "bf16" |
+    "fp16" (CUDA only) | "off"; the old booleans still load (true -> "auto", false -> "off").
+    ``tf32``: fp32 matmuls/convolutions on CUDA may use TF32 (set when training starts).
+    ``compile``: torch.compile the generator (default off). Details: :mod:`mhtma_model.precision`.
     ``threads``: CPU threads torch may use (null = torch's default). The demo uses 1: its convolutions are
     small, and on a busy 2-core machine a second OpenMP thread mostly spins (measured ~10x slower).
     """
@@ -126,7 +130,9 @@ class TrainConfig:
     log_every: int = 10
     checkpoint_every: int = 100
     resume: str = "auto"
-    amp: bool = True
+    amp: str = "auto"
+    tf32: bool = True
+    compile: bool = False
     device: str = "auto"
     threads: Optional[int] = 1
 
@@ -273,6 +279,8 @@ def _validate(cfg: "Config") -> None:
     for name in ("sample_every", "log_every", "checkpoint_every"):
         _check(getattr(t, name) >= 1, f"train.{name}", "must be >= 1", getattr(t, name))
     _check(bool(t.resume), "train.resume", "must be 'auto', 'never' or a checkpoint path", t.resume)
+    _check(t.amp in AMP_SETTINGS, "train.amp", f"must be one of {list(AMP_SETTINGS)} (true = auto, false = off)",
+           t.amp)
     _check(t.threads is None or t.threads >= 1, "train.threads", "must be >= 1 or null", t.threads)
     dev = t.device
     ok_dev = dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())
@@ -334,6 +342,8 @@ def _set(cfg: Config, section: str, key: str, value, source: str) -> None:
     if key not in hints:
         raise ConfigError(f"{source}: unknown key {section}.{key!s}; valid keys of [{section}] are "
                           f"{', '.join(hints)}")
+    if (section, key) == ("train", "amp") and isinstance(value, bool):
+        value = LEGACY_AMP[value]  # configs and checkpoints from before amp took a dtype (YAML reads off as false)
     setattr(getattr(cfg, section), key, _coerce(value, hints[key], f"{section}.{key}"))
 
 

@@ -53,7 +53,7 @@ from .classical import CLASSICAL_METHODS, OPENCV_METHODS, classical_inpaint, req
 from .device import default_cpu_threads, resolve_device, set_cpu_threads
 from .images import files_by_key, list_images, load_mask, load_rgb, no_images_found, pair_key
 from .masks import free_form_mask
-from .predict import fill_holes, generator_uses_sketch, open_generator
+from .predict import add_inference_arguments, fill_holes, generator_uses_sketch, open_generator, prepare_generator
 from .sketch import make_sketch
 
 METHODS = ("model",) + CLASSICAL_METHODS
@@ -146,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"CPU threads (default: $OMP_NUM_THREADS, else half the CPUs, at most 4; "
                         f"here {default_cpu_threads()})")
     p.add_argument("--examples", type=int, default=EXAMPLE_ROWS, help="rows in examples.png (default 8; 0: none)")
+    add_inference_arguments(p)
     return p
 
 
@@ -216,7 +217,10 @@ def _load_models(setup: Setup, parser) -> None:
             setup.generator, _config = open_generator(args.checkpoint)
         except ValueError as exc:
             parser.error(str(exc))
-        setup.generator.to(setup.device).eval()
+        try:
+            prepare_generator(setup.generator, setup.device, args.precision, args.compile)
+        except ValueError as exc:
+            parser.error(str(exc))
         setup.uses_sketch = generator_uses_sketch(setup.generator)
     elif args.checkpoint:
         print(f"note: --checkpoint is not used by --method {args.method}", file=sys.stderr)
@@ -317,6 +321,7 @@ def _result(setup: Setup, ev: Evaluation) -> dict:
         "mask_source": f"folder {mask_root}" if mask_root else f"generated, free_form_mask, seed {args.mask_seed}",
         "mask_seed": None if mask_root else args.mask_seed,
         "device": str(setup.device),
+        "precision": args.precision if args.method == "model" else None,
         "fid_weights": str(setup.fid_path) if setup.fid_path else None,
         "fid_note": setup.fid_note,
         "psnr_cap_db": M.PSNR_CAP_DB,

@@ -10,12 +10,14 @@ writes ‖I_c − I_gt‖₁ and DeepFill v2 does; for I_out the known pixels ar
 counts hole pixels but is normalised by the image size. Real and fake are scored on the same local
 crop. Adam(β = 0.5, 0.9), lr 1e-4 for both.
 
-Mixed precision (``train.amp``, CUDA only): fp16 autocast with one gradient scaler per network. The loop
+Precision (``train.amp``/``tf32``/``compile``, resolved by :mod:`mhtma_model.precision`): the networks'
+forwards run under autocast (bf16, or fp16 with one GradScaler per network); the composite, the losses
+(L1, perceptual, hinge/WGAN, gradient penalty) and the spectral norm run in fp32 outside autocast. TF32 is
+set for the process when the step is built (CUDA). ``train.compile`` compiles the generator in place
+(the discriminator stays eager: its spectral norm updates buffers in place every forward). The loop
 around it is :class:`mhtma_model.train.Trainer`.
 """
 from __future__ import annotations
-
-import contextlib
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -23,6 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from .config import Config, build_discriminator, build_generator
 from .losses import generator_loss, gradient_penalty, hinge_d_loss, wgan_d_loss
 from .networks import composite
+from .precision import autocast, compile_module, set_tf32, training_dtype
 
 
 class GanStep:
@@ -40,9 +43,16 @@ class GanStep:
         betas = tuple(cfg.train.betas)
         self.opt_g = torch.optim.Adam(self.g_raw.parameters(), lr=cfg.train.lr_g, betas=betas)
         self.opt_d = torch.optim.Adam(self.d_raw.parameters(), lr=cfg.train.lr_d, betas=betas)
-        self.use_amp = cfg.train.amp and device.type == "cuda"
-        self.scaler_g = torch.amp.GradScaler("cuda", enabled=self.use_amp)
-        self.scaler_d = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.device = device
+        self.amp_dtype = training_dtype(cfg.train.amp, device)  # None = fp32
+        self.use_amp = self.amp_dtype is not None
+        scaled = self.amp_dtype == torch.float16  # bf16 has fp32's range: no loss scaling
+        self.scaler_g = torch.amp.GradScaler(device.type, enabled=scaled)
+        self.scaler_d = torch.amp.GradScaler(device.type, enabled=scaled)
+        if device.type == "cuda":
+            set_tf32(cfg.train.tf32)
+        if cfg.train.compile:
+            compile_module(self.g_raw)  # in place: g_raw's state dict and the DDP wrapper are unaffected
         self.weights = {"l1_coarse": cfg.loss.l1_coarse, "l1_out": cfg.loss.l1_out,
                         "perceptual": cfg.loss.perceptual, "adversarial": cfg.loss.adversarial}
 
@@ -62,14 +72,22 @@ class GanStep:
         self.generator.train()
         self.discriminator.train()
 
+    @property
+    def precision_name(self) -> str:
+        """"bf16", "fp16" or "fp32" (+ "tf32" when CUDA fp32 matmuls may use it), for the start line."""
+        name = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.amp_dtype, "fp32")
+        tf32 = self.device.type == "cuda" and self.cfg.train.tf32
+        return name + (" (tf32 matmuls)" if tf32 and name == "fp32" else "")
+
     def autocast(self):
-        return torch.autocast("cuda", dtype=torch.float16) if self.use_amp else contextlib.nullcontext()
+        """The networks' autocast context (a no-op at fp32)."""
+        return autocast(self.device, self.amp_dtype)
 
     def step(self, image, mask, sketch) -> dict:
         """One D update and one G update on a batch -> the named loss terms and scores (tensors) to log."""
         with self.autocast():  # generator forward once; the D step uses it detached
             coarse, refined = self.generator(image, mask, sketch)
-            output = composite(refined, image, mask)
+        coarse, output = coarse.float(), composite(refined.float(), image, mask)  # fp32 from here on
         boxes = self.d_raw.crop_boxes(mask)
         d_terms = self._d_step(image, output, mask, boxes)
         g_terms = self._g_step(image, coarse, output, mask, boxes)
@@ -82,8 +100,8 @@ class GanStep:
         with self.autocast():
             scores = self.discriminator(torch.cat([image, output.detach()]), torch.cat([mask, mask]),
                                         boxes=torch.cat([boxes, boxes]))
-            real_s, fake_s = scores.float().chunk(2)
-            d_adv = hinge_d_loss(real_s, fake_s) if loss.gan == "hinge" else wgan_d_loss(real_s, fake_s)
+        real_s, fake_s = scores.float().chunk(2)
+        d_adv = hinge_d_loss(real_s, fake_s) if loss.gan == "hinge" else wgan_d_loss(real_s, fake_s)
         d_loss, gp = d_adv, None
         if loss.gan == "wgan-gp":
             gp = gradient_penalty(self.d_raw, image.float(), output.detach().float(), mask, weight=loss.gp_weight)
@@ -101,9 +119,9 @@ class GanStep:
         self.d_raw.requires_grad_(False)
         self.opt_g.zero_grad(set_to_none=True)
         with self.autocast():
-            fake_g = self.d_raw(output, mask, boxes=boxes).float()
-            terms = generator_loss(coarse.float(), output.float(), image, fake_g, perceptual=self.perceptual,
-                                   weights=self.weights)
+            fake_g = self.d_raw(output, mask, boxes=boxes)
+        terms = generator_loss(coarse, output, image, fake_g.float(), perceptual=self.perceptual,
+                               weights=self.weights)
         self.scaler_g.scale(terms["total"]).backward()
         self.scaler_g.step(self.opt_g)
         self.scaler_g.update()

@@ -31,7 +31,8 @@ from typing import Optional, Sequence
 from tqdm import tqdm
 
 from .device import default_cpu_threads, resolve_device, set_cpu_threads
-from .predict import generator_uses_sketch, inpaint_image, mask_notice, open_generator, open_inputs, pair_inputs
+from .predict import (add_inference_arguments, generator_uses_sketch, inpaint_image, mask_notice, open_generator,
+                      open_inputs, pair_inputs, prepare_generator)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-size", type=int, default=None,
                    help="longest side the network sees; larger inputs use the window/resize strategy "
                         "(default: the checkpoint's training size, data.size)")
+    add_inference_arguments(p)
     return p
 
 
@@ -82,7 +84,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if uses_sketch and not args.sketch:
         print("note: this is a sketch-guided model and no --sketch was given; running without guidance",
               file=sys.stderr)
-    generator.to(device)
+    try:
+        prepare_generator(generator, device, args.precision, args.compile)
+    except ValueError as exc:
+        parser.error(str(exc))
     out_dir = Path(args.output)
     out_dir.mkdir(parents=True, exist_ok=True)
 

@@ -25,9 +25,16 @@ Rules (what a user can rely on)
   :func:`mhtma_model.sketch.load_user_sketch` (white/coloured lines on a plain background or a
   transparent layer). Giving a sketch to a model trained without sketches is an error; a sketch model
   without a sketch gets an empty one (no guidance).
+* **Precision** (``precision=`` here, ``--precision`` in the command lines; :mod:`mhtma_model.precision`):
+  "auto" (default) = bf16 autocast on a CUDA GPU with bf16, TF32 fp32 on older GPUs, fp32 on CPU;
+  "bf16", "fp16" (CUDA), "tf32", "fp32" (IEEE, TF32 off). The prediction handed back, the 8-bit
+  rounding and the composite are fp32. ``precision=None`` uses what :func:`prepare_generator` set on the
+  generator (else "auto"). ``--compile`` / ``prepare_generator(compile=True)``: torch.compile of the
+  generator (default off; the first image of each size pays the compilation).
 """
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 from typing import Optional, Union
 
@@ -39,6 +46,7 @@ from PIL import Image
 from .checkpoint import CheckpointError, load_generator
 from .device import resolve_device
 from .images import files_by_key, has_transparency, mask_from_image, no_images_found, open_image
+from .precision import PRECISIONS, compile_module, inference_dtype, inference_precision
 from .sketch import load_user_sketch, thin_strokes
 
 MAX_SIZE = 512
@@ -59,6 +67,39 @@ def open_generator(path) -> tuple:
         return load_generator(ckpt, map_location="cpu")
     except (CheckpointError, ValueError, KeyError, RuntimeError, OSError) as exc:
         raise ValueError(f"cannot use checkpoint {ckpt}: {exc}") from exc
+
+
+def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--precision`` and ``--compile``, the same in mhtma-inpaint, mhtma-eval and mhtma-ui."""
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="auto (default: bf16 autocast on CUDA GPUs with bf16, else fp32 with TF32 on CUDA, "
+                             "fp32 on CPU), bf16, fp16 (CUDA), tf32, fp32 (IEEE, TF32 off)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the generator (faster repeated calls; the first image of each "
+                             "size compiles)")
+
+
+def check_precision(precision: str, device: Union[str, torch.device]) -> None:
+    """ValueError (one line) unless ``precision`` is known and can run on ``device``."""
+    inference_dtype(precision, resolve_device(device))
+
+
+def prepare_generator(generator, device: Union[str, torch.device], precision: str = "auto",
+                      compile: bool = False):
+    """Move ``generator`` to ``device`` in eval mode, remember ``precision`` for :func:`predict_batch` and
+    friends (attribute ``inference_precision``) and compile it in place when ``compile`` -> the generator.
+    ValueError (one line) for a precision that cannot run on ``device`` (fp16 on CPU, bf16 on a GPU without it)."""
+    dev = resolve_device(device)
+    check_precision(precision, dev)
+    generator.to(dev).eval()
+    generator.inference_precision = precision
+    if compile and not getattr(generator, "compiled_with", None):
+        compile_module(generator)
+    return generator
+
+
+def _precision(generator, precision: Optional[str]) -> str:
+    return precision if precision is not None else getattr(generator, "inference_precision", "auto")
 
 
 def generator_uses_sketch(generator) -> bool:
@@ -118,12 +159,12 @@ def pad_to_multiple(x: torch.Tensor, multiple: int, min_size: int = 0) -> tuple[
 
 @torch.no_grad()
 def predict_batch(generator, images: np.ndarray, holes: np.ndarray, sketches: Optional[np.ndarray] = None,
-                  device: Union[str, torch.device] = "cpu") -> np.ndarray:
+                  device: Union[str, torch.device] = "cpu", precision: Optional[str] = None) -> np.ndarray:
     """Raw refined predictions for a batch of same-size images.
 
     ``images`` uint8 [B, h, w, 3], ``holes`` bool [B, h, w], ``sketches`` float [B, h, w] in {0, 1} or None
     -> float32 [B, h, w, 3] in [0, 255] (not rounded, not composited). Pads to ``generator.multiple``
-    (reflect) and crops back.
+    (reflect) and crops back. ``precision``: module docstring (None = the generator's, else "auto").
     """
     dev = torch.device(device)
     multiple = int(getattr(generator, "multiple", 8))
@@ -132,20 +173,21 @@ def predict_batch(generator, images: np.ndarray, holes: np.ndarray, sketches: Op
     m = torch.tensor(np.asarray(holes, dtype=np.float32))[:, None].to(dev)
     x, (h, w) = pad_to_multiple(x, multiple, min_size)
     m, _ = pad_to_multiple(m, multiple, min_size)
+    inputs = (x, m)
     if sketches is not None:
         sk = torch.tensor(np.asarray(sketches, dtype=np.float32))[:, None].to(dev)
-        s, _ = pad_to_multiple(sk, multiple, min_size)
-        _coarse, refined = generator(x, m, s)
-    else:
-        _coarse, refined = generator(x, m)
+        inputs += (pad_to_multiple(sk, multiple, min_size)[0],)
+    with inference_precision(_precision(generator, precision), dev):
+        _coarse, refined = generator(*inputs)
     out = (refined[:, :, :h, :w].float().clamp(-1, 1) + 1.0) * 127.5
     return out.permute(0, 2, 3, 1).cpu().numpy()
 
 
 def predict(generator, image: np.ndarray, hole: np.ndarray, sketch: Optional[np.ndarray] = None,
-            device: Union[str, torch.device] = "cpu") -> np.ndarray:
+            device: Union[str, torch.device] = "cpu", precision: Optional[str] = None) -> np.ndarray:
     """:func:`predict_batch` for one image: uint8 [h, w, 3], bool [h, w], sketch [h, w] | None -> float32 [h, w, 3]."""
-    return predict_batch(generator, image[None], hole[None], None if sketch is None else sketch[None], device)[0]
+    return predict_batch(generator, image[None], hole[None], None if sketch is None else sketch[None], device,
+                         precision)[0]
 
 
 def to_uint8(pred: np.ndarray) -> np.ndarray:
@@ -154,10 +196,10 @@ def to_uint8(pred: np.ndarray) -> np.ndarray:
 
 
 def fill_holes(generator, images: np.ndarray, holes: np.ndarray, sketches: Optional[np.ndarray] = None,
-               device: Union[str, torch.device] = "cpu") -> np.ndarray:
+               device: Union[str, torch.device] = "cpu", precision: Optional[str] = None) -> np.ndarray:
     """:func:`predict_batch` composited in 8 bits: uint8 [B, h, w, 3] with only the hole pixels replaced
     by the rounded prediction (known pixels copied)."""
-    pred_u8 = to_uint8(predict_batch(generator, images, holes, sketches, device))
+    pred_u8 = to_uint8(predict_batch(generator, images, holes, sketches, device, precision))
     outputs = np.array(images, dtype=np.uint8, copy=True)
     outputs[holes] = pred_u8[holes]
     return outputs
@@ -188,11 +230,11 @@ def _network_inputs(rgb: np.ndarray, hole: np.ndarray, sketch: Optional[np.ndarr
     return net_rgb, np.asarray(covered) > 0, net_sketch
 
 
-def _predict_window(generator, rgb, hole, sketch, net_size, device) -> np.ndarray:
+def _predict_window(generator, rgb, hole, sketch, net_size, device, precision) -> np.ndarray:
     """uint8 [h, w, 3] prediction for a window (downscaled for the network and upscaled back if needed)."""
     if _generator_device(generator) not in (None, device):
         generator.to(device)
-    pred = predict(generator, *_network_inputs(rgb, hole, sketch, net_size), device)
+    pred = predict(generator, *_network_inputs(rgb, hole, sketch, net_size), device, precision)
     if net_size != hole.shape:
         up = torch.from_numpy(pred).permute(2, 0, 1)[None]
         up = F.interpolate(up, size=hole.shape, mode="bicubic", align_corners=False)
@@ -217,7 +259,8 @@ def _paste(source: Image.Image, pred_u8: np.ndarray, hole: np.ndarray, box) -> I
 
 
 def inpaint_image(generator, image: Image.Image, mask: Image.Image, sketch: Optional[Image.Image] = None,
-                  device: Union[str, torch.device] = "cpu", max_size: Optional[int] = None) -> Image.Image:
+                  device: Union[str, torch.device] = "cpu", max_size: Optional[int] = None,
+                  precision: Optional[str] = None) -> Image.Image:
     """Inpaint ``image`` where ``mask`` marks holes -> PIL image of the same size; known pixels bit-identical.
 
     ``generator``: an :class:`~mhtma_model.networks.InpaintGenerator` (eval mode; it is moved to ``device``).
@@ -225,7 +268,7 @@ def inpaint_image(generator, image: Image.Image, mask: Image.Image, sketch: Opti
     :func:`mask_from_image`; ``sketch``: PIL lines or None (only for sketch generators). ``max_size``:
     longest side the network sees (large-image strategy in the module docstring); None = the
     generator's ``training_size`` (set by :func:`mhtma_model.checkpoint.load_generator`: a network sees
-    its inputs at the scale it was trained on), else MAX_SIZE.
+    its inputs at the scale it was trained on), else MAX_SIZE. ``precision``: module docstring.
     """
     _check_inputs(generator, image, mask, sketch)
     dev = resolve_device(device)
@@ -243,7 +286,7 @@ def inpaint_image(generator, image: Image.Image, mask: Image.Image, sketch: Opti
     if generator_uses_sketch(generator):
         win_sketch = (np.zeros(win_hole.shape, np.float32) if sketch is None
                       else load_user_sketch(sketch, rgb.shape[:2])[top:bottom, left:right])
-    pred_u8 = _predict_window(generator, rgb[top:bottom, left:right], win_hole, win_sketch, net_size, dev)
+    pred_u8 = _predict_window(generator, rgb[top:bottom, left:right], win_hole, win_sketch, net_size, dev, precision)
     return _paste(source, pred_u8, win_hole, box)
 
 
@@ -271,10 +314,11 @@ def open_inputs(image_path: Path, mask_path: Path, sketch_path: Optional[Path] =
 
 
 def inpaint_files(generator, image_path: Path, mask_path: Path, sketch_path: Optional[Path] = None,
-                  device: Union[str, torch.device] = "cpu", max_size: Optional[int] = None) -> Image.Image:
+                  device: Union[str, torch.device] = "cpu", max_size: Optional[int] = None,
+                  precision: Optional[str] = None) -> Image.Image:
     """:func:`inpaint_image` of files read with :func:`open_inputs` (its errors propagate)."""
     image, mask, sketch = open_inputs(image_path, mask_path, sketch_path)
-    return inpaint_image(generator, image, mask, sketch=sketch, device=device, max_size=max_size)
+    return inpaint_image(generator, image, mask, sketch=sketch, device=device, max_size=max_size, precision=precision)
 
 
 # --------------------------------------------------------------------------------------------- files

@@ -48,6 +48,7 @@ from .data import InpaintingDataset, demo_dataset_root, split_paths
 from .device import resolve_device
 from .gan_step import GanStep
 from .images import list_images, no_images_found
+from .precision import PrecisionError
 from .losses import PerceptualLoss
 from .masks import MaskFolder
 from .networks import composite
@@ -367,7 +368,8 @@ class Trainer:
         where = (f"resumed from {self.resume_path} at step {self.step}" if self.resume_path else "new run")
         print(f"mhtma-train: {where}; run dir {self.run_dir}; data {self.root} ({len(self.train_ds)} train / "
               f"{len(self.val_ds)} val images, {cfg.data.size}px); device {self.device}"
-              f"{' x' + str(d.world) if d.enabled else ''}{', amp' if self.gan.use_amp else ''}"
+              f"{' x' + str(d.world) if d.enabled else ''}, {self.gan.precision_name}"
+              f"{', compiled generator' if cfg.train.compile else ''}"
               f"{'; Ctrl+C saves last.pt and stops' if self.signals is not None and self.signals.active else ''}",
               file=sys.stderr, flush=True)
         return writer
@@ -585,7 +587,7 @@ def main(argv=None) -> int:
         parser.error(str(exc))
     try:
         summary = train(cfg)
-    except (FileNotFoundError, CheckpointError, ConfigError) as exc:
+    except (FileNotFoundError, CheckpointError, ConfigError, PrecisionError) as exc:
         print(f"mhtma-train: error: {exc}", file=sys.stderr)
         return 2
     except TrainingInterrupted as exc:

@@ -27,7 +27,7 @@ from PIL import Image
 from .checkpoint import load_generator
 from .device import default_cpu_threads, resolve_device, set_cpu_threads
 from .images import UnreadableImageError, mask_from_image, open_image, to_rgb
-from .predict import inpaint_image
+from .predict import add_inference_arguments, check_precision, inpaint_image, prepare_generator
 from .sketch import load_user_sketch, skeleton
 
 #: Largest accepted side of an uploaded image, in pixels.
@@ -173,8 +173,8 @@ def temperature_markdown(temps: dict[str, float]) -> str:
 class GeneratorCache:
     """Loads checkpoints with :func:`mhtma_model.checkpoint.load_generator`, once per (path, mtime)."""
 
-    def __init__(self, device: str = "cpu"):
-        self.device = device
+    def __init__(self, device: str = "cpu", precision: str = "auto", compile: bool = False):
+        self.device, self.precision, self.compile = device, precision, compile
         self._cache: dict[tuple[str, float], Any] = {}
         self._lock = threading.Lock()
 
@@ -190,7 +190,7 @@ class GeneratorCache:
                 except Exception as exc:
                     raise UploadError(f"cannot load checkpoint {resolved}: {exc}") from exc
                 self._cache.clear()  # keep one model in memory
-                self._cache[key] = generator.to(self.device).eval()
+                self._cache[key] = prepare_generator(generator, self.device, self.precision, self.compile)
             return self._cache[key]
 
 
@@ -309,6 +309,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--threads", type=int, default=None,
                         help=f"CPU threads (default: $OMP_NUM_THREADS, else half the CPUs, at most 4; "
                              f"here {default_cpu_threads()})")
+    add_inference_arguments(parser)
     args = parser.parse_args(argv)
     if not args.checkpoint:
         print("mhtma-ui: no checkpoint given. Start it with --checkpoint PATH, a generator checkpoint written "
@@ -324,11 +325,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         device = resolve_device(args.device)
         set_cpu_threads(args.threads)
+        check_precision(args.precision, device)
     except ValueError as exc:
         print(f"mhtma-ui: {exc}", file=sys.stderr)
         return 2
     try:
-        cache = GeneratorCache(device)
+        cache = GeneratorCache(device, args.precision, args.compile)
         cache.get(path)  # refuse to start with an unusable checkpoint
         app = build_app(path, device=device, cache=cache)
     except (UploadError, ImportError) as exc:

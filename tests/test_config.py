@@ -61,7 +61,13 @@ def test_yaml_round_trip(name, tmp_path):
     pytest.param("model.temperature=learned", "model", "temperature", "learned", id="temperature-learned"),
     pytest.param("model.temperature=2", "model", "temperature", 2.0, id="temperature-fixed"),
     pytest.param("model.sketch=true", "model", "sketch", True, id="bool"),
-    pytest.param("train.amp=off", "train", "amp", False, id="bool-off"),
+    pytest.param("train.amp=off", "train", "amp", "off", id="amp-off"),  # YAML reads off as false
+    pytest.param("train.amp=false", "train", "amp", "off", id="amp-legacy-false"),
+    pytest.param("train.amp=true", "train", "amp", "auto", id="amp-legacy-true"),
+    pytest.param("train.amp=bf16", "train", "amp", "bf16", id="amp-bf16"),
+    pytest.param("train.amp=fp16", "train", "amp", "fp16", id="amp-fp16"),
+    pytest.param("train.tf32=false", "train", "tf32", False, id="tf32"),
+    pytest.param("train.compile=true", "train", "compile", True, id="compile"),
     pytest.param("train.betas=[0.0, 0.99]", "train", "betas", (0.0, 0.99), id="tuple"),
     pytest.param("loss.gan=wgan-gp", "loss", "gan", "wgan-gp", id="choice"),
     pytest.param("train.resume=runs/a/checkpoints/last.pt", "train", "resume", "runs/a/checkpoints/last.pt",
@@ -103,6 +109,8 @@ def test_overrides_are_coerced(override, section, key, expected):
     pytest.param("train.device=gpu", ["train.device", "cuda:N"], id="device"),
     pytest.param("train.max_steps=0", ["train.max_steps", ">= 1"], id="max-steps"),
     pytest.param("data.size=8", ["data.size"], id="size-too-small"),
+    pytest.param("train.amp=fp8", ["train.amp", "bf16", "fp16", "off", "fp8"], id="amp-choice"),
+    pytest.param("train.tf32=maybe", ["train.tf32", "true or false"], id="tf32"),
 ])
 def test_bad_overrides_give_clear_errors(override, fragments):
     with pytest.raises(ConfigError) as info:

@@ -221,3 +221,37 @@ def test_fresh_generator_output_depends_on_its_input():
     assert (coarse_a - coarse_b).abs().max() > 0.1
     assert (refined_a - refined_b).abs().max() > 0.1
     assert coarse_a.abs().max() < 1.0  # not saturated at tanh's ends
+
+
+def test_spectral_norm_runs_in_fp32_with_autocast_off(monkeypatch):
+    """Under autocast (CPU bf16 here; on CUDA torch.mv is on autocast's low-precision list) the power
+    iteration and sigma see fp32 tensors with autocast disabled; the scores stay finite."""
+    seen = []
+    real_mv = torch.mv
+
+    def spy(a, b, *args, **kwargs):
+        seen.append((a.dtype, b.dtype, torch.is_autocast_enabled("cpu")))
+        return real_mv(a, b, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "mv", spy)
+    torch.manual_seed(0)
+    disc = GlobalLocalDiscriminator(base_channels=4, image_size=64)
+    image, mask = _inputs(2, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        scores = disc(image, mask)
+    assert seen and all(s == (torch.float32, torch.float32, False) for s in seen), seen[:3]
+    assert scores.dtype == torch.bfloat16 and torch.isfinite(scores.float()).all()  # the convs did run in bf16
+
+
+def test_fp32_spectral_norm_keeps_torchs_state_dict_layout():
+    """Checkpoints written with torch's spectral_norm load into the fp32 one (same keys, same weight)."""
+    from torch.nn.utils.parametrizations import spectral_norm as torch_spectral_norm
+
+    from mhtma_model.networks.discriminator import spectral_norm
+    torch.manual_seed(0)
+    old = torch_spectral_norm(torch.nn.Linear(6, 5))
+    old(torch.randn(3, 6))  # one power iteration: u, v differ from their initial values
+    new = spectral_norm(torch.nn.Linear(6, 5))
+    new.load_state_dict(old.state_dict(), strict=True)
+    old.eval(), new.eval()
+    torch.testing.assert_close(new.weight, old.weight)

@@ -24,12 +24,33 @@ Local crop: per sample, a hole pixel is drawn uniformly with torch's global RNG,
 centred on it and clamped to the image (so it always contains that hole pixel); a sample without
 holes gets a uniformly random crop. :meth:`GlobalLocalDiscriminator.crop_boxes` exposes the choice,
 so a caller can score a real and a fake image on the same crop (``boxes=`` argument of ``forward``).
+
+Precision: the spectral norm (power iteration and sigma) always runs in fp32 with autocast off
+(:class:`FP32SpectralNorm`; under CUDA autocast ``torch.mv`` would otherwise run in bf16/fp16); the
+normalised weight then enters the conv/linear, which autocast runs in the low dtype. Its buffers and
+state-dict keys are those of ``torch.nn.utils.parametrizations.spectral_norm``.
 """
 import torch
 from torch import nn
-from torch.nn.utils.parametrizations import spectral_norm
+from torch.nn.utils import parametrize
+from torch.nn.utils.parametrizations import _SpectralNorm
 
 from .gated import _positive_int
+
+
+class FP32SpectralNorm(_SpectralNorm):
+    """torch's spectral-norm parametrization computed in fp32 with autocast disabled."""
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(weight.device.type, enabled=False):
+            return super().forward(weight.float())
+
+
+def spectral_norm(module: nn.Module) -> nn.Module:
+    """``module`` (Conv2d or Linear) with its ``weight`` parametrized by :class:`FP32SpectralNorm`
+    (one power iteration per training forward, as torch's default)."""
+    parametrize.register_parametrization(module, "weight", FP32SpectralNorm(module.weight, 1, 0, 1e-12))
+    return module
 
 
 def _branch(in_channels: int, widths: list[int]) -> nn.Sequential:
