@@ -18,7 +18,7 @@ from mhtma_kernels import masked_temperature_attention, masked_temperature_atten
 from mhtma_kernels.ops import triton_op  # noqa: E402
 from mhtma_kernels.ops.triton_op import KernelConfig, TileConfig  # noqa: E402
 
-from mhtma_kernels.testing import assert_close  # noqa: E402
+from mhtma_kernels.testing import TOLERANCE, assert_close  # noqa: E402
 
 NAMES = ("out", "dq", "dk", "dv", "dtemperature")
 
@@ -336,3 +336,28 @@ def test_a_column_block_count_the_kernel_lacks_is_refused(monkeypatch):
     q, k, v, key_valid, t = make_inputs(1, 1, 4, 4, 3, 2, 0.2, "random")
     with pytest.raises(ValueError, match=r"fwd kernel holds 1 to 8 column blocks, got num_cb=9"):
         masked_temperature_attention(q, k, v, key_valid, t, backend="triton")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["fp32", "bf16", "fp16"])
+@pytest.mark.parametrize("t", [0.1, 0.01], ids=["t0.1", "t0.01"])
+def test_bound_of_unit_vectors_replaces_the_running_max(dtype, t):
+    """bounded=True (q, k normalised): for bf16/fp32 and log2(e)/t <= FIXED_MAX_LIMIT the forward uses
+    log2(e)/t as every row's max (-lambda_m*log2(e) for an image without a valid key), otherwise the
+    running max; both give the same output and the same weights exp2(z2 - m2 - l2)."""
+    q, k, v, key_valid, temp = make_inputs(2, 2, 21, 19, 10, 6, t, "image1-all-invalid", dtype=dtype)
+    q, k = torch.nn.functional.normalize(q, dim=-1), torch.nn.functional.normalize(k, dim=-1)
+    valid_u8, temp = key_valid.view(torch.uint8), temp.float()
+    fixed_out, (m2, l2, _) = triton_op._forward(q, k, v, valid_u8, temp, 1e4, None, bounded=True)
+    online_out, (m2_online, l2_online, _) = triton_op._forward(q, k, v, valid_u8, temp, 1e4, None, bounded=False)
+    scale2 = triton_op._LOG2E / temp  # [B, H]
+    uses_bound = dtype != torch.float16 and bool((scale2 <= triton_op.FIXED_MAX_LIMIT).all())
+    assert uses_bound == (t == 0.1 and dtype != torch.float16)
+    if uses_bound:
+        torch.testing.assert_close(m2[0], scale2[0, :, None].expand_as(m2[0]), rtol=1e-6, atol=0)
+        assert (m2[1] == -1e4 * triton_op._LOG2E).all()  # image 1 has no valid key
+    else:
+        assert torch.equal(m2, m2_online)
+    assert (m2_online[0] < scale2[0, :, None] - 1e-3).all()  # a running max sits below the bound
+    torch.testing.assert_close(m2 + l2, m2_online + l2_online, rtol=1e-5, atol=1e-4)  # the same log-sum-exp
+    atol, rtol = TOLERANCE[dtype]
+    torch.testing.assert_close(fixed_out.double(), online_out.double(), atol=atol, rtol=rtol)

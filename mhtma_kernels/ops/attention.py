@@ -161,4 +161,4 @@ def _dispatch(q, k, v, key_valid, temperature, lambda_m: float, normalize: bool,
         return out if out is not None else chunked_attention(q, k, v, key_valid, temperature, lambda_m)
     from .triton_library import triton_attention  # imported lazily: triton is optional on CPU
 
-    return triton_attention(q, k, v, key_valid, temperature, lambda_m)
+    return triton_attention(q, k, v, key_valid, temperature, lambda_m, bounded=normalize)

@@ -115,18 +115,87 @@ def _store_out_block(o_base, lo_base, tile, offs_r, r_mask, col0, stride_r, NCOL
 
 
 @triton.jit
+def _tile_logits2(q_base, k_base, VALID, b, offs_m, m_mask, offs_n, NK, D, stride_qn, stride_kn, scale2, neg_lambda2,
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                  UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """Base-2 logits of one tile: query rows offs_m x key rows offs_n -> [BLOCK_M, BLOCK_N] fp32."""
+    n_mask = offs_n < NK
+    valid = tl.load(VALID + b * NK + offs_n, mask=n_mask, other=0) != 0  # [BLOCK_N]
+    s = _dot_abt(q_base, k_base, offs_m, offs_n, m_mask, n_mask, stride_qn, stride_kn, D,
+                 BLOCK_M, BLOCK_N, BLOCK_D, UPCAST, DOT_PRECISION)  # [BLOCK_M, BLOCK_N]
+    return _logits2(s, valid, n_mask, scale2, neg_lambda2)
+
+
+@triton.jit
+def _accumulate(acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, alpha, p, v_base, offs_n, NK, col0, stride_vn, DV,
+                BLOCK_C: tl.constexpr, NUM_CB: tl.constexpr, RESCALE: tl.constexpr, UPCAST: tl.constexpr,
+                DOT_PRECISION: tl.constexpr):
+    """acc_c <- acc_c * alpha (RESCALE) + p @ v[offs_n, block c] for the program's NUM_CB column blocks.
+
+    p [BLOCK_M, BLOCK_N] fp32 weights; alpha [BLOCK_M, 1]; every acc_c [BLOCK_M, BLOCK_C] fp32."""
+    n_mask = offs_n < NK
+    if UPCAST:
+        pv = p  # [BLOCK_M, BLOCK_N] fp32
+    else:
+        pv = p.to(v_base.dtype.element_ty)  # [BLOCK_M, BLOCK_N]
+    if RESCALE:
+        acc0 = acc0 * alpha
+    acc0 = _dot_block(acc0, pv, v_base, offs_n, n_mask, col0, stride_vn, DV, BLOCK_C, UPCAST, DOT_PRECISION)
+    if NUM_CB > 1:
+        if RESCALE:
+            acc1 = acc1 * alpha
+        acc1 = _dot_block(acc1, pv, v_base, offs_n, n_mask, col0 + BLOCK_C, stride_vn, DV, BLOCK_C, UPCAST,
+                          DOT_PRECISION)
+    if NUM_CB > 2:
+        if RESCALE:
+            acc2 = acc2 * alpha
+        acc2 = _dot_block(acc2, pv, v_base, offs_n, n_mask, col0 + 2 * BLOCK_C, stride_vn, DV, BLOCK_C, UPCAST,
+                          DOT_PRECISION)
+    if NUM_CB > 3:
+        if RESCALE:
+            acc3 = acc3 * alpha
+        acc3 = _dot_block(acc3, pv, v_base, offs_n, n_mask, col0 + 3 * BLOCK_C, stride_vn, DV, BLOCK_C, UPCAST,
+                          DOT_PRECISION)
+    if NUM_CB > 4:
+        if RESCALE:
+            acc4 = acc4 * alpha
+        acc4 = _dot_block(acc4, pv, v_base, offs_n, n_mask, col0 + 4 * BLOCK_C, stride_vn, DV, BLOCK_C, UPCAST,
+                          DOT_PRECISION)
+    if NUM_CB > 5:
+        if RESCALE:
+            acc5 = acc5 * alpha
+        acc5 = _dot_block(acc5, pv, v_base, offs_n, n_mask, col0 + 5 * BLOCK_C, stride_vn, DV, BLOCK_C, UPCAST,
+                          DOT_PRECISION)
+    if NUM_CB > 6:
+        if RESCALE:
+            acc6 = acc6 * alpha
+        acc6 = _dot_block(acc6, pv, v_base, offs_n, n_mask, col0 + 6 * BLOCK_C, stride_vn, DV, BLOCK_C, UPCAST,
+                          DOT_PRECISION)
+    if NUM_CB > 7:
+        if RESCALE:
+            acc7 = acc7 * alpha
+        acc7 = _dot_block(acc7, pv, v_base, offs_n, n_mask, col0 + 7 * BLOCK_C, stride_vn, DV, BLOCK_C, UPCAST,
+                          DOT_PRECISION)
+    return acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7
+
+
+@triton.jit
 def masked_attention_fwd_kernel(
-    Q, K, V, VALID, TEMP, OUT, OUT_LO, M2, L2,
+    Q, K, V, VALID, ANY_VALID, TEMP, OUT, OUT_LO, M2, L2,
     stride_qbh, stride_qn, stride_kbh, stride_kn, stride_vbh, stride_vn, stride_obh, stride_on,
-    H, NQ, NK, D, DV, neg_lambda2,
+    H, NQ, NK, D, DV, neg_lambda2, fixed_limit,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr,
-    NUM_CB: tl.constexpr, HAS_LO: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    NUM_CB: tl.constexpr, HAS_LO: tl.constexpr, FIXED_MAX: tl.constexpr,
+    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Grid (cdiv(Nq, BLOCK_M), B*H, cdiv(Dv, NUM_CB*BLOCK_C)): out[bh, rows, cols], m2, l2 [bh, rows].
 
     Online softmax over key tiles: running max m_i, running sum l_i, rescaled accumulators. With
-    HAS_LO (16-bit outputs) OUT_LO receives out_fp32 - out, so that the backward's delta keeps fp32
-    accuracy without an fp32 copy of the output.
+    FIXED_MAX (unit-norm q and k, so every valid logit is <= scale2 = log2(e)/t) and scale2 <=
+    fixed_limit, the bound stands in for the row max instead (-lambda_m*log2(e) for an image without a
+    valid key, ANY_VALID[b] = 0): no per-tile max, no rescaling; the limit keeps exp2(z2 - scale2) >=
+    2^(-2*fixed_limit), far from underflow. With HAS_LO (16-bit outputs) OUT_LO receives
+    out_fp32 - out, so that the backward's delta keeps fp32 accuracy without an fp32 copy of the output.
     """
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
@@ -153,47 +222,32 @@ def masked_attention_fwd_kernel(
     acc5 = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)  # [BLOCK_M, BLOCK_C]
     acc6 = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)  # [BLOCK_M, BLOCK_C]
     acc7 = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)  # [BLOCK_M, BLOCK_C]
-    for n0 in range(0, NK, BLOCK_N):
-        offs_n = n0 + offs_nb  # [BLOCK_N]
-        n_mask = offs_n < NK
-        valid = tl.load(VALID + b * NK + offs_n, mask=n_mask, other=0) != 0  # [BLOCK_N]
-        s = _dot_abt(q_base, k_base, offs_m, offs_n, m_mask, n_mask, stride_qn, stride_kn, D,
-                     BLOCK_M, BLOCK_N, BLOCK_D, UPCAST, DOT_PRECISION)  # [BLOCK_M, BLOCK_N]
-        z2 = _logits2(s, valid, n_mask, scale2, neg_lambda2)  # [BLOCK_M, BLOCK_N]
-        # The first tile always holds key 0 (finite logit), so m_new is finite from then on.
-        m_new = tl.maximum(m_i, tl.max(z2, axis=1))  # [BLOCK_M]
-        alpha_m = tl.exp2(m_i - m_new)  # [BLOCK_M]
-        p = tl.exp2(z2 - m_new[:, None])  # [BLOCK_M, BLOCK_N]
-        l_i = l_i * alpha_m + tl.sum(p, axis=1)
-        m_i = m_new
-        alpha = alpha_m[:, None]  # [BLOCK_M, 1]
-        if UPCAST:
-            pv = p  # [BLOCK_M, BLOCK_N] fp32
-        else:
-            pv = p.to(V.dtype.element_ty)  # [BLOCK_M, BLOCK_N]
-        acc0 = _dot_block(acc0 * alpha, pv, v_base, offs_n, n_mask, col0, stride_vn, DV,
-                          BLOCK_C, UPCAST, DOT_PRECISION)
-        if NUM_CB > 1:
-            acc1 = _dot_block(acc1 * alpha, pv, v_base, offs_n, n_mask, col0 + BLOCK_C, stride_vn, DV,
-                              BLOCK_C, UPCAST, DOT_PRECISION)
-        if NUM_CB > 2:
-            acc2 = _dot_block(acc2 * alpha, pv, v_base, offs_n, n_mask, col0 + 2 * BLOCK_C, stride_vn, DV,
-                              BLOCK_C, UPCAST, DOT_PRECISION)
-        if NUM_CB > 3:
-            acc3 = _dot_block(acc3 * alpha, pv, v_base, offs_n, n_mask, col0 + 3 * BLOCK_C, stride_vn, DV,
-                              BLOCK_C, UPCAST, DOT_PRECISION)
-        if NUM_CB > 4:
-            acc4 = _dot_block(acc4 * alpha, pv, v_base, offs_n, n_mask, col0 + 4 * BLOCK_C, stride_vn, DV,
-                              BLOCK_C, UPCAST, DOT_PRECISION)
-        if NUM_CB > 5:
-            acc5 = _dot_block(acc5 * alpha, pv, v_base, offs_n, n_mask, col0 + 5 * BLOCK_C, stride_vn, DV,
-                              BLOCK_C, UPCAST, DOT_PRECISION)
-        if NUM_CB > 6:
-            acc6 = _dot_block(acc6 * alpha, pv, v_base, offs_n, n_mask, col0 + 6 * BLOCK_C, stride_vn, DV,
-                              BLOCK_C, UPCAST, DOT_PRECISION)
-        if NUM_CB > 7:
-            acc7 = _dot_block(acc7 * alpha, pv, v_base, offs_n, n_mask, col0 + 7 * BLOCK_C, stride_vn, DV,
-                              BLOCK_C, UPCAST, DOT_PRECISION)
+    if FIXED_MAX and scale2 <= fixed_limit:
+        m_ref = tl.where(tl.load(ANY_VALID + b) != 0, scale2, neg_lambda2)
+        for n0 in range(0, NK, BLOCK_N):
+            offs_n = n0 + offs_nb  # [BLOCK_N]
+            z2 = _tile_logits2(q_base, k_base, VALID, b, offs_m, m_mask, offs_n, NK, D, stride_qn, stride_kn,
+                               scale2, neg_lambda2, BLOCK_M, BLOCK_N, BLOCK_D, UPCAST, DOT_PRECISION)
+            p = tl.exp2(z2 - m_ref)  # [BLOCK_M, BLOCK_N], <= 1 (and >= 2^(-2*fixed_limit) on valid keys)
+            l_i += tl.sum(p, axis=1)
+            acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _accumulate(
+                acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, 1.0, p, v_base, offs_n, NK, col0, stride_vn, DV,
+                BLOCK_C, NUM_CB, False, UPCAST, DOT_PRECISION)
+        m_i = tl.zeros([BLOCK_M], dtype=tl.float32) + m_ref
+    else:
+        for n0 in range(0, NK, BLOCK_N):
+            offs_n = n0 + offs_nb  # [BLOCK_N]
+            z2 = _tile_logits2(q_base, k_base, VALID, b, offs_m, m_mask, offs_n, NK, D, stride_qn, stride_kn,
+                               scale2, neg_lambda2, BLOCK_M, BLOCK_N, BLOCK_D, UPCAST, DOT_PRECISION)
+            # The first tile always holds key 0 (finite logit), so m_new is finite from then on.
+            m_new = tl.maximum(m_i, tl.max(z2, axis=1))  # [BLOCK_M]
+            alpha = tl.exp2(m_i - m_new)  # [BLOCK_M]
+            p = tl.exp2(z2 - m_new[:, None])  # [BLOCK_M, BLOCK_N]
+            l_i = l_i * alpha + tl.sum(p, axis=1)
+            m_i = m_new
+            acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _accumulate(
+                acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, alpha[:, None], p, v_base, offs_n, NK, col0,
+                stride_vn, DV, BLOCK_C, NUM_CB, True, UPCAST, DOT_PRECISION)
 
     inv_l = (1.0 / l_i)[:, None]  # [BLOCK_M, 1]
     o_base = OUT + bh64 * stride_obh

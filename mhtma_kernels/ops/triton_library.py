@@ -2,7 +2,7 @@
 
 Ops (namespace ``mhtma``; q, k already L2-normalised):
 
-    mhtma::triton_attention(q, k, v, key_valid, temperature, float lambda_m)
+    mhtma::triton_attention(q, k, v, key_valid, temperature, float lambda_m, bool bounded)
         -> (out [B,H,Nq,Dv] in v's dtype, out_lo (rounding residual, v's dtype; empty when v is fp32),
             m2, l2 [B,H,Nq] fp32)
     mhtma::triton_attention_backward(q, k, v, key_valid, temperature, out, out_lo, m2, l2, dout,
@@ -22,6 +22,9 @@ How the ops are registered (decided once, at import):
 * otherwise ``torch.library.custom_op`` with an explicit fake implementation: an opaque node that
   torch.compile calls as is (no graph break either), the choice on older torch and under
   ``TRITON_INTERPRET=1``.
+
+``bounded``: q and k rows have norm <= 1 (normalised by the public function), so the forward kernel may
+use the bound of the logits instead of a running max (triton_op.FIXED_MAX_LIMIT).
 
 ``REGISTERED_WITH`` names the choice ("triton_op" or "custom_op").
 """
@@ -67,10 +70,10 @@ def _prepare(q, k, v, key_valid, temperature):
 
 @_register("triton_attention")
 def triton_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_valid: torch.Tensor,
-                             temperature: torch.Tensor, lambda_m: float
+                             temperature: torch.Tensor, lambda_m: float, bounded: bool
                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     q, k, v, valid_u8, temp = _prepare(q, k, v, key_valid, temperature)
-    out, (m2, l2, out_lo) = triton_op._forward(q, k, v, valid_u8, temp, lambda_m, None)
+    out, (m2, l2, out_lo) = triton_op._forward(q, k, v, valid_u8, temp, lambda_m, None, bounded)
     return out, (out.new_empty(0) if out_lo is None else out_lo), m2, l2
 
 
@@ -90,7 +93,7 @@ def triton_attention_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
 if REGISTERED_WITH == "custom_op":
     @triton_attention_forward.register_fake
-    def _(q, k, v, key_valid, temperature, lambda_m):
+    def _(q, k, v, key_valid, temperature, lambda_m, bounded):
         B, H, Nq, _ = q.shape
         out = v.new_empty(B, H, Nq, v.shape[3])
         out_lo = out.new_empty(0) if v.dtype == torch.float32 else torch.empty_like(out)
@@ -108,7 +111,7 @@ if REGISTERED_WITH == "custom_op":
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, key_valid, temperature, lambda_m = inputs
+    q, k, v, key_valid, temperature, lambda_m, _bounded = inputs
     out, out_lo, m2, l2 = output
     ctx.save_for_backward(q, k, v, key_valid, temperature, out, out_lo, m2, l2)
     ctx.lambda_m = lambda_m
@@ -116,16 +119,16 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, dout, _d_out_lo, _d_m2, _d_l2):
     q, k, v, key_valid, temperature, out, out_lo, m2, l2 = ctx.saved_tensors
-    need_q, need_k, need_v, _, need_t, _ = ctx.needs_input_grad
+    need_q, need_k, need_v, _, need_t = ctx.needs_input_grad[:5]
     dq, dk, dv, dt = triton_attention_backward(q, k, v, key_valid, temperature, out, out_lo, m2, l2, dout,
                                                ctx.lambda_m, need_q, need_k or need_v, need_t)
     return (dq if need_q else None, dk if need_k else None, dv if need_v else None, None,
-            dt.to(temperature.dtype) if need_t else None, None)
+            dt.to(temperature.dtype) if need_t else None, None, None)
 
 
 triton_attention_forward.register_autograd(_backward, setup_context=_setup_context)
 
-def triton_attention(q, k, v, key_valid, temperature, lambda_m: float) -> torch.Tensor:
+def triton_attention(q, k, v, key_valid, temperature, lambda_m: float, bounded: bool = False) -> torch.Tensor:
     """Fused masked temperature attention on normalised q, k as one traceable op -> ``[B, H, Nq, Dv]``.
 
     Checks what the kernels need (dtype fp16/bf16/fp32, CUDA or the interpreter, B*H <= 65535); an
@@ -140,4 +143,4 @@ def triton_attention(q, k, v, key_valid, temperature, lambda_m: float) -> torch.
     if B * H * Nq * Dv == 0:  # nothing to compute; keep the graph connected for autograd
         return v.new_zeros(B, H, Nq, Dv) + 0 * (v.sum() + q.sum() + k.sum() + temperature.sum()).to(v.dtype)
     lambda_m = min(float(lambda_m), triton_op._LAMBDA_CAP)
-    return triton_attention_forward(q, k, v, key_valid, temperature, lambda_m)[0]
+    return triton_attention_forward(q, k, v, key_valid, temperature, lambda_m, bool(bounded))[0]

@@ -263,11 +263,18 @@ def _resolve(config: KernelConfig | None, nq, nk, d, dv, dtype) -> KernelConfig 
     return config
 
 
-def _forward(q, k, v, key_valid_u8, temp, lambda_m, config):
+# Largest log2(e)/t for which the forward uses the bound of unit-norm logits as its row max: every
+# weight exp2(z2 - log2(e)/t) is then >= 2^-80 (bf16 and fp32 share fp32's exponent range; fp16's is too
+# narrow, so fp16 always keeps the running max). t >= log2(e)/40 = 0.036; learned temperatures start at 0.1.
+FIXED_MAX_LIMIT = 40.0
+
+
+def _forward(q, k, v, key_valid_u8, temp, lambda_m, config, bounded: bool = False):
     """Launch the forward kernel on contiguous inputs -> (out [B,H,Nq,Dv] in v's dtype, stats).
 
     stats = (m2, l2 [B,H,Nq] fp32, out_lo [B,H,Nq,Dv] in v's dtype or None for fp32): what the
-    backward needs besides the inputs and the output."""
+    backward needs besides the inputs and the output. bounded: q and k rows have norm <= 1 (the public
+    function normalised them), which lets the kernel skip the running max (see the kernel's docstring)."""
     B, H, Nq, D = q.shape
     Nk, Dv = k.shape[2], v.shape[3]
     config = _resolve(config, Nq, Nk, D, Dv, q.dtype)
@@ -276,10 +283,12 @@ def _forward(q, k, v, key_valid_u8, temp, lambda_m, config):
     out_lo = torch.empty_like(out) if has_lo else None
     m2 = torch.empty(B, H, Nq, dtype=torch.float32, device=q.device)
     l2 = torch.empty_like(m2)
-    args = (q, k, v, key_valid_u8, temp, out, out_lo if has_lo else out, m2, l2,
+    fixed_max = bounded and q.dtype in (torch.bfloat16, torch.float32)
+    any_valid = (key_valid_u8 != 0).any(dim=1).to(torch.uint8)  # [B]
+    args = (q, k, v, key_valid_u8, any_valid, temp, out, out_lo if has_lo else out, m2, l2,
             q.stride(1), q.stride(2), k.stride(1), k.stride(2), v.stride(1), v.stride(2), out.stride(1), out.stride(2),
-            H, Nq, Nk, D, Dv, -lambda_m * _LOG2E)
-    _launch("fwd", Nq, B * H, Dv, args, dict(HAS_LO=has_lo, **_flags(q.dtype)), config)
+            H, Nq, Nk, D, Dv, -lambda_m * _LOG2E, FIXED_MAX_LIMIT if fixed_max else 0.0)
+    _launch("fwd", Nq, B * H, Dv, args, dict(HAS_LO=has_lo, FIXED_MAX=fixed_max, **_flags(q.dtype)), config)
     return out, (m2, l2, out_lo)
 
 
@@ -373,18 +382,19 @@ def compile_tile(kernel: str, tile: TileConfig, dtype: torch.dtype, arch: int = 
     constexprs = dict(tile.constexprs(), UPCAST=False, DOT_PRECISION=precision or dot_precision(dtype))
     if kernel == "fwd":
         constexprs["HAS_LO"] = dtype != torch.float32
+        constexprs["FIXED_MAX"] = dtype != torch.float16
     constexprs = {name: value for name, value in constexprs.items() if name in fn.arg_names}
     signature = {}
     for arg in fn.arg_names:
         if arg in constexprs:
             signature[arg] = "constexpr"
-        elif arg == "VALID":
+        elif arg in ("VALID", "ANY_VALID"):
             signature[arg] = "*u8"
         elif arg in _FP32_POINTERS:
             signature[arg] = "*fp32"
         elif arg in _INPUT_POINTERS:
             signature[arg] = "*" + _TRITON_DTYPE[dtype]
-        elif arg == "neg_lambda2":
+        elif arg in ("neg_lambda2", "fixed_limit"):
             signature[arg] = "fp32"
         else:
             signature[arg] = "i32"
