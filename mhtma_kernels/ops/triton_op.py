@@ -29,7 +29,6 @@ small candidate list (`candidates`) on a GPU; set MHTMA_AUTOTUNE=0 to use the fi
 `choose_config` instead (no tuning runs on the first call). Under TRITON_INTERPRET=1 the fixed
 interpreter choice is always used.
 """
-import math
 import os
 from dataclasses import dataclass
 
