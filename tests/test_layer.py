@@ -394,3 +394,24 @@ def test_layer_on_cuda_matches_float64_reference(backend, monkeypatch):
     out_ref.sum().backward()
     out.sum().backward()
     assert_close(x.grad.cpu(), x64.grad, torch.float32, "cuda dx")
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_layer_lets_the_triton_forward_use_the_logit_bound(backend, monkeypatch):
+    """On the triton backend the layer's unit patches reach the op with normalize=True, so the kernel is
+    told the logits are bounded (bounded=True); the torch backend takes them as they are."""
+    from mhtma_kernels.ops import attention as op_attention
+
+    seen = []
+    original = op_attention.masked_temperature_attention
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["normalize"])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr("mhtma_kernels.layers.attention.masked_temperature_attention", spy)
+    layer = make_layer(torch.float32, in_channels=4, heads=2, backend=backend)
+    device = "cuda" if backend == "triton" and torch.cuda.is_available() else "cpu"
+    out = layer.to(device)(torch.randn(1, 4, 6, 6, device=device), block_mask(1, 6, 6).to(device))
+    assert torch.isfinite(out).all()
+    assert seen == [backend == "triton"]

@@ -4,7 +4,7 @@ import math
 import torch
 from torch import nn
 
-from ..ops.attention import BACKENDS, masked_temperature_attention
+from ..ops.attention import BACKENDS, masked_temperature_attention, resolve_backend
 from ..ops.tracing import is_exporting
 from .patches import (check_feature_size, check_inputs, check_patch_size, extract_patches, fold_patches,
                       key_rows, key_validity, query_patch_inverse_norms, resize_mask)
@@ -94,9 +94,14 @@ class MaskedTemperatureAttention(nn.Module):
     def attend(self, qn, kn, v, key_valid, t):
         """The masked attention on L2-normalised patches: qn [B,K,Nq,D], kn [B,K,Nk,D], v [B,K,Nk,D],
         key_valid [B,Nk], t [B,K] -> [B,K,Nq,D]. t keeps its dtype: under autocast the patches are
-        bf16/fp16 but the learned scale stays fp32."""
+        bf16/fp16 but the learned scale stays fp32.
+
+        On the triton backend the op normalises the (unit) patches once more: an O(N*D) pass, small next
+        to the O(Nq*Nk*D) attention on a GPU, after which the kernel knows every logit is at most 1/t and
+        can skip the running max (docs/kernel-notes.md). Elsewhere the patches go in as they are."""
+        renormalize = resolve_backend(self.backend, qn.device) == "triton"
         return masked_temperature_attention(qn, kn, v, key_valid, t, lambda_m=self.lambda_m,
-                                            normalize=False, backend=self.backend)
+                                            normalize=renormalize, backend=self.backend)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``x [B, C, H, W]``, ``mask [B, 1, H0, W0]`` (1 = hole) -> refined ``[B, C, H, W]``."""
