@@ -25,7 +25,7 @@ from typing import Any, Optional, Union
 
 import yaml
 
-from mhtma_kernels.ops import BACKENDS
+from mhtma_kernels.ops import BACKENDS, check_lambda_m
 
 from .networks import ATTENTION_VARIANTS, ATTENTIONS, GlobalLocalDiscriminator, InpaintGenerator, attention_min_size
 from .precision import AMP_SETTINGS, LEGACY_AMP
@@ -254,7 +254,10 @@ def _validate(cfg: "Config") -> None:
            "model.temperature", "must be 'learned' or a positive number", m.temperature)
     _check(m.patch_size >= 1 and m.patch_size % 2 == 1, "model.patch_size", "must be a positive odd integer",
            m.patch_size)
-    _check(m.lambda_m > 0, "model.lambda_m", "must be > 0", m.lambda_m)
+    try:
+        check_lambda_m(m.lambda_m)
+    except ValueError:
+        _check(False, "model.lambda_m", "must be a finite positive number", m.lambda_m)
     _check(m.backend in BACKENDS, "model.backend", f"must be one of {list(BACKENDS)}", m.backend)
     _check(m.disc_channels >= 1, "model.disc_channels", "must be >= 1", m.disc_channels)
     if ATTENTION_VARIANTS[m.attention].layer is not None:

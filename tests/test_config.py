@@ -143,3 +143,10 @@ def test_file_then_overrides_precedence(tmp_path):
     assert cfg.model == Config().model  # untouched sections keep the defaults
     with pytest.raises(ConfigError, match="unknown key"):
         Config.from_dict({"model": {"nope": 1}})
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "inf", "nan"])
+def test_lambda_m_checked_by_the_op_rule(value):
+    """model.lambda_m follows the op's one check (finite and positive; inf and nan already fail parsing)."""
+    with pytest.raises(ConfigError, match=r"model\.lambda_m: .*finite"):
+        load_config(None, [f"model.lambda_m={value}"])

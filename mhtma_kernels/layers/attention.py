@@ -4,7 +4,7 @@ import math
 import torch
 from torch import nn
 
-from ..ops.attention import BACKENDS, masked_temperature_attention, resolve_backend
+from ..ops.attention import BACKENDS, check_lambda_m, masked_temperature_attention, resolve_backend
 from ..ops.tracing import is_exporting
 from .patches import (check_feature_size, check_inputs, check_patch_size, extract_patches, fold_patches,
                       key_rows, key_validity, query_patch_inverse_norms, resize_mask)
@@ -56,9 +56,7 @@ class MaskedTemperatureAttention(nn.Module):
         if isinstance(head_channels, bool) or not isinstance(head_channels, int) or head_channels < 1:
             raise ValueError(f"{name}: head_channels must be a positive int or None, got {head_channels!r}")
         self.patch_size = check_patch_size(patch_size)
-        if isinstance(lambda_m, bool) or not isinstance(lambda_m, (int, float)) or not math.isfinite(lambda_m) \
-                or lambda_m <= 0:
-            raise ValueError(f"{name}: lambda_m must be a finite positive number, got {lambda_m!r}")
+        check_lambda_m(lambda_m, name)
         if backend not in BACKENDS:
             raise ValueError(f"{name}: backend must be one of {BACKENDS}, got {backend!r}")
         self.in_channels, self.heads, self.head_channels = in_channels, heads, head_channels

@@ -1,10 +1,11 @@
 """The masked temperature attention op: public function, reference and backends."""
-from .attention import BACKENDS, masked_temperature_attention, resolve_backend
+from .attention import BACKENDS, check_lambda_m, masked_temperature_attention, resolve_backend
 from .reference import attention_weights_reference, masked_temperature_attention_reference
 
 __all__ = [
     "BACKENDS",
     "attention_weights_reference",
+    "check_lambda_m",
     "masked_temperature_attention",
     "masked_temperature_attention_reference",
     "resolve_backend",

@@ -18,6 +18,17 @@ def _shape(name: str, x: torch.Tensor, expected: str) -> ValueError:
     return ValueError(f"{name} must have shape {expected}, got {tuple(x.shape)}")
 
 
+def check_lambda_m(lambda_m, owner: str = "") -> float:
+    """The one check of the mask penalty (the op, the layers and the training config use it): a finite
+    positive int or float -> float; ValueError (prefixed with ``owner: ``) otherwise."""
+    # `0 < lambda_m < inf` rather than math.isfinite: also holds for the symbolic float torch.compile(dynamic=True)
+    # makes of a module attribute.
+    if isinstance(lambda_m, bool) or not isinstance(lambda_m, (int, float)) or not 0 < lambda_m < math.inf:
+        prefix = f"{owner}: " if owner else ""
+        raise ValueError(f"{prefix}lambda_m must be a finite positive number, got {lambda_m!r}")
+    return float(lambda_m)
+
+
 def _validate(q, k, v, key_valid, temperature, lambda_m, backend):
     for name, x in (("q", q), ("k", k), ("v", v), ("key_valid", key_valid), ("temperature", temperature)):
         if not isinstance(x, torch.Tensor):
@@ -46,10 +57,7 @@ def _validate(q, k, v, key_valid, temperature, lambda_m, backend):
     for name, x in (("k", k), ("v", v), ("key_valid", key_valid), ("temperature", temperature)):
         if x.device != q.device:
             raise ValueError(f"{name} is on {x.device} but q is on {q.device}: all inputs must share one device")
-    # `0 < lambda_m < inf` rather than math.isfinite: also holds for the symbolic float torch.compile(dynamic=True)
-    # makes of a module's float attribute (False for NaN as well)
-    if isinstance(lambda_m, bool) or not isinstance(lambda_m, (int, float)) or not 0 < lambda_m < math.inf:
-        raise ValueError(f"lambda_m must be a finite positive number, got {lambda_m!r}")
+    check_lambda_m(lambda_m)
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     _check_temperature_values(temperature)
