@@ -21,12 +21,7 @@ TINY = {"data": {"size": 32, "batch_size": 2}, "model": {"base_channels": 4, "di
         "train": {"device": "cpu"}}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture

@@ -41,13 +41,7 @@ def _photos(folder: Path, count: int, size: int = 40, seed: int = 0) -> Path:
     return folder
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on a busy 2-core machine extra OpenMP threads only spin (several times slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
