@@ -28,7 +28,7 @@ allocator peak above what was allocated before the call; null on CPU), ``first_c
 compilation / autotuning if it is the process's first call of that shape), ``timer``, ``status``,
 ``error``, ``seconds`` (wall time of the measurement), and per level: ``tflops`` (op: 4*B*H*Nq*Nk*D
 forward, 3.5x forward+backward), ``err_out``, ``err_dq``, ``err_dk``, ``err_dv``, ``err_dtemperature``,
-``case``, ``finite`` (correct), ``ms_per_image`` (model).
+``case``, ``finite`` (correct), ``ms_per_image`` and, with --compile, ``graph_breaks`` (model).
 """
 from __future__ import annotations
 
@@ -331,6 +331,10 @@ def table_model(records: list[dict]) -> list[str]:
                 text = text.replace("ms", f"ms ({r['ms_per_image']:.3g})", 1)
             cells.append(f"{text:24}")
         lines.append(f"{dtype:5} {batch:>3} | " + " | ".join(cells))
+    breaks = {(r["dtype"], r["graph_breaks"]) for r in rows if r.get("graph_breaks") is not None}
+    if breaks:
+        lines.append("torch.compile graph breaks (mhtma, triton): "
+                     + ", ".join(f"{dtype} {count}" for dtype, count in sorted(breaks)))
     return lines
 
 

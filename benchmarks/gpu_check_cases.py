@@ -458,19 +458,31 @@ def make_generator(setup: Setup, attention: str) -> torch.nn.Module:
     return generator.to(setup.device).eval()
 
 
+def graph_breaks(generator, image, mask, setup: Setup, dtype: str) -> int:
+    """Graph breaks torch.compile meets in the generator (torch._dynamo.explain; 0 = one graph, the op inside)."""
+    torch._dynamo.reset()
+    with torch.no_grad(), autocast(setup, dtype):
+        explanation = torch._dynamo.explain(generator)(image, mask)
+    torch._dynamo.reset()
+    return int(explanation.graph_break_count)
+
+
 def model_case(setup: Setup, attention: str, dtype: str, batch: int, compiled: bool) -> dict:
     generator = make_generator(setup, attention)
-    if compiled:
-        generator = torch.compile(generator)
     gen = torch.Generator().manual_seed(0)
     image = (torch.rand(batch, 3, setup.model_size, setup.model_size, generator=gen) * 2 - 1).to(setup.device)
     mask = square_hole(batch, setup.model_size, setup.device)
+    breaks = graph_breaks(generator, image, mask, setup, dtype) if compiled else None
+    if compiled:
+        generator = torch.compile(generator)
 
     def call():
         with torch.no_grad(), autocast(setup, dtype):
             return generator(image, mask)
 
     result = timed(call, setup)
+    if compiled:
+        result["graph_breaks"] = breaks
     result["ms_per_image"] = result["ms"] / batch
     return result
 

@@ -222,3 +222,32 @@ def test_warm_up_stopped_by_its_cap_keeps_finished_workers(monkeypatch, tmp_path
     assert time.monotonic() - start < 30
     assert done["status"] == "ok" and done["first_call_ms"] == 2.0 and done["dtype"] == "bf16"
     assert stopped["status"] == "failed" and "MeasureTimeout" in stopped["error"] and stopped["dtype"] == "fp16"
+
+
+def test_graph_break_count_of_the_generator_is_zero_on_cpu():
+    """The model rows with --compile record torch._dynamo.explain's graph-break count; for the generator with
+    the torch backend on CPU it is 0 (the attention op is one traceable node)."""
+    import torch
+
+    from benchmarks import gpu_check_cases as cases
+    from mhtma_model.networks import InpaintGenerator
+
+    setup = cases.make_setup(smoke=True)
+    torch.manual_seed(0)
+    generator = InpaintGenerator(base_channels=4, attention="mhtma", backend="torch").eval()
+    image = torch.rand(1, 3, 32, 32) * 2 - 1
+    mask = cases.square_hole(1, 32, "cpu")
+    assert cases.graph_breaks(generator, image, mask, setup, "fp32") == 0
+
+
+def test_model_table_reports_graph_breaks_of_compiled_rows():
+    from benchmarks import gpu_check
+
+    base = dict(level="model", mode="fwd", batch=16, d=24, size=256, status="ok", ms=32.0, ms_per_image=2.0,
+                peak_mb=100.0, error=None, timer="do_bench")
+    records = [dict(base, provider="mhtma", dtype="bf16"),
+               dict(base, provider="mhtma+compile", dtype="bf16", graph_breaks=0),
+               dict(base, provider="mhtma+compile", dtype="fp32", graph_breaks=2)]
+    lines = gpu_check.table_model(records)
+    assert lines[-1] == "torch.compile graph breaks (mhtma, triton): bf16 0, fp32 2"
+    assert not any("graph breaks" in line for line in gpu_check.table_model(records[:1]))
