@@ -2,7 +2,6 @@
 import math
 import os
 
-
 import torch
 
 from .autocast import autocast_dtype, cast_for_autocast

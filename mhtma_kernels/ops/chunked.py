@@ -55,7 +55,7 @@ class ChunkedMaskedAttention(torch.autograd.Function):
     def forward(ctx, q, k, v, key_valid, temperature, lambda_m):
         B, H, Nq, _ = q.shape
         Nk = k.shape[2]
-        compute = _compute_dtype(q.dtype)
+        compute = compute_dtype(q.dtype)
         qc, kc, vc = q.to(compute), k.to(compute), v.to(compute)
         inv_t = (1.0 / temperature.to(compute))[:, :, None, None]
         invalid = ~key_valid[:, None, None, :]
@@ -109,7 +109,7 @@ class ChunkedMaskedAttention(torch.autograd.Function):
                 dt.to(temperature.dtype), None)
 
 
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """Both implementations compute in float64 for float64 inputs and in float32 otherwise."""
     return torch.float64 if dtype == torch.float64 else torch.float32
 
@@ -139,7 +139,7 @@ def sdpa_masked_attention(q, k, v, key_valid, temperature, lambda_m):
     Computes in float32 (float64 for float64 inputs) and returns the dtype of q, or None where SDPA would
     not run its fused kernel on these inputs (the caller then uses the chunked loop).
     """
-    compute = _compute_dtype(q.dtype)
+    compute = compute_dtype(q.dtype)
     with torch.autocast(q.device.type, enabled=False):
         # [B, H, Nk, 1]: 1/t on valid keys, 0 on invalid ones
         key_scale = key_valid[:, None, :, None].to(compute) / temperature.to(compute)[:, :, None, None]

@@ -23,14 +23,9 @@ For ONNX (or any consumer of aten-only graphs), :data:`EXPORT_DECOMPOSITIONS` ma
 """
 import torch
 
-from .chunked import ChunkedMaskedAttention
+from .chunked import ChunkedMaskedAttention, compute_dtype
 
 NAMESPACE = "mhtma"
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """fp64 inputs compute in fp64, everything else in fp32 (the chunked backend's rule)."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 class _SavedContext:

@@ -283,7 +283,8 @@ def _forward(q, k, v, key_valid_u8, temp, lambda_m, config, bounded: bool = Fals
     m2 = torch.empty(B, H, Nq, dtype=torch.float32, device=q.device)
     l2 = torch.empty_like(m2)
     fixed_max = bounded and q.dtype in (torch.bfloat16, torch.float32)
-    any_valid = (key_valid_u8 != 0).any(dim=1).to(torch.uint8)  # [B]
+    # [B] 1 where the image has a valid key (read only by the fixed-max path; else any uint8 pointer does)
+    any_valid = (key_valid_u8 != 0).any(dim=1).to(torch.uint8) if fixed_max else key_valid_u8
     args = (q, k, v, key_valid_u8, any_valid, temp, out, out_lo if has_lo else out, m2, l2,
             q.stride(1), q.stride(2), k.stride(1), k.stride(2), v.stride(1), v.stride(2), out.stride(1), out.stride(2),
             H, Nq, Nk, D, Dv, -lambda_m * _LOG2E, FIXED_MAX_LIMIT if fixed_max else 0.0)
