@@ -145,8 +145,11 @@ def candidates(kernel: str, d: int, dv: int, dtype: torch.dtype = torch.bfloat16
             # fp32 tiles take twice the registers before they reach the tensor cores (checked with ptxas)
             max_cb = max_cb // 2 if kernel == "dkdv" else max_cb - 1
         num_cb = _fit_columns(ncols, block_c, max_cb) if max_cb else 1
-        tile = TileConfig(block_m, block_n, min(block_d, chunk, _pow2(d, 16, 64)),
-                          min(block_e, chunk, _pow2(dv, 16, 64)), block_c, num_cb, warps, stages)
+        if kernel == "fwd":
+            block_d, block_e = min(block_d, chunk, _pow2(d, 16, 64)), min(block_e, chunk, _pow2(dv, 16, 64))
+        else:  # the backward kernels contract D and Dv in chunks of their column block
+            block_d = block_e = block_c
+        tile = TileConfig(block_m, block_n, block_d, block_e, block_c, num_cb, warps, stages)
         if tile not in tiles:
             tiles.append(tile)
     return tiles
@@ -164,8 +167,9 @@ def choose_config(nq: int, nk: int, d: int, dv: int, dtype: torch.dtype, interpr
         cols_d, cols_dv = _pow2(d, 16, 512), _pow2(dv, 16, 512)
         return KernelConfig(
             fwd=TileConfig(rows_q, rows_k, cols_d, 0, cols_dv),
-            dkdv=TileConfig(rows_q, rows_k, cols_d, cols_dv, max(cols_d, cols_dv)),
-            dq=TileConfig(rows_q, rows_k, cols_d, cols_dv, cols_d),
+            # the backward kernels walk D and Dv in chunks of their column block: one chunk each here
+            dkdv=TileConfig(rows_q, rows_k, *(3 * (max(cols_d, cols_dv),))),
+            dq=TileConfig(rows_q, rows_k, *(3 * (max(cols_d, cols_dv),))),
         )
     return KernelConfig(*(candidates(kernel, d, dv, dtype)[0] for kernel in KERNELS))
 
