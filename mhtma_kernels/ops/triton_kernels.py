@@ -347,6 +347,17 @@ def _dot_abt_kept(held, a_base, offs_a, a_mask, stride_a, b_base, offs_b, b_mask
 
 
 @triton.jit
+def _load_own(base, offs_r, r_mask, stride_r, cb0, NCOLS: tl.constexpr, NUM_CB: tl.constexpr,
+              BLOCK_C: tl.constexpr, UPCAST: tl.constexpr):
+    """The program's NUM_CB column blocks of base[offs_r, :NCOLS] (columns past NCOLS are 0) -> tuple of [R, BLOCK_C]."""
+    tiles = ()
+    for j in tl.static_range(NUM_CB):
+        offs_c = (cb0 + j) * BLOCK_C + tl.arange(0, BLOCK_C)  # [BLOCK_C]
+        tiles = tiles + (_load_rows(base, offs_r, offs_c, r_mask, offs_c < NCOLS, stride_r, UPCAST),)
+    return tiles
+
+
+@triton.jit
 def _zero_blocks(ROWS: tl.constexpr, BLOCK_C: tl.constexpr, NUM_CB: tl.constexpr):
     """NUM_CB fp32 accumulators -> tuple of NUM_CB [ROWS, BLOCK_C] zeros."""
     blocks = ()
@@ -392,11 +403,12 @@ def masked_attention_bwd_dkdv_kernel(
     RESIDENT: the program's k and v rows (all chunks) are loaded once before the loop. BLOCK_D and
     BLOCK_E must equal BLOCK_C (one chunk width serves both products).
     """
-    tl.static_assert(BLOCK_D == BLOCK_C and BLOCK_E == BLOCK_C, "dkdv chunks: BLOCK_D == BLOCK_E == BLOCK_C")
+    tl.static_assert(not RESIDENT or (BLOCK_D == BLOCK_C and BLOCK_E == BLOCK_C), "RESIDENT: BLOCK_D == BLOCK_E == BLOCK_C")
     NUM_DC: tl.constexpr = (D + BLOCK_C - 1) // BLOCK_C
     NUM_EC: tl.constexpr = (DV + BLOCK_C - 1) // BLOCK_C
-    KEPT_D: tl.constexpr = NUM_CB if NUM_CB < NUM_DC else NUM_DC  # own dk blocks that hold columns of D
-    KEPT_E: tl.constexpr = NUM_CB if NUM_CB < NUM_EC else NUM_EC  # own dv blocks that hold columns of Dv
+    # own dk (dv) blocks that receive a product: those over columns of D (Dv) when RESIDENT, else all
+    KEPT_D: tl.constexpr = NUM_CB if (NUM_CB < NUM_DC or not RESIDENT) else NUM_DC
+    KEPT_E: tl.constexpr = NUM_CB if (NUM_CB < NUM_EC or not RESIDENT) else NUM_EC
     pid_n = tl.program_id(0)
     bh = tl.program_id(1)
     cb0 = tl.program_id(2) * NUM_CB
@@ -425,12 +437,20 @@ def masked_attention_bwd_dkdv_kernel(
         m2 = tl.load(M2 + bh64 * NQ + offs_m, mask=m_mask, other=0.0)  # [BLOCK_M]
         l2 = tl.load(L2 + bh64 * NQ + offs_m, mask=m_mask, other=0.0)  # [BLOCK_M]
         delta = tl.load(DELTA + bh64 * NQ + offs_m, mask=m_mask, other=0.0)  # [BLOCK_M]
-        st, q_own = _dot_abt_kept(k_held, k_base, offs_n, n_mask, stride_kn, q_base, offs_m, m_mask, stride_qn, cb0,
-                                  BLOCK_N, BLOCK_M, D, NUM_DC, NUM_CB, BLOCK_C, RESIDENT, UPCAST,
-                                  DOT_PRECISION)  # [BLOCK_N, BLOCK_M], min(NUM_CB, NUM_DC) x [BLOCK_M, BLOCK_C]
-        dpt, do_own = _dot_abt_kept(v_held, v_base, offs_n, n_mask, stride_vn, do_base, offs_m, m_mask, stride_don,
-                                    cb0, BLOCK_N, BLOCK_M, DV, NUM_EC, NUM_CB, BLOCK_C, RESIDENT, UPCAST,
-                                    DOT_PRECISION)  # [BLOCK_N, BLOCK_M], min(NUM_CB, NUM_EC) x [BLOCK_M, BLOCK_C]
+        if RESIDENT:  # every q and dout tile loaded once; the own chunks kept for dk, dv
+            st, q_own = _dot_abt_kept(k_held, k_base, offs_n, n_mask, stride_kn, q_base, offs_m, m_mask, stride_qn,
+                                      cb0, BLOCK_N, BLOCK_M, D, NUM_DC, NUM_CB, BLOCK_C, True, UPCAST,
+                                      DOT_PRECISION)  # [BLOCK_N, BLOCK_M], KEPT_D x [BLOCK_M, BLOCK_C]
+            dpt, do_own = _dot_abt_kept(v_held, v_base, offs_n, n_mask, stride_vn, do_base, offs_m, m_mask,
+                                        stride_don, cb0, BLOCK_N, BLOCK_M, DV, NUM_EC, NUM_CB, BLOCK_C, True, UPCAST,
+                                        DOT_PRECISION)  # [BLOCK_N, BLOCK_M], KEPT_E x [BLOCK_M, BLOCK_C]
+        else:  # D and Dv walked by a pipelined loop of BLOCK_D / BLOCK_E chunks; own columns loaded again
+            st = _dot_abt(k_base, q_base, offs_n, offs_m, n_mask, m_mask, stride_kn, stride_qn, D,
+                          BLOCK_N, BLOCK_M, BLOCK_D, UPCAST, DOT_PRECISION)  # [BLOCK_N, BLOCK_M]
+            dpt = _dot_abt(v_base, do_base, offs_n, offs_m, n_mask, m_mask, stride_vn, stride_don, DV,
+                           BLOCK_N, BLOCK_M, BLOCK_E, UPCAST, DOT_PRECISION)  # [BLOCK_N, BLOCK_M]
+            q_own = _load_own(q_base, offs_m, m_mask, stride_qn, cb0, D, NUM_CB, BLOCK_C, UPCAST)  # NUM_CB x [BLOCK_M, BLOCK_C]
+            do_own = _load_own(do_base, offs_m, m_mask, stride_don, cb0, DV, NUM_CB, BLOCK_C, UPCAST)
         z2t = tl.where(valid[:, None], st * scale2, neg_lambda2)  # [BLOCK_N, BLOCK_M]
         z2t = tl.where(m_mask[None, :], z2t, float("-inf"))  # query rows past Nq contribute nothing
         pt = tl.exp2((z2t - m2[None, :]) - l2[None, :])  # [BLOCK_N, BLOCK_M]
@@ -469,10 +489,11 @@ def masked_attention_bwd_dq_kernel(
     sum_i <dq_i, q_i> (fp32, before dq is rounded) goes to DT_PART[bh, pid_m * n_splits + pid_c]
     (row stride stride_part). BLOCK_D and BLOCK_E must equal BLOCK_C.
     """
-    tl.static_assert(BLOCK_D == BLOCK_C and BLOCK_E == BLOCK_C, "dq chunks: BLOCK_D == BLOCK_E == BLOCK_C")
+    tl.static_assert(not RESIDENT or (BLOCK_D == BLOCK_C and BLOCK_E == BLOCK_C), "RESIDENT: BLOCK_D == BLOCK_E == BLOCK_C")
     NUM_DC: tl.constexpr = (D + BLOCK_C - 1) // BLOCK_C
     NUM_EC: tl.constexpr = (DV + BLOCK_C - 1) // BLOCK_C
-    KEPT_D: tl.constexpr = NUM_CB if NUM_CB < NUM_DC else NUM_DC  # own dq blocks that hold columns of D
+    # own dq blocks that receive a product: those over columns of D when RESIDENT, else all
+    KEPT_D: tl.constexpr = NUM_CB if (NUM_CB < NUM_DC or not RESIDENT) else NUM_DC
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
     pid_c = tl.program_id(2)
@@ -502,12 +523,19 @@ def masked_attention_bwd_dq_kernel(
         offs_n = n0 + offs_nb  # [BLOCK_N]
         n_mask = offs_n < NK
         valid = tl.load(VALID + b * NK + offs_n, mask=n_mask, other=0) != 0  # [BLOCK_N]
-        s, k_own = _dot_abt_kept(q_held, q_base, offs_m, m_mask, stride_qn, k_base, offs_n, n_mask, stride_kn, cb0,
-                                 BLOCK_M, BLOCK_N, D, NUM_DC, NUM_CB, BLOCK_C, RESIDENT, UPCAST,
-                                 DOT_PRECISION)  # [BLOCK_M, BLOCK_N], min(NUM_CB, NUM_DC) x [BLOCK_N, BLOCK_C]
-        dp, _ = _dot_abt_kept(do_held, do_base, offs_m, m_mask, stride_don, v_base, offs_n, n_mask, stride_vn, cb0,
-                              BLOCK_M, BLOCK_N, DV, NUM_EC, 0, BLOCK_C, RESIDENT, UPCAST,
-                              DOT_PRECISION)  # [BLOCK_M, BLOCK_N]
+        if RESIDENT:  # every k and v tile loaded once; the own k chunks kept for dq
+            s, k_own = _dot_abt_kept(q_held, q_base, offs_m, m_mask, stride_qn, k_base, offs_n, n_mask, stride_kn,
+                                     cb0, BLOCK_M, BLOCK_N, D, NUM_DC, NUM_CB, BLOCK_C, True, UPCAST,
+                                     DOT_PRECISION)  # [BLOCK_M, BLOCK_N], KEPT_D x [BLOCK_N, BLOCK_C]
+            dp, _ = _dot_abt_kept(do_held, do_base, offs_m, m_mask, stride_don, v_base, offs_n, n_mask, stride_vn,
+                                  cb0, BLOCK_M, BLOCK_N, DV, NUM_EC, 0, BLOCK_C, True, UPCAST,
+                                  DOT_PRECISION)  # [BLOCK_M, BLOCK_N]
+        else:  # D and Dv walked by a pipelined loop of BLOCK_D / BLOCK_E chunks; own k columns loaded again
+            s = _dot_abt(q_base, k_base, offs_m, offs_n, m_mask, n_mask, stride_qn, stride_kn, D,
+                         BLOCK_M, BLOCK_N, BLOCK_D, UPCAST, DOT_PRECISION)  # [BLOCK_M, BLOCK_N]
+            dp = _dot_abt(do_base, v_base, offs_m, offs_n, m_mask, n_mask, stride_don, stride_vn, DV,
+                          BLOCK_M, BLOCK_N, BLOCK_E, UPCAST, DOT_PRECISION)  # [BLOCK_M, BLOCK_N]
+            k_own = _load_own(k_base, offs_n, n_mask, stride_kn, cb0, D, NUM_CB, BLOCK_C, UPCAST)  # NUM_CB x [BLOCK_N, BLOCK_C]
         z2 = _logits2(s, valid, n_mask, scale2, neg_lambda2)  # [BLOCK_M, BLOCK_N]
         z2 = tl.where(m_mask[:, None], z2, float("-inf"))  # rows past Nq contribute nothing
         p = tl.exp2((z2 - m2[:, None]) - l2[:, None])  # [BLOCK_M, BLOCK_N]
