@@ -160,9 +160,11 @@ def candidates(kernel: str, d: int, dv: int, dtype: torch.dtype = torch.bfloat16
     for block_m, block_n, block_d, block_e, block_c, warps, stages, max_cb, *resident in _FAMILIES[kernel]:
         resident = bool(resident and resident[0])
         block_c = min(block_c, _pow2(ncols, 16, 128))
-        if dtype == torch.float32 and max_cb > 1:
-            # fp32 tiles take twice the registers before they reach the tensor cores (checked with ptxas)
-            max_cb = max_cb // 2 if kernel == "dkdv" else max_cb - 1
+        if dtype == torch.float32 and max_cb > 1 and (kernel != "dkdv" or warps > 8):
+            # fp32 tiles take twice the registers before they reach the tensor cores (checked with ptxas;
+            # the transposed dk/dv kernel fits its 16-bit column blocks in fp32 too, except with 16 warps'
+            # 128 registers: kernel-notes, "Backward")
+            max_cb -= 1
         num_cb = _fit_columns(ncols, block_c, max_cb) if max_cb else 1
         if resident:  # resident backward programs contract D and Dv in chunks of their column block
             block_d = block_e = block_c
