@@ -23,8 +23,10 @@ GRADS = ("dq", "dk", "dv", "dtemperature")
 # range the op promises in one launch. With one valid key every weight is 0 or 1 whatever t, so dL/dt = 0
 # exactly, and the fp32 kernels' dt is the rounding of dp - delta (~1e-7 relative) times 1/t^2: 3e-3 at
 # t = 0.01 and 2e-4 at t = 0.1 (D = 288), as with version 2's kernels (the saturated case issue 21
-# documents); that image's temperatures start at 0.3.
-TEMPERATURES = ((0.01, 0.3), (3.0, 100.0), (0.3, 1.0))
+# documents); that image's temperatures start at 0.3. bf16 starts at t = 0.1: at t = 0.01 the temperature
+# gradient of bf16 inputs is off by 1.2 of 3.5 (D = 45), bit for bit the same with version 2's kernels.
+TEMPERATURES = {torch.float32: ((0.01, 0.3), (3.0, 100.0), (0.3, 1.0)),
+                torch.bfloat16: ((0.1, 0.3), (3.0, 100.0), (0.3, 1.0))}
 
 
 def make_case(nq, nk, d, dv, dtype, seed=0):
@@ -37,7 +39,7 @@ def make_case(nq, nk, d, dv, dtype, seed=0):
     key_valid[1] = False
     key_valid[2] = False
     key_valid[2, nk // 2] = True
-    temperature = torch.tensor(TEMPERATURES, dtype=torch.float64)
+    temperature = torch.tensor(TEMPERATURES[dtype], dtype=torch.float64)
     # the reference sees exactly the rounded values the kernels see
     q, k, v, temperature = (x.to(dtype).to(torch.float64) for x in (q, k, v, temperature))
     return q, k, v, key_valid, temperature

@@ -28,9 +28,8 @@ Tiling. The head dims D and Dv are arbitrary (45, 288, 576, 864): nothing is pad
 Products that contract over D (q k^T) or over Dv (dout v^T) walk that axis in chunks of BLOCK_D /
 BLOCK_E with masked loads (`_dot_abt`). Output columns (out over Dv; dq, dk over D; dv over Dv) are
 held as NUM_CB column blocks of BLOCK_C columns in ONE program: NUM_CB separate fp32 accumulators
-acc0..acc7 (dq0..dq7; dk0..dk3 and dv0..dv3 in the dk/dv kernel: triton_op.MAX_COL_BLOCKS)
-(Triton has no arrays of tiles, so the blocks are written out; blocks past NUM_CB are
-dead code the compiler drops). The scores of a tile are computed once and feed every column block
+acc0..acc7 in the forward (written out; blocks past NUM_CB are dead code the compiler drops), a
+Triton tuple of NUM_CB tiles in the backward kernels (see the backward section below). The scores of a tile are computed once and feed every column block
 of that program. Only when NUM_CB * BLOCK_C < Dv is the column range split over a grid axis (and
 the scores recomputed per split); the launcher's autotuner chooses between register pressure
 (wide programs) and recomputation (narrow programs) per shape.
@@ -322,6 +321,19 @@ def _load_chunks(base, offs_r, r_mask, stride_r, cb0, NCOLS: tl.constexpr, NUM: 
 
 
 @triton.jit
+def _held_rows(a_base, b_base, offs_r, r_mask, stride_a, stride_b, cb0, NA: tl.constexpr, NB: tl.constexpr,
+               BLOCK_C: tl.constexpr, RESIDENT: tl.constexpr, UPCAST: tl.constexpr):
+    """RESIDENT: every chunk of a program's own rows of two operands (k and v, or q and dout; NA and NB
+    columns) in rotated order -> two tuples of [R, BLOCK_C] tiles; otherwise two empty tuples."""
+    a_held = ()
+    b_held = ()
+    if RESIDENT:
+        a_held = _load_chunks(a_base, offs_r, r_mask, stride_a, cb0, NA, (NA + BLOCK_C - 1) // BLOCK_C, BLOCK_C, UPCAST)
+        b_held = _load_chunks(b_base, offs_r, r_mask, stride_b, cb0, NB, (NB + BLOCK_C - 1) // BLOCK_C, BLOCK_C, UPCAST)
+    return a_held, b_held
+
+
+@triton.jit
 def _dot_abt_kept(held, a_base, offs_a, a_mask, stride_a, b_base, offs_b, b_mask, stride_b, cb0,
                   BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr, NCOLS: tl.constexpr, NUM: tl.constexpr,
                   NUM_KEEP: tl.constexpr, BLOCK_C: tl.constexpr, RESIDENT: tl.constexpr,
@@ -349,7 +361,7 @@ def _dot_abt_kept(held, a_base, offs_a, a_mask, stride_a, b_base, offs_b, b_mask
 @triton.jit
 def _load_own(base, offs_r, r_mask, stride_r, cb0, NCOLS: tl.constexpr, NUM_CB: tl.constexpr,
               BLOCK_C: tl.constexpr, UPCAST: tl.constexpr):
-    """The program's NUM_CB column blocks of base[offs_r, :NCOLS] (columns past NCOLS are 0) -> tuple of [R, BLOCK_C]."""
+    """The program's NUM_CB column blocks of base[offs_r, :NCOLS] (0 past NCOLS) -> tuple of [R, BLOCK_C]."""
     tiles = ()
     for j in tl.static_range(NUM_CB):
         offs_c = (cb0 + j) * BLOCK_C + tl.arange(0, BLOCK_C)  # [BLOCK_C]
@@ -400,10 +412,13 @@ def masked_attention_bwd_dkdv_kernel(
     Loops over query tiles in the transposed orientation: s^T = k q^T and dp^T = v dout^T [BLOCK_N, BLOCK_M],
     then dk_j += dz^T q[:, block j], dv_j += p^T dout[:, block j] for the program's NUM_CB column blocks,
     the q and dout chunks of block j being those the contraction loaded (see the section comment).
-    RESIDENT: the program's k and v rows (all chunks) are loaded once before the loop. BLOCK_D and
-    BLOCK_E must equal BLOCK_C (one chunk width serves both products).
+    RESIDENT: the program's k and v rows (all chunks) are loaded once before the loop and D, Dv are
+    contracted in rotated BLOCK_C chunks (BLOCK_D == BLOCK_E == BLOCK_C), each q and dout chunk loaded
+    once per tile; otherwise a pipelined loop walks D (Dv) in BLOCK_D (BLOCK_E) chunks, re-loading k and
+    v per tile, and the own q and dout columns are loaded again for the products.
     """
-    tl.static_assert(not RESIDENT or (BLOCK_D == BLOCK_C and BLOCK_E == BLOCK_C), "RESIDENT: BLOCK_D == BLOCK_E == BLOCK_C")
+    tl.static_assert(not RESIDENT or (BLOCK_D == BLOCK_C and BLOCK_E == BLOCK_C),
+                     "RESIDENT: BLOCK_D == BLOCK_E == BLOCK_C")
     NUM_DC: tl.constexpr = (D + BLOCK_C - 1) // BLOCK_C
     NUM_EC: tl.constexpr = (DV + BLOCK_C - 1) // BLOCK_C
     # own dk (dv) blocks that receive a product: those over columns of D (Dv) when RESIDENT, else all
@@ -423,11 +438,9 @@ def masked_attention_bwd_dkdv_kernel(
     t = tl.load(TEMP + bh).to(tl.float32)
     scale2 = 1.4426950408889634 / t
     valid = tl.load(VALID + (bh // H) * NK + offs_n, mask=n_mask, other=0) != 0  # [BLOCK_N]
-    k_held = ()
-    v_held = ()
-    if RESIDENT:
-        k_held = _load_chunks(k_base, offs_n, n_mask, stride_kn, cb0, D, NUM_DC, BLOCK_C, UPCAST)  # NUM_DC x [BLOCK_N, BLOCK_C]
-        v_held = _load_chunks(v_base, offs_n, n_mask, stride_vn, cb0, DV, NUM_EC, BLOCK_C, UPCAST)  # NUM_EC x [BLOCK_N, BLOCK_C]
+    # RESIDENT: NUM_DC and NUM_EC tiles [BLOCK_N, BLOCK_C] of the program's own k and v rows
+    k_held, v_held = _held_rows(k_base, v_base, offs_n, n_mask, stride_kn, stride_vn, cb0, D, DV, BLOCK_C,
+                                RESIDENT, UPCAST)
 
     dk = _zero_blocks(BLOCK_N, BLOCK_C, NUM_CB)  # NUM_CB x [BLOCK_N, BLOCK_C] fp32
     dv = _zero_blocks(BLOCK_N, BLOCK_C, NUM_CB)  # NUM_CB x [BLOCK_N, BLOCK_C] fp32
@@ -449,7 +462,8 @@ def masked_attention_bwd_dkdv_kernel(
                           BLOCK_N, BLOCK_M, BLOCK_D, UPCAST, DOT_PRECISION)  # [BLOCK_N, BLOCK_M]
             dpt = _dot_abt(v_base, do_base, offs_n, offs_m, n_mask, m_mask, stride_vn, stride_don, DV,
                            BLOCK_N, BLOCK_M, BLOCK_E, UPCAST, DOT_PRECISION)  # [BLOCK_N, BLOCK_M]
-            q_own = _load_own(q_base, offs_m, m_mask, stride_qn, cb0, D, NUM_CB, BLOCK_C, UPCAST)  # NUM_CB x [BLOCK_M, BLOCK_C]
+            # NUM_CB x [BLOCK_M, BLOCK_C] each
+            q_own = _load_own(q_base, offs_m, m_mask, stride_qn, cb0, D, NUM_CB, BLOCK_C, UPCAST)
             do_own = _load_own(do_base, offs_m, m_mask, stride_don, cb0, DV, NUM_CB, BLOCK_C, UPCAST)
         z2t = tl.where(valid[:, None], st * scale2, neg_lambda2)  # [BLOCK_N, BLOCK_M]
         z2t = tl.where(m_mask[None, :], z2t, float("-inf"))  # query rows past Nq contribute nothing
@@ -484,12 +498,14 @@ def masked_attention_bwd_dq_kernel(
     """Grid (cdiv(Nq, BLOCK_M), B*H, cdiv(D, NUM_CB*BLOCK_C)): dq[bh, rows, column range] in q's dtype.
 
     Loops over key tiles: s = q k^T, dp = dout v^T [BLOCK_M, BLOCK_N], dz as in the dk/dv kernel, then
-    dq_j += dz k[:, block j] with the k chunks the contraction loaded. RESIDENT: the program's q and dout
-    rows (all chunks) are loaded once before the loop. Epilogue: the program's share of
+    dq_j += dz k[:, block j]. RESIDENT (as in the dk/dv kernel): the program's q and dout rows are loaded
+    once before the loop and the k chunks the contraction loaded feed dq; otherwise q and dout are
+    re-loaded per tile and the own k columns loaded again. Epilogue: the program's share of
     sum_i <dq_i, q_i> (fp32, before dq is rounded) goes to DT_PART[bh, pid_m * n_splits + pid_c]
-    (row stride stride_part). BLOCK_D and BLOCK_E must equal BLOCK_C.
+    (row stride stride_part).
     """
-    tl.static_assert(not RESIDENT or (BLOCK_D == BLOCK_C and BLOCK_E == BLOCK_C), "RESIDENT: BLOCK_D == BLOCK_E == BLOCK_C")
+    tl.static_assert(not RESIDENT or (BLOCK_D == BLOCK_C and BLOCK_E == BLOCK_C),
+                     "RESIDENT: BLOCK_D == BLOCK_E == BLOCK_C")
     NUM_DC: tl.constexpr = (D + BLOCK_C - 1) // BLOCK_C
     NUM_EC: tl.constexpr = (DV + BLOCK_C - 1) // BLOCK_C
     # own dq blocks that receive a product: those over columns of D when RESIDENT, else all
@@ -512,11 +528,9 @@ def masked_attention_bwd_dq_kernel(
     m2 = tl.load(M2 + bh64 * NQ + offs_m, mask=m_mask, other=0.0)  # [BLOCK_M]
     l2 = tl.load(L2 + bh64 * NQ + offs_m, mask=m_mask, other=0.0)  # [BLOCK_M]
     delta = tl.load(DELTA + bh64 * NQ + offs_m, mask=m_mask, other=0.0)  # [BLOCK_M]
-    q_held = ()
-    do_held = ()
-    if RESIDENT:
-        q_held = _load_chunks(q_base, offs_m, m_mask, stride_qn, cb0, D, NUM_DC, BLOCK_C, UPCAST)  # NUM_DC x [BLOCK_M, BLOCK_C]
-        do_held = _load_chunks(do_base, offs_m, m_mask, stride_don, cb0, DV, NUM_EC, BLOCK_C, UPCAST)  # NUM_EC x [BLOCK_M, BLOCK_C]
+    # RESIDENT: NUM_DC and NUM_EC tiles [BLOCK_M, BLOCK_C] of the program's own q and dout rows
+    q_held, do_held = _held_rows(q_base, do_base, offs_m, m_mask, stride_qn, stride_don, cb0, D, DV, BLOCK_C,
+                                 RESIDENT, UPCAST)
 
     dq = _zero_blocks(BLOCK_M, BLOCK_C, NUM_CB)  # NUM_CB x [BLOCK_M, BLOCK_C] fp32
     for n0 in range(0, NK, BLOCK_N):
@@ -535,7 +549,8 @@ def masked_attention_bwd_dq_kernel(
                          BLOCK_M, BLOCK_N, BLOCK_D, UPCAST, DOT_PRECISION)  # [BLOCK_M, BLOCK_N]
             dp = _dot_abt(do_base, v_base, offs_m, offs_n, m_mask, n_mask, stride_don, stride_vn, DV,
                           BLOCK_M, BLOCK_N, BLOCK_E, UPCAST, DOT_PRECISION)  # [BLOCK_M, BLOCK_N]
-            k_own = _load_own(k_base, offs_n, n_mask, stride_kn, cb0, D, NUM_CB, BLOCK_C, UPCAST)  # NUM_CB x [BLOCK_N, BLOCK_C]
+            # NUM_CB x [BLOCK_N, BLOCK_C]
+            k_own = _load_own(k_base, offs_n, n_mask, stride_kn, cb0, D, NUM_CB, BLOCK_C, UPCAST)
         z2 = _logits2(s, valid, n_mask, scale2, neg_lambda2)  # [BLOCK_M, BLOCK_N]
         z2 = tl.where(m_mask[:, None], z2, float("-inf"))  # rows past Nq contribute nothing
         p = tl.exp2((z2 - m2[:, None]) - l2[:, None])  # [BLOCK_M, BLOCK_N]
