@@ -12,6 +12,13 @@ Overrides are ``section.key=value`` strings; the value is parsed with ``yaml.saf
 ``true``, ``[0.5, 0.9]`` and ``1e-4`` work) and then coerced and validated against the field's type.
 Unknown sections or keys and bad values raise :class:`ConfigError` (a ``ValueError``) listing what
 is valid.
+
+Why not OmegaConf structured configs (tried for issue 19): with these dataclasses as the schema it saved
+41 of 440 lines, but only after keeping a third of the coercion (integral floats and "1e3" for ints,
+ints for ``Union[str, float]``, the legacy booleans of ``train.amp`` — OmegaConf turns ``off`` into the
+string ``'False'``), the key walk with its lists of valid keys, and a translation of its multi-line
+errors; and it changed behaviour (a number for a path became a string silently, ``${...}`` in a path
+became an interpolation error). Not worth a new dependency.
 """
 from __future__ import annotations
 
