@@ -130,11 +130,11 @@ def test_every_registered_variant_builds_and_runs(name):
 
 
 def test_benchmark_providers_come_from_the_registries():
-    from benchmarks import profiles, providers, report, runners
+    from benchmarks import builders, profiles, providers, report
 
-    assert runners.MODEL_PROVIDERS == ATTENTIONS == report.MODEL_ORDER
+    assert builders.MODEL_PROVIDERS == ATTENTIONS == report.MODEL_ORDER
     assert providers.OP_PROVIDERS[:len(KERNEL_BACKENDS)] == KERNEL_BACKENDS
     with_layer = {n for n, v in ATTENTION_VARIANTS.items() if v.layer is not None}
-    assert {p.partition("-")[0] for p in runners.LAYER_PROVIDERS} == with_layer
-    assert all(p.partition("-")[2] in KERNEL_BACKENDS for p in runners.LAYER_PROVIDERS if "-" in p)
-    assert set(profiles.LAYER_TIMED) < set(runners.LAYER_PROVIDERS)
+    assert {p.partition("-")[0] for p in builders.LAYER_PROVIDERS} == with_layer
+    assert all(p.partition("-")[2] in KERNEL_BACKENDS for p in builders.LAYER_PROVIDERS if "-" in p)
+    assert set(profiles.LAYER_TIMED) < set(builders.LAYER_PROVIDERS)
