@@ -9,7 +9,7 @@ Every provider takes the raw (un-normalised) inputs of the public op and returns
 - ``torch``     ``backend="torch"`` (chunked over queries; never holds Nq x Nk)
 - ``reference`` ``backend="reference"`` (materialises the scores)
 - ``sdpa``      PyTorch ``scaled_dot_product_attention`` with the exactly equivalent additive-bias
-                formulation (DESIGN §1): ``sdpa(qn / t, kn', v, attn_mask=bias, scale=1)`` with kn' = kn
+                formulation (docs/design.md §1.1): ``sdpa(qn / t, kn', v, attn_mask=bias, scale=1)`` with kn' = kn
                 where the key is valid and 0 elsewhere, bias = 0 (valid) / -lambda_m (invalid)
 - ``flex``      ``torch.nn.attention.flex_attention`` with a ``score_mod`` that applies the temperature
                 and the mask: ``where(valid[b, j], score / t[b, h], -lambda_m)``, ``scale=1``. q, k and v are

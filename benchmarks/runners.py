@@ -199,7 +199,7 @@ def make_generator(case: Case) -> InpaintGenerator:
 
 
 def _train_step_factory(case: Case, generator, inputs):
-    """One optimisation step of G and D (hinge loss, DESIGN §3 weights; VGG term if MHTMA_VGG16 is set)."""
+    """One optimisation step of G and D (hinge loss, docs/design.md §3.3 weights; VGG term if MHTMA_VGG16 is set)."""
     torch.manual_seed(1)
     disc = GlobalLocalDiscriminator(base_channels=case.extra.get("disc_channels", 64),
                                     image_size=case.size).to(case.device)
