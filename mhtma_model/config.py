@@ -32,7 +32,7 @@ from typing import Any, Optional, Union
 
 import yaml
 
-from mhtma_kernels.ops import BACKENDS, check_lambda_m
+from mhtma_kernels.ops import BACKENDS, check_backend, check_device, check_lambda_m, check_patch_size, check_temperature
 
 from .networks import ATTENTION_VARIANTS, ATTENTIONS, GlobalLocalDiscriminator, InpaintGenerator, attention_min_size
 from .precision import AMP_SETTINGS, LEGACY_AMP
@@ -242,6 +242,16 @@ def _check(cond: bool, where: str, message: str, value) -> None:
         raise ConfigError(f"{where}: {message}, got {value!r}")
 
 
+def _obeys(rule, value) -> bool:
+    """Whether ``value`` passes one of the shared rules (:mod:`mhtma_kernels.ops.checks`); the config words
+    its own ``section.key: ...`` message."""
+    try:
+        rule(value)
+    except ValueError:
+        return False
+    return True
+
+
 def _validate(cfg: "Config") -> None:
     r, d, m, lo, t = cfg.run, cfg.data, cfg.model, cfg.loss, cfg.train
     _check(bool(r.dir), "run.dir", "must be a non-empty path", r.dir)
@@ -257,15 +267,11 @@ def _validate(cfg: "Config") -> None:
     _check(m.base_channels >= 1, "model.base_channels", "must be >= 1", m.base_channels)
     _check(m.attention in ATTENTIONS, "model.attention", f"must be one of {list(ATTENTIONS)}", m.attention)
     _check(m.heads >= 1, "model.heads", "must be >= 1", m.heads)
-    _check(m.temperature == "learned" or (isinstance(m.temperature, float) and m.temperature > 0),
-           "model.temperature", "must be 'learned' or a positive number", m.temperature)
-    _check(m.patch_size >= 1 and m.patch_size % 2 == 1, "model.patch_size", "must be a positive odd integer",
-           m.patch_size)
-    try:
-        check_lambda_m(m.lambda_m)
-    except ValueError:
-        _check(False, "model.lambda_m", "must be a finite positive number", m.lambda_m)
-    _check(m.backend in BACKENDS, "model.backend", f"must be one of {list(BACKENDS)}", m.backend)
+    _check(_obeys(check_temperature, m.temperature), "model.temperature", "must be 'learned' or a positive number",
+           m.temperature)
+    _check(_obeys(check_patch_size, m.patch_size), "model.patch_size", "must be a positive odd integer", m.patch_size)
+    _check(_obeys(check_lambda_m, m.lambda_m), "model.lambda_m", "must be a finite positive number", m.lambda_m)
+    _check(_obeys(check_backend, m.backend), "model.backend", f"must be one of {list(BACKENDS)}", m.backend)
     _check(m.disc_channels >= 1, "model.disc_channels", "must be >= 1", m.disc_channels)
     if ATTENTION_VARIANTS[m.attention].layer is not None:
         need = attention_min_size(m.patch_size)
@@ -292,9 +298,7 @@ def _validate(cfg: "Config") -> None:
     _check(t.amp in AMP_SETTINGS, "train.amp", f"must be one of {list(AMP_SETTINGS)} (true = auto, false = off)",
            t.amp)
     _check(t.threads is None or t.threads >= 1, "train.threads", "must be >= 1 or null", t.threads)
-    dev = t.device
-    ok_dev = dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())
-    _check(ok_dev, "train.device", "must be 'auto', 'cpu', 'cuda' or 'cuda:N'", dev)
+    _check(_obeys(check_device, t.device), "train.device", "must be 'auto', 'cpu', 'cuda' or 'cuda:N'", t.device)
 
 
 # -------------------------------------------------------------------------------------------- Config
