@@ -43,6 +43,7 @@ setup(
             "mhtma-inpaint=mhtma_model.inpaint:main",
             "mhtma-ui=mhtma_model.ui:main",
             "mhtma-export=mhtma_model.export:main",
+            "mhtma-masks=mhtma_model.mask_set:main",
         ]
     },
 )

@@ -25,7 +25,7 @@ FLOORS = {
     "checkpoint": 6,
     "gan_step": 7, "predict": 7,
     "train": 8,
-    "inpaint": 9, "evaluate": 9, "ui": 9, "export": 9,
+    "inpaint": 9, "evaluate": 9, "ui": 9, "export": 9, "mask_set": 9,
     "__main__": 10,
 }
 
