@@ -29,8 +29,10 @@ setup(
     extras_require={
         # Everything the full test suite exercises (the optional parts included).
         "dev": ["pytest", "pytest-benchmark", "pytest-timeout", "matplotlib", "opencv-python-headless",
-                "gradio", "selenium", "onnx", "onnxruntime", "onnxscript"],
+                "gradio", "selenium", "onnx", "onnxruntime", "onnxscript", "lpips", "scikit-learn"],
         "classical": ["opencv-python-headless"],  # Telea / Navier-Stokes reference rows in mhtma-eval
+        # mhtma-eval's LPIPS (the package's linear layers) and P-IDS/U-IDS (a linear SVM)
+        "eval": ["lpips", "scikit-learn"],
         "ui": ["gradio"],                          # mhtma-ui
         "bench": ["pytest", "pytest-benchmark", "matplotlib"],
         # mhtma-export: ONNX through torch's dynamo exporter (needs onnxscript), checked with onnxruntime
