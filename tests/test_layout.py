@@ -18,7 +18,7 @@ MAX_FUNCTION_LINES = 80
 FLOORS = {
     "images": 0, "device": 0, "precision": 0, "samples": 0, "metrics": 0, "fid": 0, "classical": 0,
     "lpips_metric": 0, "ids": 0,
-    "masks": 1, "sketch": 1,
+    "masks": 1, "sketch": 1, "evaluator": 1,
     "data": 2,
     "networks": 3,
     "losses": 4,
