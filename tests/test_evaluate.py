@@ -328,3 +328,36 @@ def test_eval_of_the_ground_truth_itself_has_known_lpips_and_ids(tmp_path):
     assert all(row.get("p_ids") is None for row in result["buckets"])  # no bucket holds 10 images
     md = (tmp_path / "o" / "metrics.md").read_text()
     assert "| LPIPS |" in md and "| P-IDS % |" in md and "| U-IDS % |" in md and "| 50.00 |" in md
+
+
+def test_training_validation_and_eval_report_the_same_figures(checkpoint, tmp_path):
+    """One evaluator: train's validation and mhtma-eval on the same images, masks (seed) and generator."""
+    from contextlib import nullcontext
+
+    from torch.utils.data import DataLoader
+
+    from mhtma_model import train
+    from mhtma_model.checkpoint import load_generator
+    from mhtma_model.data import InpaintingDataset
+    from mhtma_model.images import list_images
+
+    data = tmp_path / "val"
+    data.mkdir()
+    for name in SAMPLES[:3]:
+        image = Image.fromarray(getattr(skdata, name)()).convert("RGB")
+        evaluate.resize_center_crop(image, SIZE).save(data / f"{name}.png")  # already S×S: no resampling in either
+    dataset = InpaintingDataset(list_images(data), SIZE, train=False, seed=5)
+    generator = load_generator(checkpoint)[0].eval()
+    scores = train._validate(generator, DataLoader(dataset, batch_size=2), torch.device("cpu"), nullcontext, None,
+                             train._Dist())
+    result = _run(["--checkpoint", str(checkpoint), "--data", str(data), "--mask-seed", "5", "--examples", "0"],
+                  tmp_path / "o")
+    assert [r["name"] for r in result["per_image"]] == sorted(SAMPLES[:3])
+    assert result["overall"]["count"] == scores["overall"]["count"] == 3
+    assert [row["count"] for row in scores["buckets"]] == [row["count"] for row in result["buckets"]]
+    for ours, theirs in zip([scores["overall"]] + scores["buckets"], [result["overall"]] + result["buckets"]):
+        for key in ("mae_percent", "psnr", "ssim"):
+            if theirs["count"]:
+                assert_close(torch.tensor([ours[key]], dtype=torch.float64),
+                             torch.tensor([theirs[key]], dtype=torch.float64), torch.float32, f"{theirs['bucket']} {key}")
+    assert train.validation_l1(scores) == pytest.approx(scores["overall"]["mae_percent"] / 50)
