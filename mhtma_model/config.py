@@ -27,6 +27,7 @@ import yaml
 
 from mhtma_kernels.ops import BACKENDS, check_lambda_m
 
+from .masks import parse_protocol_mix
 from .networks import ATTENTION_VARIANTS, ATTENTIONS, GlobalLocalDiscriminator, InpaintGenerator, attention_min_size
 from .precision import AMP_SETTINGS, LEGACY_AMP
 
@@ -56,7 +57,9 @@ class DataConfig:
     """Images: ``root`` None = the embedded demo dataset (scikit-image sample photos, random crops).
 
     ``size``: square training side (multiple of 8). ``masks``: None = free-form masks generated on the fly,
-    or a folder of mask images (> 127 = hole). ``val_fraction``: share of images held out for validation.
+    or a folder of mask images (> 127 = hole). ``mask_protocols``: the generated masks' protocol mix, e.g.
+    ``"lama-thick:1, lama-medium:1, free-form:2"`` (:func:`mhtma_model.masks.parse_protocol_mix`; None =
+    ``free-form``; not together with ``masks``). ``val_fraction``: share of images held out for validation.
     """
     root: Optional[str] = None
     size: int = 64
@@ -64,6 +67,7 @@ class DataConfig:
     val_fraction: float = 0.1
     num_workers: int = 0
     masks: Optional[str] = None
+    mask_protocols: Optional[str] = None
 
 
 @dataclass
@@ -235,6 +239,17 @@ def _check(cond: bool, where: str, message: str, value) -> None:
         raise ConfigError(f"{where}: {message}, got {value!r}")
 
 
+def _check_protocols(d: DataConfig) -> None:
+    """``data.mask_protocols``: a mix :func:`parse_protocol_mix` accepts, and not together with ``data.masks``."""
+    if d.mask_protocols is None:
+        return
+    _check(d.masks is None, "data.mask_protocols", "generates masks, so data.masks must be null", d.mask_protocols)
+    try:
+        parse_protocol_mix(d.mask_protocols)
+    except ValueError as exc:
+        raise ConfigError(f"data.mask_protocols: {exc}") from None
+
+
 def _validate(cfg: "Config") -> None:
     r, d, m, lo, t = cfg.run, cfg.data, cfg.model, cfg.loss, cfg.train
     _check(bool(r.dir), "run.dir", "must be a non-empty path", r.dir)
@@ -247,6 +262,7 @@ def _validate(cfg: "Config") -> None:
     _check(d.num_workers >= 0, "data.num_workers", "must be >= 0", d.num_workers)
     _check(d.masks is None or bool(d.masks), "data.masks", "must be a folder path or null (generated masks)",
            d.masks)
+    _check_protocols(d)
     _check(m.base_channels >= 1, "model.base_channels", "must be >= 1", m.base_channels)
     _check(m.attention in ATTENTIONS, "model.attention", f"must be one of {list(ATTENTIONS)}", m.attention)
     _check(m.heads >= 1, "model.heads", "must be >= 1", m.heads)

@@ -56,7 +56,7 @@ from .images import list_images, load_mask, mask_from_image, positive_size
 
 # load_mask and mask_from_image live in mhtma_model.images; importable from here as before.
 __all__ = ["free_form_mask", "box_mask", "lama_mask", "protocol_mask", "seeded_mask", "check_protocol",
-           "ProtocolMix", "MASK_PROTOCOLS", "LAMA_RULES", "MAX_HOLE_RATIO", "StrokeRule", "BoxRule", "LamaRule",
+           "ProtocolMix", "parse_protocol_mix", "MASK_PROTOCOLS", "LAMA_RULES", "MAX_HOLE_RATIO", "StrokeRule", "BoxRule", "LamaRule",
            "hole_ratio", "MaskFolder", "load_mask", "mask_from_image"]
 
 
@@ -287,6 +287,24 @@ def protocol_mask(protocol: str, size: int, rng: np.random.Generator) -> np.ndar
 def seeded_mask(protocol: str, size: int, seed: int, index: int) -> np.ndarray:
     """Mask ``index`` of the set with ``seed``: ``protocol_mask(protocol, size, default_rng([seed, index]))``."""
     return protocol_mask(protocol, size, np.random.default_rng([seed, index]))
+
+
+def parse_protocol_mix(text: str) -> dict:
+    """``"lama-thick:2, free-form:1"`` (or one name, weight 1) -> ``{"lama-thick": 2.0, "free-form": 1.0}``;
+    ValueError (one line) for an unknown name, a bad weight or a repeated name."""
+    weights: dict = {}
+    for part in str(text).split(","):
+        name, _, weight = part.strip().partition(":")
+        name = name.strip()
+        check_protocol(name)
+        if name in weights:
+            raise ValueError(f"mask protocol {name} is listed twice in {text!r}")
+        try:
+            weights[name] = float(weight) if weight.strip() else 1.0
+        except ValueError:
+            raise ValueError(f"the weight of {name} must be a number, got {weight.strip()!r}") from None
+    ProtocolMix(weights)  # checks the weights
+    return weights
 
 
 class ProtocolMix:

@@ -52,7 +52,7 @@ from .gan_step import GanStep
 from .images import list_images, no_images_found
 from .precision import PrecisionError
 from .losses import PerceptualLoss
-from .masks import MaskFolder
+from .masks import MaskFolder, ProtocolMix, parse_protocol_mix
 from .evaluator import Evaluator, images_to_uint8, network_output_to_255
 from .networks import composite
 from .samples import SAMPLE_COLUMNS, save_sample_grid
@@ -221,10 +221,11 @@ def _datasets(cfg: Config, d: _Dist):
         raise ConfigError(f"data.root {root}: {len(paths)} images give {len(train_paths)} training and "
                           f"{len(val_paths)} validation images with data.val_fraction={cfg.data.val_fraction}")
     masks = _mask_folder(cfg.data.masks) if cfg.data.masks else None
+    mix = ProtocolMix(parse_protocol_mix(cfg.data.mask_protocols)) if cfg.data.mask_protocols else None
     train_ds = InpaintingDataset(train_paths, cfg.data.size, masks=masks, train=True, seed=cfg.run.seed,
-                                 sketch=cfg.model.sketch)
+                                 sketch=cfg.model.sketch, protocols=mix)
     val_ds = InpaintingDataset(val_paths, cfg.data.size, masks=masks, train=False, seed=cfg.run.seed,
-                               sketch=cfg.model.sketch)
+                               sketch=cfg.model.sketch, protocols=mix)
     return root, train_ds, val_ds
 
 

@@ -239,3 +239,28 @@ def test_mask_set_cli_bad_values_are_one_line_exit_2(tmp_path, capsys, args, mes
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err, err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("text, weights", [
+    pytest.param("lama-thick", {"lama-thick": 1.0}, id="one-name"),
+    pytest.param("lama-thick:2, free-form:1", {"lama-thick": 2.0, "free-form": 1.0}, id="weighted"),
+])
+def test_parse_protocol_mix(text, weights):
+    from mhtma_model.masks import parse_protocol_mix
+
+    assert parse_protocol_mix(text) == weights
+
+
+def test_training_config_takes_a_protocol_mix_and_the_dataset_draws_it(tmp_path):
+    from mhtma_model.config import ConfigError, load_config
+    from mhtma_model.data import InpaintingDataset
+
+    cfg = load_config(None, ["data.mask_protocols=box:1, lama-thin:1"])
+    assert cfg.data.mask_protocols == "box:1, lama-thin:1"
+    with pytest.raises(ConfigError, match="data.mask_protocols: unknown mask protocol 'stars'"):
+        load_config(None, ["data.mask_protocols=stars"])
+    with pytest.raises(ConfigError, match="data.masks must be null"):
+        load_config(None, ["data.mask_protocols=box", f"data.masks={tmp_path}"])
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(tmp_path / "a.png")
+    val = InpaintingDataset([tmp_path / "a.png"] * 3, 32, train=False, seed=2, protocols=ProtocolMix({"box": 1}))
+    np.testing.assert_array_equal(val[1]["mask"][0].numpy(), seeded_mask("box", 32, 2, 1))
