@@ -64,11 +64,12 @@ from . import ids as idsmod
 from . import lpips_metric as lp
 from . import metrics as M
 from .classical import CLASSICAL_METHODS, OPENCV_METHODS, classical_inpaint, require_opencv
-from .device import default_cpu_threads, resolve_device, set_cpu_threads
+from .cli_options import add_inference_options
+from .device import resolve_device, set_cpu_threads
 from .evaluator import Evaluator
 from .images import files_by_key, list_images, load_mask, load_rgb, no_images_found, pair_key
 from .masks import MASK_PROTOCOLS, seeded_mask
-from .predict import add_inference_arguments, generator_uses_sketch, open_generator, predict_batch, prepare_generator
+from .predict import generator_uses_sketch, open_generator, predict_batch, prepare_generator
 from .sketch import make_sketch
 
 METHODS = ("model",) + CLASSICAL_METHODS
@@ -185,12 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-outputs", action="store_true", help="write every composited output to OUTPUT/outputs/")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
     p.add_argument("--method", choices=METHODS, default="model", help="model (default) or a classical method")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
-    p.add_argument("--threads", type=int, default=None,
-                   help=f"CPU threads (default: $OMP_NUM_THREADS, else half the CPUs, at most 4; "
-                        f"here {default_cpu_threads()})")
     p.add_argument("--examples", type=int, default=EXAMPLE_ROWS, help="rows in examples.png (default 8; 0: none)")
-    add_inference_arguments(p)
+    add_inference_options(p)
     return p
 
 
@@ -357,7 +354,7 @@ def _predict(setup: Setup, truth: np.ndarray, holes: np.ndarray, given: list) ->
     """Predictions [B, S, S, 3] (float in [0, 255] from the generator, uint8 otherwise) for one batch."""
     if setup.generator is not None:
         sketches = np.stack([make_sketch(t) for t in truth]) if setup.uses_sketch else None
-        return predict_batch(setup.generator, truth, holes, sketches, setup.device)
+        return predict_batch(setup.generator, truth, holes, sketches, setup.device, setup.args.precision)
     if setup.pred_root is not None:
         return np.stack(given)
     return np.stack([classical_inpaint(t, h, setup.args.method) for t, h in zip(truth, holes)])
