@@ -69,7 +69,8 @@ from .device import resolve_device, set_cpu_threads
 from .evaluator import Evaluator
 from .images import files_by_key, list_images, load_mask, load_rgb, no_images_found, pair_key
 from .masks import MASK_PROTOCOLS, seeded_mask
-from .predict import generator_uses_sketch, open_generator, predict_batch, prepare_generator
+from .inpainter import Inpainter
+from .predict import predict_batch
 from .sketch import make_sketch
 
 METHODS = ("model",) + CLASSICAL_METHODS
@@ -168,7 +169,8 @@ def markdown_table(result: dict) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mhtma-eval", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", default=None, help="generator checkpoint (required for --method model)")
+    p.add_argument("--checkpoint", default=None,
+                   help="generator checkpoint .pt, or a folder written by Inpainter.save_pretrained (--method model)")
     p.add_argument("--data", required=True, help="folder of ground-truth images (searched recursively)")
     p.add_argument("--output", required=True, help="folder for metrics.json, metrics.md, examples.png")
     p.add_argument("--predictions", default=None,
@@ -210,8 +212,7 @@ class Setup:
     pred_root: Optional[Path]
     fid_path: Optional[Path]
     lpips_path: Optional[Path]
-    generator: object = None
-    uses_sketch: bool = False
+    inpainter: Optional[Inpainter] = None
     extractor: object = None
     lpips: object = None
     fid_note: str = ""
@@ -276,11 +277,10 @@ def _load_generator(setup: Setup, parser) -> None:
         if not args.checkpoint:
             parser.error("--checkpoint is required for --method model (classical methods and --predictions need none)")
         try:
-            setup.generator, _config = open_generator(args.checkpoint)
-            prepare_generator(setup.generator, setup.device, args.precision, args.compile)
+            load = Inpainter.from_pretrained if Path(args.checkpoint).is_dir() else Inpainter.from_checkpoint
+            setup.inpainter = load(args.checkpoint, setup.device, args.precision, args.compile)
         except ValueError as exc:
             parser.error(str(exc))
-        setup.uses_sketch = generator_uses_sketch(setup.generator)
     elif args.checkpoint:
         print(f"note: --checkpoint is not used by --method {args.method}", file=sys.stderr)
 
@@ -352,9 +352,11 @@ def _load_case(setup: Setup, index: int, path: Path, files: dict) -> tuple:
 
 def _predict(setup: Setup, truth: np.ndarray, holes: np.ndarray, given: list) -> np.ndarray:
     """Predictions [B, S, S, 3] (float in [0, 255] from the generator, uint8 otherwise) for one batch."""
-    if setup.generator is not None:
-        sketches = np.stack([make_sketch(t) for t in truth]) if setup.uses_sketch else None
-        return predict_batch(setup.generator, truth, holes, sketches, setup.device, setup.args.precision)
+    inpainter = setup.inpainter
+    if inpainter is not None:
+        sketches = np.stack([make_sketch(t) for t in truth]) if inpainter.uses_sketch else None
+        with inpainter.lock:
+            return predict_batch(inpainter.generator, truth, holes, sketches, inpainter.device, inpainter.precision)
     if setup.pred_root is not None:
         return np.stack(given)
     return np.stack([classical_inpaint(t, h, setup.args.method) for t, h in zip(truth, holes)])
@@ -425,7 +427,7 @@ def _result(setup: Setup, ev: Evaluation) -> dict:
         print("note: FID needs at least 2 images; not reported", file=sys.stderr)
     return {
         "method": setup.method,
-        "checkpoint": str(args.checkpoint) if setup.generator is not None else None,
+        "checkpoint": str(args.checkpoint) if setup.inpainter is not None else None,
         "predictions": str(setup.pred_root) if setup.pred_root is not None else None,
         "data": str(setup.data_root),
         "size": args.size,
@@ -433,7 +435,7 @@ def _result(setup: Setup, ev: Evaluation) -> dict:
         "mask_protocol": None if setup.mask_root else args.mask_protocol,
         "mask_seed": None if setup.mask_root else args.mask_seed,
         "device": str(setup.device),
-        "precision": args.precision if setup.generator is not None else None,
+        "precision": args.precision if setup.inpainter is not None else None,
         "fid_weights": str(setup.fid_path) if setup.fid_path else None,
         "fid_note": setup.fid_note,
         "lpips_backbone": str(setup.lpips_path) if setup.lpips is not None else None,

@@ -361,3 +361,12 @@ def test_training_validation_and_eval_report_the_same_figures(checkpoint, tmp_pa
                 assert_close(torch.tensor([ours[key]], dtype=torch.float64),
                              torch.tensor([theirs[key]], dtype=torch.float64), torch.float32, f"{theirs['bucket']} {key}")
     assert train.validation_l1(scores) == pytest.approx(scores["overall"]["mae_percent"] / 50)
+
+
+def test_eval_takes_a_saved_inpainter_folder_as_checkpoint(checkpoint, dataset, tmp_path):
+    from mhtma_model import Inpainter
+
+    folder = Inpainter.from_checkpoint(checkpoint, device="cpu").save_pretrained(tmp_path / "saved")
+    from_pt = _run(["--checkpoint", str(checkpoint), "--data", str(dataset), "--examples", "0"], tmp_path / "a")
+    from_dir = _run(["--checkpoint", str(folder), "--data", str(dataset), "--examples", "0"], tmp_path / "b")
+    assert from_dir["per_image"] == from_pt["per_image"]
