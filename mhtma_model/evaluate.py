@@ -422,6 +422,9 @@ def _mask_source(setup: Setup) -> str:
 def _result(setup: Setup, ev: Evaluation) -> dict:
     """The metrics.json content: settings, overall and per-bucket rows, skipped and per-image values."""
     args, records = setup.args, ev.evaluator.records
+    if ev.evaluator.ids and len(records) >= idsmod.IDS_MIN_IMAGES:
+        print(f"fitting the P-IDS/U-IDS linear SVMs ({len(records)} image pairs, overall and per bucket) ...",
+              file=sys.stderr, flush=True)
     summary = ev.evaluator.summary()
     if setup.extractor is not None and len(records) < 2:
         print("note: FID needs at least 2 images; not reported", file=sys.stderr)

@@ -264,3 +264,19 @@ def test_training_config_takes_a_protocol_mix_and_the_dataset_draws_it(tmp_path)
     Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(tmp_path / "a.png")
     val = InpaintingDataset([tmp_path / "a.png"] * 3, 32, train=False, seed=2, protocols=ProtocolMix({"box": 1}))
     np.testing.assert_array_equal(val[1]["mask"][0].numpy(), seeded_mask("box", 32, 2, 1))
+
+
+def test_mask_set_runs_as_a_module(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(repo) + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "mhtma_model.mask_set", "--protocol", "box", "--size", "16",
+                           "--count", "2", "--output", str(tmp_path / "m")], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "2 box masks" in proc.stdout and sorted(p.name for p in (tmp_path / "m").glob("*.png")) == [
+        "00000.png", "00001.png"]

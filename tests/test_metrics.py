@@ -292,6 +292,20 @@ def test_lpips_equals_the_package_for_the_same_backbone(tmp_path, net):
 
 
 @needs_lpips
+def test_lpips_builds_offline_and_quietly(tmp_path, capsys, monkeypatch):
+    import warnings
+
+    torch.save(_random_backbone("alex").state_dict(), tmp_path / "alex.pt")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))  # a download would land here
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        lpips_metric.LpipsDistance(tmp_path / "alex.pt")
+    assert not caught, [str(w.message) for w in caught]
+    assert capsys.readouterr() == ("", "")
+    assert not (tmp_path / "torch-home").exists()
+
+
+@needs_lpips
 def test_lpips_refuses_the_wrong_backbone_and_missing_files(tmp_path):
     path = tmp_path / "alex.pt"
     torch.save(_random_backbone("alex").state_dict(), path)
