@@ -176,8 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--predictions", default=None,
                    help="folder of finished inpaintings paired with --data by name: score them (no model)")
     p.add_argument("--masks", default=None, help="folder of masks paired by file name (default: generated masks)")
-    p.add_argument("--mask-protocol", choices=MASK_PROTOCOLS, default="free-form",
-                   help="generated masks without --masks (default free-form)")
+    p.add_argument("--mask-protocol", choices=MASK_PROTOCOLS, default=None,
+                   help="protocol of the generated masks, without --masks (default free-form)")
     p.add_argument("--mask-seed", type=int, default=0, help="seed of the generated masks (default 0)")
     p.add_argument("--size", type=int, default=256, help="evaluation resolution (default 256)")
     p.add_argument("--fid-weights", default=None,
@@ -244,6 +244,9 @@ def _check_args(args, parser) -> Setup:
         parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.examples < 0:
         parser.error(f"--examples must be ≥ 0, got {args.examples}")
+    if args.masks and args.mask_protocol:
+        parser.error("--mask-protocol generates the masks; it cannot be combined with --masks")
+    args.mask_protocol = args.mask_protocol or "free-form"
     if args.predictions and (args.checkpoint or args.method != "model"):
         parser.error("--predictions scores finished inpaintings; it takes no --checkpoint and no --method")
     try:

@@ -288,6 +288,8 @@ def test_eval_predictions_of_a_wrong_size_are_skipped_and_nothing_scored_is_exit
     pytest.param(["--predictions", "PRED", "--checkpoint", "x.pt"], "takes no --checkpoint", id="predictions+checkpoint"),
     pytest.param(["--predictions", "/nonexistent/p"], "--predictions folder not found", id="missing-predictions"),
     pytest.param(["--method", "telea", "--mask-protocol", "stars"], "invalid choice: 'stars'", id="unknown-protocol"),
+    pytest.param(["--method", "telea", "--mask-protocol", "box", "--masks", "PRED"], "cannot be combined with --masks",
+                 id="protocol+masks"),
     pytest.param(["--method", "telea", "--lpips-backbone", "/nonexistent/a.pt"], "LPIPS backbone file not found",
                  id="missing-lpips-backbone"),
 ])
