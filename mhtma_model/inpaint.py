@@ -31,8 +31,8 @@ from typing import Optional, Sequence
 from tqdm import tqdm
 
 from .cli_options import add_inference_options, apply_inference_options
+from .input_files import mask_notice, open_inputs, pair_inputs
 from .inpainter import Inpainter
-from .predict import mask_notice, open_inputs, pair_inputs
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -24,10 +24,9 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from .checkpoint import CheckpointError, load_generator
 from .config import Config, ConfigError, build_generator
 from .device import resolve_device
-from .predict import generator_uses_sketch, inpaint_images, prepare_generator
+from .predict import generator_uses_sketch, inpaint_images, open_generator, prepare_generator
 
 __all__ = ["Inpainter", "CONFIG_NAME", "WEIGHTS_NAME", "PRETRAINED_FORMAT"]
 
@@ -79,13 +78,7 @@ class Inpainter:
                         compile: bool = False, max_size: Optional[int] = None) -> "Inpainter":
         """The generator of a ``mhtma-train`` checkpoint (.pt). ValueError naming the file when it is missing
         or unusable ("checkpoint not found: ...", "cannot use checkpoint ...: why")."""
-        ckpt = Path(path).expanduser()
-        if not ckpt.is_file():
-            raise ValueError(f"checkpoint not found: {ckpt}")
-        try:
-            generator, config = load_generator(ckpt, map_location="cpu")
-        except (CheckpointError, ValueError, KeyError, RuntimeError, OSError) as exc:
-            raise ValueError(f"cannot use checkpoint {ckpt}: {exc}") from exc
+        generator, config = open_generator(Path(path).expanduser())
         return cls(generator, config, device, precision, compile, max_size)
 
     @classmethod

@@ -351,7 +351,7 @@ def test_training_validation_and_eval_report_the_same_figures(checkpoint, tmp_pa
     dataset = InpaintingDataset(list_images(data), SIZE, train=False, seed=5)
     generator = load_generator(checkpoint)[0].eval()
     scores = train._validate(generator, DataLoader(dataset, batch_size=2), torch.device("cpu"), nullcontext, None,
-                             train._Dist())
+                             train._Distribution())
     result = _run(["--checkpoint", str(checkpoint), "--data", str(data), "--mask-seed", "5", "--examples", "0"],
                   tmp_path / "o")
     assert [r["name"] for r in result["per_image"]] == sorted(SAMPLES[:3])

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mhtma_model import images, inpaint, predict
+from mhtma_model import images, inpaint, input_files, predict
 from mhtma_model.device import resolve_device
 from tests.tiny_checkpoint import make_tiny_checkpoint
 from mhtma_kernels.testing import assert_close
@@ -225,7 +225,7 @@ def test_folder_sketches_pair_like_masks(tmp_path):
     _mask(24, 24).save(sketches / "b.png")
     _mask(24, 24).save(sketches / "b.bmp")
     _mask(24, 24).save(sketches / "orphan.png")
-    pairs, problems = predict.pair_inputs(images, masks, sketches)
+    pairs, problems = input_files.pair_inputs(images, masks, sketches)
     assert [(key, None if sk is None else sk.name) for key, _, _, sk in pairs] == [("a", "a.png"), ("c", None)]
     reasons = dict(problems)
     assert set(reasons) == {"b", "orphan"}
