@@ -26,16 +26,20 @@ from ``numpy.random.default_rng([S, i])`` for every protocol, so ``mhtma-masks``
 - ``lama-thin``, ``lama-medium``, ``lama-thick``: the rules of LaMa's evaluation masks (Suvorov et al.
   2022, advimman/lama ``configs/data_gen/random_{thin,medium,thick}_{256,512}.yaml``), re-implemented
   here. A mask is either strokes or boxes: boxes with probability 0.3 / 1.3 where the config lists
-  boxes with weight 0.3 beside strokes with weight 1 (thin has none). Strokes: ``n`` in [min, max]
-  polylines, each from a uniform start pixel with 1-5 segments; a segment's angle is ``0.01 + a`` rad
+  boxes with weight 0.3 beside strokes with weight 1 (thin has none). Strokes: ``n`` in
+  [min_times, max_times + 1] polylines (LaMa's generator, with its size ramp at full strength, adds one
+  to the configured maximum count), each from a uniform start pixel with 1-5 segments; a segment's angle is ``0.01 + a`` rad
   with ``a`` a uniform integer in [0, 3] (mirrored to ``2π − angle`` on every other stroke), its length
   ``10 + U{0..max_len−1}`` px, its width ``5 + U{0..max_width−1}`` px, drawn with round ends; the end
-  point is clipped to the image. Boxes: ``n`` in [min, max] rectangles with sides uniform integers in
-  [bbox_min, bbox_max) (bbox_max at most the image minus twice the margin), placed inside the margin.
+  point is clipped to the image. Boxes: ``n`` in [min_times, max_times] rectangles with sides uniform
+  integers in [bbox_min, bbox_max] (inclusive, again by the ramp's + 1; below the image side minus twice
+  the margin), placed inside the margin.
   A mask covering more than half of the image (LaMa's ``max_tamper_area: 0.5``) or nothing is
   rejected and redrawn from the same generator. The parameters are LaMa's at 256 and 512 px
   (:data:`LAMA_RULES`); other sizes scale every length of the 256 set (below 384 px) or of the 512 set
-  linearly with the size, counts unchanged.
+  linearly with the size, counts unchanged. One difference from LaMa's ``bin/gen_mask_dataset.py``: it draws on the
+  photo resized to the shorter side and then crops a square, where these masks are drawn on the square
+  itself (the same rules, but not LaMa's files).
 
 Reading mask files (the > 127 rule, alpha layers) lives in :mod:`mhtma_model.images`
 (:func:`~mhtma_model.images.mask_from_image`, :func:`~mhtma_model.images.load_mask`).
@@ -148,7 +152,7 @@ MAX_DRAWS = 1000       # rejected draws before giving up (never reached with the
 
 @dataclass(frozen=True)
 class StrokeRule:
-    """LaMa's irregular strokes: count in [min_times, max_times], widths 5 + U{0..max_width-1}, lengths
+    """LaMa's irregular strokes (config values): count in [min_times, max_times + 1], widths 5 + U{0..max_width-1}, lengths
     10 + U{0..max_len-1}, angles 0.01 + U{0..max_angle-1} rad; ``base``: the px of the constant 5 and 10."""
     min_times: int
     max_times: int
@@ -161,7 +165,8 @@ class StrokeRule:
 
 @dataclass(frozen=True)
 class BoxRule:
-    """LaMa's boxes: count in [min_times, max_times], sides in [min_size, max_size), ``margin`` px from the border."""
+    """LaMa's boxes (config values): count in [min_times, max_times], sides in [min_size, max_size], ``margin`` px
+    from the border."""
     margin: int
     min_size: int
     max_size: int
@@ -218,7 +223,7 @@ def lama_rule(protocol: str, size: int) -> LamaRule:
 def _lama_strokes(size: int, rule: StrokeRule, rng: np.random.Generator) -> np.ndarray:
     canvas = Image.new("L", (size, size), 0)
     draw = ImageDraw.Draw(canvas)
-    for stroke in range(int(rng.integers(rule.min_times, rule.max_times + 1))):
+    for stroke in range(int(rng.integers(rule.min_times, rule.max_times + 2))):  # LaMa's ramp: max + 1 inclusive
         x, y = int(rng.integers(size)), int(rng.integers(size))
         for _ in range(1 + int(rng.integers(5))):
             angle = 0.01 + int(rng.integers(rule.max_angle))
@@ -238,7 +243,7 @@ def _lama_strokes(size: int, rule: StrokeRule, rng: np.random.Generator) -> np.n
 
 def _lama_boxes(size: int, rule: BoxRule, rng: np.random.Generator) -> np.ndarray:
     mask = np.zeros((size, size), bool)
-    largest = min(rule.max_size, size - 2 * rule.margin)
+    largest = min(rule.max_size + 1, size - 2 * rule.margin)  # exclusive bound; LaMa's ramp adds the + 1
     for _ in range(int(rng.integers(rule.min_times, rule.max_times + 1))):
         w = int(rng.integers(rule.min_size, max(largest, rule.min_size + 1)))
         h = int(rng.integers(rule.min_size, max(largest, rule.min_size + 1)))
