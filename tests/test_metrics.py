@@ -130,6 +130,28 @@ def test_summary_omits_the_over_0_6_row_when_empty():
     assert summary["overall"]["mae_percent"] == 2.0 and "fid" not in summary["overall"]
 
 
+def test_summary_averages_lpips_and_merges_set_values():
+    records = [{"hole_ratio": r, "mae_percent": 1.0, "psnr": 30.0, "ssim": 0.9, "lpips": lp}
+               for r, lp in ((0.05, 0.1), (0.06, 0.3), (0.35, 0.5))]
+    summary = metrics.summarise(records, set_fn=lambda idx: {"p_ids": None if len(idx) < 3 else 0.25})
+    assert summary["overall"]["lpips"] == pytest.approx(0.3) and summary["overall"]["p_ids"] == 0.25
+    first = summary["buckets"][0]
+    assert first["count"] == 2 and first["lpips"] == pytest.approx(0.2) and first["p_ids"] is None
+
+
+def test_composite_8bit_rounds_the_hole_and_copies_the_rest():
+    from mhtma_model.evaluator import composite_8bit
+
+    truth = np.full((1, 2, 2, 3), 10, np.uint8)
+    holes = np.array([[[True, False], [False, True]]])
+    out = composite_8bit(np.full((1, 2, 2, 3), 200.6, np.float32), truth, holes)
+    assert out.dtype == np.uint8
+    assert out[0, 0, 0].tolist() == [201] * 3 and out[0, 1, 1].tolist() == [201] * 3
+    assert out[0, 0, 1].tolist() == [10] * 3 and out[0, 1, 0].tolist() == [10] * 3
+    with pytest.raises(ValueError, match="must agree"):
+        composite_8bit(np.zeros((1, 3, 3, 3)), truth, holes)
+
+
 # ----------------------------------------------------------------------------------------------------- FID
 
 @pytest.mark.parametrize("m1, s1, m2, s2", [(0.0, 1.0, 0.0, 1.0), (1.0, 2.0, -0.5, 0.5), (3.0, 0.1, 3.0, 4.0)],
