@@ -6,7 +6,7 @@
     result = inpainter(photo, mask)                 # PIL image: the photo's size and mode, known pixels identical
     results = inpainter.batch([p1, p2], [m1, m2])   # same-size images share one forward
     inpainter.save_pretrained("my-model/")          # config.json + model.safetensors
-    inpainter = Inpainter.from_pretrained("my-model/")
+    inpainter = Inpainter.from_pretrained("my-model/")  # or Inpainter.load(file or folder)
 
 The rules for masks, sketches, sizes and modes are those of :mod:`mhtma_model.predict` (which does the
 work); the device and precision are resolved once, when the object is made, and held.
@@ -80,6 +80,15 @@ class Inpainter:
         or unusable ("checkpoint not found: ...", "cannot use checkpoint ...: why")."""
         generator, config = open_generator(Path(path).expanduser())
         return cls(generator, config, device, precision, compile, max_size)
+
+    @classmethod
+    def load(cls, path: Union[str, os.PathLike], device="auto", precision: str = "auto", compile: bool = False,
+             max_size: Optional[int] = None) -> "Inpainter":
+        """:meth:`from_pretrained` for a folder, :meth:`from_checkpoint` otherwise (what ``--checkpoint`` of the
+        command lines takes)."""
+        folder = Path(path).expanduser()
+        make = cls.from_pretrained if folder.is_dir() else cls.from_checkpoint
+        return make(folder, device, precision, compile, max_size)
 
     @classmethod
     def from_pretrained(cls, directory: Union[str, os.PathLike], device="auto", precision: str = "auto",

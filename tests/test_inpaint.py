@@ -408,3 +408,18 @@ def test_cli_output_that_is_a_file_is_a_one_line_usage_error(checkpoints, tmp_pa
     errors = [line for line in err.splitlines() if "error:" in line]  # after argparse's usage lines
     assert len(errors) == 1 and "--output" in errors[0] and "Traceback" not in err, err
     assert (tmp_path / "taken.png").read_bytes() == b"someone's file"
+
+
+def test_cli_takes_a_save_pretrained_folder_as_checkpoint(checkpoints, tmp_path):
+    from mhtma_model import Inpainter
+
+    folder = Inpainter.from_checkpoint(checkpoints["plain"], device="cpu").save_pretrained(tmp_path / "model")
+    image, mask = _photo(37, 45), _mask(37, 45)
+    image.save(tmp_path / "i.png")
+    mask.save(tmp_path / "m.png")
+    for name, checkpoint in (("from-folder", folder), ("from-file", checkpoints["plain"])):
+        assert inpaint.main(["--checkpoint", str(checkpoint), "--image", str(tmp_path / "i.png"), "--mask",
+                             str(tmp_path / "m.png"), "--output", str(tmp_path / name), "--device", "cpu"]) == 0
+    with Image.open(tmp_path / "from-folder" / "i.png") as a, Image.open(tmp_path / "from-file" / "i.png") as b:
+        _known_identical(a, image, mask)
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

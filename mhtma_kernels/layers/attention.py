@@ -111,9 +111,11 @@ class MaskedTemperatureAttention(nn.Module):
         key_valid [B,Nk], t [B,K] -> [B,K,Nq,D]. t keeps its dtype: under autocast the patches are
         bf16/fp16 but the learned scale stays fp32.
 
-        On the triton backend the op normalises the (unit) patches once more: an O(N*D) pass, small next
-        to the O(Nq*Nk*D) attention on a GPU, after which the kernel knows every logit is at most 1/t and
-        can skip the running max (docs/kernel-notes.md). Elsewhere the patches go in as they are."""
+        Where the op runs or may run triton (``_renormalize``: the triton backend, or "auto" on CUDA) it
+        normalises the (unit) patches once more: an O(N*D) pass, small next to the O(Nq*Nk*D) attention on
+        a GPU, after which the kernel knows every logit is at most 1/t and can skip the running max
+        (docs/kernel-notes.md). Elsewhere the patches go in as they are. Backend and flag are settled
+        once (:meth:`_resolve_op_backend`), not here."""
         return masked_temperature_attention(qn, kn, v, key_valid, t, lambda_m=self.lambda_m,
                                             normalize=self._renormalize, backend=self._op_backend)
 
