@@ -280,8 +280,7 @@ def _load_generator(setup: Setup, parser) -> None:
         if not args.checkpoint:
             parser.error("--checkpoint is required for --method model (classical methods and --predictions need none)")
         try:
-            load = Inpainter.from_pretrained if Path(args.checkpoint).is_dir() else Inpainter.from_checkpoint
-            setup.inpainter = load(args.checkpoint, setup.device, args.precision, args.compile)
+            setup.inpainter = Inpainter.load(args.checkpoint, setup.device, args.precision, args.compile)
         except ValueError as exc:
             parser.error(str(exc))
     elif args.checkpoint:
