@@ -34,6 +34,7 @@ import yaml
 
 from mhtma_kernels.ops import BACKENDS, check_backend, check_device, check_lambda_m, check_patch_size, check_temperature
 
+from .masks import parse_protocol_mix
 from .networks import ATTENTION_VARIANTS, ATTENTIONS, GlobalLocalDiscriminator, InpaintGenerator, attention_min_size
 from .precision import AMP_SETTINGS, LEGACY_AMP
 
@@ -63,7 +64,9 @@ class DataConfig:
     """Images: ``root`` None = the embedded demo dataset (scikit-image sample photos, random crops).
 
     ``size``: square training side (multiple of 8). ``masks``: None = free-form masks generated on the fly,
-    or a folder of mask images (> 127 = hole). ``val_fraction``: share of images held out for validation.
+    or a folder of mask images (> 127 = hole). ``mask_protocols``: the generated masks' protocol mix, e.g.
+    ``"lama-thick:1, lama-medium:1, free-form:2"`` (:func:`mhtma_model.masks.parse_protocol_mix`; None =
+    ``free-form``; not together with ``masks``). ``val_fraction``: share of images held out for validation.
     """
     root: Optional[str] = None
     size: int = 64
@@ -71,6 +74,7 @@ class DataConfig:
     val_fraction: float = 0.1
     num_workers: int = 0
     masks: Optional[str] = None
+    mask_protocols: Optional[str] = None
 
 
 @dataclass
@@ -242,6 +246,17 @@ def _check(cond: bool, where: str, message: str, value) -> None:
         raise ConfigError(f"{where}: {message}, got {value!r}")
 
 
+def _check_protocols(d: DataConfig) -> None:
+    """``data.mask_protocols``: a mix :func:`parse_protocol_mix` accepts, and not together with ``data.masks``."""
+    if d.mask_protocols is None:
+        return
+    _check(d.masks is None, "data.mask_protocols", "generates masks, so data.masks must be null", d.mask_protocols)
+    try:
+        parse_protocol_mix(d.mask_protocols)
+    except ValueError as exc:
+        raise ConfigError(f"data.mask_protocols: {exc}") from None
+
+
 def _obeys(rule, value) -> bool:
     """Whether ``value`` passes one of the shared rules (:mod:`mhtma_kernels.ops.checks`); the config words
     its own ``section.key: ...`` message."""
@@ -264,6 +279,7 @@ def _validate(cfg: "Config") -> None:
     _check(d.num_workers >= 0, "data.num_workers", "must be >= 0", d.num_workers)
     _check(d.masks is None or bool(d.masks), "data.masks", "must be a folder path or null (generated masks)",
            d.masks)
+    _check_protocols(d)
     _check(m.base_channels >= 1, "model.base_channels", "must be >= 1", m.base_channels)
     _check(m.attention in ATTENTIONS, "model.attention", f"must be one of {list(ATTENTIONS)}", m.attention)
     _check(m.heads >= 1, "model.heads", "must be >= 1", m.heads)

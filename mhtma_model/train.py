@@ -9,7 +9,9 @@ Multi-GPU: ``torchrun --nproc_per_node N -m mhtma_model.train ...`` (DDP; ``data
 Each step is one GAN update, :class:`mhtma_model.gan_step.GanStep` (losses and optimisers in its docstring),
 from a per-step seed; :class:`Trainer` runs the loop around it.
 
-Validation: mean |I_out − I_gt| over the held-out split with fixed masks (seeded by image index), each
+Validation: the held-out split with fixed masks (seeded by image index) scored by
+:class:`mhtma_model.evaluator.Evaluator`, the code behind ``mhtma-eval`` (8-bit composite; MAE %, PSNR,
+SSIM logged); its figure ``val_l1`` is mean |I_out − I_gt| on the [-1, 1] scale (MAE % / 50), each
 epoch (or every ``train.val_every`` steps); ``best.pt`` keeps the lowest; training stops after
 ``train.patience`` validations without improvement, at ``train.max_steps`` or ``train.max_epochs``.
 
@@ -50,7 +52,8 @@ from .gan_step import GanStep
 from .images import list_images, no_images_found
 from .precision import PrecisionError
 from .losses import PerceptualLoss
-from .masks import MaskFolder
+from .masks import MaskFolder, ProtocolMix, parse_protocol_mix
+from .evaluator import Evaluator, images_to_uint8, network_output_to_255
 from .networks import composite
 from .samples import SAMPLE_COLUMNS, save_sample_grid
 
@@ -218,10 +221,11 @@ def _datasets(cfg: Config, dist: _Distribution):
         raise ConfigError(f"data.root {root}: {len(paths)} images give {len(train_paths)} training and "
                           f"{len(val_paths)} validation images with data.val_fraction={cfg.data.val_fraction}")
     masks = _mask_folder(cfg.data.masks) if cfg.data.masks else None
+    mix = ProtocolMix(parse_protocol_mix(cfg.data.mask_protocols)) if cfg.data.mask_protocols else None
     train_ds = InpaintingDataset(train_paths, cfg.data.size, masks=masks, train=True, seed=cfg.run.seed,
-                                 sketch=cfg.model.sketch)
+                                 sketch=cfg.model.sketch, protocols=mix)
     val_ds = InpaintingDataset(val_paths, cfg.data.size, masks=masks, train=False, seed=cfg.run.seed,
-                               sketch=cfg.model.sketch)
+                               sketch=cfg.model.sketch, protocols=mix)
     return root, train_ds, val_ds
 
 
@@ -236,25 +240,35 @@ def _mask_folder(setting) -> MaskFolder:
 
 
 @torch.no_grad()
-def _validate(generator, loader, device, amp_ctx, max_batches, dist: _Distribution) -> float:
-    """Mean |I_out − I_gt| over this rank's share of the validation split (summed over ranks)."""
+def _validate(generator, loader, device, amp_ctx, max_batches, dist: _Distribution) -> dict:
+    """The validation split scored by :class:`mhtma_model.evaluator.Evaluator` (the code behind
+    ``mhtma-eval``: 8-bit composite, MAE % / PSNR / SSIM, buckets), over every rank's share -> the
+    ``{"overall", "buckets"}`` summary of all validation images."""
     was_training = generator.training
     generator.eval()
-    total = torch.zeros(2, dtype=torch.float64, device=device)
+    evaluator = Evaluator()
+    paths = getattr(loader.dataset, "paths", None)
     for i, batch in enumerate(loader):
         if max_batches is not None and i >= max_batches:
             break
         image, mask, sketch = _batch_to(batch, device)
         with amp_ctx():
             _, refined = generator(image, mask, sketch)
-        out = composite(refined.float(), image, mask)
-        err = (out - image).abs().flatten(1).mean(1)
-        total[0] += err.double().sum()
-        total[1] += err.numel()
-    if dist.enabled:
-        torch.distributed.all_reduce(total)
+        names = [paths[int(j)].stem if paths is not None else str(int(j)) for j in batch["index"]]
+        evaluator.add(names, images_to_uint8(batch["image"]), batch["mask"][:, 0].numpy() > 0.5,
+                      network_output_to_255(refined))
     generator.train(was_training)
-    return float(total[0] / total[1].clamp_min(1))
+    if not dist.enabled:
+        return evaluator.summary()
+    gathered: list = [None] * dist.world
+    torch.distributed.all_gather_object(gathered, evaluator.records)
+    return evaluator.summary([r for part in gathered for r in part])
+
+
+def validation_l1(summary: dict) -> float:
+    """The early-stopping figure: mean |I_out − I_gt| on the [-1, 1] scale of the 8-bit composite (= MAE % / 50)."""
+    mae = summary["overall"]["mae_percent"]
+    return float("inf") if mae is None else mae / 50.0
 
 
 # -------------------------------------------------------------------------------------- stop signals
@@ -430,13 +444,18 @@ class Trainer:
 
     # ------------------------------------------- validation, early stopping, checkpointing (one method each)
     def validate(self) -> float:
-        """Mean |I_out − I_gt| over the validation split (fixed masks; summed over ranks) -> the value, also
-        ``metrics["val_l1"]`` and TensorBoard ``val/l1_out``."""
-        val = _validate(self.gan.g_raw, self.val_loader, self.device, self.gan.autocast, self.cfg.train.val_batches,
-                        self.dist)
+        """The validation split scored by the shared :class:`~mhtma_model.evaluator.Evaluator` (fixed masks; every
+        rank's images) -> ``val_l1`` (:func:`validation_l1`), also ``metrics["val_l1"]``, ``metrics["val"]`` (the
+        overall row: MAE %, PSNR, SSIM) and TensorBoard ``val/l1_out``, ``val/mae_percent``, ``val/psnr``, ``val/ssim``."""
+        scores = _validate(self.gan.g_raw, self.val_loader, self.device, self.gan.autocast, self.cfg.train.val_batches,
+                           self.dist)
+        val = validation_l1(scores)
         self.metrics["val_l1"] = val
+        self.metrics["val"] = {k: v for k, v in scores["overall"].items() if k != "bucket"}
         if self.writer is not None:
             self.writer.add_scalar("val/l1_out", val, self.step)
+            for key in ("mae_percent", "psnr", "ssim"):
+                self.writer.add_scalar(f"val/{key}", scores["overall"][key], self.step)
         return val
 
     def update_early_stopping(self, val: float) -> bool:
@@ -570,7 +589,8 @@ class Trainer:
         early = self.early
         return {
             "run_dir": str(self.run_dir), "step": self.step, "epoch": self.epoch, "stopped_early": bool(early.stopped),
-            "val_l1": self.metrics.get("val_l1"), "best_val_l1": early.best, "best_step": early.best_step,
+            "val_l1": self.metrics.get("val_l1"), "val": self.metrics.get("val"), "best_val_l1": early.best,
+            "best_step": early.best_step,
             "last_checkpoint": str(self.ckpt_dir / "last.pt"), "best_checkpoint": str(self.ckpt_dir / "best.pt"),
             "losses": self.logs, "rank": self.dist.rank, "world_size": self.dist.world,
             "seconds": round(time.time() - self.t_start, 1), "weights_sha256": _weights_digest(self.gan.g_raw, self.gan.d_raw),

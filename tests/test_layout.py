@@ -18,7 +18,8 @@ MAX_FUNCTION_LINES = 80
 #: mhtma_model's modules by floor (README "Layout"): a module imports only modules on lower floors.
 FLOORS = {
     "images": 0, "device": 0, "precision": 0, "samples": 0, "metrics": 0, "fid": 0, "classical": 0,
-    "masks": 1, "sketch": 1, "cli_options": 1, "input_files": 1,
+    "lpips_metric": 0, "ids": 0,
+    "masks": 1, "sketch": 1, "cli_options": 1, "input_files": 1, "evaluator": 1,
     "data": 2,
     "networks": 3,
     "losses": 4,
@@ -26,7 +27,7 @@ FLOORS = {
     "checkpoint": 6,
     "gan_step": 7, "predict": 7,
     "train": 8, "inpainter": 8,
-    "inpaint": 9, "evaluate": 9, "ui": 9, "export": 9,
+    "inpaint": 9, "evaluate": 9, "ui": 9, "export": 9, "mask_set": 9,
     "__main__": 10,
 }
 
