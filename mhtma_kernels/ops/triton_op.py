@@ -376,7 +376,16 @@ def compile_for_gpu(d: int, dv: int, dtype: torch.dtype = torch.float16, arch: i
     if _interpreting():
         raise RuntimeError("compile_for_gpu needs compiled kernels: import triton without TRITON_INTERPRET=1")
     config = config or choose_config(4096, 4096, d, dv, dtype, interpret=False)
-    return {name: compile_tile(name, config[name], dtype, arch) for name in kernels}
+    return {name: compile_tile(name, config[name], dtype, arch, d=d, dv=dv, values=_launch_values(d, dv))
+            for name in kernels}
+
+
+def _launch_values(d: int, dv: int, nq: int = 4096, nk: int = 4096, heads: int = 2) -> dict:
+    """The integer arguments the launcher passes at this shape (compile_tile marks those divisible by 16,
+    as the JIT specialises them at a launch)."""
+    return dict(stride_qbh=nq * d, stride_qn=d, stride_kbh=nk * d, stride_kn=d, stride_vbh=nk * dv, stride_vn=dv,
+                stride_obh=nq * dv, stride_on=dv, stride_dobh=nq * dv, stride_don=dv, H=heads, NQ=nq, NK=nk,
+                stride_part=triton.cdiv(nq, 16) * triton.cdiv(d, 16))
 
 
 def resource_usage(compiled) -> dict:
@@ -398,14 +407,19 @@ def resource_usage(compiled) -> dict:
     return {"registers": int(found[1]), "stack_bytes": int(found[2]), "shared_bytes": compiled.metadata.shared}
 
 
-def compile_tile(kernel: str, tile: TileConfig, dtype: torch.dtype, arch: int = 90, precision: str | None = None):
+def compile_tile(kernel: str, tile: TileConfig, dtype: torch.dtype, arch: int = 90, precision: str | None = None,
+                 d: int = 576, dv: int | None = None, values: dict | None = None):
     """Compile one kernel with one tile configuration for sm_<arch> (see compile_for_gpu); `precision`
-    ("ieee" | "tf32") defaults to what the launcher would use now (dot_precision)."""
+    ("ieee" | "tf32") defaults to what the launcher would use now (dot_precision); d, dv: the head dims,
+    constexprs of the backward kernels; values: integer arguments of a launch (default _launch_values(d, dv)),
+    pointers and those divisible by 16 get the divisibility hint a launch would give them."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     fn = _kernel(kernel)
     constexprs = dict(tile.constexprs(), UPCAST=False, DOT_PRECISION=precision or dot_precision(dtype))
+    if kernel != "fwd":
+        constexprs.update(D=d, DV=d if dv is None else dv, RESIDENT=tile.resident)
     if kernel == "fwd":
         constexprs["HAS_LO"] = dtype != torch.float32
         constexprs["FIXED_MAX"] = dtype != torch.float16
@@ -424,6 +438,11 @@ def compile_tile(kernel: str, tile: TileConfig, dtype: torch.dtype, arch: int = 
             signature[arg] = "fp32"
         else:
             signature[arg] = "i32"
+    values = _launch_values(d, d if dv is None else dv) if values is None else values
+    # (the backward kernels only: the forward's compile report is being rebuilt as launched, issue 18)
+    hinted = [] if kernel == "fwd" else [arg for arg in fn.arg_names if signature[arg].startswith("*")
+                                         or (signature[arg] == "i32" and values.get(arg, 1) % 16 == 0)]
     source = ASTSource(fn=fn, signature=signature,
-                       constexprs={(fn.arg_names.index(k),): v for k, v in constexprs.items()})
+                       constexprs={(fn.arg_names.index(k),): v for k, v in constexprs.items()},
+                       attrs={(fn.arg_names.index(arg),): [["tt.divisibility", 16]] for arg in hinted})
     return triton.compile(source, target=GPUTarget("cuda", arch, 32), options=tile.launch_options())
