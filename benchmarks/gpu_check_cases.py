@@ -14,8 +14,7 @@ Shapes (GPU; ``--smoke`` shrinks every one of them, see :func:`make_setup`):
   (``python -m benchmarks.gpu_check_cases --warm ...``), to fill Triton's disk cache.
 - op: B=16, H=2, 64x64 feature map with 3x3 patches -> Nq=4096, Nk=62*62=3844; D = Dv in 288, 432, 576,
   864; key_valid = no hole pixel in the key's 3x3 window of a centred square hole (side 32) AND a
-  seeded 10 % of keys invalid at random; temperature uniform in [0.05, 1]; lambda_m = 1e4. The ``triton``
-  rows record the tiles the autotuner chose for each fused kernel (``autotuned``, :func:`autotuned_tiles`).
+  seeded 10 % of keys invalid at random; temperature uniform in [0.05, 1]; lambda_m = 1e4.
 - correctness: the same shapes, run on the whole batch; image 1 of the batch has no valid key at all.
   The float64 oracle (``masked_temperature_attention_reference``) runs on images 0 and 1 only (all
   query rows; the gradients of image b depend on image b alone, so the slice is exact), and errors are
@@ -265,23 +264,7 @@ def op_case(setup: Setup, row: OpRow) -> dict:
     with matmul_precision(row.precision):
         result = measure(call, setup)
     result["tflops"] = op_flops(setup, row.d, row.mode) / (result["ms"] * 1e-3) / 1e12
-    if row.provider == "triton":
-        result["autotuned"] = autotuned_tiles(row.d)
     return result
-
-
-def autotuned_tiles(d: int) -> dict:
-    """The tile triton.autotune chose for each fused kernel at head dim ``d`` so far: {kernel: [repr of
-    the chosen config per tuning key (Nq, Nk, D, Dv, dot precision, dtypes)]}; empty where nothing was tuned
-    (the interpreter and MHTMA_AUTOTUNE=0 use the fixed tiles)."""
-    from mhtma_kernels.ops import triton_op
-
-    chosen = {}
-    for kernel, tuner in getattr(triton_op, "_AUTOTUNED", {}).items():
-        picks = [f"{key}: {config}" for key, config in getattr(tuner, "cache", {}).items() if d in key]
-        if picks:
-            chosen[kernel] = picks
-    return chosen
 
 
 def op_rows(setup: Setup) -> list[OpRow]:

@@ -276,17 +276,3 @@ def test_an_added_op_row_is_measured_and_gets_its_own_table_column(monkeypatch, 
     assert calls[0] == (setup.batch, setup.heads, setup.nq, 8)
     lines = gpu_check.table_op([rec])
     assert "mine" in lines[1] and "ms" in lines[2]
-
-
-def test_triton_rows_record_the_autotuned_tiles_of_their_head_dim(monkeypatch):
-    """autotuned_tiles reads each autotuner's cache: the chosen config per tuning key of that D only."""
-    from types import SimpleNamespace
-
-    from benchmarks import gpu_check_cases as cases
-    from mhtma_kernels.ops import triton_op
-
-    key = (4096, 3844, 576, 576, "tf32", "torch.bfloat16")
-    tuners = {"dkdv": SimpleNamespace(cache={key: "BLOCK_M: 32, BLOCK_N: 64"}), "dq": SimpleNamespace(cache={})}
-    monkeypatch.setattr(triton_op, "_AUTOTUNED", tuners)
-    assert cases.autotuned_tiles(576) == {"dkdv": [f"{key}: BLOCK_M: 32, BLOCK_N: 64"]}
-    assert cases.autotuned_tiles(288) == {}
