@@ -36,6 +36,7 @@ from torch import nn
 from mhtma_kernels import MaskedTemperatureAttention
 from mhtma_kernels.ops.library import EXPORT_DECOMPOSITIONS
 
+from .cli_options import command_parser
 from .images import load_mask, load_rgb
 from .inpainter import Inpainter
 from .masks import free_form_mask
@@ -160,10 +161,7 @@ def _load_pair(image_path: str, mask_path: str, size: int, sketch: bool) -> tupl
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mhtma-export", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True,
-                   help="generator checkpoint (.pt) written by mhtma-train, or a folder written by Inpainter.save_pretrained")
+    p = command_parser("mhtma-export", __doc__)
     p.add_argument("--output", required=True, help="the .onnx file to write")
     p.add_argument("--size", type=int, default=None,
                    help="square input side of the exported model (default: the checkpoint's training size)")
