@@ -11,11 +11,9 @@ Ops (namespace ``mhtma``; q, k already L2-normalised, as for every backend below
 ``out_acc`` is the output in the compute dtype (fp32, or fp64 for fp64 inputs), which the backward needs
 for delta_i = <dout_i, out_i>; when the inputs are already in the compute dtype it is an empty tensor
 and the backward uses ``out`` itself (an op's outputs may not alias one another). row_max and log_sum
-are the per-row softmax statistics of :mod:`.chunked` (compute dtype).
-
-The kernels are :class:`.chunked.ChunkedMaskedAttention`'s forward and backward, called as plain
-functions through a stand-in for autograd's ``ctx`` (:class:`_SavedContext`). They rely on its forward
-saving ``(q, k, v, key_valid, temperature, out_acc, row_max, log_sum)`` and setting ``ctx.lambda_m``.
+are the per-row softmax statistics (natural base, compute dtype) of :func:`.chunked.chunked_forward`,
+whose plain forward and backward functions the ops call. ``bounded`` (default False): q and k rows have
+norm <= 1, so the forward may use the fixed bound 1/t as the row max.
 
 For ONNX (or any consumer of aten-only graphs), :data:`EXPORT_DECOMPOSITIONS` maps the forward op to
 :func:`decompose_chunked_attention`, the same math with the score matrix materialised
@@ -23,35 +21,24 @@ For ONNX (or any consumer of aten-only graphs), :data:`EXPORT_DECOMPOSITIONS` ma
 """
 import torch
 
-from .chunked import ChunkedMaskedAttention, compute_dtype
+from .chunked import RowStats, chunked_backward, chunked_forward, compute_dtype, row_deltas
 
 NAMESPACE = "mhtma"
 
 
-class _SavedContext:
-    """Stands in for autograd's ``ctx`` so that ChunkedMaskedAttention.forward/backward run as functions."""
-
-    saved_tensors: tuple = ()
-    lambda_m: float = 0.0
-
-    def save_for_backward(self, *tensors):
-        self.saved_tensors = tensors
-
-
 @torch.library.custom_op(f"{NAMESPACE}::chunked_attention", mutates_args=())
 def chunked_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_valid: torch.Tensor,
-                              temperature: torch.Tensor, lambda_m: float
+                              temperature: torch.Tensor, lambda_m: float, bounded: bool = False
                               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    ctx = _SavedContext()
-    out = ChunkedMaskedAttention.forward(ctx, q, k, v, key_valid, temperature, lambda_m)
-    out_acc, row_max, log_sum = ctx.saved_tensors[5:8]
+    out_acc, stats = chunked_forward(q, k, v, key_valid, temperature, lambda_m, bounded)
+    out = out_acc.to(v.dtype)
     if out_acc.dtype == out.dtype:
         out_acc = out.new_empty(0)
-    return tuple(x.contiguous() for x in (out, out_acc, row_max, log_sum))  # the fake's layout
+    return tuple(x.contiguous() for x in (out, out_acc, stats.m, stats.l))  # the fake's layout
 
 
 @chunked_attention_forward.register_fake
-def _(q, k, v, key_valid, temperature, lambda_m):
+def _(q, k, v, key_valid, temperature, lambda_m, bounded=False):
     B, H, Nq, _ = q.shape
     compute = compute_dtype(q.dtype)
     out = v.new_empty(B, H, Nq, v.shape[3])
@@ -65,10 +52,10 @@ def chunked_attention_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
                                temperature: torch.Tensor, out_acc: torch.Tensor, row_max: torch.Tensor,
                                log_sum: torch.Tensor, dout: torch.Tensor, lambda_m: float
                                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    ctx = _SavedContext()
-    ctx.save_for_backward(q, k, v, key_valid, temperature, out_acc, row_max, log_sum)
-    ctx.lambda_m = lambda_m
-    dq, dk, dv, _, dt, _ = ChunkedMaskedAttention.backward(ctx, dout)
+    delta = row_deltas(dout, out_acc)
+    stats = RowStats(row_max, log_sum)
+    dq, dk, dv, dt = chunked_backward(q, k, v, key_valid, temperature, lambda_m, stats, delta, dout)
+    dt = dt.to(temperature.dtype)
     return tuple(x.contiguous() for x in (dq, dk, dv, dt))  # the fake's layout
 
 
@@ -78,7 +65,7 @@ def _(q, k, v, key_valid, temperature, out_acc, row_max, log_sum, dout, lambda_m
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, key_valid, temperature, lambda_m = inputs
+    q, k, v, key_valid, temperature, lambda_m = inputs[:6]
     out, out_acc, row_max, log_sum = output
     acc = out_acc if out_acc.dtype != out.dtype else out
     ctx.save_for_backward(q, k, v, key_valid, temperature, acc, row_max, log_sum)
@@ -89,18 +76,18 @@ def _backward(ctx, dout, _d_out_acc, _d_row_max, _d_log_sum):
     q, k, v, key_valid, temperature, acc, row_max, log_sum = ctx.saved_tensors
     dq, dk, dv, dt = chunked_attention_backward(q, k, v, key_valid, temperature, acc, row_max, log_sum,
                                                 dout, ctx.lambda_m)
-    return dq, dk, dv, None, dt, None
+    return dq, dk, dv, None, dt, None, None
 
 
 chunked_attention_forward.register_autograd(_backward, setup_context=_setup_context)
 
 
-def chunked_attention(q, k, v, key_valid, temperature, lambda_m: float) -> torch.Tensor:
-    """The `torch` backend on normalised q, k as one traceable op -> ``[B, H, Nq, Dv]`` in v's dtype."""
-    return chunked_attention_forward(q, k, v, key_valid, temperature, float(lambda_m))[0]
+def chunked_attention(q, k, v, key_valid, temperature, lambda_m: float, bounded: bool = False) -> torch.Tensor:
+    """The query-chunked GEMM path on normalised q, k as one traceable op -> ``[B, H, Nq, Dv]`` in v's dtype."""
+    return chunked_attention_forward(q, k, v, key_valid, temperature, float(lambda_m), bool(bounded))[0]
 
 
-def decompose_chunked_attention(q, k, v, key_valid, temperature, lambda_m):
+def decompose_chunked_attention(q, k, v, key_valid, temperature, lambda_m, bounded=False):
     """``mhtma::chunked_attention`` in aten ops (the score matrix materialised), for export to ONNX.
 
     Same outputs as the op: (out, out_acc, row_max, log_sum); a consumer of the inference graph keeps
