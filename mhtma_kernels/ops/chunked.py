@@ -11,17 +11,19 @@ here over batch*heads ("bh"). Per chunk of query rows r (shapes [BH, c, ...], c 
     p = exp(z - m),  l = log sum_j p
     out_r = (p @ v) / sum_j p     GEMM                (Dv-wide pass 2)
 
-Backward, with delta_i = <dout_i, out_i> in fp32 and the saved row statistics (m, l) (natural base for
-this module's forward; base 2 for the Triton forward's m2, l2: ``RowStats.base2``):
+Backward, from the saved row maxima m (natural base for this module's forward; base 2 for the Triton
+forward's m2: ``RowStats.base2``); a chunk holds whole rows, so the weights are renormalised there:
 
     s = q_r k^T                              pass 1 (recomputed)
-    p = exp(z - m - l)                       (exp2 of the base-2 logits for base-2 statistics)
+    p = e / sum_j e,  e = exp(z - m)         (exp2 of the base-2 logits for base-2 statistics)
     dv += p^T dout_r                         pass 2 (fp32 accumulator across chunks)
     dp = dout_r v^T                          pass 3
+    delta_i = sum_j p_ij dp_ij               (= <dout_i, out_i>, from the same p)
     g = p (dp - delta), 0 on invalid keys    (an invalid key's logit is a constant)
     dq_r = g k / t                           pass 4
     dk += g^T q_r / t                        pass 5 (fp32 accumulator across chunks)
-    dL/dt = -sum_ij g_ij s_ij / t^2          (a batched dot product of g and s per chunk, fp32)
+    dL/dt = -sum_ij g_ij s_ij / t^2          (the sum of today's implementations; torch's cascade sum
+                                             over each chunk, in the compute dtype)
 
 Exactly five D-wide GEMM passes, as in the nominal count. m and l are kept apart (not one log-sum-exp):
 in a row whose keys are all invalid m = -lambda_m = -1e4, where one fp32 step is ~1e-3; z - m is 0 there.
@@ -167,10 +169,16 @@ def _problem(q, k, v, key_valid, temperature, lambda_m) -> _Problem:
     return _Problem(*flat, invalid, inv_t, float(lambda_m), acc)
 
 
-def _fixed_bound(p: _Problem, bounded: bool):
-    """[BH, 1, 1] row max to use instead of the chunk max, or None: 1/t where |s| <= 1 holds and 1/t is
-    small enough (FIXED_MAX_LIMIT), -lambda_m for images without a valid key. One host read per call."""
-    if not bounded or not bool((p.inv_t <= FIXED_MAX_LIMIT).all()):
+def _fixed_bound(p: _Problem, bounded: bool, dtype: torch.dtype):
+    """[BH, 1, 1] row max to use instead of the chunk max, or None: 1/t where |s| <= 1 holds, the inputs
+    are 16-bit and 1/t is small enough (FIXED_MAX_LIMIT); -lambda_m for images without a valid key. One
+    host read per call.
+
+    Not for fp32/fp64 inputs: the backward recomputes ln p = (z - m) - l, and with m = 1/t the top key's
+    ln p carries a rounding error of about ulp(1/t) (~2e-6 at t = 0.04 in fp32) where the chunk max
+    gives an exact z - m = 0; that error reaches the temperature gradient (several times a plain fp32
+    implementation's error at t ~ 0.05). 16-bit inputs carry far larger errors of their own."""
+    if not bounded or dtype not in (torch.float16, torch.bfloat16) or not bool((p.inv_t <= FIXED_MAX_LIMIT).all()):
         return None
     any_valid = ~p.invalid.all(dim=-1, keepdim=True)  # [BH, 1, 1]
     return torch.where(any_valid, p.inv_t, torch.full_like(p.inv_t, -p.lambda_m))
@@ -180,14 +188,15 @@ def chunked_forward(q, k, v, key_valid, temperature, lambda_m: float, bounded: b
     """Forward on normalised q [B,H,Nq,D], k [B,H,Nk,D], v [B,H,Nk,Dv], key_valid [B,Nk], t [B,H]
     -> (out [B,H,Nq,Dv] in the compute dtype, RowStats in natural base).
 
-    bounded: rows of q and k have norm <= 1, so |s| <= 1 and m = 1/t may replace the chunk max."""
+    bounded: rows of q and k have norm <= 1, so |s| <= 1 and m = 1/t may replace the chunk max
+    (16-bit inputs only, see :func:`_fixed_bound`)."""
     B, H, Nq, _ = q.shape
     p = _problem(q, k, v, key_valid, temperature, lambda_m)
     BH, _, Nk = p.shape
     out = torch.empty(BH, Nq, v.shape[-1], dtype=p.acc, device=q.device)
     m_all = torch.empty(BH, Nq, 1, dtype=p.acc, device=q.device)
     l_all = torch.empty_like(m_all)
-    bound = _fixed_bound(p, bounded)
+    bound = _fixed_bound(p, bounded, q.dtype)
     extra = 0 if p.q.dtype == p.acc else p.q.element_size()  # the rounded copy of p
     step = chunk_rows(BH, Nq, Nk, torch.finfo(p.acc).bits // 8 + extra, chunk_budget_mb(q.device, chunk_mb))
     for i in range(0, Nq, step):
@@ -203,47 +212,45 @@ def chunked_forward(q, k, v, key_valid, temperature, lambda_m: float, bounded: b
     return out.view(B, H, Nq, -1), stats
 
 
-def row_deltas(dout: torch.Tensor, out: torch.Tensor, out_lo: torch.Tensor | None = None) -> torch.Tensor:
-    """delta [B, H, Nq] = <dout_i, out_i> in the compute dtype; out_lo, if given, is the rounding residual
-    of a 16-bit out (out + out_lo = the fp32 output)."""
-    acc = compute_dtype(out.dtype if out_lo is None else torch.float32)
-    full = out.to(acc) if out_lo is None else out.to(acc) + out_lo.to(acc)
-    return (dout.to(acc).unsqueeze(-2) @ full.unsqueeze(-1))[..., 0, 0]
+def chunked_backward(q, k, v, key_valid, temperature, lambda_m: float, stats: RowStats, dout, chunk_mb=None):
+    """Backward from the row maxima ``stats.m`` -> (dq, dk, dv in the inputs' dtypes, dt [B, H] in the
+    compute dtype). Five D-wide GEMM passes per chunk.
 
-
-def chunked_backward(q, k, v, key_valid, temperature, lambda_m: float, stats: RowStats, delta, dout,
-                     chunk_mb=None):
-    """Backward from the row statistics -> (dq, dk, dv in the inputs' dtypes, dt [B, H] in the compute
-    dtype). delta [B, H, Nq] = <dout_i, out_i> (:func:`row_deltas`). Five D-wide GEMM passes per chunk."""
+    A chunk holds whole rows, so the weights are renormalised there, w = e / sum_j e with e = exp(z - m),
+    and delta_i = sum_j w_ij dp_ij is taken from the same w (instead of l and <dout_i, out_i>): the row
+    sums of g = w (dp - delta) are then 0 to rounding. A relative error e in l or delta would add about
+    e * delta_i * sum_j w_ij (z_ij - m_i) to the temperature gradient, several times a plain fp32
+    implementation's error at t >= 1 where that gradient is small."""
     B, H, Nq, D = q.shape
     p = _problem(q, k, v, key_valid, temperature, lambda_m)
     BH, _, Nk = p.shape
     scale, fill, exp = p.inv_t, -p.lambda_m, torch.exp
     if stats.base2:
         scale, fill, exp = p.inv_t * _LOG2E, -p.lambda_m * _LOG2E, torch.exp2
-    m, l = (x.to(p.acc).reshape(BH, Nq, 1) for x in (stats.m, stats.l))
-    delta = delta.to(p.acc).reshape(BH, Nq, 1)
+    m = stats.m.to(p.acc).reshape(BH, Nq, 1)
     do = dout.to(p.q.dtype).flatten(0, 1)  # [BH, Nq, Dv]
     dq = torch.empty(BH, Nq, D, dtype=p.acc, device=q.device)
     dk = torch.zeros(BH, Nk, D, dtype=p.acc, device=q.device)
     dv = torch.zeros(BH, Nk, v.shape[-1], dtype=p.acc, device=q.device)
-    g_dot_s = torch.zeros(BH, 1, 1, dtype=p.acc, device=q.device)
+    g_dot_s = torch.zeros(BH, dtype=p.acc, device=q.device)
     extra = 0 if p.q.dtype == p.acc else 2 * p.q.element_size()
     step = chunk_rows(BH, Nq, Nk, 3 * (torch.finfo(p.acc).bits // 8) + extra, chunk_budget_mb(q.device, chunk_mb))
     for i in range(0, Nq, step):
         rows = slice(i, i + step)
-        s, z = p.logits(rows, scale, fill)  # [BH, c, Nk] each
-        w = exp(z.sub_(m[:, rows]).sub_(l[:, rows]), out=z)  # the weights, in z's buffer
+        s, w = p.logits(rows, scale, fill)  # [BH, c, Nk] each
+        exp(w.sub_(m[:, rows]), out=w)  # exp(z - m) (exp2 for base-2 statistics), in z's buffer
+        w.div_(w.sum(dim=-1, keepdim=True))  # the weights, renormalised over the whole row
         _accumulate(dv, w.to(p.q.dtype).transpose(1, 2), do[:, rows])
-        g = _bmm(do[:, rows], p.v.transpose(1, 2), p.acc).sub_(delta[:, rows]).mul_(w)  # [BH, c, Nk]
-        del w, z
-        g.masked_fill_(p.invalid, 0.0)
-        g_dot_s += g.flatten(1).unsqueeze(1) @ s.flatten(1).unsqueeze(2)  # sum_ij g_ij s_ij, no temporary
-        del s
+        g = _bmm(do[:, rows], p.v.transpose(1, 2), p.acc)  # dp [BH, c, Nk]
+        delta = w.unsqueeze(-2) @ g.unsqueeze(-1)  # [BH, c, 1, 1] = sum_j w_ij dp_ij, no temporary
+        g.sub_(delta[..., 0]).mul_(w).masked_fill_(p.invalid, 0.0)  # an invalid key's logit is a constant
+        del w, delta
         g_op = g.to(p.q.dtype)
         dq[:, rows] = _bmm(g_op, p.k, p.acc)
         _accumulate(dk, g_op.transpose(1, 2), p.q[:, rows])
-    dt = -(g_dot_s * p.inv_t * p.inv_t).reshape(B, H)
+        del g_op
+        g_dot_s += s.mul_(g).sum(dim=(1, 2))  # sum_ij g_ij s_ij (torch's cascade sum), in s's buffer
+    dt = -(g_dot_s.view(BH, 1, 1) * p.inv_t * p.inv_t).reshape(B, H)
     dq, dk = dq.mul_(p.inv_t), dk.mul_(p.inv_t)
     return (dq.view(B, H, Nq, D).to(q.dtype), dk.view(B, H, Nk, D).to(k.dtype),
             dv.view(B, H, Nk, -1).to(v.dtype), dt)

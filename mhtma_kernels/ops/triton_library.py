@@ -19,8 +19,7 @@ call per (device, dtype, shape bucket, needed gradients) times both):
 * ``fused``: the backward kernels (``triton_op._backward``); dL/dt = -(1/t) sum_i <dq_i, q_i> from fp32
   partial sums in the dq kernel;
 * ``chunked``: the query-chunked GEMM backward (:func:`.chunked.chunked_backward`), recomputing the
-  weights from the forward's base-2 row statistics, p = exp2(z * log2(e) - m2 - l2), with
-  delta_i = <dout_i, out_i + out_lo_i> in fp32.
+  weights from the forward's base-2 row maxima m2 and renormalising them per row (whole rows per chunk).
 
 Env ``MHTMA_TRITON_BACKWARD`` = ``fused`` | ``chunked`` forces one (``auto``, the default, measures;
 under the CPU interpreter the default is ``fused``, nothing is timed). The choice is made inside the
@@ -34,7 +33,7 @@ import os
 import torch
 
 from . import triton_op
-from .chunked import RowStats, chunked_backward, row_deltas
+from .chunked import RowStats, chunked_backward
 from .dispatch import TRITON_BACKWARD, bucket
 from .library import NAMESPACE
 
@@ -91,10 +90,8 @@ def _fused_backward(q, k, v, key_valid, temperature, out, out_lo, m2, l2, dout, 
 
 
 def _chunked_backward(q, k, v, key_valid, temperature, out, out_lo, m2, l2, dout, lambda_m, needs):
-    """The chunked GEMM backward from the fused forward's base-2 statistics (all four gradients)."""
-    delta = row_deltas(dout, out, out_lo if out_lo.numel() else None)
-    dq, dk, dv, dt = chunked_backward(q, k, v, key_valid, temperature, lambda_m, RowStats(m2, l2, base2=True),
-                                      delta, dout)
+    """The chunked GEMM backward from the fused forward's base-2 row maxima (all four gradients)."""
+    dq, dk, dv, dt = chunked_backward(q, k, v, key_valid, temperature, lambda_m, RowStats(m2, l2, base2=True), dout)
     return dq, dk, dv, dt.float()
 
 
