@@ -25,11 +25,12 @@ setup(
         "tensorboard",
         "scikit-image",
         "scipy",
+        "safetensors",  # Inpainter.save_pretrained / from_pretrained
     ],
     extras_require={
         # Everything the full test suite exercises (the optional parts included).
         "dev": ["pytest", "pytest-benchmark", "pytest-timeout", "matplotlib", "opencv-python-headless",
-                "gradio", "selenium", "onnx", "onnxruntime", "onnxscript"],
+                "gradio", "gradio_client", "selenium", "onnx", "onnxruntime", "onnxscript"],
         "classical": ["opencv-python-headless"],  # Telea / Navier-Stokes reference rows in mhtma-eval
         "ui": ["gradio"],                          # mhtma-ui
         "bench": ["pytest", "pytest-benchmark", "matplotlib"],

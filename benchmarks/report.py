@@ -22,7 +22,7 @@ from pathlib import Path
 from mhtma_model.networks import KERNEL_BACKENDS
 
 from .providers import OP_PROVIDERS
-from .runners import LAYER_PROVIDERS, MODEL_PROVIDERS
+from .builders import LAYER_PROVIDERS, MODEL_PROVIDERS
 
 HERE = Path(__file__).resolve().parent
 OP_ORDER = OP_PROVIDERS

@@ -50,10 +50,11 @@ from tqdm import tqdm
 from . import fid as fidmod
 from . import metrics as M
 from .classical import CLASSICAL_METHODS, OPENCV_METHODS, classical_inpaint, require_opencv
-from .device import default_cpu_threads, resolve_device, set_cpu_threads
+from .cli_options import add_inference_options
+from .device import resolve_device, set_cpu_threads
 from .images import files_by_key, list_images, load_mask, load_rgb, no_images_found, pair_key
 from .masks import free_form_mask
-from .predict import add_inference_arguments, fill_holes, generator_uses_sketch, open_generator, prepare_generator
+from .predict import fill_holes, generator_uses_sketch, open_generator, prepare_generator
 from .sketch import make_sketch
 
 METHODS = ("model",) + CLASSICAL_METHODS
@@ -141,12 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Inception-v3 state dict for FID (default: $MHTMA_INCEPTION; none -> FID skipped)")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
     p.add_argument("--method", choices=METHODS, default="model", help="model (default) or a classical method")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
-    p.add_argument("--threads", type=int, default=None,
-                   help=f"CPU threads (default: $OMP_NUM_THREADS, else half the CPUs, at most 4; "
-                        f"here {default_cpu_threads()})")
     p.add_argument("--examples", type=int, default=EXAMPLE_ROWS, help="rows in examples.png (default 8; 0: none)")
-    add_inference_arguments(p)
+    add_inference_options(p)
     return p
 
 
@@ -262,7 +259,7 @@ def _score_batch(setup: Setup, batch: list[tuple[str, np.ndarray, np.ndarray]], 
     holes = np.stack([b[2] for b in batch])
     if setup.generator is not None:
         sketches = np.stack([make_sketch(t) for t in truth]) if setup.uses_sketch else None
-        outputs = fill_holes(setup.generator, truth, holes, sketches, setup.device)
+        outputs = fill_holes(setup.generator, truth, holes, sketches, setup.device, setup.args.precision)
     else:
         outputs = np.stack([classical_inpaint(t, h, setup.args.method) for t, h in zip(truth, holes)])
     values = M.image_metrics(outputs, truth)

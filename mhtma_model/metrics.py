@@ -1,4 +1,4 @@
-"""Image-quality metrics for inpainting results (DESIGN.md §4) and their per-hole-ratio summary.
+"""Image-quality metrics for inpainting results (docs/design.md §4) and their per-hole-ratio summary.
 
 Every function takes images in [0, 1]: torch tensors ``[B, C, H, W]`` (or one image ``[C, H, W]``) or
 numpy arrays ``[B, H, W, C]`` / ``[H, W, C]`` (uint8 arrays are divided by 255). Per-image results are

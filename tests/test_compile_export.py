@@ -282,7 +282,7 @@ def test_mhtma_export_cli_writes_an_onnx_model_that_onnxruntime_runs(tmp_path, c
 
     generator, _ = load_generator(checkpoint)
     with torch.no_grad():
-        expected = export.Inpainter(generator)(image, mask)
+        expected = export.InpaintingGraph(generator)(image, mask)
     assert inpainted.shape == (3, 3, 32, 32)
     assert_close(torch.from_numpy(inpainted), expected.double(), torch.float32, "onnxruntime vs PyTorch")
     known = mask.expand_as(image) == 0

@@ -75,7 +75,7 @@ def _ssim_from_formula(x: np.ndarray, y: np.ndarray) -> float:
 
 @pytest.mark.parametrize("seed", [0, 1], ids=lambda s: f"seed{s}")
 def test_ssim_is_the_design_convention(seed):
-    """Pins scikit-image's structural_similarity (as configured in metrics.ssim) to the DESIGN §4 formula:
+    """Pins scikit-image's structural_similarity (as configured in metrics.ssim) to the docs/design.md §4 formula:
     Gaussian window 11, σ 1.5, population covariance, C1 0.01², C2 0.03², border excluded, channel mean."""
     a, b = _random_pair(seed)
     ours = metrics.ssim(b, a)

@@ -291,13 +291,13 @@ def hole_case(h=48, w=56):
 @pytest.mark.parametrize("kind", ["plain", "sketch"])
 @pytest.mark.parametrize("with_sketch", [False, True], ids=["no-lines", "lines"])
 def test_run_inpainting_with_a_real_checkpoint(checkpoints, kind, with_sketch):
-    generator = ui.GeneratorCache("cpu").get(checkpoints[kind])
+    inpainter = ui.InpainterCache("cpu").get(checkpoints[kind])
     image, mask, sketch = hole_case()
     if with_sketch and kind == "plain":
         with pytest.raises(ValueError, match="without sketches"):
-            ui.run_inpainting(generator, image, mask, sketch)
+            ui.run_inpainting(inpainter, image, mask, sketch)
         return
-    result, temps = ui.run_inpainting(generator, image, mask, sketch if with_sketch else None)
+    result, temps = ui.run_inpainting(inpainter, image, mask, sketch if with_sketch else None)
     assert isinstance(result, Image.Image) and result.size == image.size and result.mode == "RGB"
     out, inp, hole = np.asarray(result), np.asarray(image), np.asarray(mask) > 0
     assert np.array_equal(out[~hole], inp[~hole])  # known pixels bit-identical
@@ -308,13 +308,14 @@ def test_run_inpainting_with_a_real_checkpoint(checkpoints, kind, with_sketch):
 
 def test_sketch_reaches_the_generator_as_fifth_channel(checkpoints):
     """The lines given to run_inpainting arrive as the coarse network's 5th input channel (sketch * mask)."""
-    generator = ui.GeneratorCache("cpu").get(checkpoints["sketch"])
+    inpainter = ui.InpainterCache("cpu").get(checkpoints["sketch"])
     image, mask, sketch = hole_case()
     seen = []
-    handle = generator.coarse.register_forward_pre_hook(lambda module, args: seen.append(args[0][0, 4].clone()))
+    handle = inpainter.generator.coarse.register_forward_pre_hook(
+        lambda module, args: seen.append(args[0][0, 4].clone()))
     try:
-        ui.run_inpainting(generator, image, mask, sketch)
-        ui.run_inpainting(generator, image, mask, None)
+        ui.run_inpainting(inpainter, image, mask, sketch)
+        ui.run_inpainting(inpainter, image, mask, None)
     finally:
         handle.remove()
     lines, empty = (t.numpy()[:48, :56] for t in seen)
@@ -324,12 +325,12 @@ def test_sketch_reaches_the_generator_as_fifth_channel(checkpoints):
 
 
 def test_run_inpainting_rejects_mismatched_sizes(checkpoints):
-    generator = ui.GeneratorCache("cpu").get(checkpoints["plain"])
+    inpainter = ui.InpainterCache("cpu").get(checkpoints["plain"])
     image, mask, _ = hole_case()
     with pytest.raises(ValueError, match="mask size"):
-        ui.run_inpainting(generator, image, mask.resize((10, 10)))
+        ui.run_inpainting(inpainter, image, mask.resize((10, 10)))
     with pytest.raises(TypeError, match="image must be a PIL image"):
-        ui.run_inpainting(generator, np.asarray(image), mask)
+        ui.run_inpainting(inpainter, "cat.png", mask)
 
 
 def test_cli_refuses_an_unusable_checkpoint(tmp_path, capsys):

@@ -1,5 +1,5 @@
 """The op through PyTorch's fused attention (`F.scaled_dot_product_attention`) and the additive-bias
-identity of docs/design.md: memory-lean where SDPA runs a fused kernel (CPU flash attention; on CUDA
+identity of docs/design.md §1.1: memory-lean where SDPA runs a fused kernel (CPU flash attention; on CUDA
 the memory-efficient or cuDNN kernels), never its materialising math fallback.
 
     z_ij = <q_i, k'_j> + bias_j,   k'_j = k_j / t (valid) or 0 (invalid),   bias_j = 0 or -lambda_m
