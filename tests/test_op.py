@@ -99,9 +99,9 @@ def test_torch_backend_chunks_queries_and_saves_no_score_matrix(monkeypatch):
 
 # The two CPU implementations (ops/backends.py): PyTorch's fused CPU flash attention through the additive-bias
 # identity (ops/sdpa.py, where D == Dv) and the query-chunked GEMM path (ops/chunked.py, the
-# mhtma::chunked_attention custom op, ops/library.py). backend="auto" restricted to one of them by
+# mhtma::chunked_gemm_attention custom op, ops/library.py). backend="auto" restricted to one of them by
 # MHTMA_AUTO_CANDIDATES runs exactly that one.
-TORCH_PATHS = {"sdpa": "ScaledDotProductFlashAttentionForCpuBackward", "chunked": "GeneratedBackwardFor_mhtma_chunked_attention"}
+TORCH_PATHS = {"sdpa": "ScaledDotProductFlashAttentionForCpuBackward", "chunked": "GeneratedBackwardFor_mhtma_chunked_gemm_attention"}
 
 
 @pytest.fixture(params=list(TORCH_PATHS), ids=[f"torch-{p}" for p in TORCH_PATHS])

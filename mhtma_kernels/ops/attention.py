@@ -132,7 +132,7 @@ def masked_temperature_attention(q, k, v, key_valid, temperature, lambda_m=1e4, 
     dtype and accumulation stays fp32. The output is then in the autocast dtype.
 
     torch.compile / torch.export: the `torch` and `triton` backends are ``torch.library`` custom ops
-    (``mhtma::chunked_attention``, ``mhtma::triton_attention``, see :mod:`.library`), so
+    (``mhtma::chunked_gemm_attention``, ``mhtma::triton_attention``, see :mod:`.library`), so
     ``torch.compile(..., fullgraph=True)`` and ``torch.export`` trace through them. Checks of the
     temperature's values run in eager mode; compiled on CPU they become a runtime assertion
     (RuntimeError); compiled on CUDA or exported they are skipped (see ``_check_temperature_values``).

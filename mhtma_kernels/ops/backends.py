@@ -3,7 +3,7 @@ inputs, normalised them and handled empty problems), and the measured choice of 
 
     name       what                                                   where
     triton     the fused Triton op (``mhtma::triton_attention``)      CUDA (or the interpreter, forced)
-    chunked    the query-chunked GEMM path (``mhtma::chunked_attention``)  everywhere
+    chunked    the query-chunked GEMM path (``mhtma::chunked_gemm_attention``)  everywhere
     sdpa       F.scaled_dot_product_attention + the bias identity     CPU flash / CUDA fused, D == Dv
 
 ``backend="torch"``: on CPU ``sdpa`` where its fused kernel takes the inputs, else ``chunked``; on CUDA

@@ -3,9 +3,9 @@ torch.export trace as single graph nodes (no graph break), with fake (shape) imp
 
 Ops (namespace ``mhtma``; q, k already L2-normalised, as for every backend below the public function):
 
-    mhtma::chunked_attention(q, k, v, key_valid, temperature, float lambda_m, bool bounded=False)
+    mhtma::chunked_gemm_attention(q, k, v, key_valid, temperature, float lambda_m, bool bounded=False)
         -> (out [B,H,Nq,Dv] in v's dtype, row_max [B,H,Nq], log_sum [B,H,Nq])
-    mhtma::chunked_attention_backward(q, k, v, key_valid, temperature, row_max, dout, float lambda_m)
+    mhtma::chunked_gemm_attention_backward(q, k, v, key_valid, temperature, row_max, dout, float lambda_m)
         -> (dq, dk, dv, dtemperature)
 
 row_max and log_sum are the per-row softmax statistics (natural base, compute dtype: fp32, or fp64 for
@@ -24,7 +24,7 @@ from .chunked import RowStats, chunked_backward, chunked_forward, compute_dtype
 NAMESPACE = "mhtma"
 
 
-@torch.library.custom_op(f"{NAMESPACE}::chunked_attention", mutates_args=())
+@torch.library.custom_op(f"{NAMESPACE}::chunked_gemm_attention", mutates_args=())
 def chunked_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_valid: torch.Tensor,
                               temperature: torch.Tensor, lambda_m: float, bounded: bool = False
                               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -39,7 +39,7 @@ def _(q, k, v, key_valid, temperature, lambda_m, bounded=False):
     return v.new_empty(B, H, Nq, v.shape[3]), row_max, torch.empty_like(row_max)
 
 
-@torch.library.custom_op(f"{NAMESPACE}::chunked_attention_backward", mutates_args=())
+@torch.library.custom_op(f"{NAMESPACE}::chunked_gemm_attention_backward", mutates_args=())
 def chunked_attention_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_valid: torch.Tensor,
                                temperature: torch.Tensor, row_max: torch.Tensor, dout: torch.Tensor, lambda_m: float
                                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -74,7 +74,7 @@ def chunked_attention(q, k, v, key_valid, temperature, lambda_m: float, bounded:
 
 
 def decompose_chunked_attention(q, k, v, key_valid, temperature, lambda_m, bounded=False):
-    """``mhtma::chunked_attention`` in aten ops (the score matrix materialised), for export to ONNX.
+    """``mhtma::chunked_gemm_attention`` in aten ops (the score matrix materialised), for export to ONNX.
 
     Same outputs as the op: (out, row_max, log_sum); a consumer of the inference graph keeps only ``out``.
     """
@@ -89,4 +89,4 @@ def decompose_chunked_attention(q, k, v, key_valid, temperature, lambda_m, bound
     return out, row_max[..., 0], total[..., 0].log()
 
 
-EXPORT_DECOMPOSITIONS = {torch.ops.mhtma.chunked_attention.default: decompose_chunked_attention}
+EXPORT_DECOMPOSITIONS = {torch.ops.mhtma.chunked_gemm_attention.default: decompose_chunked_attention}
