@@ -281,3 +281,42 @@ def test_triton_backward_env_is_checked(monkeypatch):
     inputs = [x.to(device) for x in make_inputs(1, 1, 5, 6, 4, 3, 0.2, "random", torch.float32)]
     with pytest.raises(ValueError, match="MHTMA_TRITON_BACKWARD must be one of"):
         forward_and_grads("triton", *inputs)
+
+
+# ------------------------------------------------------------ the fused (torch.compile'd) elementwise steps
+
+@pytest.mark.parametrize("budget", ["1e-9", "1e4"], ids=["one-row", "whole"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
+def test_fused_steps_match_float64_reference(only_chunked, monkeypatch, dtype, budget):
+    """MHTMA_CHUNK_FUSED=1 (CUDA's default) runs the elementwise steps torch.compile'd (inductor on CPU
+    here); chunks of 1 row and of the whole problem go through the same dynamic-shape graphs."""
+    monkeypatch.setenv("MHTMA_CHUNK_FUSED", "1")
+    monkeypatch.setenv("MHTMA_CHUNK_MB", budget)
+    args = (2, 2, 13, 11, 9, 5, 0.1, "image1-all-invalid")
+    expected = forward_and_grads("reference", *make_inputs(*args))
+    actual = forward_and_grads(only_chunked, *make_inputs(*args, dtype))
+    for name, a, e in zip(NAMES, actual, expected):
+        assert_close(a, e, dtype, name)
+    assert chunked._COMPILED.get("forward") not in (None, False)
+
+
+def test_a_fused_step_that_fails_to_compile_warns_once_and_runs_eagerly(only_chunked, monkeypatch):
+    monkeypatch.setenv("MHTMA_CHUNK_FUSED", "1")
+
+    def broken(*args):
+        raise RuntimeError("no compiler\nhere")
+
+    monkeypatch.setitem(chunked._COMPILED, "forward", broken)
+    inputs = make_inputs(2, 1, 7, 6, 5, 4, 0.2, "random", torch.float32)
+    expected = masked_temperature_attention(*inputs, backend="reference")
+    with pytest.warns(RuntimeWarning, match="fused forward step did not compile .*no compiler here"):
+        out = masked_temperature_attention(*inputs, backend=only_chunked)
+    assert_close(out, expected.double(), torch.float32, "eager fallback")
+    assert chunked._COMPILED["forward"] is False
+
+
+def test_bad_fused_env_is_named(only_chunked, monkeypatch):
+    monkeypatch.setenv("MHTMA_CHUNK_FUSED", "yes")
+    with pytest.raises(ValueError, match="MHTMA_CHUNK_FUSED must be 0 or 1"):
+        masked_temperature_attention(*make_inputs(1, 1, 4, 5, 3, 2, 0.1, "random", torch.float32),
+                                     backend=only_chunked)

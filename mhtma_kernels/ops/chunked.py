@@ -33,8 +33,9 @@ results (CUDA with ``torch.bmm(..., out_dtype=torch.float32)``; feature-detected
 :func:`gemm_dtype`); elsewhere (CPU, or a torch without it) every operand is cast to the compute dtype
 (fp32; fp64 for fp64 inputs, exact for the tests). The scores are never rounded to 16 bits: the
 softmax works on fp32 s; p and g are rounded to the input dtype only as operands of the next GEMM,
-as the fused kernel does. The elementwise steps are in-place torch ops on the fp32 chunk (one buffer
-for s/z/p in the forward); a fused elementwise kernel is not written yet.
+as the fused kernel does. The elementwise steps between the GEMMs are in-place torch ops on the chunk's
+buffers on CPU, and on CUDA pure functions fused by torch.compile (``MHTMA_CHUNK_FUSED``; see
+:func:`_step`); the GEMMs stay cuBLAS/MKL calls.
 
 Chunks: the rows per chunk are chosen so that the chunk's buffers stay within a memory budget,
 ``chunk_mb`` (keyword) > env ``MHTMA_CHUNK_MB`` > :data:`DEFAULT_CHUNK_MB` for the device (CUDA: large
@@ -43,6 +44,7 @@ number is a ValueError naming it.
 """
 import math
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -153,10 +155,9 @@ class _Problem:
     def shape(self):
         return self.q.shape[0], self.q.shape[1], self.k.shape[1]
 
-    def logits(self, rows: slice, scale: torch.Tensor, fill: float):
-        """(s, z): s = q_r k^T [BH, c, Nk] in the compute dtype and z = s * scale masked to ``fill``."""
-        s = _bmm(self.q[:, rows], self.k.transpose(1, 2), self.acc)
-        return s, (s * scale).masked_fill_(self.invalid, fill)
+    def scores(self, rows: slice) -> torch.Tensor:
+        """s = q_r k^T [BH, c, Nk] in the compute dtype (D-wide GEMM pass 1)."""
+        return _bmm(self.q[:, rows], self.k.transpose(1, 2), self.acc)
 
 
 def _problem(q, k, v, key_valid, temperature, lambda_m) -> _Problem:
@@ -167,6 +168,83 @@ def _problem(q, k, v, key_valid, temperature, lambda_m) -> _Problem:
     invalid = (~key_valid)[:, None, None, :].expand(B, H, 1, key_valid.shape[1]).flatten(0, 1)
     inv_t = (1.0 / temperature.detach().to(acc)).reshape(B * H, 1, 1)
     return _Problem(*flat, invalid, inv_t, float(lambda_m), acc)
+
+
+# ------------------------------------------------------------------------------ elementwise steps
+# One chunk's elementwise work between the GEMMs, twice: in place in the chunk's buffers (eager: CPU, and
+# the fallback), and as pure functions that torch.compile fuses into a few kernels (CUDA by default,
+# env MHTMA_CHUNK_FUSED=1/0 forces either). Shapes: s, dp [BH, c, Nk] in the compute dtype; scale
+# [BH, 1, 1]; invalid [BH, 1, Nk]; m [BH, c, 1] (or m_fixed [BH, 1, 1]).
+
+def _forward_rows_eager(s, scale, invalid, fill: float, m_fixed, p_dtype):
+    """-> (e = exp(z - m) in p_dtype, m, sum_j e [BH, c, 1]); consumes s."""
+    z = s.mul_(scale).masked_fill_(invalid, fill)
+    m = m_fixed.expand(z.shape[0], z.shape[1], 1) if m_fixed is not None else z.amax(dim=-1, keepdim=True)
+    e = z.sub_(m).exp_()
+    return e.to(p_dtype), m, e.sum(dim=-1, keepdim=True)
+
+
+def _forward_rows_fused(s, scale, invalid, fill: float, m_fixed, p_dtype):
+    z = torch.where(invalid, fill, s * scale)
+    m = m_fixed.expand(z.shape[0], z.shape[1], 1) if m_fixed is not None else z.amax(dim=-1, keepdim=True)
+    e = torch.exp(z - m)
+    return e.to(p_dtype), m, e.sum(dim=-1, keepdim=True)
+
+
+def _backward_rows_eager(s, dp, scale, invalid, fill: float, m, base2: bool, op_dtype):
+    """-> (w, g in op_dtype, sum_ij g_ij s_ij [BH]); consumes s and dp. w renormalised per row,
+    delta = sum_j w dp, g = w (dp - delta) (0 on invalid keys)."""
+    w = (s * scale).masked_fill_(invalid, fill).sub_(m)
+    w = w.exp2_() if base2 else w.exp_()
+    w.div_(w.sum(dim=-1, keepdim=True))
+    delta = w.unsqueeze(-2) @ dp.unsqueeze(-1)  # [BH, c, 1, 1], no temporary
+    g = dp.sub_(delta[..., 0]).mul_(w).masked_fill_(invalid, 0.0)
+    return w.to(op_dtype), g.to(op_dtype), s.mul_(g).sum(dim=(1, 2))
+
+
+def _backward_rows_fused(s, dp, scale, invalid, fill: float, m, base2: bool, op_dtype):
+    z = torch.where(invalid, fill, s * scale) - m
+    e = torch.exp2(z) if base2 else torch.exp(z)
+    w = e / e.sum(dim=-1, keepdim=True)
+    g = torch.where(invalid, 0.0, w * (dp - (w * dp).sum(dim=-1, keepdim=True)))
+    return w.to(op_dtype), g.to(op_dtype), (g * s).sum(dim=(1, 2))
+
+
+_COMPILED: dict = {}
+
+
+def _fused_wanted(device: torch.device) -> bool:
+    env = os.environ.get("MHTMA_CHUNK_FUSED", "").strip()
+    if env:
+        if env not in ("0", "1"):
+            raise ValueError(f"MHTMA_CHUNK_FUSED must be 0 or 1, got {env!r}")
+        return env == "1"
+    return device.type == "cuda"
+
+
+def _step(name: str, device: torch.device):
+    """The elementwise step ``name`` ("forward" | "backward"): torch.compile'd where fused steps are wanted
+    (compiled once per process, dynamic shapes); a step whose compilation fails warns once and runs
+    eagerly from then on."""
+    eager, fused = {"forward": (_forward_rows_eager, _forward_rows_fused),
+                    "backward": (_backward_rows_eager, _backward_rows_fused)}[name]
+    if not _fused_wanted(device) or _COMPILED.get(name) is False:
+        return eager
+    if name not in _COMPILED:
+        _COMPILED[name] = torch.compile(fused, dynamic=True, fullgraph=True)
+    compiled = _COMPILED[name]
+
+    def run(*args):
+        try:
+            return compiled(*args)
+        except Exception as error:  # noqa: BLE001 - any compiler failure: the eager step is exact too
+            _COMPILED[name] = False
+            warnings.warn(f"mhtma chunked path: the fused {name} step did not compile "
+                          f"({type(error).__name__}: {' '.join(str(error).split())[:160]}); running it eagerly",
+                          RuntimeWarning, stacklevel=2)
+            return eager(*args)
+
+    return run
 
 
 def _fixed_bound(p: _Problem, bounded: bool, dtype: torch.dtype):
@@ -199,13 +277,11 @@ def chunked_forward(q, k, v, key_valid, temperature, lambda_m: float, bounded: b
     bound = _fixed_bound(p, bounded, q.dtype)
     extra = 0 if p.q.dtype == p.acc else p.q.element_size()  # the rounded copy of p
     step = chunk_rows(BH, Nq, Nk, torch.finfo(p.acc).bits // 8 + extra, chunk_budget_mb(q.device, chunk_mb))
+    rows_step = _step("forward", q.device)
     for i in range(0, Nq, step):
         rows = slice(i, i + step)
-        _, z = p.logits(rows, p.inv_t, -p.lambda_m)  # [BH, c, Nk]
-        m = bound.expand(BH, z.shape[1], 1) if bound is not None else z.amax(dim=-1, keepdim=True)
-        w = z.sub_(m).exp_()  # unnormalised weights, in z's buffer
-        total = w.sum(dim=-1, keepdim=True)  # [BH, c, 1]
-        torch.div(_bmm(w.to(p.v.dtype), p.v, p.acc), total, out=out[:, rows])
+        e, m, total = rows_step(p.scores(rows), p.inv_t, p.invalid, -p.lambda_m, bound, p.v.dtype)
+        torch.div(_bmm(e, p.v, p.acc), total, out=out[:, rows])  # D-wide pass 2
         m_all[:, rows] = m
         torch.log(total, out=l_all[:, rows])
     stats = RowStats(m_all.view(B, H, Nq), l_all.view(B, H, Nq))
@@ -224,9 +300,7 @@ def chunked_backward(q, k, v, key_valid, temperature, lambda_m: float, stats: Ro
     B, H, Nq, D = q.shape
     p = _problem(q, k, v, key_valid, temperature, lambda_m)
     BH, _, Nk = p.shape
-    scale, fill, exp = p.inv_t, -p.lambda_m, torch.exp
-    if stats.base2:
-        scale, fill, exp = p.inv_t * _LOG2E, -p.lambda_m * _LOG2E, torch.exp2
+    scale, fill = (p.inv_t * _LOG2E, -p.lambda_m * _LOG2E) if stats.base2 else (p.inv_t, -p.lambda_m)
     m = stats.m.to(p.acc).reshape(BH, Nq, 1)
     do = dout.to(p.q.dtype).flatten(0, 1)  # [BH, Nq, Dv]
     dq = torch.empty(BH, Nq, D, dtype=p.acc, device=q.device)
@@ -235,21 +309,18 @@ def chunked_backward(q, k, v, key_valid, temperature, lambda_m: float, stats: Ro
     g_dot_s = torch.zeros(BH, dtype=p.acc, device=q.device)
     extra = 0 if p.q.dtype == p.acc else 2 * p.q.element_size()
     step = chunk_rows(BH, Nq, Nk, 3 * (torch.finfo(p.acc).bits // 8) + extra, chunk_budget_mb(q.device, chunk_mb))
+    rows_step = _step("backward", q.device)
     for i in range(0, Nq, step):
         rows = slice(i, i + step)
-        s, w = p.logits(rows, scale, fill)  # [BH, c, Nk] each
-        exp(w.sub_(m[:, rows]), out=w)  # exp(z - m) (exp2 for base-2 statistics), in z's buffer
-        w.div_(w.sum(dim=-1, keepdim=True))  # the weights, renormalised over the whole row
-        _accumulate(dv, w.to(p.q.dtype).transpose(1, 2), do[:, rows])
-        g = _bmm(do[:, rows], p.v.transpose(1, 2), p.acc)  # dp [BH, c, Nk]
-        delta = w.unsqueeze(-2) @ g.unsqueeze(-1)  # [BH, c, 1, 1] = sum_j w_ij dp_ij, no temporary
-        g.sub_(delta[..., 0]).mul_(w).masked_fill_(p.invalid, 0.0)  # an invalid key's logit is a constant
-        del w, delta
-        g_op = g.to(p.q.dtype)
-        dq[:, rows] = _bmm(g_op, p.k, p.acc)
-        _accumulate(dk, g_op.transpose(1, 2), p.q[:, rows])
-        del g_op
-        g_dot_s += s.mul_(g).sum(dim=(1, 2))  # sum_ij g_ij s_ij (torch's cascade sum), in s's buffer
+        s = p.scores(rows)  # pass 1
+        dp = _bmm(do[:, rows], p.v.transpose(1, 2), p.acc)  # pass 3, [BH, c, Nk]
+        w, g, g_s = rows_step(s, dp, scale, p.invalid, fill, m[:, rows], stats.base2, p.q.dtype)
+        del s, dp
+        _accumulate(dv, w.transpose(1, 2), do[:, rows])  # pass 2
+        del w
+        dq[:, rows] = _bmm(g, p.k, p.acc)  # pass 4
+        _accumulate(dk, g.transpose(1, 2), p.q[:, rows])  # pass 5
+        g_dot_s += g_s
     dt = -(g_dot_s.view(BH, 1, 1) * p.inv_t * p.inv_t).reshape(B, H)
     dq, dk = dq.mul_(p.inv_t), dk.mul_(p.inv_t)
     return (dq.view(B, H, Nq, D).to(q.dtype), dk.view(B, H, Nk, D).to(k.dtype),
