@@ -320,3 +320,20 @@ def test_bad_fused_env_is_named(only_chunked, monkeypatch):
     with pytest.raises(ValueError, match="MHTMA_CHUNK_FUSED must be 0 or 1"):
         masked_temperature_attention(*make_inputs(1, 1, 4, 5, 3, 2, 0.1, "random", torch.float32),
                                      backend=only_chunked)
+
+
+# (B, H, Nq, Nk, D, Dv): the one empty-problem rule of the public function
+EMPTY = [pytest.param(2, 1, 0, 5, 4, 3, id="no-queries"), pytest.param(0, 2, 4, 5, 4, 3, id="no-images"),
+         pytest.param(2, 1, 4, 5, 4, 0, id="no-value-columns")]
+
+
+@pytest.mark.parametrize("backend", ["reference", "torch", "auto"])
+@pytest.mark.parametrize("B,H,Nq,Nk,D,Dv", EMPTY)
+def test_empty_problem_returns_zeros_and_zero_gradients(backend, B, H, Nq, Nk, D, Dv):
+    leaves = [x.requires_grad_() if x.is_floating_point() else x
+              for x in make_inputs(B, H, Nq, Nk, D, Dv, 0.1, "random", torch.float32)]
+    out = masked_temperature_attention(*leaves, backend=backend)
+    assert out.shape == (B, H, Nq, Dv) and out.dtype == torch.float32
+    out.sum().backward()
+    for x in (leaves[0], leaves[1], leaves[2], leaves[4]):
+        assert x.grad is not None and x.grad.shape == x.shape and not x.grad.any()
