@@ -162,7 +162,8 @@ def _load_pair(image_path: str, mask_path: str, size: int, sketch: bool) -> tupl
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mhtma-export", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="generator checkpoint (.pt) written by mhtma-train")
+    p.add_argument("--checkpoint", required=True,
+                   help="generator checkpoint (.pt) written by mhtma-train, or a folder written by Inpainter.save_pretrained")
     p.add_argument("--output", required=True, help="the .onnx file to write")
     p.add_argument("--size", type=int, default=None,
                    help="square input side of the exported model (default: the checkpoint's training size)")
@@ -184,7 +185,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ImportError as exc:
         parser.error(f"ONNX export needs onnx and onnxruntime ({exc}); pip install -e \".[export]\"")
     try:  # the export traces on the CPU in fp32
-        inpainter = Inpainter.from_checkpoint(args.checkpoint, device="cpu", precision="fp32")
+        inpainter = Inpainter.load(args.checkpoint, device="cpu", precision="fp32")
     except ValueError as exc:
         parser.error(str(exc))
     generator, config = inpainter.generator, inpainter.config

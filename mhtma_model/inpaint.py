@@ -31,14 +31,15 @@ from typing import Optional, Sequence
 from tqdm import tqdm
 
 from .cli_options import add_inference_options, apply_inference_options
+from .input_files import mask_notice, open_inputs, pair_inputs
 from .inpainter import Inpainter
-from .predict import mask_notice, open_inputs, pair_inputs
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mhtma-inpaint", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="generator checkpoint (.pt) written by mhtma-train")
+    p.add_argument("--checkpoint", required=True,
+                   help="generator checkpoint (.pt) written by mhtma-train, or a folder written by Inpainter.save_pretrained")
     p.add_argument("--image", required=True, help="an image file or a folder of images")
     p.add_argument("--mask", required=True, help="a mask file or a folder of masks (pixel > 127 = hole)")
     p.add_argument("--output", required=True, help="folder for the inpainted PNGs")
@@ -59,7 +60,7 @@ def _setup(args, parser: argparse.ArgumentParser) -> tuple[list, list, Inpainter
         device = apply_inference_options(args)
         pairs, problems = pair_inputs(Path(args.image), Path(args.mask),
                                       Path(args.sketch) if args.sketch else None)
-        inpainter = Inpainter.from_checkpoint(args.checkpoint, device, args.precision, args.compile, args.max_size)
+        inpainter = Inpainter.load(args.checkpoint, device, args.precision, args.compile, args.max_size)
     except ValueError as exc:
         parser.error(str(exc))
     if args.sketch and not inpainter.uses_sketch:

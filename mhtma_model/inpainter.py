@@ -6,7 +6,7 @@
     result = inpainter(photo, mask)                 # PIL image: the photo's size and mode, known pixels identical
     results = inpainter.batch([p1, p2], [m1, m2])   # same-size images share one forward
     inpainter.save_pretrained("my-model/")          # config.json + model.safetensors
-    inpainter = Inpainter.from_pretrained("my-model/")
+    inpainter = Inpainter.from_pretrained("my-model/")  # or Inpainter.load(file or folder)
 
 The rules for masks, sketches, sizes and modes are those of :mod:`mhtma_model.predict` (which does the
 work); the device and precision are resolved once, when the object is made, and held.
@@ -24,10 +24,9 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from .checkpoint import CheckpointError, load_generator
 from .config import Config, ConfigError, build_generator
 from .device import resolve_device
-from .predict import generator_uses_sketch, inpaint_images, prepare_generator
+from .predict import generator_uses_sketch, inpaint_images, open_generator, prepare_generator
 
 __all__ = ["Inpainter", "CONFIG_NAME", "WEIGHTS_NAME", "PRETRAINED_FORMAT"]
 
@@ -79,14 +78,17 @@ class Inpainter:
                         compile: bool = False, max_size: Optional[int] = None) -> "Inpainter":
         """The generator of a ``mhtma-train`` checkpoint (.pt). ValueError naming the file when it is missing
         or unusable ("checkpoint not found: ...", "cannot use checkpoint ...: why")."""
-        ckpt = Path(path).expanduser()
-        if not ckpt.is_file():
-            raise ValueError(f"checkpoint not found: {ckpt}")
-        try:
-            generator, config = load_generator(ckpt, map_location="cpu")
-        except (CheckpointError, ValueError, KeyError, RuntimeError, OSError) as exc:
-            raise ValueError(f"cannot use checkpoint {ckpt}: {exc}") from exc
+        generator, config = open_generator(Path(path).expanduser())
         return cls(generator, config, device, precision, compile, max_size)
+
+    @classmethod
+    def load(cls, path: Union[str, os.PathLike], device="auto", precision: str = "auto", compile: bool = False,
+             max_size: Optional[int] = None) -> "Inpainter":
+        """:meth:`from_pretrained` for a folder, :meth:`from_checkpoint` otherwise (what ``--checkpoint`` of the
+        command lines takes)."""
+        folder = Path(path).expanduser()
+        make = cls.from_pretrained if folder.is_dir() else cls.from_checkpoint
+        return make(folder, device, precision, compile, max_size)
 
     @classmethod
     def from_pretrained(cls, directory: Union[str, os.PathLike], device="auto", precision: str = "auto",

@@ -1,6 +1,6 @@
-"""Inference: a trained generator applied to images of any size — pad, window, resize, composite — and
-the pairing of image, mask and sketch files. ``mhtma-inpaint``, ``mhtma-eval`` and ``mhtma-ui`` all call
-this module; they only parse arguments and report.
+"""Inference: a trained generator applied to images of any size — pad, window, resize, composite.
+:class:`mhtma_model.Inpainter` (used by ``mhtma-inpaint``, ``mhtma-ui`` and the export) and ``mhtma-eval``
+call this module; the pairing of image, mask and sketch files is :mod:`mhtma_model.input_files`.
 
 Rules (what a user can rely on)
 * **Mask**: a pixel is a hole when its value is > 127. Gray ("L") masks use the value, RGB masks the
@@ -44,7 +44,7 @@ from PIL import Image
 
 from .checkpoint import CheckpointError, load_generator
 from .device import resolve_device
-from .images import files_by_key, has_transparency, mask_from_image, no_images_found, open_image
+from .images import has_transparency, mask_from_image
 from .precision import compile_module, inference_dtype, inference_precision
 from .sketch import load_user_sketch, thin_strokes
 
@@ -323,75 +323,3 @@ def inpaint_images(generator, images: Sequence[Image.Image], masks: Sequence[Ima
         for i, pred in zip(members, preds):
             results[i] = _paste(cases[i].source, pred, _window_hole(cases[i]), cases[i].box)
     return results
-
-
-def mask_notice(mask: Image.Image) -> Optional[str]:
-    """A one-line notice for a mask that is legal but probably not what the user meant, else None: no hole
-    (the image comes back unchanged) or all hole (nothing known to condition on: the fill is a guess)."""
-    hole = mask_from_image(mask)
-    if not hole.any():
-        return "the mask has no hole (no pixel > 127): nothing to fill, the image is written unchanged"
-    if hole.all():
-        return ("the mask covers the whole image: nothing known to condition on, so the output is the model's "
-                "guess from nothing (leave part of the image visible for a real fill)")
-    return None
-
-
-def open_inputs(image_path: Path, mask_path: Path, sketch_path: Optional[Path] = None):
-    """Image, mask and sketch (or None) files as PIL images (:func:`mhtma_model.images.open_image`); OSError
-    or ValueError naming the file when one is unreadable or the mask's size differs from the image's."""
-    image, mask = open_image(image_path), open_image(mask_path)
-    sketch = open_image(sketch_path) if sketch_path is not None else None
-    if mask.size != image.size:
-        raise ValueError(f"mask {mask_path.name} is {mask.size[0]}x{mask.size[1]} but image "
-                         f"{image_path.name} is {image.size[0]}x{image.size[1]}")
-    return image, mask, sketch
-
-
-def inpaint_files(generator, image_path: Path, mask_path: Path, sketch_path: Optional[Path] = None,
-                  device: Union[str, torch.device] = "cpu", max_size: Optional[int] = None,
-                  precision: str = "auto") -> Image.Image:
-    """:func:`inpaint_image` of files read with :func:`open_inputs` (its errors propagate)."""
-    image, mask, sketch = open_inputs(image_path, mask_path, sketch_path)
-    return inpaint_image(generator, image, mask, sketch=sketch, device=device, max_size=max_size, precision=precision)
-
-
-# --------------------------------------------------------------------------------------------- files
-
-def pair_inputs(image: Path, mask: Path, sketch: Optional[Path] = None):
-    """-> (pairs [(key, image_path, mask_path, sketch_path | None)], problems [(key, reason)]); ValueError for
-    a usage error (file/folder mix-up, missing path, an image folder holding no images)."""
-    if image.is_file():
-        if not mask.is_file():
-            raise ValueError(f"--image is a file, so --mask must be a file too: {mask}")
-        if sketch is not None and not sketch.is_file():
-            raise ValueError(f"--image is a file, so --sketch must be a file too: {sketch}")
-        return [(image.stem, image, mask, sketch)], []
-    if not image.is_dir():
-        raise ValueError(f"--image not found: {image}")
-    if not mask.is_dir():
-        raise ValueError(f"--image is a folder, so --mask must be a folder too: {mask}")
-    if sketch is not None and not sketch.is_dir():
-        raise ValueError(f"--image is a folder, so --sketch must be a folder too: {sketch}")
-    images, masks = files_by_key(image), files_by_key(mask)
-    if not images:
-        raise ValueError(no_images_found(image, "--image folder"))
-    sketches = files_by_key(sketch) if sketch is not None else {}
-    pairs, problems = [], []
-    for key, paths in sorted(images.items()):
-        if len(paths) > 1:
-            problems.append((key, "several images share this name: " + ", ".join(p.name for p in paths)))
-        elif key not in masks:
-            problems.append((key, f"no mask named {key}.* in {mask}"))
-        elif len(masks[key]) > 1:
-            problems.append((key, "several masks share this name: " + ", ".join(p.name for p in masks[key])))
-        elif len(sketches.get(key, [])) > 1:
-            problems.append((key, "several sketches share this name: " + ", ".join(p.name for p in sketches[key])))
-        else:
-            sk = sketches.get(key)
-            pairs.append((key, paths[0], masks[key][0], sk[0] if sk else None))
-    for key in sorted(set(masks) - set(images)):
-        problems.append((key, f"mask without an image in {image}"))
-    for key in sorted(set(sketches) - set(images)):
-        problems.append((key, f"sketch without an image in {image}"))
-    return pairs, problems

@@ -33,7 +33,7 @@ from PIL import Image
 
 from .cli_options import add_inference_options, apply_inference_options
 from .images import UnreadableImageError, mask_from_image, open_image, to_rgb
-from .inpainter import Inpainter
+from .inpainter import WEIGHTS_NAME, Inpainter
 from .sketch import load_user_sketch, skeleton
 
 #: Largest accepted side of an uploaded image, in pixels.
@@ -182,7 +182,8 @@ def temperature_markdown(temps: dict[str, float]) -> str:
 
 
 class InpainterCache:
-    """:meth:`mhtma_model.Inpainter.from_checkpoint` once per (path, mtime), on one device and precision."""
+    """:meth:`mhtma_model.Inpainter.load` (a checkpoint or a save_pretrained folder) once per (path, mtime),
+    on one device and precision."""
 
     def __init__(self, device="cpu", precision: str = "auto", compile: bool = False):
         self.device, self.precision, self.compile = device, precision, compile
@@ -191,13 +192,14 @@ class InpainterCache:
 
     def get(self, path: str | os.PathLike) -> Inpainter:
         resolved = Path(str(path)).expanduser()
-        if not str(path).strip() or not resolved.is_file():
+        if not str(path).strip() or not resolved.exists():
             raise UploadError(f"checkpoint not found: {resolved}")
-        key = (str(resolved.resolve()), resolved.stat().st_mtime)
+        stamp = resolved / WEIGHTS_NAME if resolved.is_dir() else resolved  # a save_pretrained folder: its weights
+        key = (str(resolved.resolve()), stamp.stat().st_mtime if stamp.exists() else 0.0)
         with self._lock:
             if key not in self._cache:
                 try:
-                    inpainter = Inpainter.from_checkpoint(resolved, self.device, self.precision, self.compile)
+                    inpainter = Inpainter.load(resolved, self.device, self.precision, self.compile)
                 except ValueError as exc:
                     raise UploadError(f"cannot load checkpoint {resolved}: {exc.__cause__ or exc}") from exc
                 self._cache.clear()  # keep one model in memory
@@ -311,7 +313,8 @@ def serve_until_interrupted(app) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mhtma-ui", description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", help="generator checkpoint (.pt) written by mhtma-train (required)")
+    parser.add_argument("--checkpoint", help="generator checkpoint (.pt) written by mhtma-train, or a folder written "
+                        "by Inpainter.save_pretrained (required)")
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     add_inference_options(parser)
@@ -326,7 +329,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               "by mhtma-train (e.g. runs/NAME/checkpoints/best.pt).", file=sys.stderr)
         return 2
     path = Path(args.checkpoint).expanduser()
-    if not path.is_file():
+    if not path.exists():
         print(f"mhtma-ui: checkpoint not found: {path}", file=sys.stderr)
         return 2
     if not 0 < args.port < 65536:

@@ -181,3 +181,18 @@ def test_inference_commands_share_options_and_defaults(command):
     for name, default in (("device", "auto"), ("threads", None), ("precision", "auto"), ("compile", False)):
         assert options[name].default == default, name
         assert options[name].help == reference[name].help, name
+
+
+def test_load_takes_a_checkpoint_file_or_a_pretrained_folder(inpainter, checkpoints, tmp_path):
+    from mhtma_model import ui
+
+    folder = inpainter.save_pretrained(tmp_path / "model")
+    image, mask = photo(), hole()
+    expected = np.asarray(inpainter(image, mask))
+    for source in (folder, checkpoints["plain"]):
+        loaded = Inpainter.load(source, device="cpu", precision="fp32")
+        np.testing.assert_array_equal(np.asarray(loaded(image, mask)), expected, err_msg=str(source))
+    cached = ui.InpainterCache("cpu", "fp32").get(folder)  # the web page's --checkpoint takes a folder too
+    np.testing.assert_array_equal(np.asarray(cached(image, mask)), expected)
+    with pytest.raises(ValueError, match="checkpoint not found"):
+        Inpainter.load(tmp_path / "nothing")
