@@ -13,8 +13,8 @@ of backward (fused kernels or the chunked GEMM backward from the forward's row s
 - Timing runs each candidate once to warm up (compilation, autotuning) and then ``REPEATS`` times,
   keeping the fastest (milliseconds, CUDA synchronised around each run).
 - Nothing is timed while a graph is traced (torch.compile / torch.export): the callers then take a
-  fixed choice (see ``ops.attention``), or decide inside a custom op's implementation, which runs
-  outside the graph.
+  fixed choice (``ops.backends``), or decide inside a custom op's implementation, which runs outside
+  the graph (the Triton op's backward, ``ops.triton_library``).
 """
 import logging
 import math
@@ -80,9 +80,9 @@ class Dispatcher:
             raise ValueError(f"{self.name}: no candidate applies to {key}")
         times, skipped, last_error = {}, {}, None
         for name, trial in trials.items():
-            if len(trials) == 1:
-                times[name] = None  # nothing to choose: not timed
-                break
+            if len(trials) == 1:  # nothing to choose: not timed
+                times[name] = None
+                continue
             try:
                 times[name] = self.timer(trial, device)
             except Exception as error:  # noqa: BLE001 - any failure of a candidate means "not this one"
