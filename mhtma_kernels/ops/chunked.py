@@ -121,10 +121,34 @@ def _bmm(a: torch.Tensor, b: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
     return torch.bmm(a, b, out_dtype=acc)
 
 
+_BADDBMM_INTO: dict = {}
+
+
+def _baddbmm_into_works(device: torch.device) -> bool:
+    """Whether torch.baddbmm(acc32, a16, b16, out_dtype=torch.float32, out=acc32) accumulates in place on
+    this device: tried once on small tensors and checked against acc + a @ b (cached)."""
+    key = (device.type, device.index)
+    if key not in _BADDBMM_INTO:
+        try:
+            g = torch.Generator(device=device).manual_seed(0)
+            a = torch.randn(2, 8, 8, generator=g, device=device).to(torch.bfloat16)
+            acc = torch.randn(2, 8, 8, generator=g, device=device)
+            expected = acc + torch.bmm(a.float(), a.float())
+            torch.baddbmm(acc, a, a, out_dtype=torch.float32, out=acc)
+            works = bool(torch.allclose(acc, expected, rtol=1e-5, atol=1e-5))
+        except (TypeError, RuntimeError, NotImplementedError):
+            works = False
+        _BADDBMM_INTO[key] = works
+    return _BADDBMM_INTO[key]
+
+
 def _accumulate(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
-    """acc += a @ b, acc in the compute dtype (in place without a temporary where the dtypes agree)."""
+    """acc += a @ b, acc in the compute dtype: in place where the dtypes agree or where baddbmm writes fp32
+    results of 16-bit operands into acc (checked once per device); else through one temporary."""
     if a.dtype == acc.dtype:
         acc.baddbmm_(a, b)
+    elif _baddbmm_into_works(acc.device):
+        torch.baddbmm(acc, a, b, out_dtype=acc.dtype, out=acc)
     else:
         acc.add_(torch.bmm(a, b, out_dtype=acc.dtype))
 
