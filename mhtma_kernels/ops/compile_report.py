@@ -2,11 +2,13 @@
 
     python -m mhtma_kernels.ops.compile_report [--d 288,432,576,864] [--dtype bf16] [--candidates]
                                                [--batch 16 --heads 2 --nq 4096 --nk 3844] [--forward-only] [--json]
+                                               [--fp32-precision tf32|ieee]
 
 How. Triton's JIT specialises every launch argument before it compiles: pointers 16-byte aligned, ints
 divisible by 16 (or equal to 1) become compile-time facts, and those facts decide whether tile loads are
-vectorised and pipelined (cp.async, TMA). Compiling a kernel from a hand-written signature, as
-``triton_op.compile_tile`` does, skips that and yields a binary that never runs on the device. Here the
+vectorised and pipelined (cp.async, TMA). Compiling a kernel from a hand-written signature (as
+``triton_op.compile_tile`` did before this module) skips that and yields a binary that never runs on the
+device. Here the
 active driver is replaced by a stub that reports ``GPUTarget("cuda", 90, 32)`` and ``JITFunction.run`` is
 forced into warmup mode (compile, never launch), then the launcher itself (``triton_op._forward`` and
 ``_backward``) is called on CPU tensors of the real shape: what comes out is what the GPU would run.
@@ -46,7 +48,11 @@ def cuda_tool(name: str) -> str:
 
 
 class _Sm90Stub:
-    """Stands in for triton's CUDA driver: device 0 of compute capability 9.0, stream 0, nothing to launch."""
+    """Stands in for triton's CUDA driver: device 0 of compute capability 9.0 (or `arch`), stream 0, nothing
+    to launch."""
+
+    def __init__(self, arch: int = 90):
+        self.arch = arch
 
     def get_current_device(self):
         return 0
@@ -57,7 +63,7 @@ class _Sm90Stub:
     def get_current_target(self):
         from triton.backends.compiler import GPUTarget
 
-        return GPUTarget("cuda", 90, 32)
+        return GPUTarget("cuda", self.arch, 32)
 
     def get_active_torch_device(self):
         return torch.device("cpu")
@@ -73,9 +79,9 @@ class _Sm90Stub:
 
 
 @contextlib.contextmanager
-def sm90_compiles():
-    """Inside: every kernel launch compiles for sm_90 and does not run. Yields the list that receives
-    (kernel name, triton CompiledKernel) per launch, in launch order."""
+def sm90_compiles(arch: int = 90):
+    """Inside: every kernel launch compiles for sm_90 (sm_<arch>) and does not run. Yields the list that
+    receives (kernel name, triton CompiledKernel) per launch, in launch order."""
     from triton.runtime import driver
     from triton.runtime.jit import JITFunction
 
@@ -89,7 +95,7 @@ def sm90_compiles():
         return kernel
 
     previous = driver._active  # None until triton first asks for its driver (reset_active would create one)
-    driver.set_active(_Sm90Stub())
+    driver.set_active(_Sm90Stub(arch))
     JITFunction.run = warmup_run
     try:
         yield compiled
@@ -150,12 +156,32 @@ def _inputs(shape: dict, d: int, dv: int, dtype: torch.dtype):
     return q, k, v, valid, torch.full((b, h), 0.1)
 
 
+def family(kernel_name: str) -> str:
+    """"fwd" | "delta" | "dkdv" | "dq": which of the launcher's kernels a compiled kernel's name is."""
+    for key, family_name in (("dkdv", "dkdv"), ("_dq_", "dq"), ("delta", "delta"), ("forward", "fwd"), ("fwd", "fwd")):
+        if key in kernel_name:
+            return family_name
+    raise ValueError(f"unknown kernel {kernel_name!r}")
+
+
 def _launch_all(config, shape, d, dv, dtype, forward_only):
     """Run the launcher once: the forward (bounded, the benchmark's case) and unless forward_only the backward."""
     q, k, v, valid, temp = _inputs(shape, d, dv, dtype)
-    out, stats = triton_op._forward(q, k, v, valid, temp, 1e4, config, bounded=True)
+    out, stats = triton_op._forward(q, k, v, valid, temp, 1e4, config, bounded=dtype != torch.float16)
     if not forward_only:
         triton_op._backward(q, k, v, valid, temp, 1e4, config, out, stats, torch.empty_like(out), True, True, True)
+
+
+def compile_launched(config, d: int, dv: int, dtype: torch.dtype, shape: dict | None = None,
+                     forward_only: bool = False, arch: int = 90) -> list:
+    """[(kernel name, CompiledKernel)] of every launch of the forward (and backward) with `config` (None: the
+    fixed choice) at `shape` (batch, heads, nq, nk; default 1, 2, 4096, 3844), compiled for sm_<arch>."""
+    shape = dict(dict(batch=1, heads=2, nq=4096, nk=3844), **(shape or {}))
+    if config is None:
+        config = triton_op.choose_config(shape["nq"], shape["nk"], d, dv, dtype, interpret=False)
+    with sm90_compiles(arch) as compiled:
+        _launch_all(config, shape, d, dv, dtype, forward_only)
+    return compiled
 
 
 def _configs(d, dv, dtype, shape, candidates: bool):
@@ -181,15 +207,15 @@ def report(d: int, dv: int | None = None, dtype: torch.dtype = torch.bfloat16, s
     os.environ["MHTMA_AUTOTUNE"] = "0"
     try:
         for label, config, only in _configs(d, dv, dtype, shape, candidates):
-            with sm90_compiles() as compiled:
-                _launch_all(config, shape, d, dv, dtype, forward_only or only == "fwd")
-            seen = set()
+            compiled = compile_launched(config, d, dv, dtype, shape, forward_only or only == "fwd")
+            launches = collections.Counter()
             for kernel_name, kernel in compiled:
-                if only is not None and f"_{only}_" not in kernel_name:
+                launches[kernel_name] += 1
+                if only is not None and family(kernel_name) != only:
                     continue
-                if id(kernel) not in seen:
-                    seen.add(id(kernel))
-                    yield dict(d=d, dv=dv, dtype=name, kernel=kernel_name, config=label, **summarise(kernel))
+                # the bounded forward is two launches: #1 the fixed-max pass, #2 the rest (see triton_forward)
+                yield dict(d=d, dv=dv, dtype=name, kernel=kernel_name, launch=launches[kernel_name], config=label,
+                           **summarise(kernel))
     finally:
         if previous is None:
             os.environ.pop("MHTMA_AUTOTUNE")
@@ -201,7 +227,7 @@ _COLUMNS = ("regs", "stack", "smem", "warps", "stages") + SASS_OPS + ("sync_2d_l
 
 
 def _table_line(row: dict) -> str:
-    cells = [str(row["d"]), row["dtype"], row["kernel"].replace("masked_attention_", "")]
+    cells = [str(row["d"]), row["dtype"], row["kernel"].replace("masked_attention_", "") + f" #{row['launch']}"]
     cells += [str(row[c]) for c in _COLUMNS] + [row["config"]]
     return "| " + " | ".join(cells) + " |"
 
@@ -213,10 +239,13 @@ def main(argv=None) -> int:
     parser.add_argument("--candidates", action="store_true", help="every autotune candidate too (slow)")
     parser.add_argument("--forward-only", action="store_true", help="compile the forward kernel only")
     parser.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
+    parser.add_argument("--fp32-precision", choices=("tf32", "ieee"), default="tf32",
+                        help="fp32 dots as under torch.set_float32_matmul_precision('high') (tf32) or 'highest'")
     for name, default in (("batch", 16), ("heads", 2), ("nq", 4096), ("nk", 3844)):
         parser.add_argument(f"--{name}", type=int, default=default)
     args = parser.parse_args(argv)
     shape = dict(batch=args.batch, heads=args.heads, nq=args.nq, nk=args.nk)
+    torch.backends.cuda.matmul.allow_tf32 = args.fp32_precision == "tf32"  # what triton_op.dot_precision reads
     if not args.json:
         print("| D | dtype | kernel | " + " | ".join(_COLUMNS) + " | config |")
         print("|" + "---|" * (len(_COLUMNS) + 4))
