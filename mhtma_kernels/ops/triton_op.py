@@ -29,6 +29,7 @@ small candidate list (`candidates`) on a GPU; set MHTMA_AUTOTUNE=0 to use the fi
 `choose_config` instead (no tuning runs on the first call). Under TRITON_INTERPRET=1 the fixed
 interpreter choice is always used.
 """
+import dataclasses
 import os
 from dataclasses import dataclass
 
@@ -343,7 +344,10 @@ def _autotuned(kernel: str):
             return [triton.Config(t.constexprs(), **t.launch_options()) for t in tiles]
 
         def prune(configs, named_args, **kwargs):
-            return as_configs(candidates(kernel, named_args["D"], named_args["DV"], named_args["Q"].dtype))
+            tiles = candidates(kernel, named_args["D"], named_args["DV"], named_args["Q"].dtype)
+            if kernel == "fwd" and not _tma_aligned(named_args["K"], named_args["V"]):
+                tiles = [tile for tile in tiles if not getattr(tile, "tma", False)]
+            return as_configs(tiles)
 
         _AUTOTUNED[kernel] = triton.autotune(
             configs=as_configs(candidates(kernel, 576, 576)), key=["NQ", "NK", "D", "DV", "DOT_PRECISION"],
@@ -352,6 +356,12 @@ def _autotuned(kernel: str):
             reset_to_zero=["DT_PART"] if kernel == "dq" else None,
         )(_kernel(kernel))
     return _AUTOTUNED[kernel]
+
+
+def _tma_aligned(*tensors) -> bool:
+    """Whether TMA descriptors can address these [B, H, N, C] tensors: 16-byte aligned base, head and row strides."""
+    return all(t.data_ptr() % 16 == 0 and (t.stride(1) * t.element_size()) % 16 == 0
+               and (t.stride(2) * t.element_size()) % 16 == 0 for t in tensors)
 
 
 def _descriptor_scratch(size: int, alignment: int, stream):
@@ -373,6 +383,8 @@ def _launch(kernel: str, rows: int, bh: int, ncols: int, args, flags: dict, conf
         _autotuned(kernel)[grid](*args, **flags)
         return
     tile = config[kernel]
+    if getattr(tile, "tma", False) and not _tma_aligned(args[1], args[2]):
+        tile = dataclasses.replace(tile, tma=False)  # the same tile with cp.async loads
     if not 1 <= tile.num_cb <= MAX_COL_BLOCKS[kernel]:
         raise ValueError(f"{kernel} kernel holds 1 to {MAX_COL_BLOCKS[kernel]} column blocks, got num_cb={tile.num_cb}")
     tile_rows = tile.block_n if kernel == "dkdv" else tile.block_m
@@ -407,6 +419,8 @@ def _forward(q, k, v, key_valid_u8, temp, lambda_m, config, bounded: bool = Fals
     B, H, Nq, D = q.shape
     Nk, Dv = k.shape[2], v.shape[3]
     config = _resolve(config, Nq, Nk, D, Dv, q.dtype)
+    if config is not None and isinstance(config.fwd, ForwardTile) and (config.fwd.d, config.fwd.dv) != (D, Dv):
+        raise ValueError(f"forward tile built for D={config.fwd.d}, Dv={config.fwd.dv} used with D={D}, Dv={Dv}")
     out = torch.empty(B, H, Nq, Dv, dtype=v.dtype, device=q.device)
     has_lo = v.dtype != torch.float32
     out_lo = torch.empty_like(out) if has_lo else None
