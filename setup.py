@@ -25,12 +25,15 @@ setup(
         "tensorboard",
         "scikit-image",
         "scipy",
+        "safetensors",  # Inpainter.save_pretrained / from_pretrained
     ],
     extras_require={
         # Everything the full test suite exercises (the optional parts included).
         "dev": ["pytest", "pytest-benchmark", "pytest-timeout", "matplotlib", "opencv-python-headless",
-                "gradio", "selenium", "onnx", "onnxruntime", "onnxscript"],
+                "gradio", "gradio_client", "selenium", "onnx", "onnxruntime", "onnxscript", "lpips", "scikit-learn"],
         "classical": ["opencv-python-headless"],  # Telea / Navier-Stokes reference rows in mhtma-eval
+        # mhtma-eval's LPIPS (the package's linear layers) and P-IDS/U-IDS (a linear SVM)
+        "eval": ["lpips", "scikit-learn"],
         "ui": ["gradio"],                          # mhtma-ui
         "bench": ["pytest", "pytest-benchmark", "matplotlib"],
         # mhtma-export: ONNX through torch's dynamo exporter (needs onnxscript), checked with onnxruntime
@@ -43,6 +46,7 @@ setup(
             "mhtma-inpaint=mhtma_model.inpaint:main",
             "mhtma-ui=mhtma_model.ui:main",
             "mhtma-export=mhtma_model.export:main",
+            "mhtma-masks=mhtma_model.mask_set:main",
         ]
     },
 )

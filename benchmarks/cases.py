@@ -113,18 +113,27 @@ def key_valid_from_hole(hole: torch.Tensor) -> torch.Tensor:
     return ~window_has_hole.flatten(1)
 
 
+def op_tensors(batch: int, heads: int, size: int, d: int, dtype: str, device: str = "cpu", seed: int = 0,
+               random_invalid: float = 0.0) -> dict:
+    """Random op inputs for a ``size x size`` map with 3x3 patches: q ``[B, H, size**2, d]``, k, v
+    ``[B, H, (size-2)**2, d]`` in ``dtype``, temperature ``[B, H]`` fp32 in [0.05, 1], key_valid ``[B, Nk]``:
+    outside the centred square hole and (``random_invalid`` > 0) not among that seeded share of keys."""
+    gen = torch.Generator().manual_seed(seed)
+    nq, nk = size * size, (size - PATCH + 1) ** 2
+    cast = dict(device=device, dtype=DTYPES[dtype])
+    q = torch.randn(batch, heads, nq, d, generator=gen).to(**cast)
+    k = torch.randn(batch, heads, nk, d, generator=gen).to(**cast)
+    v = torch.randn(batch, heads, nk, d, generator=gen).to(**cast)
+    temperature = (0.05 + 0.95 * torch.rand(batch, heads, generator=gen)).to(device)
+    key_valid = key_valid_from_hole(square_hole(batch, size))
+    if random_invalid > 0:
+        key_valid &= torch.rand(key_valid.shape, generator=gen) >= random_invalid
+    return {"q": q, "k": k, "v": v, "key_valid": key_valid.to(device), "temperature": temperature}
+
+
 def op_inputs(case: Case, seed: int = 0) -> dict:
     """Random op inputs for ``case`` on its device (q, k, v in the case dtype; temperature fp32)."""
-    gen = torch.Generator().manual_seed(seed)
-    shape_q = (case.batch, case.heads, case.nq, case.d)
-    shape_k = (case.batch, case.heads, case.nk, case.d)
-    dtype, device = case.torch_dtype, case.device
-    q = torch.randn(shape_q, generator=gen).to(device=device, dtype=dtype)
-    k = torch.randn(shape_k, generator=gen).to(device=device, dtype=dtype)
-    v = torch.randn(shape_k, generator=gen).to(device=device, dtype=dtype)
-    temperature = (0.05 + 0.95 * torch.rand(case.batch, case.heads, generator=gen)).to(device)
-    key_valid = key_valid_from_hole(square_hole(case.batch, case.size)).to(device)
-    return {"q": q, "k": k, "v": v, "key_valid": key_valid, "temperature": temperature}
+    return op_tensors(case.batch, case.heads, case.size, case.d, case.dtype, case.device, seed)
 
 
 def layer_inputs(case: Case, seed: int = 0) -> dict:

@@ -163,8 +163,8 @@ def _short(text: str | None, n: int) -> str:
 
 def run_one(recorder: Recorder, record: dict, thunk, deadline: float, cap_s: float, device: str) -> list[dict]:
     """Run one measurement under its cap; record it (also when it fails) and return the new records."""
-    from .gpu_check_cases import release_memory
     from .providers import Unavailable
+    from .timing import release_memory
 
     base, left, start = _base(record), deadline - time.monotonic(), time.monotonic()
     if left < MIN_START_S:
@@ -288,7 +288,8 @@ def table_op(records: list[dict]) -> list[str]:
     rows = [r for r in records if r["level"] == "op"]
     keys = sorted(dict.fromkeys((r["mode"], r["dtype"], r.get("precision"), r["d"]) for r in rows),
                   key=lambda k: (k[1] != "bf16", k[2] or "", k[0], k[3]))
-    providers = ("triton", "sdpa", "reference", "flex")
+    # the standard four first, then any other provider in the order its rows were planned
+    providers = tuple(dict.fromkeys(("triton", "sdpa", "reference", "flex") + tuple(r["provider"] for r in rows)))
     lines = ["op: median ms, TFLOPS, peak MB above inputs" + (f" (B={rows[0]['batch']} H={rows[0]['heads']} "
              f"Nq={rows[0]['nq']} Nk={rows[0]['nk']})" if rows else ""),
              f"{'mode':6} {'dtype':12} {'D':>4} | " + " | ".join(f"{p:20}" for p in providers)

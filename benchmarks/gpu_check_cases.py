@@ -3,7 +3,10 @@
 Every ``*_plan(setup)`` returns a list of ``(record, thunk)`` pairs: ``record`` is the flat description of
 one measurement (level, provider, mode, dtype, batch, d, ...), ``thunk()`` runs it and returns the measured
 fields (``ms``, ``peak_mb``, errors, ...). The driver (:mod:`benchmarks.gpu_check`) runs the thunks under
-a time budget and records failures instead of stopping.
+a time budget and records failures instead of stopping. The ``correct`` and ``op`` parts are lists of
+:class:`OpRow` (:func:`correct_rows`, :func:`op_rows`): adding a row is one ``OpRow`` there (see
+benchmarks/README.md). Providers, builders, inputs and timing are the shared harness (:mod:`benchmarks.providers`,
+:mod:`benchmarks.builders`, :mod:`benchmarks.cases`, :mod:`benchmarks.timing`).
 
 Shapes (GPU; ``--smoke`` shrinks every one of them, see :func:`make_setup`):
 
@@ -24,7 +27,6 @@ Shapes (GPU; ``--smoke`` shrinks every one of them, see :func:`make_setup`):
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
@@ -32,30 +34,24 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from mhtma_kernels import masked_temperature_attention_reference
-from mhtma_kernels.ops.reference import EPS
 
-from .cases import DTYPES, key_valid_from_hole, square_hole
-from .memory import cuda_peak
-from .providers import Unavailable, flex_padded_dim, op_provider
+from .builders import make_generator, make_layer
+from .cases import DTYPES, op_tensors, square_hole
+from .providers import FLEX_KERNEL_OPTIONS, flex_padded_dim, op_provider
+from .timing import autocast, finite, first_call, matmul_precision, timed
 
 ROOT = Path(__file__).resolve().parent.parent
 LAMBDA_M = 1e4
 RANDOM_INVALID = 0.10
-SLOW_CALL_MS = 250.0
 GRAD_NAMES = ("q", "k", "v", "temperature")
-# FlexAttention's default tiles need more shared memory than Hopper has at padded D >= 512; smaller
-# tiles as large-head users pass them (DESIGN §1). Backward static asserts: BLOCK_N1 % BLOCK_M1 == 0,
-# BLOCK_M2 % BLOCK_N2 == 0.
-FLEX_KERNEL_OPTIONS = {"BLOCK_M": 32, "BLOCK_N": 32, "num_stages": 1, "num_warps": 4,
-                       "BLOCK_M1": 16, "BLOCK_N1": 32, "BLOCK_M2": 32, "BLOCK_N2": 16}
 
 
 @dataclass(frozen=True)
@@ -101,97 +97,9 @@ def make_setup(smoke: bool, compile_model: bool = False) -> Setup:
 # ------------------------------------------------------------------------------------------- helpers
 
 
-@contextlib.contextmanager
-def matmul_precision(precision: str | None):
-    """``torch.set_float32_matmul_precision(precision)`` for the block ("highest" = IEEE, "high" = TF32)."""
-    if precision is None:
-        yield
-        return
-    before = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision(precision)
-    try:
-        yield
-    finally:
-        torch.set_float32_matmul_precision(before)
-
-
-def autocast(setup: Setup, dtype: str):
-    """bf16/fp16: ``torch.autocast`` on the setup's device; fp32: nothing."""
-    if dtype == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=setup.device, dtype=DTYPES[dtype])
-
-
-def synchronize(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def release_memory(device: str) -> None:
-    """After a measurement (also a failed one): drop cached CUDA blocks so the next peak starts clean."""
-    if device == "cuda":
-        with contextlib.suppress(Exception):
-            torch.cuda.synchronize()
-        with contextlib.suppress(Exception):
-            torch.cuda.empty_cache()
-
-
-def first_call(fn, device: str) -> tuple[float, object]:
-    """(wall ms, result) of one call; the time includes compilation / autotuning when it is the first."""
-    synchronize(device)
-    start = time.perf_counter()
-    result = fn()
-    synchronize(device)
-    return (time.perf_counter() - start) * 1e3, result
-
-
-def _median_of_runs(fn, device: str, runs: int) -> float:
-    times = []
-    for _ in range(runs):
-        synchronize(device)
-        start = time.perf_counter()
-        fn()
-        synchronize(device)
-        times.append((time.perf_counter() - start) * 1e3)
-    return sorted(times)[len(times) // 2]
-
-
-def median_ms(fn, setup: Setup) -> tuple[float, str]:
-    """(median ms, timer name). CUDA: ``triton.testing.do_bench`` (median), except for calls slower than
-    ``SLOW_CALL_MS`` -- do_bench runs those 8+ times -- which get the median of 3 synchronised wall-clock
-    runs. CPU (smoke): the median of ``cpu_reps`` wall-clock runs."""
-    if setup.device != "cuda":
-        return _median_of_runs(fn, setup.device, setup.cpu_reps), "wall_median"
-    if _median_of_runs(fn, setup.device, 1) > SLOW_CALL_MS:
-        return _median_of_runs(fn, setup.device, 3), "wall_median3"
-    from triton.testing import do_bench
-
-    try:
-        return float(do_bench(fn, warmup=setup.warmup_ms, rep=setup.rep_ms, return_mode="median")), "do_bench"
-    except TypeError:  # a do_bench without return_mode
-        return float(do_bench(fn, warmup=setup.warmup_ms, rep=setup.rep_ms, quantiles=[0.5])), "do_bench"
-
-
-def peak_mb(fn, device: str) -> float | None:
-    """CUDA allocator peak of one call above what was allocated before it (the inputs); None on CPU."""
-    if device != "cuda":
-        return None
-    return cuda_peak(fn)["work_mem_bytes"] / 2**20
-
-
-def finite(result) -> bool:
-    """All tensors in ``result`` (a tensor or a tuple of them) are finite."""
-    tensors = result if isinstance(result, (tuple, list)) else (result,)
-    return all(bool(torch.isfinite(t).all()) for t in tensors if isinstance(t, torch.Tensor))
-
-
-def timed(fn, setup: Setup) -> dict:
-    """First call (compile/tune; its result checked finite), median and peak memory of ``fn``."""
-    first, result = first_call(fn, setup.device)
-    ok = finite(result)
-    del result
-    ms, timer = median_ms(fn, setup)
-    return {"first_call_ms": first, "finite": ok, "ms": ms, "timer": timer, "peak_mb": peak_mb(fn, setup.device)}
+def measure(call, setup: Setup) -> dict:
+    """:func:`benchmarks.timing.timed` with the setup's timer settings."""
+    return timed(call, setup.device, cpu_reps=setup.cpu_reps, warmup_ms=setup.warmup_ms, rep_ms=setup.rep_ms)
 
 
 def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
@@ -205,24 +113,10 @@ def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
 # -------------------------------------------------------------------------------------------- inputs
 
 
-def key_valid_mask(setup: Setup, generator: torch.Generator) -> torch.Tensor:
-    """``[B, Nk]`` bool: outside the centred square hole AND not among the random 10 % invalid keys."""
-    outside_hole = key_valid_from_hole(square_hole(setup.batch, setup.size))
-    keep = torch.rand(outside_hole.shape, generator=generator) >= RANDOM_INVALID
-    return outside_hole & keep
-
-
 def op_inputs(setup: Setup, d: int, dtype: str, seed: int = 0) -> dict:
-    """q, k, v (``dtype``), key_valid, temperature (fp32) on the setup's device."""
-    gen = torch.Generator().manual_seed(seed)
-    b, h = setup.batch, setup.heads
-    cast = partial(torch.Tensor.to, device=setup.device, dtype=DTYPES[dtype])
-    q = cast(torch.randn(b, h, setup.nq, d, generator=gen))
-    k = cast(torch.randn(b, h, setup.nk, d, generator=gen))
-    v = cast(torch.randn(b, h, setup.nk, d, generator=gen))
-    temperature = (0.05 + 0.95 * torch.rand(b, h, generator=gen)).to(setup.device)
-    key_valid = key_valid_mask(setup, gen).to(setup.device)
-    return {"q": q, "k": k, "v": v, "key_valid": key_valid, "temperature": temperature}
+    """q, k, v (``dtype``), key_valid (outside the hole AND not among a seeded 10 % of keys), temperature
+    (fp32) on the setup's device."""
+    return op_tensors(setup.batch, setup.heads, setup.size, d, dtype, setup.device, seed, RANDOM_INVALID)
 
 
 def poisoned_copy(x: torch.Tensor) -> torch.Tensor:
@@ -245,48 +139,39 @@ def poison_allocator(device: str, mbytes: int = 2048) -> str:
     return "inputs+allocator"
 
 
-# ------------------------------------------------------------------------------------------ providers
+# ------------------------------------------------------------------------------------------ op rows
 
 
-def flex_op(device: str):
-    """FlexAttention: temperature folded into q (q' = qn / t), score_mod applies the mask only; q, k, v
-    zero-padded along D to a power of two; compiled on CUDA with :data:`FLEX_KERNEL_OPTIONS`."""
-    try:
-        from torch.nn.attention.flex_attention import flex_attention
-    except ImportError as error:
-        raise Unavailable(f"flex_attention is not importable: {error}") from error
-    kernel, options = flex_attention, None
-    if device == "cuda":
-        import torch._dynamo as dynamo
+@dataclass(frozen=True)
+class OpRow:
+    """One op measurement of the ``correct`` or ``op`` part.
 
-        for name in ("recompile_limit", "cache_size_limit"):  # one compiled graph per shape and mode
-            if hasattr(dynamo.config, name):
-                setattr(dynamo.config, name, max(getattr(dynamo.config, name), 64))
-        kernel, options = torch.compile(flex_attention, dynamic=False), dict(FLEX_KERNEL_OPTIONS)
+    ``provider`` names the row in the record and the table; its function is ``fn`` when given, else
+    ``benchmarks.providers.op_provider(provider, ...)`` (flex: temperature folded into q, small tiles on CUDA).
+    ``fn(q, k, v, key_valid, temperature, lambda_m) -> [B, H, Nq, Dv]`` takes the raw inputs; it may raise
+    :class:`~benchmarks.providers.Unavailable` (the row is then recorded as skipped with the reason).
+    ``fields`` are extra record fields (what distinguishes the row, e.g. ``{"variant": "v3"}``).
+    """
 
-    def run(q, k, v, key_valid, temperature, lambda_m):
-        if device != "cuda" and torch.is_grad_enabled() and q.requires_grad:
-            raise Unavailable("FlexAttention has no backward on CPU")
-        d, dv = q.shape[-1], v.shape[-1]
-        qn = F.normalize(q, dim=-1, eps=EPS) / temperature.to(q.dtype)[:, :, None, None]
-        kn = F.normalize(k, dim=-1, eps=EPS)
-        qn, kn = F.pad(qn, (0, flex_padded_dim(d) - d)), F.pad(kn, (0, flex_padded_dim(d) - d))
-        vp = F.pad(v, (0, flex_padded_dim(dv) - dv))
+    provider: str
+    mode: str
+    dtype: str
+    d: int
+    precision: str | None = None
+    fn: Callable | None = field(default=None, compare=False)
+    fields: dict = field(default_factory=dict, compare=False)
 
-        def score_mod(score, b, h, q_idx, kv_idx):
-            return torch.where(key_valid[b, kv_idx], score, -lambda_m)
+    def function(self, device: str):
+        if self.fn is not None:
+            return self.fn
+        if self.provider == "flex":
+            options = FLEX_KERNEL_OPTIONS if device == "cuda" else None
+            return op_provider("flex", device, self.mode, fold_temperature=True, kernel_options=options)
+        return op_provider(self.provider, device, self.mode)
 
-        extra = {} if options is None else {"kernel_options": options}
-        return kernel(qn, kn, vp, score_mod=score_mod, scale=1.0, **extra)[..., :dv]
-
-    return run
-
-
-def op_fn(provider: str, device: str, mode: str):
-    """``fn(q, k, v, key_valid, temperature, lambda_m)`` for triton | sdpa | reference | flex."""
-    if provider == "flex":
-        return flex_op(device)
-    return op_provider(provider, device, mode)
+    def record(self, level: str, setup: Setup) -> dict:
+        return dict(level=level, provider=self.provider, mode=self.mode, dtype=self.dtype, precision=self.precision,
+                    batch=setup.batch, d=self.d, nq=setup.nq, nk=setup.nk, heads=setup.heads, **self.fields)
 
 
 # --------------------------------------------------------------------------------------- correctness
@@ -316,21 +201,18 @@ def _errors(out, grads, ref_out, ref_grads, image: int) -> dict:
     return errs
 
 
-def correct_case(setup: Setup, provider: str, dtype: str, precision: str | None, d: int) -> list[dict]:
+def correct_case(setup: Setup, row: OpRow) -> list[dict]:
     """Forward + backward on the whole batch (image 1 all-invalid, inputs poisoned) vs the float64
     oracle on images 0 and 1 -> two result dicts (case "mixed", case "all_invalid")."""
-    inputs = op_inputs(setup, d, dtype, seed=1)
+    inputs = op_inputs(setup, row.d, row.dtype, seed=1)
     inputs["key_valid"][1] = False
     inputs = {n: (poisoned_copy(x) if x.is_floating_point() else x) for n, x in inputs.items()}
-    dout = torch.randn(inputs["q"].shape[:3] + (d,), generator=torch.Generator().manual_seed(2))
-    dout = dout.to(setup.device, DTYPES[dtype])
-    fn = op_fn(provider, setup.device, "fwdbwd")
-    with matmul_precision(precision):
+    dout = torch.randn(inputs["q"].shape[:3] + (row.d,), generator=torch.Generator().manual_seed(2))
+    dout = dout.to(setup.device, DTYPES[row.dtype])
+    fn = row.function(setup.device)
+    with matmul_precision(row.precision):
         poisoned = poison_allocator(setup.device)
-        start = time.perf_counter()
-        out, grads = _run_with_grads(fn, inputs, dout)
-        synchronize(setup.device)
-        first = (time.perf_counter() - start) * 1e3
+        first, (out, grads) = first_call(partial(_run_with_grads, fn, inputs, dout), setup.device)
     ok = finite((out, *grads.values()))
     ref_out, ref_grads = _oracle(inputs, 2, dout)
     common = {"finite": ok, "first_call_ms": first, "poisoned": poisoned}
@@ -339,18 +221,19 @@ def correct_case(setup: Setup, provider: str, dtype: str, precision: str | None,
             for image, case in ((0, "mixed"), (1, "all_invalid"))]
 
 
+def correct_rows(setup: Setup) -> list[OpRow]:
+    """triton and sdpa, forward + backward: bf16 at every D, fp16 and fp32 (IEEE, TF32) at ``fp32_dim``."""
+    shapes = [("bf16", None, d) for d in setup.dims]
+    shapes += [("fp16", None, setup.fp32_dim), ("fp32", "highest", setup.fp32_dim), ("fp32", "high", setup.fp32_dim)]
+    return [OpRow(provider, "fwdbwd", dtype, d, precision)
+            for dtype, precision, d in shapes for provider in ("triton", "sdpa")]
+
+
 def correct_plan(setup: Setup) -> list:
     setup = dataclasses.replace(setup, size=setup.correct_size)
-    cases = [("bf16", None, d) for d in setup.dims]
-    cases += [("fp16", None, setup.fp32_dim), ("fp32", "highest", setup.fp32_dim), ("fp32", "high", setup.fp32_dim)]
-    plan = []
-    for dtype, precision, d in cases:
-        for provider in ("triton", "sdpa"):
-            record = dict(level="correct", provider=provider, mode="fwdbwd", dtype=dtype, precision=precision,
-                          batch=setup.batch, d=d, nq=setup.nq, nk=setup.nk, heads=setup.heads,
-                          oracle="float64 reference on images 0 (mixed) and 1 (all keys invalid), all rows")
-            plan.append((record, partial(correct_case, setup, provider, dtype, precision, d)))
-    return plan
+    oracle = "float64 reference on images 0 (mixed) and 1 (all keys invalid), all rows"
+    return [(dict(row.record("correct", setup), oracle=oracle), partial(correct_case, setup, row))
+            for row in correct_rows(setup)]
 
 
 # ------------------------------------------------------------------------------------------------ op
@@ -362,62 +245,50 @@ def op_flops(setup: Setup, d: int, mode: str) -> float:
     return fwd * (3.5 if mode == "fwdbwd" else 1.0)
 
 
-def op_case(setup: Setup, provider: str, mode: str, dtype: str, precision: str | None, d: int) -> dict:
-    inputs = op_inputs(setup, d, dtype)
-    fn = op_fn(provider, setup.device, mode)
-    if mode == "fwd":
+def op_case(setup: Setup, row: OpRow) -> dict:
+    inputs = op_inputs(setup, row.d, row.dtype)
+    fn = row.function(setup.device)
+    if row.mode == "fwd":
         def call():
             with torch.no_grad():
                 return fn(**inputs, lambda_m=LAMBDA_M)
     else:
         for name in GRAD_NAMES:
             inputs[name].requires_grad_(True)
-        dout = torch.randn(inputs["q"].shape[:3] + (d,), generator=torch.Generator().manual_seed(3))
-        dout = dout.to(setup.device, DTYPES[dtype])
+        dout = torch.randn(inputs["q"].shape[:3] + (row.d,), generator=torch.Generator().manual_seed(3))
+        dout = dout.to(setup.device, DTYPES[row.dtype])
 
         def call():
             out = fn(**inputs, lambda_m=LAMBDA_M)
             return torch.autograd.grad(out, [inputs[n] for n in GRAD_NAMES], dout)
-    with matmul_precision(precision):
-        result = timed(call, setup)
-    result["tflops"] = op_flops(setup, d, mode) / (result["ms"] * 1e-3) / 1e12
+    with matmul_precision(row.precision):
+        result = measure(call, setup)
+    result["tflops"] = op_flops(setup, row.d, row.mode) / (result["ms"] * 1e-3) / 1e12
     return result
 
 
-def op_plan(setup: Setup) -> list:
-    """bf16 triton / sdpa / reference for every D, then fp32 (IEEE and TF32), then flex (slow to compile)."""
-    rows = [(p, m, "bf16", None, d) for d in setup.dims for m in ("fwd", "fwdbwd") for p in ("triton", "sdpa",
-                                                                                           "reference")]
-    rows += [(p, m, "fp32", prec, setup.fp32_dim) for m in ("fwd", "fwdbwd")
+def op_rows(setup: Setup) -> list[OpRow]:
+    """bf16 triton / sdpa / reference for every D, then fp32 (IEEE and TF32), then flex (slow to compile).
+    The order is the priority under the part's time budget: append new rows where they belong."""
+    rows = [OpRow(p, m, "bf16", d) for d in setup.dims for m in ("fwd", "fwdbwd") for p in ("triton", "sdpa",
+                                                                                          "reference")]
+    rows += [OpRow(p, m, "fp32", setup.fp32_dim, prec) for m in ("fwd", "fwdbwd")
              for p, prec in (("triton", "highest"), ("triton", "high"), ("sdpa", "highest"), ("sdpa", "high"))]
-    rows += [("flex", m, "bf16", None, d) for d in setup.dims for m in ("fwd", "fwdbwd")]
-    plan = []
-    for provider, mode, dtype, precision, d in rows:
-        record = dict(level="op", provider=provider, mode=mode, dtype=dtype, precision=precision,
-                      batch=setup.batch, d=d, nq=setup.nq, nk=setup.nk, heads=setup.heads)
-        if provider == "flex":
-            record["flex_padded_d"] = flex_padded_dim(d)
-            record["flex_kernel_options"] = FLEX_KERNEL_OPTIONS if setup.device == "cuda" else None
-        plan.append((record, partial(op_case, setup, provider, mode, dtype, precision, d)))
-    return plan
+    flex = {"flex_kernel_options": FLEX_KERNEL_OPTIONS if setup.device == "cuda" else None}
+    rows += [OpRow("flex", m, "bf16", d, fields=dict(flex, flex_padded_d=flex_padded_dim(d)))
+             for d in setup.dims for m in ("fwd", "fwdbwd")]
+    return rows
+
+
+def op_plan(setup: Setup) -> list:
+    return [(row.record("op", setup), partial(op_case, setup, row)) for row in op_rows(setup)]
 
 
 # --------------------------------------------------------------------------------------------- layer
 
 
-def make_layer(setup: Setup, provider: str) -> torch.nn.Module:
-    from mhtma_kernels import ContextualAttention, MaskedTemperatureAttention
-
-    torch.manual_seed(0)
-    if provider == "mhtma-triton":
-        layer = MaskedTemperatureAttention(setup.layer_channels, heads=setup.heads, backend="triton")
-    else:
-        layer = ContextualAttention(setup.layer_channels)
-    return layer.to(setup.device)
-
-
 def layer_case(setup: Setup, provider: str, mode: str, dtype: str) -> dict:
-    layer = make_layer(setup, provider)
+    layer = make_layer(provider, setup.layer_channels, setup.heads, setup.device)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(setup.batch, setup.layer_channels, setup.size, setup.size, generator=gen).to(setup.device)
     mask = square_hole(setup.batch, setup.size, setup.device)
@@ -426,13 +297,13 @@ def layer_case(setup: Setup, provider: str, mode: str, dtype: str) -> dict:
         x.requires_grad_(True)
 
     def call():
-        with autocast(setup, dtype), torch.set_grad_enabled(mode == "fwdbwd"):
+        with autocast(setup.device, dtype), torch.set_grad_enabled(mode == "fwdbwd"):
             out = layer(x, mask)
         if mode == "fwd":
             return out
         return torch.autograd.grad(out, [x, *params], torch.ones_like(out))
 
-    return timed(call, setup)
+    return measure(call, setup)
 
 
 def layer_plan(setup: Setup) -> list:
@@ -450,25 +321,17 @@ def layer_plan(setup: Setup) -> list:
 # --------------------------------------------------------------------------------------------- model
 
 
-def make_generator(setup: Setup, attention: str) -> torch.nn.Module:
-    from mhtma_model.networks import InpaintGenerator
-
-    torch.manual_seed(0)
-    generator = InpaintGenerator(base_channels=setup.model_base, attention=attention, backend="triton")
-    return generator.to(setup.device).eval()
-
-
 def graph_breaks(generator, image, mask, setup: Setup, dtype: str) -> int:
     """Graph breaks torch.compile meets in the generator (torch._dynamo.explain; 0 = one graph, the op inside)."""
     torch._dynamo.reset()
-    with torch.no_grad(), autocast(setup, dtype):
+    with torch.no_grad(), autocast(setup.device, dtype):
         explanation = torch._dynamo.explain(generator)(image, mask)
     torch._dynamo.reset()
     return int(explanation.graph_break_count)
 
 
 def model_case(setup: Setup, attention: str, dtype: str, batch: int, compiled: bool) -> dict:
-    generator = make_generator(setup, attention)
+    generator = make_generator(attention, setup.model_base, setup.device, backend="triton").eval()
     gen = torch.Generator().manual_seed(0)
     image = (torch.rand(batch, 3, setup.model_size, setup.model_size, generator=gen) * 2 - 1).to(setup.device)
     mask = square_hole(batch, setup.model_size, setup.device)
@@ -477,10 +340,10 @@ def model_case(setup: Setup, attention: str, dtype: str, batch: int, compiled: b
         generator = torch.compile(generator)
 
     def call():
-        with torch.no_grad(), autocast(setup, dtype):
+        with torch.no_grad(), autocast(setup.device, dtype):
             return generator(image, mask)
 
-    result = timed(call, setup)
+    result = measure(call, setup)
     if compiled:
         result["graph_breaks"] = breaks
     result["ms_per_image"] = result["ms"] / batch
@@ -517,7 +380,7 @@ def warm_case(setup: Setup, dtype: str, precision: str | None, d: int) -> dict:
     """One triton forward + backward at the op shape (what a warm-up worker runs)."""
     inputs = op_inputs(setup, d, dtype)
     leaves = [inputs[n].requires_grad_(True) for n in GRAD_NAMES]
-    fn = op_fn("triton", setup.device, "fwdbwd")
+    fn = op_provider("triton", setup.device, "fwdbwd")
 
     def call():
         return torch.autograd.grad(fn(**inputs, lambda_m=LAMBDA_M), leaves, torch.ones_like(inputs["q"]))

@@ -25,7 +25,7 @@ import os
 
 from .cases import Case
 from .providers import OP_PROVIDERS
-from .runners import LAYER_PROVIDERS, MODEL_PROVIDERS
+from .builders import LAYER_PROVIDERS, MODEL_PROVIDERS
 
 #: Every layer provider but the reference-backend ones (those are the correctness oracle, not timed).
 LAYER_TIMED = tuple(p for p in LAYER_PROVIDERS if not p.endswith("-reference"))

@@ -9,7 +9,7 @@ Every provider takes the raw (un-normalised) inputs of the public op and returns
 - ``torch``     ``backend="torch"`` (chunked over queries; never holds Nq x Nk)
 - ``reference`` ``backend="reference"`` (materialises the scores)
 - ``sdpa``      PyTorch ``scaled_dot_product_attention`` with the exactly equivalent additive-bias
-                formulation (DESIGN §1): ``sdpa(qn / t, kn', v, attn_mask=bias, scale=1)`` with kn' = kn
+                formulation (docs/design.md §1.1): ``sdpa(qn / t, kn', v, attn_mask=bias, scale=1)`` with kn' = kn
                 where the key is valid and 0 elsewhere, bias = 0 (valid) / -lambda_m (invalid)
 - ``flex``      ``torch.nn.attention.flex_attention`` with a ``score_mod`` that applies the temperature
                 and the mask: ``where(valid[b, j], score / t[b, h], -lambda_m)``, ``scale=1``. q, k and v are
@@ -36,6 +36,12 @@ class Unavailable(Exception):
     """A provider cannot run here; the message says why (benchmarks skip with it)."""
 
 
+def triton_runs_here(device: str) -> None:
+    """Raise :class:`Unavailable` unless triton can run on ``device`` (CUDA, or CPU under the interpreter)."""
+    if device != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise Unavailable("triton runs on CUDA (or on CPU only under TRITON_INTERPRET=1)")
+
+
 def _mhtma(backend: str):
     def run(q, k, v, key_valid, temperature, lambda_m):
         return masked_temperature_attention(q, k, v, key_valid, temperature, lambda_m=lambda_m, backend=backend)
@@ -56,6 +62,11 @@ def flex_padded_dim(d: int) -> int:
     """Head size FlexAttention is given for D: the next power of two, at least 16."""
     return max(16, 1 << (max(1, d) - 1).bit_length())
 
+
+#: FlexAttention's default tiles need more shared memory than Hopper has at padded D >= 512; smaller tiles,
+#: as large-head users pass them. Backward static asserts: BLOCK_N1 % BLOCK_M1 == 0, BLOCK_M2 % BLOCK_N2 == 0.
+FLEX_KERNEL_OPTIONS = {"BLOCK_M": 32, "BLOCK_N": 32, "num_stages": 1, "num_warps": 4,
+                       "BLOCK_M1": 16, "BLOCK_N1": 32, "BLOCK_M2": 32, "BLOCK_N2": 16}
 
 _FLEX_COMPILED = None
 
@@ -81,14 +92,16 @@ def _flex_kernel(device_type: str):
     return _FLEX_COMPILED
 
 
-def make_flex_attention(device_type: str, fold_temperature: bool = False):
-    """FlexAttention provider.
+def make_flex_attention(device_type: str, fold_temperature: bool = False, kernel_options: dict | None = None):
+    """FlexAttention provider (the one builder both drivers use).
 
     ``fold_temperature=False``: score_mod = ``where(valid[b, j], score * (1/t)[b, h], -lambda_m)``.
     ``fold_temperature=True``: the temperature is folded into the query (q' = qn / t) and score_mod only
     applies the mask -- the fallback where gradients to a captured tensor are not supported.
+    ``kernel_options``: passed to ``flex_attention`` (tile sizes, e.g. :data:`FLEX_KERNEL_OPTIONS`).
     """
     kernel = _flex_kernel(device_type)
+    extra = {} if kernel_options is None else {"kernel_options": dict(kernel_options)}
 
     def flex(q, k, v, key_valid, temperature, lambda_m):
         d, dv = q.shape[-1], v.shape[-1]
@@ -107,20 +120,22 @@ def make_flex_attention(device_type: str, fold_temperature: bool = False):
             def score_mod(score, b, h, q_idx, kv_idx):
                 return torch.where(key_valid[b, kv_idx], score * inv_t[b, h], neg)
 
-        out = kernel(qn, kn, vp, score_mod=score_mod, scale=1.0)
+        out = kernel(qn, kn, vp, score_mod=score_mod, scale=1.0, **extra)
         return out[..., :dv]
 
     flex.__name__ = "flex_folded" if fold_temperature else "flex"
     return flex
 
 
-def op_provider(provider: str, device_type: str, mode: str, fold_temperature: bool = False):
-    """The callable for ``provider`` on ``device_type`` ("cpu" | "cuda"); raises Unavailable with a reason."""
+def op_provider(provider: str, device_type: str, mode: str, fold_temperature: bool = False,
+                kernel_options: dict | None = None):
+    """The callable for ``provider`` on ``device_type`` ("cpu" | "cuda") and ``mode`` ("fwd" | "fwdbwd");
+    raises :class:`Unavailable` with a reason. ``fold_temperature`` and ``kernel_options`` are flex's
+    (:func:`make_flex_attention`)."""
     if provider not in OP_PROVIDERS:
         raise ValueError(f"provider must be one of {OP_PROVIDERS}, got {provider!r}")
     if provider == "triton":
-        if device_type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-            raise Unavailable("triton runs on CUDA (or on CPU only under TRITON_INTERPRET=1)")
+        triton_runs_here(device_type)
         try:
             from mhtma_kernels.ops import triton_op  # noqa: F401
         except ImportError as error:
@@ -134,4 +149,4 @@ def op_provider(provider: str, device_type: str, mode: str, fold_temperature: bo
         return sdpa_attention
     if device_type != "cuda" and mode != "fwd":
         raise Unavailable("FlexAttention has no backward on CPU")
-    return make_flex_attention(device_type, fold_temperature)
+    return make_flex_attention(device_type, fold_temperature, kernel_options)

@@ -22,7 +22,7 @@ from pathlib import Path
 from mhtma_model.networks import KERNEL_BACKENDS
 
 from .providers import OP_PROVIDERS
-from .runners import LAYER_PROVIDERS, MODEL_PROVIDERS
+from .builders import LAYER_PROVIDERS, MODEL_PROVIDERS
 
 HERE = Path(__file__).resolve().parent
 OP_ORDER = OP_PROVIDERS
@@ -79,13 +79,18 @@ def _ordered(present, order):
     return [p for p in order if p in present] + sorted(set(present) - set(order))
 
 
-def op_tables(rows: list[dict]) -> str:
+def _by_mode_and_dtype(rows: list[dict], level: str) -> list:
+    """``[((mode, dtype), {(size, d, batch, provider): row})]`` of one level, sorted."""
     groups = defaultdict(dict)
     for r in rows:
-        if r["level"] == "op":
+        if r["level"] == level:
             groups[(r["mode"], r["dtype"])][(r["size"], r["d"], r["batch"], r["provider"])] = r
+    return sorted(groups.items())
+
+
+def op_tables(rows: list[dict]) -> str:
     out = []
-    for (mode, dtype), cases in sorted(groups.items()):
+    for (mode, dtype), cases in _by_mode_and_dtype(rows, "op"):
         providers = _ordered({k[3] for k in cases}, OP_ORDER)
         fused = [p for p in FUSED if p in providers]
         shapes = sorted({k[:3] for k in cases})
@@ -120,12 +125,8 @@ def op_tables(rows: list[dict]) -> str:
 
 
 def layer_tables(rows: list[dict]) -> str:
-    groups = defaultdict(dict)
-    for r in rows:
-        if r["level"] == "layer":
-            groups[(r["mode"], r["dtype"])][(r["size"], r["d"], r["batch"], r["provider"])] = r
     out = []
-    for (mode, dtype), cases in sorted(groups.items()):
+    for (mode, dtype), cases in _by_mode_and_dtype(rows, "layer"):
         providers = _ordered({k[3] for k in cases}, LAYER_ORDER)
         mhtma = [p for p in providers if p.startswith("mhtma-")]
         bases = [p for p in ("contextual", "atma") if p in providers]

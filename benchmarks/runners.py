@@ -21,7 +21,6 @@ max(atol, rtol)`` of that dtype). Layer and model providers come from the regist
 from __future__ import annotations
 
 import copy
-import inspect
 import os
 from dataclasses import dataclass, field
 from typing import Callable
@@ -32,18 +31,15 @@ import torch.nn.functional as F
 from mhtma_kernels import masked_temperature_attention_reference
 from mhtma_kernels.testing import assert_close, assert_normwise_close
 from mhtma_model.losses import PerceptualLoss, hinge_d_loss, hinge_g_loss
-from mhtma_model.networks import (ATTENTION_VARIANTS, ATTENTIONS, KERNEL_BACKENDS, GlobalLocalDiscriminator,
-                                  InpaintGenerator, composite)
+from mhtma_model.networks import GlobalLocalDiscriminator, InpaintGenerator, composite
 
+from . import builders
+from .builders import LAYER_PROVIDERS, MODEL_PROVIDERS  # noqa: F401 - the suites' provider lists
 from .cases import LAMBDA_M, Case, layer_inputs, model_inputs, op_inputs
 from .providers import Unavailable, flex_padded_dim, op_provider
+from .timing import synchronize
 
 CHECK_ROWS = 256
-#: "<variant>-<backend>" for variants that run the op through a backend, else the variant's name.
-LAYER_PROVIDERS = tuple(f"{v.name}-{b}" if v.uses_backend else v.name
-                        for v in ATTENTION_VARIANTS.values() if v.layer is not None
-                        for b in (KERNEL_BACKENDS if v.uses_backend else ("",)))
-MODEL_PROVIDERS = ATTENTIONS
 
 
 @dataclass
@@ -52,11 +48,6 @@ class Bench:
     run: Callable[[], object]
     check: Callable[[], None]
     info: dict = field(default_factory=dict)
-
-
-def synchronize(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
 
 
 # ----------------------------------------------------------------------------------------------- op
@@ -151,34 +142,9 @@ def build_op(case: Case) -> Bench:
 # -------------------------------------------------------------------------------------------- layer
 
 
-def _construct(cls, in_channels: int, heads: int, backend: str | None):
-    """Instantiate a layer class from its signature (baselines may not take every argument)."""
-    params = inspect.signature(cls).parameters
-    kwargs = {}
-    if "in_channels" in params:
-        kwargs["in_channels"] = in_channels
-    if "heads" in params and heads is not None:
-        kwargs["heads"] = heads
-    if backend is not None and "backend" in params:
-        kwargs["backend"] = backend
-    return cls(**kwargs)
-
-
 def make_layer(case: Case) -> torch.nn.Module:
     """The layer of a layer case (weights seeded), in fp32 on the case device."""
-    provider = case.provider
-    if provider not in LAYER_PROVIDERS:
-        raise ValueError(f"layer provider must be one of {LAYER_PROVIDERS}, got {provider!r}")
-    name, _, backend = provider.partition("-")
-    if backend == "triton" and case.device != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-        raise Unavailable("triton runs on CUDA (or on CPU only under TRITON_INTERPRET=1)")
-    variant = ATTENTION_VARIANTS[name]
-    torch.manual_seed(0)
-    if variant.uses_backend:
-        layer = _construct(variant.layer, case.d, case.heads, backend)
-    else:
-        layer = _construct(variant.layer, case.d, None, "auto")
-    return layer.to(case.device)
+    return builders.make_layer(case.provider, case.d, case.heads, case.device)
 
 
 def _reference_copy(module: torch.nn.Module, dtype: torch.dtype | None = torch.float64) -> torch.nn.Module:
@@ -228,14 +194,12 @@ def build_layer(case: Case) -> Bench:
 
 
 def make_generator(case: Case) -> InpaintGenerator:
-    if case.provider not in MODEL_PROVIDERS:
-        raise ValueError(f"model provider must be one of {MODEL_PROVIDERS}, got {case.provider!r}")
-    torch.manual_seed(0)
-    return InpaintGenerator(base_channels=case.d, attention=case.provider).to(case.device)
+    """The generator of a model case (weights seeded), in fp32 on the case device."""
+    return builders.make_generator(case.provider, case.d, case.device)
 
 
 def _train_step_factory(case: Case, generator, inputs):
-    """One optimisation step of G and D (hinge loss, DESIGN §3 weights; VGG term if MHTMA_VGG16 is set)."""
+    """One optimisation step of G and D (hinge loss, docs/design.md §3.3 weights; VGG term if MHTMA_VGG16 is set)."""
     torch.manual_seed(1)
     disc = GlobalLocalDiscriminator(base_channels=case.extra.get("disc_channels", 64),
                                     image_size=case.size).to(case.device)

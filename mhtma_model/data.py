@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from .images import UnreadableImageError, list_images, load_rgb, open_image
-from .masks import MaskFolder, free_form_mask
+from .masks import MaskFolder, ProtocolMix, free_form_mask
 from .sketch import make_sketch
 
 # The image readers moved to mhtma_model.images; importable from here as before.
@@ -82,7 +82,8 @@ class InpaintingDataset(torch.utils.data.Dataset):
     - val: no augmentation, mask ``default_rng([seed, index])`` (the same masks every epoch, and the
       same as ``mhtma-eval``'s generated masks for that seed).
 
-    Masks: generated with :func:`mhtma_model.masks.free_form_mask` when ``masks`` is None, else taken
+    Masks: generated with :func:`mhtma_model.masks.free_form_mask` when ``masks`` is None (or drawn from
+    ``protocols``, a :class:`~mhtma_model.masks.ProtocolMix`, by the same generator), else taken
     from a :class:`~mhtma_model.masks.MaskFolder` (train: a file drawn with the mask generator; val:
     file ``index % len``), resized to S×S.
 
@@ -92,7 +93,7 @@ class InpaintingDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, paths, size: int, masks: MaskFolder | None = None, train: bool = True, seed: int = 0,
-                 sketch: bool = False):
+                 sketch: bool = False, protocols: ProtocolMix | None = None):
         self.paths = [Path(p) for p in paths]
         if not self.paths:
             raise ValueError("InpaintingDataset: paths is empty (no images found?)")
@@ -102,7 +103,10 @@ class InpaintingDataset(torch.utils.data.Dataset):
             raise TypeError(f"InpaintingDataset: masks must be None or a MaskFolder, got {type(masks).__name__}")
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise ValueError(f"InpaintingDataset: seed must be an int >= 0, got {seed!r}")
+        if protocols is not None and (masks is not None or not isinstance(protocols, ProtocolMix)):
+            raise TypeError("InpaintingDataset: protocols must be a ProtocolMix, and only without masks")
         self.size, self.masks, self.train, self.seed, self.sketch = size, masks, bool(train), seed, bool(sketch)
+        self.protocols = protocols
         self.epoch = 0
         self._unreadable: set[int] = set()
 
@@ -133,7 +137,7 @@ class InpaintingDataset(torch.utils.data.Dataset):
         s = self.size
         rng = np.random.default_rng([self.seed, self.epoch, index] if self.train else [self.seed, index])
         if self.masks is None:
-            return free_form_mask(s, s, rng)
+            return free_form_mask(s, s, rng) if self.protocols is None else self.protocols.mask(s, rng)
         pick = int(rng.integers(len(self.masks))) if self.train else index
         return self.masks.mask(pick, (s, s))
 

@@ -3,7 +3,7 @@
     mhtma-export --checkpoint runs/x/checkpoints/best.pt --output model.onnx [--size 256]
     python -m mhtma_model.export --checkpoint best.pt --output model.onnx
 
-The exported model is :class:`Inpainter`: inputs ``image [N, 3, S, S]`` float32 in [-1, 1] and
+The exported model is :class:`InpaintingGraph`: inputs ``image [N, 3, S, S]`` float32 in [-1, 1] and
 ``mask [N, 1, S, S]`` float32 (1 = hole) (and ``sketch [N, 1, S, S]`` in [0, 1] for sketch-guided
 models); output ``inpainted [N, 3, S, S]`` in [-1, 1] (generated pixels in the hole, the input
 elsewhere). The batch N is dynamic, the side S is fixed by ``--size`` (default: the checkpoint's
@@ -36,8 +36,8 @@ from torch import nn
 from mhtma_kernels import MaskedTemperatureAttention
 from mhtma_kernels.ops.library import EXPORT_DECOMPOSITIONS
 
-from .checkpoint import CheckpointError, load_generator
 from .images import load_mask, load_rgb
+from .inpainter import Inpainter
 from .masks import free_form_mask
 from .networks import composite
 
@@ -48,8 +48,9 @@ class ExportError(ValueError):
     """The generator cannot be exported as asked (e.g. Triton attention to ONNX); the message says why."""
 
 
-class Inpainter(nn.Module):
-    """The deployable graph: ``(image, mask[, sketch]) -> inpainted = composite(refined, image, mask)``."""
+class InpaintingGraph(nn.Module):
+    """The deployable graph: ``(image, mask[, sketch]) -> inpainted = composite(refined, image, mask)``
+    (tensors in, tensors out; :class:`mhtma_model.Inpainter` is the image-level object around a generator)."""
 
     def __init__(self, generator: nn.Module):
         super().__init__()
@@ -100,13 +101,13 @@ def _check_exportable(generator: nn.Module, size: int) -> None:
 
 
 def export_program(generator: nn.Module, size: int, batch: int = 2) -> "torch.export.ExportedProgram":
-    """``torch.export`` of :class:`Inpainter` around ``generator`` (eval mode, CPU) with a dynamic batch.
+    """``torch.export`` of :class:`InpaintingGraph` around ``generator`` (eval mode, CPU) with a dynamic batch.
 
     The attention op stays one node (``torch.ops.mhtma.chunked_attention``); inputs ``batch`` examples
     of side ``size`` (the traced batch; any batch >= 1 runs afterwards).
     """
     _check_exportable(generator, size)
-    model = Inpainter(generator).eval()
+    model = InpaintingGraph(generator).eval()
     inputs = example_inputs(generator, size, batch=batch)
     dim = torch.export.Dim("batch", min=1, max=1024)
     shapes = tuple({0: dim} for _ in inputs)
@@ -145,7 +146,7 @@ def check_onnx(path, generator: nn.Module, inputs: Sequence[torch.Tensor]) -> fl
     feeds = {arg.name: x.numpy() for arg, x in zip(session.get_inputs(), inputs)}
     (onnx_out,) = session.run(None, feeds)
     with torch.no_grad():
-        torch_out = Inpainter(generator).eval()(*inputs).numpy()
+        torch_out = InpaintingGraph(generator).eval()(*inputs).numpy()
     return float(np.abs(onnx_out - torch_out).max())
 
 
@@ -161,7 +162,8 @@ def _load_pair(image_path: str, mask_path: str, size: int, sketch: bool) -> tupl
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mhtma-export", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="generator checkpoint (.pt) written by mhtma-train")
+    p.add_argument("--checkpoint", required=True,
+                   help="generator checkpoint (.pt) written by mhtma-train, or a folder written by Inpainter.save_pretrained")
     p.add_argument("--output", required=True, help="the .onnx file to write")
     p.add_argument("--size", type=int, default=None,
                    help="square input side of the exported model (default: the checkpoint's training size)")
@@ -182,12 +184,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         import onnxruntime  # noqa: F401
     except ImportError as exc:
         parser.error(f"ONNX export needs onnx and onnxruntime ({exc}); pip install -e \".[export]\"")
-    if not Path(args.checkpoint).is_file():
-        parser.error(f"checkpoint not found: {args.checkpoint}")
-    try:
-        generator, config = load_generator(args.checkpoint, map_location="cpu")
-    except (CheckpointError, ValueError, KeyError, RuntimeError, OSError) as exc:
-        parser.error(f"cannot use checkpoint {args.checkpoint}: {exc}")
+    try:  # the export traces on the CPU in fp32
+        inpainter = Inpainter.load(args.checkpoint, device="cpu", precision="fp32")
+    except ValueError as exc:
+        parser.error(str(exc))
+    generator, config = inpainter.generator, inpainter.config
     size = args.size if args.size is not None else config.data.size
     if "triton" in attention_backends(generator):
         print("note: the checkpoint's attention uses backend='triton'; exporting the `torch` backend "

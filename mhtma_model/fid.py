@@ -75,7 +75,8 @@ def resolve_inception_path(path: Union[str, os.PathLike, None] = None) -> Option
 
 
 #: The one line a command prints when no Inception weights are configured.
-FID_SKIPPED = f"FID skipped: no Inception-v3 weights given; to report FID, {HOW_TO_GET_WEIGHTS}"
+FID_SKIPPED = (f"FID skipped (and P-IDS/U-IDS): no Inception-v3 weights given; to report them, "
+               f"{HOW_TO_GET_WEIGHTS}")
 
 
 def note_fid_skipped(file=None) -> None:

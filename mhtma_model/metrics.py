@@ -1,4 +1,4 @@
-"""Image-quality metrics for inpainting results (DESIGN.md §4) and their per-hole-ratio summary.
+"""Image-quality metrics for inpainting results (docs/design.md §4) and their per-hole-ratio summary.
 
 Every function takes images in [0, 1]: torch tensors ``[B, C, H, W]`` (or one image ``[C, H, W]``) or
 numpy arrays ``[B, H, W, C]`` / ``[H, W, C]`` (uint8 arrays are divided by 255). Per-image results are
@@ -137,22 +137,32 @@ def bucket_label(ratio: float) -> str:
     raise AssertionError("unreachable: the last bucket is unbounded")
 
 
-def summarise(records: Sequence[Mapping[str, float]],
-              fid_fn=None) -> dict[str, object]:
+#: Per-image metrics averaged on summary rows, in table order (LPIPS only when computed).
+PER_IMAGE_METRICS = ("mae_percent", "psnr", "ssim", "lpips")
+
+
+def summarise(records: Sequence[Mapping[str, float]], fid_fn=None, set_fn=None) -> dict[str, object]:
     """Mean metrics overall and per hole-ratio bucket.
 
-    ``records``: one mapping per image with ``hole_ratio``, ``mae_percent``, ``psnr``, ``ssim``.
+    ``records``: one mapping per image with ``hole_ratio`` and the per-image metrics (``mae_percent``,
+    ``psnr``, ``ssim``, optionally ``lpips``: those of :data:`PER_IMAGE_METRICS` the first record has).
     ``fid_fn``: optional callable ``(indices: list[int]) -> float | None`` giving the FID of a subset.
-    Returns ``{"overall": row, "buckets": [row, ...]}``; a row is ``{"bucket", "count", "mae_percent",
-    "psnr", "ssim"[, "fid"]}``. The six buckets 0–0.6 are always listed (count 0 → metrics None);
-    ">0.6" only when an image falls in it. FID appears on a bucket row only when it has ≥ 2 images.
+    ``set_fn``: optional callable ``(indices) -> dict`` of further set-level values (e.g. P-IDS/U-IDS,
+    None where the subset is too small), merged into each row.
+    Returns ``{"overall": row, "buckets": [row, ...]}``; a row is ``{"bucket", "count", <metric>: mean,
+    ...[, "fid"]}``. The six buckets 0–0.6 are always listed (count 0 → metrics None); ">0.6" only when
+    an image falls in it. FID appears on a bucket row only when it has ≥ 2 images.
     """
+    keys = [k for k in PER_IMAGE_METRICS if records and k in records[0]] or list(PER_IMAGE_METRICS[:3])
+
     def row(name: str, idx: list[int]) -> dict[str, object]:
         out: dict[str, object] = {"bucket": name, "count": len(idx)}
-        for key in ("mae_percent", "psnr", "ssim"):
+        for key in keys:
             out[key] = float(np.mean([records[i][key] for i in idx])) if idx else None
         if fid_fn is not None:
             out["fid"] = fid_fn(idx) if len(idx) >= 2 else None
+        if set_fn is not None:
+            out.update(set_fn(idx))
         return out
 
     by_bucket: dict[str, list[int]] = {label: [] for label, _, _ in BUCKETS}
@@ -163,4 +173,4 @@ def summarise(records: Sequence[Mapping[str, float]],
     return {"overall": row("overall", list(range(len(records)))), "buckets": buckets}
 
 
-__all__ = ["PSNR_CAP_DB", "BUCKETS", "mae_percent", "psnr", "ssim", "image_metrics", "bucket_label", "summarise"]
+__all__ = ["PSNR_CAP_DB", "BUCKETS", "PER_IMAGE_METRICS", "mae_percent", "psnr", "ssim", "image_metrics", "bucket_label", "summarise"]

@@ -1,6 +1,6 @@
-"""Inference: a trained generator applied to images of any size — pad, window, resize, composite — and
-the pairing of image, mask and sketch files. ``mhtma-inpaint``, ``mhtma-eval`` and ``mhtma-ui`` all call
-this module; they only parse arguments and report.
+"""Inference: a trained generator applied to images of any size — pad, window, resize, composite.
+:class:`mhtma_model.Inpainter` (used by ``mhtma-inpaint``, ``mhtma-ui`` and the export) and ``mhtma-eval``
+call this module; the pairing of image, mask and sketch files is :mod:`mhtma_model.input_files`.
 
 Rules (what a user can rely on)
 * **Mask**: a pixel is a hole when its value is > 127. Gray ("L") masks use the value, RGB masks the
@@ -28,15 +28,14 @@ Rules (what a user can rely on)
 * **Precision** (``precision=`` here, ``--precision`` in the command lines; :mod:`mhtma_model.precision`):
   "auto" (default) = bf16 autocast on a CUDA GPU with bf16, TF32 fp32 on older GPUs, fp32 on CPU;
   "bf16", "fp16" (CUDA), "tf32", "fp32" (IEEE, TF32 off). The prediction handed back, the 8-bit
-  rounding and the composite are fp32. ``precision=None`` uses what :func:`prepare_generator` set on the
-  generator (else "auto"). ``--compile`` / ``prepare_generator(compile=True)``: torch.compile of the
+  rounding and the composite are fp32. ``--compile`` / ``prepare_generator(compile=True)``: torch.compile of the
   generator (default off; the first image of each size pays the compilation).
 """
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -45,8 +44,8 @@ from PIL import Image
 
 from .checkpoint import CheckpointError, load_generator
 from .device import resolve_device
-from .images import files_by_key, has_transparency, mask_from_image, no_images_found, open_image
-from .precision import PRECISIONS, compile_module, inference_dtype, inference_precision
+from .images import has_transparency, mask_from_image
+from .precision import compile_module, inference_dtype, inference_precision
 from .sketch import load_user_sketch, thin_strokes
 
 MAX_SIZE = 512
@@ -69,37 +68,18 @@ def open_generator(path) -> tuple:
         raise ValueError(f"cannot use checkpoint {ckpt}: {exc}") from exc
 
 
-def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--precision`` and ``--compile``, the same in mhtma-inpaint, mhtma-eval and mhtma-ui."""
-    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
-                        help="auto (default: bf16 autocast on CUDA GPUs with bf16, else fp32 with TF32 on CUDA, "
-                             "fp32 on CPU), bf16, fp16 (CUDA), tf32, fp32 (IEEE, TF32 off)")
-    parser.add_argument("--compile", action="store_true",
-                        help="torch.compile the generator (faster repeated calls; the first image of each "
-                             "size compiles)")
-
-
-def check_precision(precision: str, device: Union[str, torch.device]) -> None:
-    """ValueError (one line) unless ``precision`` is known and can run on ``device``."""
-    inference_dtype(precision, resolve_device(device))
-
-
 def prepare_generator(generator, device: Union[str, torch.device], precision: str = "auto",
                       compile: bool = False):
-    """Move ``generator`` to ``device`` in eval mode, remember ``precision`` for :func:`predict_batch` and
-    friends (attribute ``inference_precision``) and compile it in place when ``compile`` -> the generator.
-    ValueError (one line) for a precision that cannot run on ``device`` (fp16 on CPU, bf16 on a GPU without it)."""
+    """Move ``generator`` to ``device`` in eval mode and compile it in place when ``compile`` -> the generator.
+    ValueError (one line) for a precision that cannot run on ``device`` (fp16 on CPU, bf16 on a GPU without
+    it). The precision is not stored on the module: pass it to :func:`predict_batch` and friends (or hold
+    both in a :class:`mhtma_model.Inpainter`)."""
     dev = resolve_device(device)
-    check_precision(precision, dev)
+    inference_dtype(precision, dev)
     generator.to(dev).eval()
-    generator.inference_precision = precision
     if compile and not getattr(generator, "compiled_with", None):
         compile_module(generator)
     return generator
-
-
-def _precision(generator, precision: Optional[str]) -> str:
-    return precision if precision is not None else getattr(generator, "inference_precision", "auto")
 
 
 def generator_uses_sketch(generator) -> bool:
@@ -159,12 +139,12 @@ def pad_to_multiple(x: torch.Tensor, multiple: int, min_size: int = 0) -> tuple[
 
 @torch.no_grad()
 def predict_batch(generator, images: np.ndarray, holes: np.ndarray, sketches: Optional[np.ndarray] = None,
-                  device: Union[str, torch.device] = "cpu", precision: Optional[str] = None) -> np.ndarray:
+                  device: Union[str, torch.device] = "cpu", precision: str = "auto") -> np.ndarray:
     """Raw refined predictions for a batch of same-size images.
 
     ``images`` uint8 [B, h, w, 3], ``holes`` bool [B, h, w], ``sketches`` float [B, h, w] in {0, 1} or None
     -> float32 [B, h, w, 3] in [0, 255] (not rounded, not composited). Pads to ``generator.multiple``
-    (reflect) and crops back. ``precision``: module docstring (None = the generator's, else "auto").
+    (reflect) and crops back. ``precision``: module docstring.
     """
     dev = torch.device(device)
     multiple = int(getattr(generator, "multiple", 8))
@@ -177,14 +157,14 @@ def predict_batch(generator, images: np.ndarray, holes: np.ndarray, sketches: Op
     if sketches is not None:
         sk = torch.tensor(np.asarray(sketches, dtype=np.float32))[:, None].to(dev)
         inputs += (pad_to_multiple(sk, multiple, min_size)[0],)
-    with inference_precision(_precision(generator, precision), dev):
+    with inference_precision(precision, dev):
         _coarse, refined = generator(*inputs)
     out = (refined[:, :, :h, :w].float().clamp(-1, 1) + 1.0) * 127.5
     return out.permute(0, 2, 3, 1).cpu().numpy()
 
 
 def predict(generator, image: np.ndarray, hole: np.ndarray, sketch: Optional[np.ndarray] = None,
-            device: Union[str, torch.device] = "cpu", precision: Optional[str] = None) -> np.ndarray:
+            device: Union[str, torch.device] = "cpu", precision: str = "auto") -> np.ndarray:
     """:func:`predict_batch` for one image: uint8 [h, w, 3], bool [h, w], sketch [h, w] | None -> float32 [h, w, 3]."""
     return predict_batch(generator, image[None], hole[None], None if sketch is None else sketch[None], device,
                          precision)[0]
@@ -196,7 +176,7 @@ def to_uint8(pred: np.ndarray) -> np.ndarray:
 
 
 def fill_holes(generator, images: np.ndarray, holes: np.ndarray, sketches: Optional[np.ndarray] = None,
-               device: Union[str, torch.device] = "cpu", precision: Optional[str] = None) -> np.ndarray:
+               device: Union[str, torch.device] = "cpu", precision: str = "auto") -> np.ndarray:
     """:func:`predict_batch` composited in 8 bits: uint8 [B, h, w, 3] with only the hole pixels replaced
     by the rounded prediction (known pixels copied)."""
     pred_u8 = to_uint8(predict_batch(generator, images, holes, sketches, device, precision))
@@ -232,8 +212,6 @@ def _network_inputs(rgb: np.ndarray, hole: np.ndarray, sketch: Optional[np.ndarr
 
 def _predict_window(generator, rgb, hole, sketch, net_size, device, precision) -> np.ndarray:
     """uint8 [h, w, 3] prediction for a window (downscaled for the network and upscaled back if needed)."""
-    if _generator_device(generator) not in (None, device):
-        generator.to(device)
     pred = predict(generator, *_network_inputs(rgb, hole, sketch, net_size), device, precision)
     if net_size != hole.shape:
         up = torch.from_numpy(pred).permute(2, 0, 1)[None]
@@ -258,9 +236,49 @@ def _paste(source: Image.Image, pred_u8: np.ndarray, hole: np.ndarray, box) -> I
     return Image.fromarray(out)
 
 
+@dataclass
+class _Case:
+    """One image on its way through the network: the output's source, the hole, the window and its inputs."""
+    source: Image.Image
+    hole: np.ndarray
+    box: tuple = (0, 0, 0, 0)
+    net_size: tuple = (0, 0)
+    rgb: Optional[np.ndarray] = None
+    sketch: Optional[np.ndarray] = None
+
+    @property
+    def whole(self) -> bool:
+        """Whether the network sees the whole image at its own size (such cases can share a forward)."""
+        return self.box == (0, self.hole.shape[0], 0, self.hole.shape[1]) and tuple(self.net_size) == self.hole.shape
+
+
+def _plan(generator, image, mask, sketch, max_size: Optional[int]) -> _Case:
+    """Check the inputs and plan where the network runs (:func:`plan_window`) -> a :class:`_Case`."""
+    _check_inputs(generator, image, mask, sketch)
+    if max_size is None:
+        max_size = getattr(generator, "training_size", None) or MAX_SIZE
+    source = _native(image)
+    hole = mask_from_image(mask)
+    if not hole.any():
+        return _Case(source, hole)
+    rgb = np.asarray(source.convert("RGB"))
+    box, net_size = plan_window(hole, max_size)
+    top, bottom, left, right = box
+    win_sketch = None
+    if generator_uses_sketch(generator):
+        win_sketch = (np.zeros((bottom - top, right - left), np.float32) if sketch is None
+                      else load_user_sketch(sketch, rgb.shape[:2])[top:bottom, left:right])
+    return _Case(source, hole, box, net_size, rgb[top:bottom, left:right], win_sketch)
+
+
+def _window_hole(case: _Case) -> np.ndarray:
+    top, bottom, left, right = case.box
+    return case.hole[top:bottom, left:right]
+
+
 def inpaint_image(generator, image: Image.Image, mask: Image.Image, sketch: Optional[Image.Image] = None,
                   device: Union[str, torch.device] = "cpu", max_size: Optional[int] = None,
-                  precision: Optional[str] = None) -> Image.Image:
+                  precision: str = "auto") -> Image.Image:
     """Inpaint ``image`` where ``mask`` marks holes -> PIL image of the same size; known pixels bit-identical.
 
     ``generator``: an :class:`~mhtma_model.networks.InpaintGenerator` (eval mode; it is moved to ``device``).
@@ -270,93 +288,38 @@ def inpaint_image(generator, image: Image.Image, mask: Image.Image, sketch: Opti
     generator's ``training_size`` (set by :func:`mhtma_model.checkpoint.load_generator`: a network sees
     its inputs at the scale it was trained on), else MAX_SIZE. ``precision``: module docstring.
     """
-    _check_inputs(generator, image, mask, sketch)
+    return inpaint_images(generator, [image], [mask], [sketch], device, max_size, precision)[0]
+
+
+def inpaint_images(generator, images: Sequence[Image.Image], masks: Sequence[Image.Image],
+                   sketches: Optional[Sequence[Optional[Image.Image]]] = None,
+                   device: Union[str, torch.device] = "cpu", max_size: Optional[int] = None,
+                   precision: str = "auto") -> list[Image.Image]:
+    """:func:`inpaint_image` of several images -> a list, in order. Images of one size that the network sees
+    whole (longer side <= ``max_size``) share one forward; the others (windowed or resized) run one by one."""
+    sketches = [None] * len(images) if sketches is None else list(sketches)
+    if not len(images) == len(masks) == len(sketches):
+        raise ValueError(f"got {len(images)} images, {len(masks)} masks and {len(sketches)} sketches; "
+                         "give one mask (and one sketch or None) per image")
     dev = resolve_device(device)
-    if max_size is None:
-        max_size = getattr(generator, "training_size", None) or MAX_SIZE
-    source = _native(image)
-    hole = mask_from_image(mask)
-    if not hole.any():
-        return source.copy()
-    rgb = np.asarray(source.convert("RGB"))
-    box, net_size = plan_window(hole, max_size)
-    top, bottom, left, right = box
-    win_hole = hole[top:bottom, left:right]
-    win_sketch = None
-    if generator_uses_sketch(generator):
-        win_sketch = (np.zeros(win_hole.shape, np.float32) if sketch is None
-                      else load_user_sketch(sketch, rgb.shape[:2])[top:bottom, left:right])
-    pred_u8 = _predict_window(generator, rgb[top:bottom, left:right], win_hole, win_sketch, net_size, dev, precision)
-    return _paste(source, pred_u8, win_hole, box)
-
-
-def mask_notice(mask: Image.Image) -> Optional[str]:
-    """A one-line notice for a mask that is legal but probably not what the user meant, else None: no hole
-    (the image comes back unchanged) or all hole (nothing known to condition on: the fill is a guess)."""
-    hole = mask_from_image(mask)
-    if not hole.any():
-        return "the mask has no hole (no pixel > 127): nothing to fill, the image is written unchanged"
-    if hole.all():
-        return ("the mask covers the whole image: nothing known to condition on, so the output is the model's "
-                "guess from nothing (leave part of the image visible for a real fill)")
-    return None
-
-
-def open_inputs(image_path: Path, mask_path: Path, sketch_path: Optional[Path] = None):
-    """Image, mask and sketch (or None) files as PIL images (:func:`mhtma_model.images.open_image`); OSError
-    or ValueError naming the file when one is unreadable or the mask's size differs from the image's."""
-    image, mask = open_image(image_path), open_image(mask_path)
-    sketch = open_image(sketch_path) if sketch_path is not None else None
-    if mask.size != image.size:
-        raise ValueError(f"mask {mask_path.name} is {mask.size[0]}x{mask.size[1]} but image "
-                         f"{image_path.name} is {image.size[0]}x{image.size[1]}")
-    return image, mask, sketch
-
-
-def inpaint_files(generator, image_path: Path, mask_path: Path, sketch_path: Optional[Path] = None,
-                  device: Union[str, torch.device] = "cpu", max_size: Optional[int] = None,
-                  precision: Optional[str] = None) -> Image.Image:
-    """:func:`inpaint_image` of files read with :func:`open_inputs` (its errors propagate)."""
-    image, mask, sketch = open_inputs(image_path, mask_path, sketch_path)
-    return inpaint_image(generator, image, mask, sketch=sketch, device=device, max_size=max_size, precision=precision)
-
-
-# --------------------------------------------------------------------------------------------- files
-
-def pair_inputs(image: Path, mask: Path, sketch: Optional[Path] = None):
-    """-> (pairs [(key, image_path, mask_path, sketch_path | None)], problems [(key, reason)]); ValueError for
-    a usage error (file/folder mix-up, missing path, an image folder holding no images)."""
-    if image.is_file():
-        if not mask.is_file():
-            raise ValueError(f"--image is a file, so --mask must be a file too: {mask}")
-        if sketch is not None and not sketch.is_file():
-            raise ValueError(f"--image is a file, so --sketch must be a file too: {sketch}")
-        return [(image.stem, image, mask, sketch)], []
-    if not image.is_dir():
-        raise ValueError(f"--image not found: {image}")
-    if not mask.is_dir():
-        raise ValueError(f"--image is a folder, so --mask must be a folder too: {mask}")
-    if sketch is not None and not sketch.is_dir():
-        raise ValueError(f"--image is a folder, so --sketch must be a folder too: {sketch}")
-    images, masks = files_by_key(image), files_by_key(mask)
-    if not images:
-        raise ValueError(no_images_found(image, "--image folder"))
-    sketches = files_by_key(sketch) if sketch is not None else {}
-    pairs, problems = [], []
-    for key, paths in sorted(images.items()):
-        if len(paths) > 1:
-            problems.append((key, "several images share this name: " + ", ".join(p.name for p in paths)))
-        elif key not in masks:
-            problems.append((key, f"no mask named {key}.* in {mask}"))
-        elif len(masks[key]) > 1:
-            problems.append((key, "several masks share this name: " + ", ".join(p.name for p in masks[key])))
-        elif len(sketches.get(key, [])) > 1:
-            problems.append((key, "several sketches share this name: " + ", ".join(p.name for p in sketches[key])))
+    cases = [_plan(generator, *inputs, max_size) for inputs in zip(images, masks, sketches)]
+    if _generator_device(generator) not in (None, dev):
+        generator.to(dev)
+    results: list = [case.source.copy() for case in cases]
+    groups: dict = {}
+    for i, case in enumerate(cases):
+        if case.hole.any():
+            groups.setdefault(case.hole.shape if case.whole else ("alone", i), []).append(i)
+    for members in groups.values():
+        if len(members) == 1:
+            case = cases[members[0]]
+            preds = [_predict_window(generator, case.rgb, _window_hole(case), case.sketch, case.net_size, dev,
+                                     precision)]
         else:
-            sk = sketches.get(key)
-            pairs.append((key, paths[0], masks[key][0], sk[0] if sk else None))
-    for key in sorted(set(masks) - set(images)):
-        problems.append((key, f"mask without an image in {image}"))
-    for key in sorted(set(sketches) - set(images)):
-        problems.append((key, f"sketch without an image in {image}"))
-    return pairs, problems
+            group = [cases[i] for i in members]
+            sk = None if group[0].sketch is None else np.stack([c.sketch for c in group])
+            preds = to_uint8(predict_batch(generator, np.stack([c.rgb for c in group]),
+                                           np.stack([c.hole for c in group]), sk, dev, precision))
+        for i, pred in zip(members, preds):
+            results[i] = _paste(cases[i].source, pred, _window_hole(cases[i]), cases[i].box)
+    return results

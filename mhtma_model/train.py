@@ -9,7 +9,9 @@ Multi-GPU: ``torchrun --nproc_per_node N -m mhtma_model.train ...`` (DDP; ``data
 Each step is one GAN update, :class:`mhtma_model.gan_step.GanStep` (losses and optimisers in its docstring),
 from a per-step seed; :class:`Trainer` runs the loop around it.
 
-Validation: mean |I_out − I_gt| over the held-out split with fixed masks (seeded by image index), each
+Validation: the held-out split with fixed masks (seeded by image index) scored by
+:class:`mhtma_model.evaluator.Evaluator`, the code behind ``mhtma-eval`` (8-bit composite; MAE %, PSNR,
+SSIM logged); its figure ``val_l1`` is mean |I_out − I_gt| on the [-1, 1] scale (MAE % / 50), each
 epoch (or every ``train.val_every`` steps); ``best.pt`` keeps the lowest; training stops after
 ``train.patience`` validations without improvement, at ``train.max_steps`` or ``train.max_epochs``.
 
@@ -50,7 +52,8 @@ from .gan_step import GanStep
 from .images import list_images, no_images_found
 from .precision import PrecisionError
 from .losses import PerceptualLoss
-from .masks import MaskFolder
+from .masks import MaskFolder, ProtocolMix, parse_protocol_mix
+from .evaluator import Evaluator, images_to_uint8, network_output_to_255
 from .networks import composite
 from .samples import SAMPLE_COLUMNS, save_sample_grid
 
@@ -60,7 +63,8 @@ __all__ = ["main", "train", "Trainer", "EarlyStopping", "EpochSampler", "Trainin
 # ------------------------------------------------------------------------------------ distribution
 
 @dataclass
-class _Dist:
+class _Distribution:
+    """Where this process sits in a (torchrun) DDP job; a single-process run is ``_Distribution()``."""
     enabled: bool = False
     rank: int = 0
     world: int = 1
@@ -72,30 +76,29 @@ class _Dist:
         return self.rank == 0
 
 
-def _setup_distributed(cfg: Config) -> _Dist:
+def _setup_distributed(cfg: Config) -> _Distribution:
     """DDP when launched by torchrun (env WORLD_SIZE > 1): nccl on CUDA, gloo on CPU."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        return _Dist()
-    dist = torch.distributed
+        return _Distribution()
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available() and cfg.train.device != "cpu"
     owns = False
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if use_cuda else "gloo")
         owns = True
-    return _Dist(True, rank, world, local_rank, owns)
+    return _Distribution(True, rank, world, local_rank, owns)
 
 
-def _device(cfg: Config, d: _Dist) -> torch.device:
+def _device(cfg: Config, dist: _Distribution) -> torch.device:
     """``train.device`` resolved (one GPU per process under DDP: cuda:LOCAL_RANK) and made current."""
     try:
         device = resolve_device(cfg.train.device)
     except ValueError:
         raise ConfigError(f"train.device={cfg.train.device!r} but CUDA is not available; "
                           f"use train.device=cpu") from None
-    if device.type == "cuda" and device.index is None and d.enabled:
-        device = torch.device(f"cuda:{d.local_rank}")
+    if device.type == "cuda" and device.index is None and dist.enabled:
+        device = torch.device(f"cuda:{dist.local_rank}")
     if device.type == "cuda":
         torch.cuda.set_device(device)
     return device
@@ -195,13 +198,13 @@ def _batch_to(batch: dict, device) -> tuple:
     return image, mask, sketch
 
 
-def _datasets(cfg: Config, d: _Dist):
+def _datasets(cfg: Config, dist: _Distribution):
     """The image folder (or the demo dataset) split into training and validation datasets."""
     if cfg.data.root is None:
-        if d.enabled and not d.main:
+        if dist.enabled and not dist.main:
             torch.distributed.barrier()  # rank 0 writes the demo images first
         root = demo_dataset_root()
-        if d.enabled and d.main:
+        if dist.enabled and dist.main:
             torch.distributed.barrier()
     else:
         root = Path(cfg.data.root).expanduser()
@@ -218,10 +221,11 @@ def _datasets(cfg: Config, d: _Dist):
         raise ConfigError(f"data.root {root}: {len(paths)} images give {len(train_paths)} training and "
                           f"{len(val_paths)} validation images with data.val_fraction={cfg.data.val_fraction}")
     masks = _mask_folder(cfg.data.masks) if cfg.data.masks else None
+    mix = ProtocolMix(parse_protocol_mix(cfg.data.mask_protocols)) if cfg.data.mask_protocols else None
     train_ds = InpaintingDataset(train_paths, cfg.data.size, masks=masks, train=True, seed=cfg.run.seed,
-                                 sketch=cfg.model.sketch)
+                                 sketch=cfg.model.sketch, protocols=mix)
     val_ds = InpaintingDataset(val_paths, cfg.data.size, masks=masks, train=False, seed=cfg.run.seed,
-                               sketch=cfg.model.sketch)
+                               sketch=cfg.model.sketch, protocols=mix)
     return root, train_ds, val_ds
 
 
@@ -236,25 +240,35 @@ def _mask_folder(setting) -> MaskFolder:
 
 
 @torch.no_grad()
-def _validate(generator, loader, device, amp_ctx, max_batches, d: _Dist) -> float:
-    """Mean |I_out − I_gt| over this rank's share of the validation split (summed over ranks)."""
+def _validate(generator, loader, device, amp_ctx, max_batches, dist: _Distribution) -> dict:
+    """The validation split scored by :class:`mhtma_model.evaluator.Evaluator` (the code behind
+    ``mhtma-eval``: 8-bit composite, MAE % / PSNR / SSIM, buckets), over every rank's share -> the
+    ``{"overall", "buckets"}`` summary of all validation images."""
     was_training = generator.training
     generator.eval()
-    total = torch.zeros(2, dtype=torch.float64, device=device)
+    evaluator = Evaluator()
+    paths = getattr(loader.dataset, "paths", None)
     for i, batch in enumerate(loader):
         if max_batches is not None and i >= max_batches:
             break
         image, mask, sketch = _batch_to(batch, device)
         with amp_ctx():
             _, refined = generator(image, mask, sketch)
-        out = composite(refined.float(), image, mask)
-        err = (out - image).abs().flatten(1).mean(1)
-        total[0] += err.double().sum()
-        total[1] += err.numel()
-    if d.enabled:
-        torch.distributed.all_reduce(total)
+        names = [paths[int(j)].stem if paths is not None else str(int(j)) for j in batch["index"]]
+        evaluator.add(names, images_to_uint8(batch["image"]), batch["mask"][:, 0].numpy() > 0.5,
+                      network_output_to_255(refined))
     generator.train(was_training)
-    return float(total[0] / total[1].clamp_min(1))
+    if not dist.enabled:
+        return evaluator.summary()
+    gathered: list = [None] * dist.world
+    torch.distributed.all_gather_object(gathered, evaluator.records)
+    return evaluator.summary([r for part in gathered for r in part])
+
+
+def validation_l1(summary: dict) -> float:
+    """The early-stopping figure: mean |I_out − I_gt| on the [-1, 1] scale of the 8-bit composite (= MAE % / 50)."""
+    mae = summary["overall"]["mae_percent"]
+    return float("inf") if mae is None else mae / 50.0
 
 
 # -------------------------------------------------------------------------------------- stop signals
@@ -306,52 +320,68 @@ class StopSignals:
 # --------------------------------------------------------------------------------------------- train
 
 class Trainer:
-    """One training run: built from a :class:`Config` (networks, optimisers, data, resume), advanced by
-    :meth:`run`. Plain state: ``step``, ``epoch``, ``batch_in_epoch``, ``early`` (:class:`EarlyStopping`),
-    ``metrics``; checkpoints are written and read by :mod:`mhtma_model.checkpoint` alone. With ``signals``
-    (:class:`StopSignals`) a SIGINT/SIGTERM ends the run after the current step: last.pt is written and
-    :class:`TrainingInterrupted` raised."""
+    """One training run: built from a :class:`Config` in named steps (:meth:`_setup_device`,
+    :meth:`_setup_run_dir`, :meth:`_read_resume`, :meth:`_build_data`, :meth:`_build_networks`,
+    :meth:`_restore`, DDP wrapping, :meth:`_setup_logging`), advanced by :meth:`run` or epoch by epoch with
+    :meth:`run_epoch`. Plain state: ``step``, ``epoch``, ``batch_in_epoch``, ``early``
+    (:class:`EarlyStopping`), ``metrics``; checkpoints are written and read by :mod:`mhtma_model.checkpoint`
+    alone. With ``signals`` (:class:`StopSignals`) a SIGINT/SIGTERM ends the run after the current step:
+    last.pt is written and :class:`TrainingInterrupted` raised."""
 
-    def __init__(self, cfg: Config, d: _Dist, signals: StopSignals | None = None):
-        self.cfg, self.d, self.t_start = cfg, d, time.time()
+    def __init__(self, cfg: Config, dist: _Distribution | None = None, signals: StopSignals | None = None):
+        self.cfg, self.dist, self.t_start = cfg, dist or _Distribution(), time.time()
         self.signals, self.stop_signum = signals, None
-        if cfg.train.threads is not None:
-            torch.set_num_threads(cfg.train.threads)
-        self.device = _device(cfg, d)
-        self.run_dir = Path(cfg.run.dir).expanduser()
-        self.ckpt_dir = self.run_dir / "checkpoints"
-        # Fail fast: the perceptual loss's weights file and the resume checkpoint come before any work.
-        perceptual = PerceptualLoss(cfg.loss.vgg16).to(self.device) if cfg.loss.perceptual > 0 else None
-        self.resume_path = resolve_resume(cfg.train.resume, self.ckpt_dir)
-        payload = load_checkpoint(self.resume_path, map_location="cpu") if self.resume_path else None
-        if payload is not None:
-            check_resumable(payload, cfg, self.resume_path)
-        self._build_data()
-        self.gan = GanStep(cfg, self.device, perceptual)
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self.early = EarlyStopping(cfg.train.patience)
         self.metrics: dict = {}
+        self.logs: dict = {}
+        self._setup_device()
+        self._setup_run_dir()
+        # Fail fast: the perceptual loss's weights file and the resume checkpoint come before any work.
+        perceptual = PerceptualLoss(cfg.loss.vgg16).to(self.device) if cfg.loss.perceptual > 0 else None
+        payload = self._read_resume()
+        self._build_data()
+        self._build_networks(perceptual)
         if payload is not None:
             self._restore(payload)
         del payload
-        if d.enabled:
+        if self.dist.enabled:  # after the restore: DDP starts from the restored weights
             self.gan.wrap_distributed(self.device)
-        self.writer = self._open_run_dir() if d.main else None
-        self.sample_batch = None
-        if d.main:
-            self.sample_batch = next(iter(DataLoader(self.val_ds, batch_size=min(4, len(self.val_ds)), shuffle=False)))
-        self.saved_at = self.step
-        self.logs: dict = {}
+        self._setup_logging()
 
     # ------------------------------------------------------------------------------------ building
+    def _setup_device(self) -> None:
+        """CPU threads (``train.threads``) and the device (one GPU per process under DDP)."""
+        if self.cfg.train.threads is not None:
+            torch.set_num_threads(self.cfg.train.threads)
+        self.device = _device(self.cfg, self.dist)
+
+    def _setup_run_dir(self) -> None:
+        """Where the run writes (nothing is created yet: a run that fails at start leaves no folder)."""
+        self.run_dir = Path(self.cfg.run.dir).expanduser()
+        self.ckpt_dir = self.run_dir / "checkpoints"
+
+    def _read_resume(self) -> dict | None:
+        """The checkpoint ``train.resume`` names (checked against this config), or None for a new run."""
+        self.resume_path = resolve_resume(self.cfg.train.resume, self.ckpt_dir)
+        if self.resume_path is None:
+            return None
+        payload = load_checkpoint(self.resume_path, map_location="cpu")
+        check_resumable(payload, self.cfg, self.resume_path)
+        return payload
+
     def _build_data(self) -> None:
-        cfg, d = self.cfg, self.d
-        self.root, self.train_ds, self.val_ds = _datasets(cfg, d)
-        self.sampler = EpochSampler(len(self.train_ds), seed=cfg.run.seed, rank=d.rank, world=d.world)
-        self.batches_per_epoch = math.ceil(math.ceil(len(self.train_ds) / d.world) / cfg.data.batch_size)
-        val_indices = list(range(d.rank, len(self.val_ds), d.world))
+        cfg, dist = self.cfg, self.dist
+        self.root, self.train_ds, self.val_ds = _datasets(cfg, dist)
+        self.sampler = EpochSampler(len(self.train_ds), seed=cfg.run.seed, rank=dist.rank, world=dist.world)
+        self.batches_per_epoch = math.ceil(math.ceil(len(self.train_ds) / dist.world) / cfg.data.batch_size)
+        val_indices = list(range(dist.rank, len(self.val_ds), dist.world))
         self.val_loader = DataLoader(torch.utils.data.Subset(self.val_ds, val_indices),
                                      batch_size=cfg.data.batch_size, shuffle=False, num_workers=cfg.data.num_workers)
+
+    def _build_networks(self, perceptual) -> None:
+        """Generator, discriminator, losses and optimisers (:class:`~mhtma_model.gan_step.GanStep`)."""
+        self.gan = GanStep(self.cfg, self.device, perceptual)
 
     def _restore(self, payload: dict) -> None:
         state = restore_training(payload, self.cfg, **self.gan.parts())
@@ -359,16 +389,29 @@ class Trainer:
         self.early.load(state["early_stop"])
         self.metrics = state["metrics"]
 
+    def _setup_logging(self) -> None:
+        """Rank 0: the run dir with config.yaml, TensorBoard and the start line, the sample batch; every rank:
+        the progress bar and the checkpoint/validation marks (so :meth:`run_epoch` works without :meth:`run`)."""
+        self.saved_at = self.step
+        self.last_val_step = self.early.history[-1][0] if self.early.history else None
+        self.writer, self.sample_batch = None, None
+        if self.dist.main:
+            self.writer = self._open_run_dir()
+            self.sample_batch = next(iter(DataLoader(self.val_ds, batch_size=min(4, len(self.val_ds)),
+                                                     shuffle=False)))
+        self.pbar = tqdm(total=self.cfg.train.max_steps, initial=self.step, disable=not self.dist.main,
+                         dynamic_ncols=True, desc="mhtma-train", unit="step", file=sys.stderr)
+
     def _open_run_dir(self) -> SummaryWriter:
         """config.yaml, the TensorBoard writer and the start line (rank 0)."""
-        cfg, d = self.cfg, self.d
+        cfg, dist = self.cfg, self.dist
         self.run_dir.mkdir(parents=True, exist_ok=True)
         cfg.save(self.run_dir / "config.yaml")
         writer = SummaryWriter(str(self.run_dir / "tb"))
         where = (f"resumed from {self.resume_path} at step {self.step}" if self.resume_path else "new run")
         print(f"mhtma-train: {where}; run dir {self.run_dir}; data {self.root} ({len(self.train_ds)} train / "
               f"{len(self.val_ds)} val images, {cfg.data.size}px); device {self.device}"
-              f"{' x' + str(d.world) if d.enabled else ''}, {self.gan.precision_name}"
+              f"{' x' + str(dist.world) if dist.enabled else ''}, {self.gan.precision_name}"
               f"{', compiled generator' if cfg.train.compile else ''}"
               f"{'; Ctrl+C saves last.pt and stops' if self.signals is not None and self.signals.active else ''}",
               file=sys.stderr, flush=True)
@@ -384,11 +427,11 @@ class Trainer:
         """last.pt now (force) or only if train.checkpoint_every steps passed since the last save."""
         if force or self.step - self.saved_at >= self.cfg.train.checkpoint_every:
             self.saved_at = self.step
-            if self.d.main:
+            if self.dist.main:
                 save_checkpoint(self.ckpt_dir / "last.pt", self.payload())
 
     def write_samples(self) -> None:
-        if not self.d.main:
+        if not self.dist.main:
             return
         image, mask, sketch = _batch_to(self.sample_batch, self.device)
         was = self.gan.g_raw.training
@@ -399,19 +442,42 @@ class Trainer:
         out = composite(refined.float(), image, mask)
         save_sample_grid(self.run_dir / "samples" / f"step_{self.step:07d}.png", image, mask, coarse.float(), out)
 
-    # ---------------------------------------------------------------------------------- validation
-    def validate(self) -> bool:
-        """Validation + early-stop bookkeeping + best/last checkpoints. Returns True to stop."""
-        val = _validate(self.gan.g_raw, self.val_loader, self.device, self.gan.autocast, self.cfg.train.val_batches, self.d)
+    # ------------------------------------------- validation, early stopping, checkpointing (one method each)
+    def validate(self) -> float:
+        """The validation split scored by the shared :class:`~mhtma_model.evaluator.Evaluator` (fixed masks; every
+        rank's images) -> ``val_l1`` (:func:`validation_l1`), also ``metrics["val_l1"]``, ``metrics["val"]`` (the
+        overall row: MAE %, PSNR, SSIM) and TensorBoard ``val/l1_out``, ``val/mae_percent``, ``val/psnr``, ``val/ssim``."""
+        scores = _validate(self.gan.g_raw, self.val_loader, self.device, self.gan.autocast, self.cfg.train.val_batches,
+                           self.dist)
+        val = validation_l1(scores)
         self.metrics["val_l1"] = val
+        self.metrics["val"] = {k: v for k, v in scores["overall"].items() if k != "bucket"}
+        if self.writer is not None:
+            self.writer.add_scalar("val/l1_out", val, self.step)
+            for key in ("mae_percent", "psnr", "ssim"):
+                self.writer.add_scalar(f"val/{key}", scores["overall"][key], self.step)
+        return val
+
+    def update_early_stopping(self, val: float) -> bool:
+        """Record a validation value in :attr:`early` -> whether it improved on the best (``early.stopped`` says
+        whether ``train.patience`` is used up)."""
         improved = self.early.update(self.step, val)
         self.metrics["best_val_l1"] = self.early.best
-        if self.d.main:
-            self.writer.add_scalar("val/l1_out", val, self.step)
+        if self.writer is not None:
             self.writer.add_scalar("val/best_l1_out", self.early.best, self.step)
-            if improved:
-                save_checkpoint(self.ckpt_dir / "best.pt", self.payload())
-        self.save_last(force=self.early.stopped or self.finished())  # else every checkpoint_every steps
+        return improved
+
+    def save_checkpoints(self, improved: bool) -> None:
+        """best.pt when the validation ``improved``; last.pt when the run ends here, else every
+        ``train.checkpoint_every`` steps."""
+        if improved and self.dist.main:
+            save_checkpoint(self.ckpt_dir / "best.pt", self.payload())
+        self.save_last(force=self.early.stopped or self.finished())
+
+    def validation_round(self) -> bool:
+        """:meth:`validate`, :meth:`update_early_stopping`, :meth:`save_checkpoints` at this step -> True to stop."""
+        self.last_val_step = self.step
+        self.save_checkpoints(self.update_early_stopping(self.validate()))
         return self.early.stopped
 
     def finished(self) -> bool:
@@ -422,11 +488,11 @@ class Trainer:
     # -------------------------------------------------------------------------------------- a step
     def train_step(self, batch: dict) -> None:
         """One GAN update on ``batch`` (:class:`~mhtma_model.gan_step.GanStep`) from a per-step seed, then logging."""
-        torch.manual_seed(_step_seed(self.cfg.run.seed, self.step, self.d.rank))
+        torch.manual_seed(_step_seed(self.cfg.run.seed, self.step, self.dist.rank))
         named = self.gan.step(*_batch_to(batch, self.device))
         self.step += 1
         self.batch_in_epoch += 1
-        if self.d.main:
+        if self.dist.main:
             self._log(named)
 
     def _log(self, named: dict) -> None:
@@ -464,11 +530,11 @@ class Trainer:
         """The rest of the current epoch, or until a stop; validates per train.val_every (or at its end)."""
         val_every = self.cfg.train.val_every
         stop = False
+        self.gan.train()
         for batch in self._epoch_loader():
             self.train_step(batch)
             if val_every and self.step % val_every == 0:
-                self.last_val_step = self.step
-                stop = self.validate()
+                stop = self.validation_round()
             elif self.step % self.cfg.train.checkpoint_every == 0:
                 self.save_last()
             if stop or self.finished() or self.interrupted():
@@ -476,18 +542,13 @@ class Trainer:
         else:  # the epoch ran to its end
             self.epoch, self.batch_in_epoch = self.epoch + 1, 0
             if not val_every and self.last_val_step != self.step:
-                self.last_val_step = self.step
-                self.validate()
+                self.validation_round()
             return
         if self.batch_in_epoch >= self.batches_per_epoch:  # max_steps hit exactly at the epoch's end
             self.epoch, self.batch_in_epoch = self.epoch + 1, 0
 
     def run(self) -> dict:
         """Train until a stop condition, end with a validation at the final step -> the summary dict."""
-        self.pbar = tqdm(total=self.cfg.train.max_steps, initial=self.step, disable=not self.d.main,
-                         dynamic_ncols=True, desc="mhtma-train", unit="step", file=sys.stderr)
-        self.gan.train()
-        self.last_val_step = self.early.history[-1][0] if self.early.history else None
         while not self.finished() and not self.interrupted():
             self.run_epoch()
         self.pbar.close()
@@ -495,10 +556,10 @@ class Trainer:
             self._stop_on_signal()
         # Always end with a validation at the final step (so best.pt exists and last.pt holds it).
         if self.last_val_step != self.step:
-            self.validate()
-        if self.d.main and not (self.run_dir / "samples" / f"step_{self.step:07d}.png").exists():
+            self.validation_round()
+        if self.dist.main and not (self.run_dir / "samples" / f"step_{self.step:07d}.png").exists():
             self.write_samples()
-        if self.d.main and not (self.ckpt_dir / "best.pt").exists():
+        if self.dist.main and not (self.ckpt_dir / "best.pt").exists():
             save_checkpoint(self.ckpt_dir / "best.pt", self.payload())
         if self.writer is not None:
             self.writer.flush()
@@ -508,7 +569,7 @@ class Trainer:
     def interrupted(self) -> bool:
         """Whether a stop signal arrived (under DDP on any rank: all ranks stop after the same step)."""
         signum = self.signals.signum if self.signals is not None and self.signals.signum is not None else 0
-        if self.d.enabled:
+        if self.dist.enabled:
             flag = torch.tensor([signum], device=self.device)
             torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
             signum = int(flag.item())
@@ -528,9 +589,10 @@ class Trainer:
         early = self.early
         return {
             "run_dir": str(self.run_dir), "step": self.step, "epoch": self.epoch, "stopped_early": bool(early.stopped),
-            "val_l1": self.metrics.get("val_l1"), "best_val_l1": early.best, "best_step": early.best_step,
+            "val_l1": self.metrics.get("val_l1"), "val": self.metrics.get("val"), "best_val_l1": early.best,
+            "best_step": early.best_step,
             "last_checkpoint": str(self.ckpt_dir / "last.pt"), "best_checkpoint": str(self.ckpt_dir / "best.pt"),
-            "losses": self.logs, "rank": self.d.rank, "world_size": self.d.world,
+            "losses": self.logs, "rank": self.dist.rank, "world_size": self.dist.world,
             "seconds": round(time.time() - self.t_start, 1), "weights_sha256": _weights_digest(self.gan.g_raw, self.gan.d_raw),
         }
 
@@ -546,12 +608,12 @@ def train(config: Config) -> dict:
     if not isinstance(config, Config):
         raise TypeError(f"train: config must be a mhtma_model.config.Config, got {type(config).__name__}")
     cfg = config
-    d = _setup_distributed(cfg)
+    dist = _setup_distributed(cfg)
     try:
         with StopSignals() as signals:
-            return Trainer(cfg, d, signals).run()
+            return Trainer(cfg, dist, signals).run()
     finally:
-        if d.owns_group:
+        if dist.owns_group:
             torch.distributed.destroy_process_group()
 
 

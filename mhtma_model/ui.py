@@ -5,14 +5,21 @@ optionally, guide lines on the layer "sketch" (or uploads a mask / sketch file i
 checkpoint and gets the inpainted result next to the input, a download button, and the temperature
 ``t_h`` that each attention head chose for this image (``generator.last_temperature`` after the forward).
 
-The inference itself is :func:`run_inpainting`, which calls :func:`mhtma_model.predict.inpaint_image`
-(the one copy of padding and compositing) and reads the temperatures; the page only collects inputs.
+The inference itself is :func:`run_inpainting`, which calls a :class:`mhtma_model.Inpainter` (the one copy
+of padding and compositing is :mod:`mhtma_model.predict`) and reads the temperatures; the page only collects
+inputs.
+
+Concurrency: Gradio queues the requests of all visitors; :data:`CONCURRENCY` (1) of them run at a time
+(one forward at a time: the network already uses every thread it was given, and the Inpainter's lock keeps
+the per-head temperatures of a result its own), and at most :data:`QUEUE_SIZE` wait; beyond that a visitor
+gets Gradio's "queue is full" message and can retry. A bad upload fails only its own request.
 Gradio is an optional dependency (``pip install 'mhtma[ui]'``); nothing here contacts the internet
 (analytics off, no share links, fonts served locally).
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 import tempfile
@@ -24,10 +31,9 @@ from typing import Any, Optional, Sequence
 import numpy as np
 from PIL import Image
 
-from .checkpoint import load_generator
-from .device import default_cpu_threads, resolve_device, set_cpu_threads
+from .cli_options import add_inference_options, apply_inference_options
 from .images import UnreadableImageError, mask_from_image, open_image, to_rgb
-from .predict import add_inference_arguments, check_precision, inpaint_image, prepare_generator
+from .inpainter import WEIGHTS_NAME, Inpainter
 from .sketch import load_user_sketch, skeleton
 
 #: Largest accepted side of an uploaded image, in pixels.
@@ -38,6 +44,10 @@ MIN_SIDE = 16
 MAX_FILE_SIZE = "64mb"
 #: Names of the editor's two layers, in order.
 LAYER_NAMES = ("hole", "sketch")
+#: Requests that run at the same time (module docstring, "Concurrency").
+CONCURRENCY = 1
+#: Requests that may wait in the queue; more are refused with a message.
+QUEUE_SIZE = 64
 
 
 class UploadError(ValueError):
@@ -148,18 +158,19 @@ def head_temperatures(generator) -> dict[str, float]:
     return {f"head {i + 1}": float(v) for i, v in enumerate(values)}
 
 
-def run_inpainting(generator, image: Image.Image, mask: Image.Image, sketch: Optional[Image.Image] = None,
-                   device: str = "cpu") -> tuple[Image.Image, dict[str, float]]:
+def run_inpainting(inpainter: Inpainter, image: Image.Image, mask: Image.Image,
+                   sketch: Optional[Image.Image] = None) -> tuple[Image.Image, dict[str, float]]:
     """Inpaint one image and report each head's temperature.
 
     ``image``: PIL RGB; ``mask``: PIL, white = hole, same size; ``sketch``: PIL 'L' lines (white = line)
-    or None. Returns ``(inpaint_image(generator, image, mask, sketch, device), {"head k": t_k})``: known
-    pixels unchanged, temperatures from ``generator.last_temperature`` after that forward. Errors of
-    :func:`mhtma_model.predict.inpaint_image` (ValueError/TypeError: sizes differ, a sketch for a model
-    trained without sketches, ...) propagate with its message.
+    or None. Returns ``(inpainter(image, mask, sketch), {"head k": t_k})``: known pixels unchanged,
+    temperatures from ``generator.last_temperature`` after that forward (read under the inpainter's lock, so
+    they belong to this image). Errors of the inpainter (ValueError/TypeError: sizes differ, a sketch for a
+    model trained without sketches, ...) propagate with its message.
     """
-    result = inpaint_image(generator, image, mask, sketch=sketch, device=device)
-    return result, head_temperatures(generator)
+    with inpainter.lock:
+        result = inpainter(image, mask, sketch)
+        return result, head_temperatures(inpainter.generator)
 
 
 def temperature_markdown(temps: dict[str, float]) -> str:
@@ -170,27 +181,29 @@ def temperature_markdown(temps: dict[str, float]) -> str:
     return "**Temperature per attention head for this image**\n\n| head | t |\n|---|---|\n" + rows
 
 
-class GeneratorCache:
-    """Loads checkpoints with :func:`mhtma_model.checkpoint.load_generator`, once per (path, mtime)."""
+class InpainterCache:
+    """:meth:`mhtma_model.Inpainter.load` (a checkpoint or a save_pretrained folder) once per (path, mtime),
+    on one device and precision."""
 
-    def __init__(self, device: str = "cpu", precision: str = "auto", compile: bool = False):
+    def __init__(self, device="cpu", precision: str = "auto", compile: bool = False):
         self.device, self.precision, self.compile = device, precision, compile
-        self._cache: dict[tuple[str, float], Any] = {}
+        self._cache: dict[tuple[str, float], Inpainter] = {}
         self._lock = threading.Lock()
 
-    def get(self, path: str | os.PathLike):
+    def get(self, path: str | os.PathLike) -> Inpainter:
         resolved = Path(str(path)).expanduser()
-        if not str(path).strip() or not resolved.is_file():
+        if not str(path).strip() or not resolved.exists():
             raise UploadError(f"checkpoint not found: {resolved}")
-        key = (str(resolved.resolve()), resolved.stat().st_mtime)
+        stamp = resolved / WEIGHTS_NAME if resolved.is_dir() else resolved  # a save_pretrained folder: its weights
+        key = (str(resolved.resolve()), stamp.stat().st_mtime if stamp.exists() else 0.0)
         with self._lock:
             if key not in self._cache:
                 try:
-                    generator, _config = load_generator(resolved, map_location="cpu")
-                except Exception as exc:
-                    raise UploadError(f"cannot load checkpoint {resolved}: {exc}") from exc
+                    inpainter = Inpainter.load(resolved, self.device, self.precision, self.compile)
+                except ValueError as exc:
+                    raise UploadError(f"cannot load checkpoint {resolved}: {exc.__cause__ or exc}") from exc
                 self._cache.clear()  # keep one model in memory
-                self._cache[key] = prepare_generator(generator, self.device, self.precision, self.compile)
+                self._cache[key] = inpainter
             return self._cache[key]
 
 
@@ -211,24 +224,23 @@ def _import_gradio():
     return gr
 
 
-def build_app(checkpoint: str | os.PathLike, device: str = "cpu", cache: Optional[GeneratorCache] = None):
-    """The Gradio page (``gr.Blocks``), with ``checkpoint`` preselected."""
+def build_app(checkpoint: str | os.PathLike, device: str = "cpu", cache: Optional[InpainterCache] = None):
+    """The Gradio page (``gr.Blocks``), with ``checkpoint`` preselected; requests queued as the module
+    docstring says ("Concurrency")."""
     gr = _import_gradio()
-    cache = cache or GeneratorCache(device)
+    cache = cache or InpainterCache(device)
     out_dir = Path(tempfile.mkdtemp(prefix="mhtma-ui-"))
-    counter = {"n": 0}
+    numbers = itertools.count(1)
 
     def on_run(editor, mask_file, sketch_file, ckpt):
         try:
             image, mask, sketch = collect_inputs(editor, mask_file, sketch_file)
-            generator = cache.get(ckpt)
-            result, temps = run_inpainting(generator, image, mask, sketch, device=device)
+            result, temps = run_inpainting(cache.get(ckpt), image, mask, sketch)
         except (UploadError, ValueError, TypeError) as exc:
             raise gr.Error(str(exc), print_exception=False) from None
         shown = np.asarray(image).copy()
         shown[np.asarray(mask) > 0] = 255
-        counter["n"] += 1
-        path = out_dir / f"inpainted-{counter['n']:04d}.png"
+        path = out_dir / f"inpainted-{next(numbers):04d}.png"
         result.save(path)
         note = f"Done: {image.size[0]}x{image.size[1]} px, hole {100 * float(np.mean(np.asarray(mask) > 0)):.1f} %"
         note += ", sketch-guided." if sketch is not None else "."
@@ -269,8 +281,8 @@ def build_app(checkpoint: str | os.PathLike, device: str = "cpu", cache: Optiona
                 status = gr.Markdown(elem_id="status")
                 temps = gr.Markdown(elem_id="temperatures")
         run_btn.click(on_run, inputs=[editor, mask_file, sketch_file, ckpt],
-                      outputs=[shown, output, download, temps, status])
-    return app
+                      outputs=[shown, output, download, temps, status], api_name="inpaint")
+    return app.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE)
 
 
 def launch(app, host: str = "127.0.0.1", port: int = 7860, block: bool = True):
@@ -299,38 +311,37 @@ def serve_until_interrupted(app) -> None:
         app.close()
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``mhtma-ui --checkpoint CKPT [--host 127.0.0.1 --port 7860 --device cpu]``; exit status."""
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mhtma-ui", description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", help="generator checkpoint (.pt) written by mhtma-train (required)")
+    parser.add_argument("--checkpoint", help="generator checkpoint (.pt) written by mhtma-train, or a folder written "
+                        "by Inpainter.save_pretrained (required)")
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
-    parser.add_argument("--device", default=None, help="auto, cpu or cuda[:N] (default auto: cuda if available, else cpu)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help=f"CPU threads (default: $OMP_NUM_THREADS, else half the CPUs, at most 4; "
-                             f"here {default_cpu_threads()})")
-    add_inference_arguments(parser)
-    args = parser.parse_args(argv)
+    add_inference_options(parser)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``mhtma-ui --checkpoint CKPT [--host 127.0.0.1 --port 7860 --device cpu]``; exit status."""
+    args = build_parser().parse_args(argv)
     if not args.checkpoint:
         print("mhtma-ui: no checkpoint given. Start it with --checkpoint PATH, a generator checkpoint written "
               "by mhtma-train (e.g. runs/NAME/checkpoints/best.pt).", file=sys.stderr)
         return 2
     path = Path(args.checkpoint).expanduser()
-    if not path.is_file():
+    if not path.exists():
         print(f"mhtma-ui: checkpoint not found: {path}", file=sys.stderr)
         return 2
     if not 0 < args.port < 65536:
         print(f"mhtma-ui: --port must be in 1..65535, got {args.port}", file=sys.stderr)
         return 2
     try:
-        device = resolve_device(args.device)
-        set_cpu_threads(args.threads)
-        check_precision(args.precision, device)
+        device = apply_inference_options(args)
     except ValueError as exc:
         print(f"mhtma-ui: {exc}", file=sys.stderr)
         return 2
     try:
-        cache = GeneratorCache(device, args.precision, args.compile)
+        cache = InpainterCache(device, args.precision, args.compile)
         cache.get(path)  # refuse to start with an unusable checkpoint
         app = build_app(path, device=device, cache=cache)
     except (UploadError, ImportError) as exc:

@@ -119,3 +119,39 @@ def test_report_writes_tables_and_plots(tmp_path):
     except ImportError:  # plots need the optional matplotlib; the tables above do not
         return
     assert list((tmp_path / "plots").glob("*.png"))
+
+
+# ------------------------------------------------------------------------------ the shared harness itself
+
+
+def test_timing_runs_the_call_as_asked_and_restores_matmul_precision():
+    from benchmarks import timing
+
+    calls = []
+    ms = timing.median_of_runs(lambda: calls.append(1), "cpu", runs=3)
+    assert len(calls) == 3 and ms >= 0
+    first, result = timing.first_call(lambda: torch.ones(2), "cpu")
+    assert first >= 0 and torch.equal(result, torch.ones(2))
+    assert timing.finite((torch.ones(1), "not a tensor")) and not timing.finite(torch.tensor([float("nan")]))
+    before = torch.get_float32_matmul_precision()
+    with pytest.raises(RuntimeError, match="inside"):
+        with timing.matmul_precision("medium" if before != "medium" else "high"):
+            assert torch.get_float32_matmul_precision() != before
+            raise RuntimeError("inside")
+    assert torch.get_float32_matmul_precision() == before
+
+
+def test_builders_make_registered_layers_and_refuse_what_cannot_run(monkeypatch):
+    from benchmarks import builders
+    from benchmarks.providers import Unavailable
+
+    layer = builders.make_layer("mhtma-torch", 8, 2, "cpu")
+    assert layer.heads == 2 and layer.backend == "torch"
+    assert type(builders.make_layer("contextual", 8, 2, "cpu")).__name__ == "ContextualAttention"
+    with pytest.raises(ValueError, match="layer provider must be one of"):
+        builders.make_layer("mhtma-cuda", 8, 2, "cpu")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(Unavailable, match="triton runs on CUDA"):
+        builders.make_layer("mhtma-triton", 8, 2, "cpu")
+    generator = builders.make_generator("none", 4, "cpu")
+    assert generator.refine.attention is None

@@ -6,8 +6,12 @@ generator through "aot_eager" (the same graph capture and autograd tracing, with
 The Triton op runs under TRITON_INTERPRET=1 here (conftest); it is then registered as an opaque
 ``torch.library.custom_op`` (``torch.library.triton_op`` needs compiled kernels: a GPU check).
 """
+import os
 import re
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +21,7 @@ from mhtma_model.networks import InpaintGenerator
 
 from mhtma_kernels.testing import TOLERANCE, assert_close
 
+REPO = Path(__file__).resolve().parents[1]
 BACKENDS = [pytest.param("torch", id="torch"), pytest.param("triton", id="triton-interpreter")]
 
 
@@ -84,13 +89,30 @@ def test_fake_tensor_shapes_of_the_op():
         assert tuple(out.shape) == (3, 2, 7, 4) and out.dtype == torch.bfloat16
 
 
-def test_missing_triton_is_a_clear_import_error(monkeypatch):
-    pytest.importorskip("triton")
-    from mhtma_kernels.ops import triton_op
-
-    monkeypatch.setattr(triton_op, "_IMPORT_ERROR", ImportError("No module named 'triton'"))
-    with pytest.raises(ImportError, match=r"needs the `triton` package.*backend='torch'"):
-        masked_temperature_attention(*op_inputs(), backend="triton")
+def test_without_triton_the_package_works_and_the_triton_backend_says_what_to_do():
+    """In a process where `import triton` fails: mhtma_kernels imports, the torch backend (and "auto" on CPU)
+    run, and backend="triton" raises one ImportError that names the package and the alternative."""
+    script = (
+        "import sys\n"
+        "sys.modules['triton'] = None  # any `import triton` now raises ImportError\n"
+        "import torch\n"
+        "from mhtma_kernels import masked_temperature_attention\n"
+        "q, k, v = torch.randn(1, 1, 3, 4), torch.randn(1, 1, 2, 4), torch.randn(1, 1, 2, 4)\n"
+        "args = (q, k, v, torch.ones(1, 2, dtype=torch.bool), torch.ones(1, 1))\n"
+        "for backend in ('torch', 'auto'):\n"
+        "    assert masked_temperature_attention(*args, backend=backend).shape == (1, 1, 3, 4)\n"
+        "try:\n"
+        "    masked_temperature_attention(*args, backend='triton')\n"
+        "except ImportError as error:\n"
+        "    print('ImportError:', error)\n"
+    )
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(REPO))
+    env.pop("MHTMA_BACKEND", None)
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (line,) = done.stdout.strip().splitlines()
+    assert re.fullmatch(r"ImportError: backend='triton' needs the `triton` package.*use backend='torch'", line), line
 
 
 # ------------------------------------------------------------------------------------------ compile
@@ -282,7 +304,7 @@ def test_mhtma_export_cli_writes_an_onnx_model_that_onnxruntime_runs(tmp_path, c
 
     generator, _ = load_generator(checkpoint)
     with torch.no_grad():
-        expected = export.Inpainter(generator)(image, mask)
+        expected = export.InpaintingGraph(generator)(image, mask)
     assert inpainted.shape == (3, 3, 32, 32)
     assert_close(torch.from_numpy(inpainted), expected.double(), torch.float32, "onnxruntime vs PyTorch")
     known = mask.expand_as(image) == 0

@@ -218,3 +218,157 @@ def test_eval_threads_option(dataset, tmp_path, capsys):
         assert info.value.code == 2 and "--threads must be at least 1" in capsys.readouterr().err
     finally:
         torch.set_num_threads(before)
+
+
+# --------------------------------------------------------------- protocols, predictions, LPIPS, IDS
+
+from mhtma_model import ids as idsmod  # noqa: E402
+from mhtma_model import lpips_metric  # noqa: E402
+from mhtma_model.masks import seeded_mask  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _no_lpips_env(monkeypatch):
+    monkeypatch.delenv(lpips_metric.LPIPS_ENV, raising=False)
+
+
+@pytest.mark.parametrize("protocol", ["box", "lama-thin"])
+def test_eval_mask_protocol_generates_the_seeded_masks(dataset, tmp_path, protocol):
+    result = _run(["--method", "biharmonic", "--data", str(dataset), "--mask-protocol", protocol, "--mask-seed", "3",
+                   "--examples", "0"], tmp_path / "o")
+    want = [float((seeded_mask(protocol, SIZE, 3, i) > 0.5).mean()) for i in range(len(SAMPLES))]
+    assert [r["hole_ratio"] for r in result["per_image"]] == want
+    assert result["mask_protocol"] == protocol and protocol in result["mask_source"]
+
+
+def test_saved_outputs_scored_as_predictions_give_the_same_figures(checkpoint, dataset, tmp_path):
+    first = _run(["--checkpoint", str(checkpoint), "--data", str(dataset), "--save-outputs"], tmp_path / "a")
+    saved = sorted(p.relative_to(tmp_path / "a" / "outputs").as_posix() for p in (tmp_path / "a" / "outputs").rglob("*.png"))
+    assert saved == sorted(f"{r['name']}.png" for r in first["per_image"])
+    again = _run(["--predictions", str(tmp_path / "a" / "outputs"), "--data", str(dataset)], tmp_path / "b")
+    assert again["method"] == "predictions" and again["checkpoint"] is None
+    assert again["per_image"] == first["per_image"]
+    assert again["overall"] == first["overall"]
+
+
+def test_eval_predictions_missing_and_extra_files_are_reported(dataset, tmp_path, capsys):
+    preds = tmp_path / "preds"
+    keys = sorted(p.relative_to(dataset).with_suffix("").as_posix() for p in dataset.rglob("*.*"))
+    for key in keys[:-2]:  # the last two have no prediction
+        (preds / key).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((SIZE, SIZE, 3), 128, np.uint8)).save(preds / f"{key}.png")
+    Image.fromarray(np.zeros((SIZE, SIZE, 3), np.uint8)).save(preds / "stranger.png")
+    Image.fromarray(np.zeros((SIZE + 8, SIZE, 3), np.uint8)).save(preds / f"{keys[0]}.jpg")  # two files: skipped
+    result = _run(["--predictions", str(preds), "--data", str(dataset)], tmp_path / "o")
+    assert result["images"] == len(keys) - 3
+    reasons = {s["name"]: s["reason"] for s in result["skipped"]}
+    assert set(reasons) == {keys[0], keys[-2], keys[-1]}
+    assert "no prediction named" in reasons[keys[-1]] and "several predictions" in reasons[keys[0]]
+    assert result["unmatched_predictions"] == ["stranger"]
+    err = capsys.readouterr().err
+    assert "1 prediction(s) have no image in --data" in err and "stranger" in err
+    assert "stranger" in (tmp_path / "o" / "metrics.md").read_text()
+
+
+def test_eval_predictions_of_a_wrong_size_are_skipped_and_nothing_scored_is_exit_1(dataset, tmp_path, capsys):
+    preds = tmp_path / "preds"
+    for path in dataset.rglob("*.*"):
+        key = path.relative_to(dataset).with_suffix("").as_posix()
+        (preds / key).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.zeros((SIZE + 8, SIZE + 8, 3), np.uint8)).save(preds / f"{key}.png")
+    code = evaluate.main(["--predictions", str(preds), "--data", str(dataset), "--output", str(tmp_path / "o"),
+                          "--size", str(SIZE)])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "no image could be evaluated" in err and f"expected the image's" in err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    pytest.param(["--predictions", "PRED", "--checkpoint", "x.pt"], "takes no --checkpoint", id="predictions+checkpoint"),
+    pytest.param(["--predictions", "/nonexistent/p"], "--predictions folder not found", id="missing-predictions"),
+    pytest.param(["--method", "telea", "--mask-protocol", "stars"], "invalid choice: 'stars'", id="unknown-protocol"),
+    pytest.param(["--method", "telea", "--mask-protocol", "box", "--masks", "PRED"], "cannot be combined with --masks",
+                 id="protocol+masks"),
+    pytest.param(["--method", "telea", "--lpips-backbone", "/nonexistent/a.pt"], "LPIPS backbone file not found",
+                 id="missing-lpips-backbone"),
+])
+def test_eval_new_usage_errors(dataset, tmp_path, capsys, args, message):
+    args = [str(dataset) if a == "PRED" else a for a in args]
+    with pytest.raises(SystemExit) as info:
+        evaluate.main(args + ["--data", str(dataset), "--output", str(tmp_path / "o")])
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_eval_lpips_skipped_is_one_line(dataset, tmp_path, capsys):
+    result = _run(["--method", "biharmonic", "--data", str(dataset), "--examples", "0"], tmp_path / "o")
+    lines = [x for x in capsys.readouterr().err.splitlines() if "LPIPS" in x]
+    assert len(lines) == 1 and lines[0].startswith("note: LPIPS skipped") and "lpips" in lines[0]
+    assert "lpips" not in result["overall"] and result["lpips_backbone"] is None
+
+
+@pytest.mark.skipif(not (lpips_metric.lpips_available() and idsmod.sklearn_available()),
+                    reason="needs the [eval] extra (lpips, scikit-learn)")
+def test_eval_of_the_ground_truth_itself_has_known_lpips_and_ids(tmp_path):
+    """Predictions equal to the ground truth: LPIPS 0 per image, U-IDS 0.5 and P-IDS 0 over ≥ 10 images."""
+    import torchvision
+
+    torch.manual_seed(0)
+    torch.save(torchvision.models.alexnet(weights=None).state_dict(), tmp_path / "alex.pt")
+    torch.save(fid.build_inception("torchvision").state_dict(), tmp_path / "inception.pt")
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(idsmod.IDS_MIN_IMAGES):
+        Image.fromarray(rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)).save(data / f"{i:02d}.png")
+    result = _run(["--predictions", str(data), "--data", str(data), "--lpips-backbone", str(tmp_path / "alex.pt"),
+                   "--fid-weights", str(tmp_path / "inception.pt"), "--examples", "0"], tmp_path / "o")
+    overall = result["overall"]
+    assert all(r["lpips"] == pytest.approx(0.0, abs=1e-6) for r in result["per_image"])
+    assert overall["u_ids"] == pytest.approx(0.5) and overall["p_ids"] == 0.0
+    assert all(row.get("p_ids") is None for row in result["buckets"])  # no bucket holds 10 images
+    md = (tmp_path / "o" / "metrics.md").read_text()
+    assert "| LPIPS |" in md and "| P-IDS % |" in md and "| U-IDS % |" in md and "| 50.00 |" in md
+
+
+def test_training_validation_and_eval_report_the_same_figures(checkpoint, tmp_path):
+    """One evaluator: train's validation and mhtma-eval on the same images, masks (seed) and generator."""
+    from contextlib import nullcontext
+
+    from torch.utils.data import DataLoader
+
+    from mhtma_model import train
+    from mhtma_model.checkpoint import load_generator
+    from mhtma_model.data import InpaintingDataset
+    from mhtma_model.images import list_images
+
+    data = tmp_path / "val"
+    data.mkdir()
+    for name in SAMPLES[:3]:
+        image = Image.fromarray(getattr(skdata, name)()).convert("RGB")
+        evaluate.resize_center_crop(image, SIZE).save(data / f"{name}.png")  # already S×S: no resampling in either
+    dataset = InpaintingDataset(list_images(data), SIZE, train=False, seed=5)
+    generator = load_generator(checkpoint)[0].eval()
+    scores = train._validate(generator, DataLoader(dataset, batch_size=2), torch.device("cpu"), nullcontext, None,
+                             train._Distribution())
+    result = _run(["--checkpoint", str(checkpoint), "--data", str(data), "--mask-seed", "5", "--examples", "0"],
+                  tmp_path / "o")
+    assert [r["name"] for r in result["per_image"]] == sorted(SAMPLES[:3])
+    assert result["overall"]["count"] == scores["overall"]["count"] == 3
+    assert [row["count"] for row in scores["buckets"]] == [row["count"] for row in result["buckets"]]
+    for ours, theirs in zip([scores["overall"]] + scores["buckets"], [result["overall"]] + result["buckets"]):
+        for key in ("mae_percent", "psnr", "ssim"):
+            if theirs["count"]:
+                assert_close(torch.tensor([ours[key]], dtype=torch.float64),
+                             torch.tensor([theirs[key]], dtype=torch.float64), torch.float32, f"{theirs['bucket']} {key}")
+    assert train.validation_l1(scores) == pytest.approx(scores["overall"]["mae_percent"] / 50)
+
+
+def test_eval_takes_a_saved_inpainter_folder_as_checkpoint(checkpoint, dataset, tmp_path):
+    from mhtma_model import Inpainter
+
+    folder = Inpainter.from_checkpoint(checkpoint, device="cpu").save_pretrained(tmp_path / "saved")
+    from_pt = _run(["--checkpoint", str(checkpoint), "--data", str(dataset), "--examples", "0"], tmp_path / "a")
+    from_dir = _run(["--checkpoint", str(folder), "--data", str(dataset), "--examples", "0"], tmp_path / "b")
+    assert from_dir["per_image"] == from_pt["per_image"]

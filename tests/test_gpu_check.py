@@ -251,3 +251,28 @@ def test_model_table_reports_graph_breaks_of_compiled_rows():
     lines = gpu_check.table_model(records)
     assert lines[-1] == "torch.compile graph breaks (mhtma, triton): bf16 0, fp32 2"
     assert not any("graph breaks" in line for line in gpu_check.table_model(records[:1]))
+
+
+def test_an_added_op_row_is_measured_and_gets_its_own_table_column(monkeypatch, tmp_path):
+    """What benchmarks/README.md tells a contributor to do: one OpRow with its own provider label and function."""
+    import torch
+
+    from benchmarks import gpu_check, gpu_check_cases as cases
+    from benchmarks.gpu_check import run_one
+
+    calls = []
+
+    def mine(q, k, v, key_valid, temperature, lambda_m):
+        calls.append(q.shape)
+        return torch.zeros(q.shape[:3] + v.shape[-1:], dtype=q.dtype)
+
+    row = cases.OpRow("mine", "fwd", "fp32", 8, fn=mine, fields={"variant": "zeros"})
+    monkeypatch.setattr(cases, "op_rows", lambda setup: [row])
+    setup = cases.make_setup(smoke=True)
+    (record, thunk), = cases.op_plan(setup)
+    assert record["provider"] == "mine" and record["variant"] == "zeros" and record["d"] == 8
+    (rec,) = run_one(_recorder(tmp_path), record, thunk, time.monotonic() + 60, 60, "cpu")
+    assert rec["status"] == "ok" and rec["ms"] > 0 and rec["finite"] is True and calls
+    assert calls[0] == (setup.batch, setup.heads, setup.nq, 8)
+    lines = gpu_check.table_op([rec])
+    assert "mine" in lines[1] and "ms" in lines[2]

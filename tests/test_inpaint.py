@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mhtma_model import images, inpaint, predict
+from mhtma_model import images, inpaint, input_files, predict
 from mhtma_model.device import resolve_device
 from tests.tiny_checkpoint import make_tiny_checkpoint
 from mhtma_kernels.testing import assert_close
@@ -225,7 +225,7 @@ def test_folder_sketches_pair_like_masks(tmp_path):
     _mask(24, 24).save(sketches / "b.png")
     _mask(24, 24).save(sketches / "b.bmp")
     _mask(24, 24).save(sketches / "orphan.png")
-    pairs, problems = predict.pair_inputs(images, masks, sketches)
+    pairs, problems = input_files.pair_inputs(images, masks, sketches)
     assert [(key, None if sk is None else sk.name) for key, _, _, sk in pairs] == [("a", "a.png"), ("c", None)]
     reasons = dict(problems)
     assert set(reasons) == {"b", "orphan"}
@@ -394,3 +394,32 @@ def test_cli_default_threads_are_not_torchs_every_core(checkpoints, tmp_path, ca
         assert torch.get_num_threads() == 1  # 2 CPUs -> 1 thread
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("where", ["existing-file", "below-a-file"])
+def test_cli_output_that_is_a_file_is_a_one_line_usage_error(checkpoints, tmp_path, capsys, where):
+    _photo(24, 24).save(tmp_path / "i.png")
+    _mask(24, 24).save(tmp_path / "m.png")
+    (tmp_path / "taken.png").write_bytes(b"someone's file")
+    output = tmp_path / "taken.png" if where == "existing-file" else tmp_path / "taken.png" / "out"
+    err = _run_expecting_usage_error(["--checkpoint", str(checkpoints["plain"]), "--image", str(tmp_path / "i.png"),
+                                      "--mask", str(tmp_path / "m.png"), "--output", str(output),
+                                      "--device", "cpu"], capsys)
+    errors = [line for line in err.splitlines() if "error:" in line]  # after argparse's usage lines
+    assert len(errors) == 1 and "--output" in errors[0] and "Traceback" not in err, err
+    assert (tmp_path / "taken.png").read_bytes() == b"someone's file"
+
+
+def test_cli_takes_a_save_pretrained_folder_as_checkpoint(checkpoints, tmp_path):
+    from mhtma_model import Inpainter
+
+    folder = Inpainter.from_checkpoint(checkpoints["plain"], device="cpu").save_pretrained(tmp_path / "model")
+    image, mask = _photo(37, 45), _mask(37, 45)
+    image.save(tmp_path / "i.png")
+    mask.save(tmp_path / "m.png")
+    for name, checkpoint in (("from-folder", folder), ("from-file", checkpoints["plain"])):
+        assert inpaint.main(["--checkpoint", str(checkpoint), "--image", str(tmp_path / "i.png"), "--mask",
+                             str(tmp_path / "m.png"), "--output", str(tmp_path / name), "--device", "cpu"]) == 0
+    with Image.open(tmp_path / "from-folder" / "i.png") as a, Image.open(tmp_path / "from-file" / "i.png") as b:
+        _known_identical(a, image, mask)
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -128,3 +128,155 @@ def test_mask_folder(tmp_path):
         MaskFolder(empty)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         MaskFolder(tmp_path / "missing")
+
+
+# ------------------------------------------------------------------------------------------- protocols
+
+from scipy import ndimage  # noqa: E402
+
+from mhtma_model import mask_set  # noqa: E402
+from mhtma_model.masks import (LAMA_RULES, MASK_PROTOCOLS, MAX_HOLE_RATIO, ProtocolMix, lama_rule,  # noqa: E402
+                               protocol_mask, seeded_mask)
+
+LAMA = [p for p in MASK_PROTOCOLS if p.startswith("lama-")]
+
+
+@pytest.mark.parametrize("protocol", MASK_PROTOCOLS)
+def test_protocol_masks_reproduce_by_seed_and_index(protocol):
+    a = seeded_mask(protocol, 64, 3, 5)
+    assert a.dtype == np.float32 and a.shape == (64, 64) and set(np.unique(a).tolist()) <= {0.0, 1.0}
+    np.testing.assert_array_equal(a, seeded_mask(protocol, 64, 3, 5))
+    others = [seeded_mask(protocol, 64, 3, i) for i in range(6, 10)] + [seeded_mask(protocol, 64, 4, 5)]
+    assert not any(np.array_equal(a, b) for b in others)
+
+
+def test_free_form_protocol_is_the_free_form_mask():
+    np.testing.assert_array_equal(seeded_mask("free-form", 96, 2, 4), _mask([2, 4], (96, 96)))
+
+
+@pytest.mark.parametrize("size", [256, 512, 40], ids=["256px", "512px", "40px-scaled"])
+@pytest.mark.parametrize("protocol", LAMA)
+def test_lama_hole_ratios_at_most_half(protocol, size):
+    ratios = [hole_ratio(seeded_mask(protocol, size, 0, i)) for i in range(12)]
+    assert all(0 < r <= MAX_HOLE_RATIO for r in ratios), ratios
+
+
+def test_lama_rules_are_the_published_ones_at_256_and_512():
+    thin = LAMA_RULES[("lama-thin", 256)].strokes
+    assert (thin.min_times, thin.max_times, thin.max_width, thin.max_len) == (4, 50, 10, 40)
+    thick = LAMA_RULES[("lama-thick", 256)]
+    assert (thick.strokes.max_width, thick.strokes.max_len, thick.box_weight) == (100, 200, 0.3)
+    assert (thick.boxes.min_size, thick.boxes.max_size) == (30, 150)
+    assert lama_rule("lama-medium", 512) is LAMA_RULES[("lama-medium", 512)]
+    assert lama_rule("lama-thin", 128).strokes.max_width == 5  # the 256 set, halved
+
+
+def _surviving_share(mask, radius):
+    """Share of hole pixels that survive an erosion by a (2r+1)² square: ~0 for strokes thinner than 2r+1."""
+    hole = mask > 0.5
+    return ndimage.binary_erosion(hole, np.ones((2 * radius + 1,) * 2)).sum() / max(1, hole.sum())
+
+
+def test_thin_strokes_are_thinner_than_thick_ones():
+    thin = np.mean([_surviving_share(seeded_mask("lama-thin", 256, 0, i), 8) for i in range(10)])
+    thick = np.mean([_surviving_share(seeded_mask("lama-thick", 256, 0, i), 8) for i in range(10)])
+    assert thin < 0.05 < 0.3 < thick, (thin, thick)
+
+
+def test_box_protocol_is_one_rectangle():
+    mask = seeded_mask("box", 64, 1, 2) > 0.5
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    assert mask[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1].all()
+    assert 16 <= len(rows) <= 32 and 16 <= len(cols) <= 32
+
+
+def test_protocol_mix_draws_every_listed_protocol_and_nothing_else():
+    mix = ProtocolMix({"box": 1, "lama-thin": 1})
+    masks = [mix.mask(64, np.random.default_rng([0, i])) for i in range(12)]
+    boxes = sum(int(_surviving_share(m, 3) > 0.5) for m in masks)
+    assert 0 < boxes < 12
+    np.testing.assert_array_equal(ProtocolMix({"box": 2}).mask(64, np.random.default_rng(1)),
+                                  protocol_mask("box", 64, np.random.default_rng(1)))
+
+
+@pytest.mark.parametrize("weights, message", [
+    pytest.param({}, "at least one", id="empty"),
+    pytest.param({"stars": 1}, "unknown mask protocol", id="unknown"),
+    pytest.param({"box": 0}, "finite number > 0", id="zero-weight"),
+])
+def test_protocol_mix_rejects_bad_weights(weights, message):
+    with pytest.raises(ValueError, match=message):
+        ProtocolMix(weights)
+
+
+def test_mask_set_cli_writes_identical_files_and_a_histogram(tmp_path, capsys):
+    args = ["--protocol", "lama-medium", "--size", "32", "--count", "6", "--seed", "4"]
+    assert mask_set.main(args + ["--output", str(tmp_path / "a")]) == 0
+    out = capsys.readouterr().out
+    assert "0.0-0.1" in out and "0.5-0.6" in out and "6 lama-medium masks" in out
+    assert mask_set.main(args + ["--output", str(tmp_path / "b")]) == 0
+    files = sorted(p.name for p in (tmp_path / "a").glob("*.png"))
+    assert files == [f"{i:05d}.png" for i in range(6)]
+    for name in files:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+        with Image.open(tmp_path / "a" / name) as img:
+            np.testing.assert_array_equal(load_mask(tmp_path / "a" / name),
+                                          seeded_mask("lama-medium", 32, 4, int(name[:5])) > 0.5)
+            assert img.mode == "L"
+    manifest = (tmp_path / "a" / mask_set.MANIFEST).read_text()
+    assert '"seed": 4' in manifest and '"protocol": "lama-medium"' in manifest
+
+
+@pytest.mark.parametrize("args, message", [
+    pytest.param(["--protocol", "box", "--count", "0"], "--count must be at least 1", id="count-0"),
+    pytest.param(["--protocol", "stars", "--count", "2"], "unknown --protocol 'stars'", id="unknown-protocol"),
+    pytest.param(["--protocol", "box", "--count", "2", "--size", "100"], "multiple of 8", id="size-100"),
+])
+def test_mask_set_cli_bad_values_are_one_line_exit_2(tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as info:
+        mask_set.main(args + ["--output", str(tmp_path / "o")])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("text, weights", [
+    pytest.param("lama-thick", {"lama-thick": 1.0}, id="one-name"),
+    pytest.param("lama-thick:2, free-form:1", {"lama-thick": 2.0, "free-form": 1.0}, id="weighted"),
+])
+def test_parse_protocol_mix(text, weights):
+    from mhtma_model.masks import parse_protocol_mix
+
+    assert parse_protocol_mix(text) == weights
+
+
+def test_training_config_takes_a_protocol_mix_and_the_dataset_draws_it(tmp_path):
+    from mhtma_model.config import ConfigError, load_config
+    from mhtma_model.data import InpaintingDataset
+
+    cfg = load_config(None, ["data.mask_protocols=box:1, lama-thin:1"])
+    assert cfg.data.mask_protocols == "box:1, lama-thin:1"
+    with pytest.raises(ConfigError, match="data.mask_protocols: unknown mask protocol 'stars'"):
+        load_config(None, ["data.mask_protocols=stars"])
+    with pytest.raises(ConfigError, match="data.masks must be null"):
+        load_config(None, ["data.mask_protocols=box", f"data.masks={tmp_path}"])
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(tmp_path / "a.png")
+    val = InpaintingDataset([tmp_path / "a.png"] * 3, 32, train=False, seed=2, protocols=ProtocolMix({"box": 1}))
+    np.testing.assert_array_equal(val[1]["mask"][0].numpy(), seeded_mask("box", 32, 2, 1))
+
+
+def test_mask_set_runs_as_a_module(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(repo) + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "mhtma_model.mask_set", "--protocol", "box", "--size", "16",
+                           "--count", "2", "--output", str(tmp_path / "m")], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "2 box masks" in proc.stdout and sorted(p.name for p in (tmp_path / "m").glob("*.png")) == [
+        "00000.png", "00001.png"]

@@ -75,7 +75,7 @@ def _ssim_from_formula(x: np.ndarray, y: np.ndarray) -> float:
 
 @pytest.mark.parametrize("seed", [0, 1], ids=lambda s: f"seed{s}")
 def test_ssim_is_the_design_convention(seed):
-    """Pins scikit-image's structural_similarity (as configured in metrics.ssim) to the DESIGN §4 formula:
+    """Pins scikit-image's structural_similarity (as configured in metrics.ssim) to the docs/design.md §4 formula:
     Gaussian window 11, σ 1.5, population covariance, C1 0.01², C2 0.03², border excluded, channel mean."""
     a, b = _random_pair(seed)
     ours = metrics.ssim(b, a)
@@ -128,6 +128,28 @@ def test_summary_omits_the_over_0_6_row_when_empty():
     summary = metrics.summarise(records)
     assert ">0.6" not in [row["bucket"] for row in summary["buckets"]]
     assert summary["overall"]["mae_percent"] == 2.0 and "fid" not in summary["overall"]
+
+
+def test_summary_averages_lpips_and_merges_set_values():
+    records = [{"hole_ratio": r, "mae_percent": 1.0, "psnr": 30.0, "ssim": 0.9, "lpips": lp}
+               for r, lp in ((0.05, 0.1), (0.06, 0.3), (0.35, 0.5))]
+    summary = metrics.summarise(records, set_fn=lambda idx: {"p_ids": None if len(idx) < 3 else 0.25})
+    assert summary["overall"]["lpips"] == pytest.approx(0.3) and summary["overall"]["p_ids"] == 0.25
+    first = summary["buckets"][0]
+    assert first["count"] == 2 and first["lpips"] == pytest.approx(0.2) and first["p_ids"] is None
+
+
+def test_composite_8bit_rounds_the_hole_and_copies_the_rest():
+    from mhtma_model.evaluator import composite_8bit
+
+    truth = np.full((1, 2, 2, 3), 10, np.uint8)
+    holes = np.array([[[True, False], [False, True]]])
+    out = composite_8bit(np.full((1, 2, 2, 3), 200.6, np.float32), truth, holes)
+    assert out.dtype == np.uint8
+    assert out[0, 0, 0].tolist() == [201] * 3 and out[0, 1, 1].tolist() == [201] * 3
+    assert out[0, 0, 1].tolist() == [10] * 3 and out[0, 1, 0].tolist() == [10] * 3
+    with pytest.raises(ValueError, match="must agree"):
+        composite_8bit(np.zeros((1, 3, 3, 3)), truth, holes)
 
 
 # ----------------------------------------------------------------------------------------------------- FID
@@ -250,3 +272,118 @@ def test_classical_rejects_bad_arguments():
         classical_inpaint(img, mask[:-1], "biharmonic")
     with pytest.raises(TypeError, match="uint8"):
         classical_inpaint(img.astype(np.float32), mask, "biharmonic")
+
+
+# ---------------------------------------------------------------------------------------- LPIPS, IDS
+
+from mhtma_model import ids as idsmod  # noqa: E402
+from mhtma_model import lpips_metric  # noqa: E402
+
+needs_lpips = pytest.mark.skipif(not lpips_metric.lpips_available(), reason="lpips not installed (mhtma[eval])")
+needs_sklearn = pytest.mark.skipif(not idsmod.sklearn_available(), reason="scikit-learn not installed (mhtma[eval])")
+
+
+def _random_backbone(net, seed=0):
+    import torchvision
+
+    torch.manual_seed(seed)
+    return (torchvision.models.alexnet if net == "alex" else torchvision.models.vgg16)(weights=None)
+
+
+@needs_lpips
+@pytest.mark.parametrize("net", ["alex", "vgg"])
+def test_lpips_equals_the_package_for_the_same_backbone(tmp_path, net):
+    backbone = _random_backbone(net)
+    path = tmp_path / f"{net}.pt"
+    torch.save(backbone.state_dict(), path)
+    ours = lpips_metric.LpipsDistance(path, net)
+    # The reference: the package's network with torchvision's own layer modules put into its slices.
+    reference = lpips_metric.build_lpips(net)
+    for part in reference.net.children():
+        for index in list(part._modules):
+            part._modules[index] = backbone.features[int(index)]
+    reference.eval()
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.rand(3, 3, 48, 40, generator=gen), torch.rand(3, 3, 48, 40, generator=gen)
+    got = ours(x, y)
+    with torch.no_grad():
+        want = reference(x, y, normalize=True).reshape(3)
+    assert got.shape == (3,) and torch.all(got > 0)
+    assert torch.allclose(got.double(), want.double(), atol=1e-5, rtol=0), (got, want)
+    assert torch.allclose(ours(x, x), torch.zeros(3), atol=1e-6)
+
+
+@needs_lpips
+def test_lpips_builds_offline_and_quietly(tmp_path, capsys, monkeypatch):
+    import warnings
+
+    torch.save(_random_backbone("alex").state_dict(), tmp_path / "alex.pt")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))  # a download would land here
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        lpips_metric.LpipsDistance(tmp_path / "alex.pt")
+    assert not caught, [str(w.message) for w in caught]
+    assert capsys.readouterr() == ("", "")
+    assert not (tmp_path / "torch-home").exists()
+
+
+@needs_lpips
+def test_lpips_refuses_the_wrong_backbone_and_missing_files(tmp_path):
+    path = tmp_path / "alex.pt"
+    torch.save(_random_backbone("alex").state_dict(), path)
+    with pytest.raises(ValueError, match="holds a alexnet backbone, not the vgg16"):
+        lpips_metric.LpipsDistance(path, "vgg")
+    with pytest.raises(FileNotFoundError, match="LPIPS backbone file not found"):
+        lpips_metric.LpipsDistance(tmp_path / "nope.pt")
+    torch.save({"weight": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="features.0.weight"):
+        lpips_metric.LpipsDistance(tmp_path / "other.pt")
+
+
+def test_lpips_backbone_from_the_environment(tmp_path, monkeypatch):
+    monkeypatch.delenv(lpips_metric.LPIPS_ENV, raising=False)
+    assert lpips_metric.resolve_backbone_path(None) is None
+    file = tmp_path / "a.pt"
+    file.write_bytes(b"x")
+    monkeypatch.setenv(lpips_metric.LPIPS_ENV, str(file))
+    assert lpips_metric.resolve_backbone_path(None) == file
+    monkeypatch.setenv(lpips_metric.LPIPS_ENV, str(tmp_path / "missing.pt"))
+    with pytest.raises(FileNotFoundError, match=r"\$MHTMA_LPIPS_BACKBONE"):
+        lpips_metric.resolve_backbone_path(None)
+
+
+@needs_sklearn
+def test_ids_of_identical_sets_is_chance_and_never_paired_better():
+    real = np.random.default_rng(0).normal(size=(40, 16))
+    scores = idsmod.inception_discriminative_scores(real, real.copy())
+    assert scores["u_ids"] == pytest.approx(0.5, abs=1e-12)
+    assert scores["p_ids"] == 0.0  # equal decision values: the fake is never strictly more "real"
+
+
+@needs_sklearn
+def test_ids_of_separable_sets_is_zero():
+    rng = np.random.default_rng(1)
+    real = rng.normal(size=(30, 8))
+    fake = rng.normal(size=(30, 8)) + 20.0
+    assert idsmod.inception_discriminative_scores(real, fake) == {"p_ids": 0.0, "u_ids": 0.0}
+
+
+@needs_sklearn
+def test_ids_of_swapped_pairs_counts_the_pairs():
+    """Two far clusters A, B; reals = A ∪ B, fakes = B ∪ B (pair i: real A_i with fake B_i, then real B_i with
+    itself). The best linear rule calls A real and B fake: wrong only on the 20 real B points of 80 -> U-IDS
+    0.25; no fake scores above its real (A-pairs: lower; B-pairs: equal) -> P-IDS 0."""
+    rng = np.random.default_rng(2)
+    a, b = rng.normal(size=(20, 4)) - 5.0, rng.normal(size=(20, 4)) + 5.0
+    real = np.concatenate([a, b])
+    fake = np.concatenate([b, b])
+    scores = idsmod.inception_discriminative_scores(real, fake)
+    assert scores == {"p_ids": 0.0, "u_ids": pytest.approx(0.25)}
+
+
+@needs_sklearn
+def test_ids_needs_enough_pairs_and_matching_shapes():
+    feats = np.zeros((idsmod.IDS_MIN_IMAGES - 1, 4))
+    assert idsmod.ids_or_none(feats, feats) is None
+    with pytest.raises(ValueError, match="same shape"):
+        idsmod.inception_discriminative_scores(np.zeros((4, 3)), np.zeros((5, 3)))

@@ -264,13 +264,6 @@ def test_cpu_tensors_without_interpreter_are_refused(monkeypatch):
         masked_temperature_attention(q, k, v, key_valid, t, backend="triton")
 
 
-def test_missing_triton_raises_import_error(monkeypatch):
-    monkeypatch.setattr(triton_op, "_IMPORT_ERROR", ImportError("No module named 'triton'"))
-    q, k, v, key_valid, t = make_inputs(1, 1, 4, 4, 3, 2, 0.2, "random")
-    with pytest.raises(ImportError, match=r"needs the `triton` package.*backend='torch'"):
-        masked_temperature_attention(q, k, v, key_valid, t, backend="triton")
-
-
 def test_empty_value_dim_returns_empty_output():
     q, k, v, key_valid, t = make_inputs(2, 1, 5, 4, 3, 0, 0.2, "random")
     out = masked_temperature_attention(q, k, v, key_valid, t, backend="triton")

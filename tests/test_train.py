@@ -374,3 +374,48 @@ def test_early_stopping_counts_validations_without_improvement_and_resumes():
     resumed.load(state)
     assert (resumed.best, resumed.bad, resumed.stopped) == (0.4, 2, False)
     assert resumed.update(50, 0.39) and resumed.bad == 0 and resumed.best_step == 50
+
+
+# ------------------------------------------------------------------------------- the Trainer's parts
+
+def test_run_epoch_works_without_run(tmp_path, photos):
+    """A Trainer advanced epoch by epoch, never calling run(): 6 training images, batch 2 = 3 steps an
+    epoch, one validation at each epoch's end, best.pt and the progress bar there from the start."""
+    from mhtma_model.train import Trainer
+
+    trainer = Trainer(_cfg(tmp_path / "run", photos, "train.val_every=0", "train.max_steps=100"))
+    try:
+        trainer.run_epoch()
+        assert (trainer.step, trainer.epoch, trainer.batch_in_epoch) == (3, 1, 0)
+        assert [h[0] for h in trainer.early.history] == [3] and trainer.last_val_step == 3
+        assert (tmp_path / "run/checkpoints/best.pt").is_file()
+        trainer.run_epoch()
+        assert trainer.step == 6 and [h[0] for h in trainer.early.history] == [3, 6]
+        assert trainer.pbar.n == 6
+    finally:
+        trainer.pbar.close()
+        trainer.writer.close()
+
+
+@pytest.mark.parametrize("values, stopped", [([3.0, 2.0, 2.5], False), ([3.0, 3.5, 4.0], True)],
+                         ids=["improving", "patience-used-up"])
+def test_validation_early_stopping_and_checkpointing_are_separate_steps(tmp_path, photos, values, stopped):
+    """update_early_stopping only keeps the books; save_checkpoints writes best.pt only on an improvement."""
+    from mhtma_model.train import Trainer
+
+    trainer = Trainer(_cfg(tmp_path / "run", photos, "train.patience=2", "train.max_steps=100"))
+    try:
+        best = tmp_path / "run/checkpoints/best.pt"
+        for step, value in enumerate(values, start=1):
+            trainer.step = step
+            improved = trainer.update_early_stopping(value)
+            assert improved == (value == min(values[:step]))
+            trainer.save_checkpoints(improved)
+            if improved:
+                assert load_checkpoint(best)["step"] == step
+        assert trainer.early.stopped is stopped and trainer.metrics["best_val_l1"] == min(values)
+        assert load_checkpoint(best)["step"] == values.index(min(values)) + 1
+        assert isinstance(trainer.validate(), float) and trainer.metrics["val_l1"] >= 0
+    finally:
+        trainer.pbar.close()
+        trainer.writer.close()

@@ -291,13 +291,13 @@ def hole_case(h=48, w=56):
 @pytest.mark.parametrize("kind", ["plain", "sketch"])
 @pytest.mark.parametrize("with_sketch", [False, True], ids=["no-lines", "lines"])
 def test_run_inpainting_with_a_real_checkpoint(checkpoints, kind, with_sketch):
-    generator = ui.GeneratorCache("cpu").get(checkpoints[kind])
+    inpainter = ui.InpainterCache("cpu").get(checkpoints[kind])
     image, mask, sketch = hole_case()
     if with_sketch and kind == "plain":
         with pytest.raises(ValueError, match="without sketches"):
-            ui.run_inpainting(generator, image, mask, sketch)
+            ui.run_inpainting(inpainter, image, mask, sketch)
         return
-    result, temps = ui.run_inpainting(generator, image, mask, sketch if with_sketch else None)
+    result, temps = ui.run_inpainting(inpainter, image, mask, sketch if with_sketch else None)
     assert isinstance(result, Image.Image) and result.size == image.size and result.mode == "RGB"
     out, inp, hole = np.asarray(result), np.asarray(image), np.asarray(mask) > 0
     assert np.array_equal(out[~hole], inp[~hole])  # known pixels bit-identical
@@ -308,13 +308,14 @@ def test_run_inpainting_with_a_real_checkpoint(checkpoints, kind, with_sketch):
 
 def test_sketch_reaches_the_generator_as_fifth_channel(checkpoints):
     """The lines given to run_inpainting arrive as the coarse network's 5th input channel (sketch * mask)."""
-    generator = ui.GeneratorCache("cpu").get(checkpoints["sketch"])
+    inpainter = ui.InpainterCache("cpu").get(checkpoints["sketch"])
     image, mask, sketch = hole_case()
     seen = []
-    handle = generator.coarse.register_forward_pre_hook(lambda module, args: seen.append(args[0][0, 4].clone()))
+    handle = inpainter.generator.coarse.register_forward_pre_hook(
+        lambda module, args: seen.append(args[0][0, 4].clone()))
     try:
-        ui.run_inpainting(generator, image, mask, sketch)
-        ui.run_inpainting(generator, image, mask, None)
+        ui.run_inpainting(inpainter, image, mask, sketch)
+        ui.run_inpainting(inpainter, image, mask, None)
     finally:
         handle.remove()
     lines, empty = (t.numpy()[:48, :56] for t in seen)
@@ -324,12 +325,12 @@ def test_sketch_reaches_the_generator_as_fifth_channel(checkpoints):
 
 
 def test_run_inpainting_rejects_mismatched_sizes(checkpoints):
-    generator = ui.GeneratorCache("cpu").get(checkpoints["plain"])
+    inpainter = ui.InpainterCache("cpu").get(checkpoints["plain"])
     image, mask, _ = hole_case()
     with pytest.raises(ValueError, match="mask size"):
-        ui.run_inpainting(generator, image, mask.resize((10, 10)))
+        ui.run_inpainting(inpainter, image, mask.resize((10, 10)))
     with pytest.raises(TypeError, match="image must be a PIL image"):
-        ui.run_inpainting(generator, np.asarray(image), mask)
+        ui.run_inpainting(inpainter, "cat.png", mask)
 
 
 def test_cli_refuses_an_unusable_checkpoint(tmp_path, capsys):
@@ -458,3 +459,92 @@ def test_cli_refuses_a_port_in_use(checkpoints, capsys):
         assert ui.main(["--checkpoint", str(checkpoints["plain"]), "--port", str(port), "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert f"cannot listen on 127.0.0.1:{port}" in err and len(err.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------------------- the page under load
+LOAD_CLIENTS, LOAD_REQUESTS = 8, 4
+#: (client, request) whose mask "file" is text: it must get its message and leave the others alone.
+BAD_REQUEST = (3, 2)
+
+
+def _load_case(folder: Path, client: int, request: int):
+    """A small image of its own size and content and a mask with its own hole -> (image, hole, paths)."""
+    h, w = 16 + 4 * client, 24 + 4 * request
+    rng = np.random.default_rng(100 * client + request)
+    image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    hole = np.zeros((h, w), bool)
+    top, left = rng.integers(0, h // 2), rng.integers(0, w // 2)
+    hole[top:top + h // 3, left:left + w // 3] = True
+    image_path, mask_path = folder / f"image-{client}-{request}.png", folder / f"mask-{client}-{request}.png"
+    Image.fromarray(image).save(image_path)
+    if (client, request) == BAD_REQUEST:
+        mask_path.write_text("this is not a picture")
+    else:
+        Image.fromarray(hole.astype(np.uint8) * 255).save(mask_path)
+    return image, hole, image_path, mask_path
+
+
+def _client_session(url: str, folder: Path, client: int, checkpoint: str) -> list:
+    """One visitor: its own gradio_client.Client, LOAD_REQUESTS requests in a row -> [(request, outcome)]."""
+    from gradio_client import Client, handle_file
+
+    session = Client(url, verbose=False, analytics_enabled=False, download_files=str(folder / f"dl-{client}"))
+    outcomes = []
+    for request in range(LOAD_REQUESTS):
+        image, hole, image_path, mask_path = _load_case(folder, client, request)
+        editor = {"background": handle_file(str(image_path)), "layers": [], "composite": None}
+        try:
+            result = session.predict(editor, handle_file(str(mask_path)), None, checkpoint, api_name="/inpaint")
+            outcomes.append((request, ("ok", image, hole, result)))
+        except Exception as exc:  # gradio_client's AppError carries the page's message
+            outcomes.append((request, ("error", type(exc).__name__, str(exc))))
+    return outcomes
+
+
+@pytest.mark.timeout(300)
+def test_page_under_load_from_concurrent_clients(checkpoints, tmp_path):
+    """`mhtma-ui` in a real process on loopback; 8 concurrent gradio_client visitors x 4 requests, each with
+    its own image and mask: every result has the input's size, identical known pixels and a filled hole; no
+    request is lost; the one bad upload gets its message; the server still answers afterwards."""
+    pytest.importorskip("gradio_client", reason="gradio_client not installed (pip install 'mhtma[dev]')")
+    import subprocess
+    import sys
+    import urllib.request
+    from concurrent.futures import ThreadPoolExecutor
+
+    port = free_port()
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               OMP_NUM_THREADS="1", GRADIO_ANALYTICS_ENABLED="False")
+    proc = subprocess.Popen([sys.executable, "-m", "mhtma_model.ui", "--checkpoint", str(checkpoints["plain"]),
+                             "--port", str(port), "--device", "cpu", "--threads", "1"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        first = proc.stdout.readline()
+        assert first.startswith("mhtma-ui: serving"), first
+        url = f"http://127.0.0.1:{port}/"
+        with ThreadPoolExecutor(LOAD_CLIENTS) as pool:
+            sessions = [pool.submit(_client_session, url, tmp_path, c, str(checkpoints["plain"]))
+                        for c in range(LOAD_CLIENTS)]
+            outcomes = {(c, r): outcome for c, s in enumerate(sessions) for r, outcome in s.result(timeout=240)}
+        assert sorted(outcomes) == [(c, r) for c in range(LOAD_CLIENTS) for r in range(LOAD_REQUESTS)]  # none lost
+        for key, outcome in outcomes.items():
+            if key == BAD_REQUEST:
+                assert outcome[0] == "error" and "not a readable image" in outcome[2], outcome
+                continue
+            assert outcome[0] == "ok", (key, outcome)
+            _, image, hole, (_shown, _result, download, _temps, status) = outcome
+            with Image.open(download["value"]) as saved:
+                out = np.asarray(saved.convert("RGB"))
+            assert out.shape == image.shape and f"Done: {image.shape[1]}x{image.shape[0]} px" in status, key
+            np.testing.assert_array_equal(out[~hole], image[~hole], err_msg=str(key))
+            assert not np.array_equal(out[hole], image[hole]), key
+        assert proc.poll() is None  # still serving
+        with urllib.request.urlopen(url, timeout=30) as response:
+            assert response.status == 200
+    finally:
+        proc.terminate()
+        try:
+            proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()

@@ -1,13 +1,12 @@
 """MHTMA: the multi-head temperature masked self-attention layer (paper Sec. III-C/D, Algorithm 1)."""
-import math
-
 import torch
 from torch import nn
 
-from ..ops.attention import BACKENDS, check_lambda_m, masked_temperature_attention, resolve_backend
+from ..ops.attention import masked_temperature_attention
+from ..ops.checks import backend_from_env, check_backend, check_lambda_m, check_patch_size, check_temperature
 from ..ops.tracing import is_exporting
-from .patches import (check_feature_size, check_inputs, check_patch_size, extract_patches, fold_patches,
-                      key_rows, key_validity, query_patch_inverse_norms, resize_mask)
+from .patches import (check_feature_size, check_inputs, extract_patches, fold_patches, key_rows, key_validity,
+                      query_patch_inverse_norms, resize_mask)
 from .temperature import TemperatureNetwork
 
 
@@ -55,25 +54,43 @@ class MaskedTemperatureAttention(nn.Module):
             head_channels = max(1, in_channels // heads)
         if isinstance(head_channels, bool) or not isinstance(head_channels, int) or head_channels < 1:
             raise ValueError(f"{name}: head_channels must be a positive int or None, got {head_channels!r}")
-        self.patch_size = check_patch_size(patch_size)
-        check_lambda_m(lambda_m, name)
-        if backend not in BACKENDS:
-            raise ValueError(f"{name}: backend must be one of {BACKENDS}, got {backend!r}")
+        self.patch_size = check_patch_size(patch_size, name)
+        temperature = check_temperature(temperature, name)
         self.in_channels, self.heads, self.head_channels = in_channels, heads, head_channels
-        self.lambda_m, self.backend = float(lambda_m), backend
+        self.lambda_m = check_lambda_m(lambda_m, name)
         self.embed = nn.Conv2d(in_channels, heads * head_channels, 1)  # the K channel-wise FC nets F_dr
         self.project = (nn.Conv2d(heads * head_channels, in_channels, 1)
                         if heads * head_channels != in_channels else None)
-        self.fixed_temperature = None
-        self.temperature_net = None
-        if isinstance(temperature, str) and temperature == "learned":
-            self.temperature_net = self._make_temperature_net(temperature_hidden)
-        elif isinstance(temperature, (int, float)) and not isinstance(temperature, bool) \
-                and math.isfinite(temperature) and temperature > 0:
-            self.fixed_temperature = float(temperature)
-        else:
-            raise ValueError(f"{name}: temperature must be 'learned' or a finite positive float, got {temperature!r}")
+        self.fixed_temperature = None if temperature == "learned" else temperature
+        self.temperature_net = self._make_temperature_net(temperature_hidden) if temperature == "learned" else None
+        self.backend = backend  # checked and resolved once (see _resolve_op_backend)
         self.last_temperature: torch.Tensor | None = None
+
+    @property
+    def backend(self) -> str:
+        """The backend setting (one of the op's BACKENDS); assigning it re-resolves what the op is given."""
+        return self._backend
+
+    @backend.setter
+    def backend(self, value: str) -> None:
+        self._backend = check_backend(value, type(self).__name__)
+        self._resolve_op_backend()
+
+    def _resolve_op_backend(self) -> None:
+        """Fix, once, what each forward hands the op: at construction, on ``.to()`` / ``.cuda()`` and when
+        ``backend`` is assigned, never per forward. An explicit backend goes as given; "auto" becomes
+        ``MHTMA_BACKEND`` when that is set, else stays "auto" (the op chooses per call). ``_renormalize``:
+        the unit patches go with normalize=True where the op runs or may run triton (the triton backend, or
+        "auto" on a CUDA device): the kernel then knows every logit is at most 1/t (see :meth:`attend`)."""
+        op_backend = self._backend if self._backend != "auto" else (backend_from_env() or "auto")
+        on_cuda = self.embed.weight.device.type == "cuda"
+        self._op_backend = op_backend
+        self._renormalize = op_backend == "triton" or (op_backend == "auto" and on_cuda)
+
+    def _apply(self, fn, *args, **kwargs):
+        module = super()._apply(fn, *args, **kwargs)
+        self._resolve_op_backend()  # the device may have changed
+        return module
 
     def _make_temperature_net(self, hidden: int) -> nn.Module:
         return TemperatureNetwork(self.in_channels, self.heads, hidden_channels=hidden)
@@ -94,12 +111,13 @@ class MaskedTemperatureAttention(nn.Module):
         key_valid [B,Nk], t [B,K] -> [B,K,Nq,D]. t keeps its dtype: under autocast the patches are
         bf16/fp16 but the learned scale stays fp32.
 
-        On the triton backend the op normalises the (unit) patches once more: an O(N*D) pass, small next
-        to the O(Nq*Nk*D) attention on a GPU, after which the kernel knows every logit is at most 1/t and
-        can skip the running max (docs/kernel-notes.md). Elsewhere the patches go in as they are."""
-        renormalize = resolve_backend(self.backend, qn.device) == "triton"
+        Where the op runs or may run triton (``_renormalize``: the triton backend, or "auto" on CUDA) it
+        normalises the (unit) patches once more: an O(N*D) pass, small next to the O(Nq*Nk*D) attention on
+        a GPU, after which the kernel knows every logit is at most 1/t and can skip the running max
+        (docs/kernel-notes.md). Elsewhere the patches go in as they are. Backend and flag are settled
+        once (:meth:`_resolve_op_backend`), not here."""
         return masked_temperature_attention(qn, kn, v, key_valid, t, lambda_m=self.lambda_m,
-                                            normalize=renormalize, backend=self.backend)
+                                            normalize=self._renormalize, backend=self._op_backend)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``x [B, C, H, W]``, ``mask [B, 1, H0, W0]`` (1 = hole) -> refined ``[B, C, H, W]``."""

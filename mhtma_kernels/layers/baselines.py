@@ -13,7 +13,8 @@ from torch import nn
 
 from ..ops.tracing import is_tracing
 from .attention import MaskedTemperatureAttention
-from .patches import check_feature_size, check_inputs, check_patch_size, resize_mask
+from ..ops.checks import check_patch_size
+from .patches import check_feature_size, check_inputs, resize_mask
 from .temperature import TemperatureNetwork
 
 # DeepFill's guard against dividing a zero patch by its zero norm.
@@ -64,7 +65,7 @@ class ContextualAttention(nn.Module):
             raise ValueError(f"ContextualAttention: softmax_scale must be a finite positive number, "
                              f"got {softmax_scale!r}")
         self.in_channels = in_channels
-        self.patch_size = check_patch_size(patch_size)
+        self.patch_size = check_patch_size(patch_size, "ContextualAttention")
         self.softmax_scale = float(softmax_scale)
         self.last_temperature = None  # fixed scale: nothing learned to log
 

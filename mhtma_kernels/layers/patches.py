@@ -24,16 +24,6 @@ import torch
 import torch.nn.functional as F
 
 
-def check_patch_size(patch_size) -> int:
-    """Return ``patch_size`` as int; it must be a positive odd integer (1, 3, 5, ...)."""
-    if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1 or patch_size % 2 == 0:
-        raise ValueError(
-            f"patch_size must be a positive odd integer (1, 3, 5, ...) so that zero-padded query patches "
-            f"are centred on their pixel, got {patch_size!r}"
-        )
-    return patch_size
-
-
 def check_inputs(x, mask, in_channels: int | None, layer: str) -> None:
     """Validate ``x [B, C, H, W]`` (C = in_channels unless None) and ``mask [B, 1, H0, W0]``."""
     if not isinstance(x, torch.Tensor):

@@ -1,11 +1,16 @@
 """The masked temperature attention op: public function, reference and backends."""
-from .attention import BACKENDS, check_lambda_m, masked_temperature_attention, resolve_backend
+from .attention import masked_temperature_attention, resolve_backend
+from .checks import BACKENDS, check_backend, check_device, check_lambda_m, check_patch_size, check_temperature
 from .reference import attention_weights_reference, masked_temperature_attention_reference
 
 __all__ = [
     "BACKENDS",
     "attention_weights_reference",
+    "check_backend",
+    "check_device",
     "check_lambda_m",
+    "check_patch_size",
+    "check_temperature",
     "masked_temperature_attention",
     "masked_temperature_attention_reference",
     "resolve_backend",

@@ -1,31 +1,16 @@
 """Public entry point: validated masked temperature attention with backend dispatch."""
-import math
-import os
-
 import torch
 
 from .autocast import autocast_dtype, cast_for_autocast
+from .checks import BACKENDS, backend_from_env, check_backend, check_lambda_m  # noqa: F401 - BACKENDS re-exported
 from .chunked import sdpa_applies, sdpa_masked_attention
 from .library import chunked_attention
 from .reference import l2_normalize, masked_temperature_attention_reference
 from .tracing import is_exporting, is_tracing
 
-BACKENDS = ("auto", "reference", "torch", "triton")
-
 
 def _shape(name: str, x: torch.Tensor, expected: str) -> ValueError:
     return ValueError(f"{name} must have shape {expected}, got {tuple(x.shape)}")
-
-
-def check_lambda_m(lambda_m, owner: str = "") -> float:
-    """The one check of the mask penalty (the op, the layers and the training config use it): a finite
-    positive int or float -> float; ValueError (prefixed with ``owner: ``) otherwise."""
-    # `0 < lambda_m < inf` rather than math.isfinite: also holds for the symbolic float torch.compile(dynamic=True)
-    # makes of a module attribute.
-    if isinstance(lambda_m, bool) or not isinstance(lambda_m, (int, float)) or not 0 < lambda_m < math.inf:
-        prefix = f"{owner}: " if owner else ""
-        raise ValueError(f"{prefix}lambda_m must be a finite positive number, got {lambda_m!r}")
-    return float(lambda_m)
 
 
 def _validate(q, k, v, key_valid, temperature, lambda_m, backend):
@@ -57,8 +42,7 @@ def _validate(q, k, v, key_valid, temperature, lambda_m, backend):
         if x.device != q.device:
             raise ValueError(f"{name} is on {x.device} but q is on {q.device}: all inputs must share one device")
     check_lambda_m(lambda_m)
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    check_backend(backend)
     _check_temperature_values(temperature)
 
 
@@ -91,12 +75,7 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     """'auto' -> $MHTMA_BACKEND if set, else 'triton' on CUDA and 'torch' elsewhere."""
     if backend != "auto":
         return backend
-    env = os.environ.get("MHTMA_BACKEND", "").strip()
-    if env:
-        if env not in BACKENDS[1:]:
-            raise ValueError(f"MHTMA_BACKEND must be one of {BACKENDS[1:]}, got {env!r}")
-        return env
-    return "triton" if device.type == "cuda" else "torch"
+    return backend_from_env() or ("triton" if device.type == "cuda" else "torch")
 
 
 def masked_temperature_attention(q, k, v, key_valid, temperature, lambda_m=1e4, normalize=True, backend="auto"):

@@ -4,7 +4,7 @@ Works on already-normalised inputs (the public function does the O(N*D) normalis
 Two implementations of the same function, both memory-lean (one block of scores at a time):
 
 - on CPU, where PyTorch's fused flash-attention kernel takes the problem (D == Dv), the additive-bias
-  identity of DESIGN §1 through `F.scaled_dot_product_attention` (:func:`sdpa_masked_attention`);
+  identity of docs/design.md §1.1 through `F.scaled_dot_product_attention` (:func:`sdpa_masked_attention`);
   forward at B=16, H=2, Nq=1024, Nk=900, D=288, fp32: 205 ms against 400 ms for the loop below (median
   of 5, 2 threads on a shared 2-core AMD EPYC, 2026-11-26);
 - everywhere else, :class:`ChunkedMaskedAttention`, a query-chunked loop with its own backward.
@@ -127,7 +127,7 @@ def _flash_takes(q, k, v, bias) -> bool:
 
 
 def sdpa_masked_attention(q, k, v, key_valid, temperature, lambda_m):
-    """The same function through `F.scaled_dot_product_attention` and the additive-bias identity (DESIGN §1).
+    """The same function through `F.scaled_dot_product_attention` and the additive-bias identity (docs/design.md §1.1).
 
         z_ij = <q_i, k'_j> + bias_j,   k'_j = k_j / t (valid) or 0 (invalid),   bias_j = 0 or -lambda_m
 

@@ -29,10 +29,10 @@ multi-head, learned or fixed temperature), ``"atma"`` (single-head, LeakyReLU te
 ``"contextual"`` (DeepFill v2 contextual attention, fixed scale 10), ``"none"`` (identity: the
 attention branch keeps its gated convs, only the attention layer is removed).
 """
-import math
-
 import torch
 from torch import nn
+
+from mhtma_kernels.ops import check_backend, check_patch_size, check_temperature
 
 from .attention import ATTENTION_VARIANTS, ATTENTIONS, build_attention
 from .gated import GatedConv2d, GatedDeconv, _positive_int
@@ -152,18 +152,12 @@ class InpaintGenerator(nn.Module):
         if attention not in ATTENTIONS:
             raise ValueError(f"InpaintGenerator: attention must be one of {ATTENTIONS}, got {attention!r}")
         _positive_int(heads, "heads", "InpaintGenerator")
-        learned = isinstance(temperature, str) and temperature == "learned"
-        fixed = (isinstance(temperature, (int, float)) and not isinstance(temperature, bool)
-                 and math.isfinite(temperature) and temperature > 0)
-        if not (learned or fixed):
-            raise ValueError(f"InpaintGenerator: temperature must be 'learned' or a finite positive float, "
-                             f"got {temperature!r}")
-        if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1 or patch_size % 2 == 0:
-            raise ValueError(f"InpaintGenerator: patch_size must be a positive odd int, got {patch_size!r}")
+        self.temperature_mode = check_temperature(temperature, "InpaintGenerator")
+        check_patch_size(patch_size, "InpaintGenerator")
+        check_backend(backend, "InpaintGenerator")
         if not isinstance(sketch, bool):
             raise TypeError(f"InpaintGenerator: sketch must be a bool, got {type(sketch).__name__}")
         self.base_channels, self.attention_type, self.heads = base_channels, attention, heads
-        self.temperature_mode = "learned" if learned else float(temperature)
         self.patch_size, self.lambda_m, self.sketch, self.backend = patch_size, float(lambda_m), sketch, backend
         in_channels = 5 if sketch else 4
         c = base_channels

@@ -1,0 +1,152 @@
+""":class:`Inpainter`: a trained generator with its device and precision, the object to reach for first.
+
+    from mhtma_model import Inpainter
+
+    inpainter = Inpainter.from_checkpoint("runs/demo/checkpoints/best.pt")   # device="auto", precision="auto"
+    result = inpainter(photo, mask)                 # PIL image: the photo's size and mode, known pixels identical
+    results = inpainter.batch([p1, p2], [m1, m2])   # same-size images share one forward
+    inpainter.save_pretrained("my-model/")          # config.json + model.safetensors
+    inpainter = Inpainter.from_pretrained("my-model/")  # or Inpainter.load(file or folder)
+
+The rules for masks, sketches, sizes and modes are those of :mod:`mhtma_model.predict` (which does the
+work); the device and precision are resolved once, when the object is made, and held.
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from .config import Config, ConfigError, build_generator
+from .device import resolve_device
+from .predict import generator_uses_sketch, inpaint_images, open_generator, prepare_generator
+
+__all__ = ["Inpainter", "CONFIG_NAME", "WEIGHTS_NAME", "PRETRAINED_FORMAT"]
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+#: The ``format`` entry of a ``config.json`` written by :meth:`Inpainter.save_pretrained`.
+PRETRAINED_FORMAT = "mhtma-inpainter"
+PRETRAINED_VERSION = 1
+
+ImageLike = Union[Image.Image, np.ndarray]
+
+
+def _as_image(value: Any, name: str) -> Optional[Image.Image]:
+    """A PIL image, or a uint8 array [H, W], [H, W, 3] or [H, W, 4] as one (bool arrays: True -> 255)."""
+    if value is None or isinstance(value, Image.Image):
+        return value
+    if not isinstance(value, np.ndarray):
+        raise TypeError(f"{name} must be a PIL image or a numpy array, got {type(value).__name__}")
+    if value.dtype == np.bool_:
+        value = value.astype(np.uint8) * 255
+    if value.dtype != np.uint8 or not (value.ndim == 2 or (value.ndim == 3 and value.shape[2] in (3, 4))):
+        raise TypeError(f"{name} array must be uint8 (or bool) of shape [H, W], [H, W, 3] or [H, W, 4], "
+                        f"got {value.dtype} {list(value.shape)}")
+    return Image.fromarray(value)
+
+
+class Inpainter:
+    """A generator ready to inpaint: on one device, at one precision, optionally compiled.
+
+    ``Inpainter(generator, config=None, device="auto", precision="auto", compile=False, max_size=None)``;
+    usually made by :meth:`from_checkpoint` or :meth:`from_pretrained`. ``device`` ("auto", "cpu",
+    "cuda[:N]") and ``precision`` (:mod:`mhtma_model.precision`) are resolved and checked here, once
+    (ValueError, one line). ``max_size``: longest side the network sees (None: the training size).
+    Calls are serialised by :attr:`lock` (one forward at a time; safe from several threads).
+    """
+
+    def __init__(self, generator: torch.nn.Module, config: Optional[Config] = None, device="auto",
+                 precision: str = "auto", compile: bool = False, max_size: Optional[int] = None):
+        self.device = resolve_device(device)
+        self.precision = precision
+        self.generator = prepare_generator(generator, self.device, precision, compile)
+        self.config = config
+        self.max_size = max_size
+        self.lock = threading.RLock()
+
+    # ------------------------------------------------------------------------------------ loading
+    @classmethod
+    def from_checkpoint(cls, path: Union[str, os.PathLike], device="auto", precision: str = "auto",
+                        compile: bool = False, max_size: Optional[int] = None) -> "Inpainter":
+        """The generator of a ``mhtma-train`` checkpoint (.pt). ValueError naming the file when it is missing
+        or unusable ("checkpoint not found: ...", "cannot use checkpoint ...: why")."""
+        generator, config = open_generator(Path(path).expanduser())
+        return cls(generator, config, device, precision, compile, max_size)
+
+    @classmethod
+    def load(cls, path: Union[str, os.PathLike], device="auto", precision: str = "auto", compile: bool = False,
+             max_size: Optional[int] = None) -> "Inpainter":
+        """:meth:`from_pretrained` for a folder, :meth:`from_checkpoint` otherwise (what ``--checkpoint`` of the
+        command lines takes)."""
+        folder = Path(path).expanduser()
+        make = cls.from_pretrained if folder.is_dir() else cls.from_checkpoint
+        return make(folder, device, precision, compile, max_size)
+
+    @classmethod
+    def from_pretrained(cls, directory: Union[str, os.PathLike], device="auto", precision: str = "auto",
+                        compile: bool = False, max_size: Optional[int] = None) -> "Inpainter":
+        """Read what :meth:`save_pretrained` wrote (``config.json`` + ``model.safetensors``); ValueError
+        naming the folder when a file is missing or does not fit."""
+        folder = Path(directory).expanduser()
+        for name in (CONFIG_NAME, WEIGHTS_NAME):
+            if not (folder / name).is_file():
+                raise ValueError(f"not a saved Inpainter: {folder / name} is missing")
+        try:
+            meta = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))
+            if meta.get("format") != PRETRAINED_FORMAT:
+                raise ValueError(f"its format is {meta.get('format')!r}, not {PRETRAINED_FORMAT!r}")
+            config = Config.from_dict(meta["config"])
+            generator = build_generator(config.model)
+            generator.load_state_dict(load_file(str(folder / WEIGHTS_NAME)), strict=True)
+        except (ConfigError, ValueError, KeyError, TypeError, RuntimeError, OSError) as exc:
+            raise ValueError(f"cannot use {folder}: {' '.join(str(exc).split())[:500]}") from exc
+        generator.training_size = config.data.size
+        return cls(generator, config, device, precision, compile, max_size)
+
+    def save_pretrained(self, directory: Union[str, os.PathLike]) -> Path:
+        """Write ``config.json`` (the run's config) and ``model.safetensors`` (the generator's weights) into
+        ``directory`` (made if needed) -> the folder. ValueError when this Inpainter has no config."""
+        if self.config is None:
+            raise ValueError("save_pretrained needs the generator's config: make the Inpainter with "
+                             "from_checkpoint/from_pretrained or pass config=")
+        folder = Path(directory).expanduser()
+        folder.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().to("cpu").contiguous() for k, v in self.generator.state_dict().items()}
+        save_file(state, str(folder / WEIGHTS_NAME), metadata={"format": PRETRAINED_FORMAT})
+        meta = {"format": PRETRAINED_FORMAT, "version": PRETRAINED_VERSION, "config": self.config.to_dict()}
+        (folder / CONFIG_NAME).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        return folder
+
+    # ------------------------------------------------------------------------------------ inpainting
+    @property
+    def uses_sketch(self) -> bool:
+        """Whether the generator was trained with sketches (``model.sketch``)."""
+        return generator_uses_sketch(self.generator)
+
+    def __call__(self, image: ImageLike, mask: ImageLike, sketch: Optional[ImageLike] = None) -> Image.Image:
+        """Inpaint ``image`` where ``mask`` marks holes -> PIL image of the input's size and mode (rules in
+        :mod:`mhtma_model.predict`); known pixels bit-identical. Arrays: uint8 [H, W(, 3|4)]; a bool mask
+        is True = hole."""
+        return self.batch([image], [mask], None if sketch is None else [sketch])[0]
+
+    def batch(self, images: Sequence[ImageLike], masks: Sequence[ImageLike],
+              sketches: Optional[Sequence[Optional[ImageLike]]] = None) -> list[Image.Image]:
+        """:meth:`__call__` of several images -> a list in order; same-size images share one forward."""
+        images = [_as_image(x, "image") for x in images]
+        masks = [_as_image(x, "mask") for x in masks]
+        sketches = None if sketches is None else [_as_image(x, "sketch") for x in sketches]
+        with self.lock:
+            return inpaint_images(self.generator, images, masks, sketches, self.device, self.max_size,
+                                  self.precision)
+
+    def __repr__(self) -> str:
+        return (f"Inpainter(device={str(self.device)!r}, precision={self.precision!r}, "
+                f"sketch={self.uses_sketch}, compiled={bool(getattr(self.generator, 'compiled_with', None))})")
