@@ -29,6 +29,7 @@ small candidate list (`candidates`) on a GPU; set MHTMA_AUTOTUNE=0 to use the fi
 `choose_config` instead (no tuning runs on the first call). Under TRITON_INTERPRET=1 the fixed
 interpreter choice is always used.
 """
+import contextlib
 import dataclasses
 import os
 from dataclasses import dataclass
@@ -369,12 +370,39 @@ def _descriptor_scratch(size: int, alignment: int, stream):
     return torch.empty(size, dtype=torch.int8, device="cpu" if _interpreting() else "cuda")
 
 
+_FORWARD_TILE = []  # set by forward_tile()
+
+
+@contextlib.contextmanager
+def forward_tile(tile):
+    """Inside, every forward launch uses `tile` (a ForwardTile for the head dims at hand, or a version 2
+    TileConfig) instead of the autotuner's or the fixed choice; the backward is unaffected. For timing
+    the forward candidates side by side (benchmarks.gpu_check)."""
+    _FORWARD_TILE.append(tile)
+    try:
+        yield tile
+    finally:
+        _FORWARD_TILE.pop()
+
+
+def autotuned_choice(kernel: str) -> str | None:
+    """The tile the autotuner ran last for `kernel` (its Config as text), None if it has not run."""
+    tuner = _AUTOTUNED.get(kernel)
+    best = getattr(tuner, "best_config", None)
+    return None if best is None else str(best)
+
+
 def _launch(kernel: str, rows: int, bh: int, ncols: int, args, flags: dict, config: KernelConfig | None):
     """The one place that sizes grids and launches: grid (cdiv(rows, tile rows), B*H, column splits).
 
     rows = Nq for fwd/dq (tile rows block_m), Nk for dkdv (tile rows block_n)."""
     if kernel == "fwd":
         triton.set_allocator(_descriptor_scratch)  # for the v3 forward's TMA candidates
+        if _FORWARD_TILE:
+            config = KernelConfig(fwd=_FORWARD_TILE[-1], dkdv=None, dq=None)
+        fwd, d, dv = None if config is None else config.fwd, args[0].shape[3], args[2].shape[3]
+        if isinstance(fwd, ForwardTile) and (fwd.d, fwd.dv) != (d, dv):
+            raise ValueError(f"forward tile built for D={fwd.d}, Dv={fwd.dv} used with D={d}, Dv={dv}")
     row_key = "BLOCK_N" if kernel == "dkdv" else "BLOCK_M"
     if config is None:
         def grid(meta):
@@ -419,8 +447,6 @@ def _forward(q, k, v, key_valid_u8, temp, lambda_m, config, bounded: bool = Fals
     B, H, Nq, D = q.shape
     Nk, Dv = k.shape[2], v.shape[3]
     config = _resolve(config, Nq, Nk, D, Dv, q.dtype)
-    if config is not None and isinstance(config.fwd, ForwardTile) and (config.fwd.d, config.fwd.dv) != (D, Dv):
-        raise ValueError(f"forward tile built for D={config.fwd.d}, Dv={config.fwd.dv} used with D={D}, Dv={Dv}")
     out = torch.empty(B, H, Nq, Dv, dtype=v.dtype, device=q.device)
     has_lo = v.dtype != torch.float32
     out_lo = torch.empty_like(out) if has_lo else None
