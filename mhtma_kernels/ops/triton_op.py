@@ -7,8 +7,10 @@ autograd differentiates the norm exactly and the kernels are identical for norma
     q [B, H, Nq, D], k [B, H, Nk, D], v [B, H, Nk, Dv], key_valid [B, Nk] bool, temperature [B, H] > 0
     -> out [B, H, Nq, Dv] in v's dtype
 
-Forward: one kernel (online softmax over key tiles, every output column of a query block held by one
-program where registers allow). It returns the output in v's dtype and saves it, plus for fp16/bf16
+Forward: one entry kernel (triton_forward.masked_attention_forward_kernel) running version 3 (q resident,
+the key loop innermost and pipelined; ForwardTile) or version 2 (triton_kernels; TileConfig), whichever
+tile the autotuner or the fixed choice gives; a bounded forward is two launches (fixed-max pass, then the
+heads whose bound is too large). It returns the output in v's dtype and saves it, plus for fp16/bf16
 the rounding residual out_lo = out_fp32 - out (same dtype), so that delta_i = <dout_i, out_i> in the
 backward keeps fp32 accuracy (an fp16/bf16-rounded delta visibly biases the temperature gradient)
 without an fp32 copy of the output; and per-row base-2 statistics m2 (max logit) and l2 (log2 of the
