@@ -510,3 +510,18 @@ def test_forward_v3_candidates_fit_an_sm90_block(d, dtype):
         assert tiles, "bf16 has a v3 tile at every benchmark D"
     if dtype == torch.bfloat16 and d == 288:
         assert first.block_m == 128 and first.splits == 1  # 128-row tiles where registers allow
+
+
+def test_forward_tile_overrides_the_forward_choice_only():
+    """Inside triton_op.forward_tile(tile) the forward runs that tile (here one built for other head dims,
+    which the launcher refuses), the backward keeps its own choice; outside, the usual choice again."""
+    q, k, v, key_valid, t = make_inputs(1, 1, 9, 7, 8, 8, 0.2, "random")
+    with triton_op.forward_tile(triton_op.ForwardTile(16, 8, 16, 16)):
+        with pytest.raises(ValueError, match=r"forward tile built for D=16, Dv=8 used with D=8, Dv=8"):
+            masked_temperature_attention(q, k, v, key_valid, t, backend="triton")
+    with triton_op.forward_tile(triton_op.ForwardTile(8, 8, 16, 16, splits=2)):
+        inside = masked_temperature_attention(q, k, v, key_valid, t, backend="triton")
+    outside = masked_temperature_attention(q, k, v, key_valid, t, backend="triton")
+    expected = masked_temperature_attention_reference(q.double(), k.double(), v.double(), key_valid, t.double())
+    assert_close(inside, expected, torch.float32, "inside")
+    assert_close(outside, expected, torch.float32, "outside")
