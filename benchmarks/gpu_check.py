@@ -302,6 +302,18 @@ def table_op(records: list[dict]) -> list[str]:
         label = dtype + ("/" + precision if precision else "")
         lines.append(f"{mode:6} {label:12} {d:>4} | " + " | ".join(f"{_cell(cells[p], True):20}" for p in providers)
                      + f" | {_ratio(cells['sdpa'], cells['triton']):>8} {_ratio(best, cells['triton']):>8}")
+    return lines + table_choices(rows)
+
+
+def table_choices(rows: list[dict]) -> list[str]:
+    """What backend="auto" chose per (mode, D), and which backward the triton op chose."""
+    def timings(ms: dict) -> str:
+        return ", ".join(f"{name} {'-' if t is None else f'{t:.2f}'}" for name, t in ms.items())
+
+    lines = [f"auto chose {r['auto_chosen']:8} {r['mode']:6} {r['dtype']} D{r['d']} (ms: {timings(r['auto_candidates_ms'])})"
+             for r in rows if r.get("auto_chosen")]
+    lines += [f"triton backward {r['triton_backward']:8} {r['dtype']}{'/' + r['precision'] if r.get('precision') else ''} "
+              f"D{r['d']} (ms: {timings(r['triton_backward_ms'])})" for r in rows if r.get("triton_backward")]
     return lines
 
 

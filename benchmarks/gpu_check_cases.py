@@ -20,6 +20,12 @@ Shapes (GPU; ``--smoke`` shrinks every one of them, see :func:`make_setup`):
   query rows; the gradients of image b depend on image b alone, so the slice is exact), and errors are
   normwise relative ``|a - e| / |e|`` per image (``|a|`` where e is exactly 0): ``case="mixed"`` is
   image 0, ``"all_invalid"`` image 1.
+- the chunked GEMM path and the measured choices (issue 21), op and correctness rows at every D:
+  ``chunked`` (backend="auto" restricted to the chunked GEMM path by MHTMA_AUTO_CANDIDATES; on CUDA
+  also what backend="torch" runs), ``auto`` (the measured choice; the record's ``auto_chosen`` and
+  ``auto_candidates_ms`` say what it chose and why), ``triton-chunked-bwd`` (the fused forward with the
+  chunked GEMM backward, MHTMA_TRITON_BACKWARD=chunked); the ``triton`` fwdbwd rows record which
+  backward the op chose (``triton_backward``, ``triton_backward_ms``).
 - layer: ``MaskedTemperatureAttention(128, heads=2, backend="triton")`` vs ``ContextualAttention`` at
   B=16, 64x64, fp32 and bf16 autocast.
 - model: ``InpaintGenerator(base_channels=24, attention=...)`` at 256 px, batch 1 and 16, fp32 and bf16
@@ -27,6 +33,7 @@ Shapes (GPU; ``--smoke`` shrinks every one of them, see :func:`make_setup`):
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -41,7 +48,8 @@ from typing import Callable
 
 import torch
 
-from mhtma_kernels import masked_temperature_attention_reference
+from mhtma_kernels import masked_temperature_attention, masked_temperature_attention_reference
+from mhtma_kernels.ops import dispatch_report
 
 from .builders import make_generator, make_layer
 from .cases import DTYPES, op_tensors, square_hole
@@ -164,6 +172,8 @@ class OpRow:
     def function(self, device: str):
         if self.fn is not None:
             return self.fn
+        if self.provider in DISPATCH_ROWS:
+            return _dispatch_provider(DISPATCH_ROWS[self.provider][0], device, self.mode)
         if self.provider == "flex":
             options = FLEX_KERNEL_OPTIONS if device == "cuda" else None
             return op_provider("flex", device, self.mode, fold_temperature=True, kernel_options=options)
@@ -172,6 +182,56 @@ class OpRow:
     def record(self, level: str, setup: Setup) -> dict:
         return dict(level=level, provider=self.provider, mode=self.mode, dtype=self.dtype, precision=self.precision,
                     batch=setup.batch, d=self.d, nq=setup.nq, nk=setup.nk, heads=setup.heads, **self.fields)
+
+
+#: Rows of the chunked GEMM path and of the measured choices: provider -> (op backend, environment).
+DISPATCH_ROWS = {
+    "chunked": ("auto", {"MHTMA_AUTO_CANDIDATES": "chunked"}),
+    "auto": ("auto", {}),
+    "triton-chunked-bwd": ("triton", {"MHTMA_TRITON_BACKWARD": "chunked"}),
+}
+
+
+def _dispatch_provider(backend: str, device: str, mode: str):
+    if backend == "triton":
+        return op_provider("triton", device, mode)
+
+    def run(q, k, v, key_valid, temperature, lambda_m):
+        return masked_temperature_attention(q, k, v, key_valid, temperature, lambda_m=lambda_m, backend=backend)
+
+    return run
+
+
+@contextlib.contextmanager
+def row_environment(row):
+    """The row's environment variables (DISPATCH_ROWS) set while it runs, restored afterwards."""
+    env = DISPATCH_ROWS.get(row.provider, (None, {}))[1]
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def dispatch_choices(row) -> dict:
+    """What the measured choices decided for this row's shape: ``auto_chosen`` / ``auto_candidates_ms``
+    (``auto`` rows), ``triton_backward`` / ``triton_backward_ms`` (``triton`` fwdbwd rows)."""
+    dtype = str(DTYPES[row.dtype]).replace("torch.", "")
+    found = {}
+    for decision in dispatch_report():
+        key = decision["key"]
+        if decision["dtype"] != dtype or len(key) < 6 or key[5] != row.d:
+            continue
+        if decision["op"] == "auto backend" and row.provider == "auto" and key[-1] == (row.mode == "fwdbwd"):
+            found.update(auto_chosen=decision["chosen"], auto_candidates_ms=decision["candidates"])
+        if decision["op"] == "triton backward" and row.provider == "triton" and row.mode == "fwdbwd":
+            found.update(triton_backward=decision["chosen"], triton_backward_ms=decision["candidates"])
+    return found
 
 
 # --------------------------------------------------------------------------------------- correctness
@@ -210,7 +270,7 @@ def correct_case(setup: Setup, row: OpRow) -> list[dict]:
     dout = torch.randn(inputs["q"].shape[:3] + (row.d,), generator=torch.Generator().manual_seed(2))
     dout = dout.to(setup.device, DTYPES[row.dtype])
     fn = row.function(setup.device)
-    with matmul_precision(row.precision):
+    with matmul_precision(row.precision), row_environment(row):
         poisoned = poison_allocator(setup.device)
         first, (out, grads) = first_call(partial(_run_with_grads, fn, inputs, dout), setup.device)
     ok = finite((out, *grads.values()))
@@ -222,11 +282,13 @@ def correct_case(setup: Setup, row: OpRow) -> list[dict]:
 
 
 def correct_rows(setup: Setup) -> list[OpRow]:
-    """triton and sdpa, forward + backward: bf16 at every D, fp16 and fp32 (IEEE, TF32) at ``fp32_dim``."""
+    """triton and sdpa, forward + backward: bf16 at every D, fp16 and fp32 (IEEE, TF32) at ``fp32_dim``;
+    then the chunked GEMM path and the triton op with the chunked backward, bf16 at every D."""
     shapes = [("bf16", None, d) for d in setup.dims]
     shapes += [("fp16", None, setup.fp32_dim), ("fp32", "highest", setup.fp32_dim), ("fp32", "high", setup.fp32_dim)]
-    return [OpRow(provider, "fwdbwd", dtype, d, precision)
+    rows = [OpRow(provider, "fwdbwd", dtype, d, precision)
             for dtype, precision, d in shapes for provider in ("triton", "sdpa")]
+    return rows + [OpRow(p, "fwdbwd", "bf16", d) for d in setup.dims for p in ("chunked", "triton-chunked-bwd")]
 
 
 def correct_plan(setup: Setup) -> list:
@@ -261,9 +323,10 @@ def op_case(setup: Setup, row: OpRow) -> dict:
         def call():
             out = fn(**inputs, lambda_m=LAMBDA_M)
             return torch.autograd.grad(out, [inputs[n] for n in GRAD_NAMES], dout)
-    with matmul_precision(row.precision):
+    with matmul_precision(row.precision), row_environment(row):
         result = measure(call, setup)
     result["tflops"] = op_flops(setup, row.d, row.mode) / (result["ms"] * 1e-3) / 1e12
+    result.update(dispatch_choices(row))
     if row.provider == "triton":  # which forward tile the autotuner ran (None: fixed choice, no tuning)
         from mhtma_kernels.ops import triton_op
 
@@ -313,6 +376,8 @@ def op_rows(setup: Setup) -> list[OpRow]:
     rows = [OpRow(p, m, "bf16", d) for d in setup.dims for m in ("fwd", "fwdbwd") for p in ("triton", "sdpa",
                                                                                           "reference")]
     rows += forward_version_rows(setup)
+    rows += [OpRow(p, m, "bf16", d) for d in setup.dims for m in ("fwd", "fwdbwd") for p in ("chunked", "auto")]
+    rows += [OpRow("triton-chunked-bwd", "fwdbwd", "bf16", d) for d in setup.dims]
     rows += [OpRow(p, m, "fp32", setup.fp32_dim, prec) for m in ("fwd", "fwdbwd")
              for p, prec in (("triton", "highest"), ("triton", "high"), ("sdpa", "highest"), ("sdpa", "high"))]
     flex = {"flex_kernel_options": FLEX_KERNEL_OPTIONS if setup.device == "cuda" else None}

@@ -33,55 +33,57 @@ LAYER_TIMED = tuple(p for p in LAYER_PROVIDERS if not p.endswith("-reference"))
 PROFILES = ("gpu", "cpu", "tiny")
 
 
-def op_cases(profile: str) -> list[Case]:
-    if profile == "gpu":
-        providers = OP_PROVIDERS
-        full = os.environ.get("BENCH_FULL") == "1"
-        cases = []
-        for dtype in ("bf16", "fp16", "fp32"):
+def _grid(level: str, providers, shapes, d: int, modes=("fwd", "fwdbwd"), dtype: str = "fp32",
+          device: str = "cpu", extra: dict | None = None) -> list[Case]:
+    """Every (mode, (batch, size), provider) of ``level`` with head dim / channels / base ``d``, in that order."""
+    return [Case(level, p, mode, dtype, b, size, d, device=device, extra=dict(extra or {}))
+            for mode, (b, size), p in itertools.product(modes, shapes, providers)]
+
+
+def _for_profile(profile: str, **cases) -> list[Case]:
+    """``cases[profile]()``: the case list of one profile (each given as a function of no arguments)."""
+    if profile not in PROFILES:
+        raise ValueError(f"profile must be one of {PROFILES}, got {profile!r}")
+    return cases[profile]()
+
+
+def _op_gpu() -> list[Case]:
+    full = os.environ.get("BENCH_FULL") == "1"
+    return [Case("op", p, mode, dtype, b, size, d, device="cuda")
+            for dtype in ("bf16", "fp16", "fp32")
             for mode, b, size, d, p in itertools.product(("fwd", "fwdbwd"), (2, 4, 8, 16), (32, 64),
-                                                         (288, 576, 864), providers):
-                if dtype == "bf16" or full or (b == 16 and d == 576):
-                    cases.append(Case("op", p, mode, dtype, b, size, d, device="cuda"))
-        return cases
-    if profile == "cpu":
-        shapes = [(2, 32), (4, 32), (8, 32), (2, 64)]
-        return [Case("op", p, mode, "fp32", b, size, 288)
-                for mode in ("fwd", "fwdbwd") for b, size in shapes for p in ("torch", "reference", "sdpa")]
-    if profile == "tiny":
-        return [Case("op", p, mode, "fp32", 1, 6, 16)
-                for mode in ("fwd", "fwdbwd") for p in OP_PROVIDERS]
-    raise ValueError(f"profile must be one of {PROFILES}, got {profile!r}")
+                                                         (288, 576, 864), OP_PROVIDERS)
+            if dtype == "bf16" or full or (b == 16 and d == 576)]
+
+
+def op_cases(profile: str) -> list[Case]:
+    return _for_profile(
+        profile, gpu=_op_gpu,
+        cpu=lambda: _grid("op", ("torch", "reference", "sdpa"), [(2, 32), (4, 32), (8, 32), (2, 64)], 288),
+        tiny=lambda: _grid("op", OP_PROVIDERS, [(1, 6)], 16))
 
 
 def layer_cases(profile: str) -> list[Case]:
-    if profile == "gpu":
-        return [Case("layer", p, mode, "fp32", b, 64, 128, device="cuda")
-                for mode in ("fwd", "fwdbwd") for b in (2, 4, 8, 16)
-                for p in LAYER_TIMED]
-    if profile == "cpu":
-        return [Case("layer", p, "fwd", "fp32", b, 32, 64)
-                for b in (2, 4, 8, 16) for p in ("mhtma-torch", "atma", "contextual")]
-    if profile == "tiny":
-        return [Case("layer", p, mode, "fp32", 2, 8, 8)
-                for mode in ("fwd", "fwdbwd") for p in LAYER_TIMED]
-    raise ValueError(f"profile must be one of {PROFILES}, got {profile!r}")
+    batches = (2, 4, 8, 16)
+    return _for_profile(
+        profile,
+        gpu=lambda: _grid("layer", LAYER_TIMED, [(b, 64) for b in batches], 128, device="cuda"),
+        cpu=lambda: _grid("layer", ("mhtma-torch", "atma", "contextual"), [(b, 32) for b in batches], 64,
+                          modes=("fwd",)),
+        tiny=lambda: _grid("layer", LAYER_TIMED, [(2, 8)], 8))
 
 
 def model_cases(profile: str) -> list[Case]:
-    if profile == "gpu":
-        cases = [Case("model", p, "fwd", "fp32", b, 256, 32, device="cuda")
-                 for b in (1, 16) for p in MODEL_PROVIDERS]
-        return cases + [Case("model", p, "train", "fp32", 16, 256, 32, device="cuda") for p in ("mhtma", "contextual")]
-    if profile == "cpu":
-        return ([Case("model", p, "fwd", "fp32", 1, 256, 24) for p in ("mhtma", "contextual", "none")]
-                + [Case("model", "mhtma", "train", "fp32", 1, 128, 32)])
-    if profile == "tiny":
-        # 64x64: the attention runs at 16x16, where the centred hole leaves valid keys (at 32x32 every
-        # 3x3 key window touches the hole: the degenerate all-invalid case, not what a smoke run is for).
-        return ([Case("model", p, "fwd", "fp32", 1, 64, 4) for p in ("mhtma", "contextual")]
-                + [Case("model", "mhtma", "train", "fp32", 1, 64, 4, extra={"disc_channels": 4})])
-    raise ValueError(f"profile must be one of {PROFILES}, got {profile!r}")
+    # tiny at 64x64: the attention runs at 16x16, where the centred hole leaves valid keys (at 32x32 every
+    # 3x3 key window touches the hole: the degenerate all-invalid case, not what a smoke run is for).
+    return _for_profile(
+        profile,
+        gpu=lambda: (_grid("model", MODEL_PROVIDERS, [(1, 256), (16, 256)], 32, modes=("fwd",), device="cuda")
+                     + _grid("model", ("mhtma", "contextual"), [(16, 256)], 32, modes=("train",), device="cuda")),
+        cpu=lambda: (_grid("model", ("mhtma", "contextual", "none"), [(1, 256)], 24, modes=("fwd",))
+                     + _grid("model", ("mhtma",), [(1, 128)], 32, modes=("train",))),
+        tiny=lambda: (_grid("model", ("mhtma", "contextual"), [(1, 64)], 4, modes=("fwd",))
+                      + _grid("model", ("mhtma",), [(1, 64)], 4, modes=("train",), extra={"disc_channels": 4})))
 
 
 def timing(profile: str) -> dict:

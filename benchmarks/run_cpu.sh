@@ -9,18 +9,9 @@ set -uo pipefail
 # BENCH_THREADS=N pins torch to N threads (OMP_NUM_THREADS, inherited by the memory probes); on a machine
 # shared with other jobs one thread per process gives far steadier numbers than oversubscribed cores.
 if [ -n "${BENCH_THREADS:-}" ]; then export OMP_NUM_THREADS="$BENCH_THREADS" MKL_NUM_THREADS="$BENCH_THREADS"; fi
-cd "$(dirname "$0")/.."
-PY=${PYTHON:-python}
+. "$(dirname "$0")/suite.sh"  # the repository root, $PY, run_suite
 name=$($PY -c "
 import re
 model = next((l.split(':', 1)[1] for l in open('/proc/cpuinfo') if l.startswith('model name')), 'cpu')
 print(re.sub(r'[^A-Za-z0-9]+', '-', model).strip('-'))" 2>/dev/null || echo cpu)
-mkdir -p benchmarks/results
-out="benchmarks/results/cpu-${name}${BENCH_PART:+-$BENCH_PART}.json"
-$PY -m pytest benchmarks -p no:cacheprovider -o python_files='bench_*.py' --bench-profile cpu \
-    --benchmark-json "$out" --benchmark-columns=min,median,max,rounds -rs "$@" 2>&1 | tee "${out%.json}.log"
-rc=${PIPESTATUS[0]}
-if [ -s "$out" ]; then
-    $PY -m benchmarks.report benchmarks/results/cpu-"${name}"*.json --section cpu --tag "cpu-${name}" --stat "${BENCH_STAT:-min}"
-fi
-exit "$rc"
+run_suite cpu "$name" "${BENCH_STAT:-min}" "$@"

@@ -9,19 +9,10 @@
 #   BENCH_PART=layer-model bash benchmarks/run_gpu.sh -k "layer or model"
 # Each part saves gpu-<GPU>-<part>.json; the report is rebuilt from all gpu-<GPU>*.json files after each part.
 set -uo pipefail
-cd "$(dirname "$0")/.."
-PY=${PYTHON:-python}
+. "$(dirname "$0")/suite.sh"  # the repository root, $PY, run_suite
 if ! $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
     echo "run_gpu.sh: CUDA is not available; use benchmarks/run_cpu.sh" >&2
     exit 2
 fi
 name=$($PY -c "import re, torch; print(re.sub(r'[^A-Za-z0-9]+', '-', torch.cuda.get_device_name(0)).strip('-'))")
-mkdir -p benchmarks/results
-out="benchmarks/results/gpu-${name}${BENCH_PART:+-$BENCH_PART}.json"
-$PY -m pytest benchmarks -p no:cacheprovider -o python_files='bench_*.py' --bench-profile gpu \
-    --benchmark-json "$out" --benchmark-columns=min,median,max,rounds -rs "$@" 2>&1 | tee "${out%.json}.log"
-rc=${PIPESTATUS[0]}
-if [ -s "$out" ]; then
-    $PY -m benchmarks.report benchmarks/results/gpu-"${name}"*.json --section gpu --tag "gpu-${name}"
-fi
-exit "$rc"
+run_suite gpu "$name" "" "$@"

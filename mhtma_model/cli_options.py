@@ -1,5 +1,6 @@
-"""The options every inference command shares (``mhtma-inpaint``, ``mhtma-eval``, ``mhtma-ui``), with one
-set of defaults, and their check: ``--device`` (auto), ``--threads`` (see
+"""What the command lines share: the parser with its ``--checkpoint`` option (``mhtma-inpaint``, ``mhtma-eval``,
+``mhtma-export``), and the options every inference command shares (``mhtma-inpaint``, ``mhtma-eval``,
+``mhtma-ui``), with one set of defaults, and their check: ``--device`` (auto), ``--threads`` (see
 :func:`mhtma_model.device.default_cpu_threads`), ``--precision`` (auto, :mod:`mhtma_model.precision`) and
 ``--compile`` (off)."""
 from __future__ import annotations
@@ -13,6 +14,23 @@ from .precision import PRECISIONS, inference_dtype
 
 DEFAULT_DEVICE = "auto"
 DEFAULT_PRECISION = "auto"
+#: ``--checkpoint`` of the commands that run a trained generator.
+CHECKPOINT_HELP = ("generator checkpoint (.pt) written by mhtma-train, or a folder written by "
+                   "Inpainter.save_pretrained")
+
+
+def command_parser(prog: str, doc: str, checkpoint_help: str = CHECKPOINT_HELP,
+                   checkpoint_required: bool = True) -> argparse.ArgumentParser:
+    """The parser of command ``prog`` with its ``--checkpoint`` option: the first paragraph of ``doc`` (the
+    command module's docstring) is the description, kept as written."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    if checkpoint_required:
+        parser.add_argument("--checkpoint", required=True, help=checkpoint_help)
+    else:
+        parser.add_argument("--checkpoint", default=None, help=checkpoint_help)
+    return parser
+
 
 
 def add_inference_options(parser: argparse.ArgumentParser) -> None:

@@ -64,7 +64,7 @@ from . import ids as idsmod
 from . import lpips_metric as lp
 from . import metrics as M
 from .classical import CLASSICAL_METHODS, OPENCV_METHODS, classical_inpaint, require_opencv
-from .cli_options import add_inference_options
+from .cli_options import add_inference_options, command_parser
 from .device import resolve_device, set_cpu_threads
 from .evaluator import Evaluator
 from .images import files_by_key, list_images, load_mask, load_rgb, no_images_found, pair_key
@@ -167,10 +167,9 @@ def markdown_table(result: dict) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mhtma-eval", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", default=None,
-                   help="generator checkpoint .pt, or a folder written by Inpainter.save_pretrained (--method model)")
+    p = command_parser("mhtma-eval", __doc__, checkpoint_required=False,
+                       checkpoint_help="generator checkpoint .pt, or a folder written by Inpainter.save_pretrained "
+                                       "(--method model)")
     p.add_argument("--data", required=True, help="folder of ground-truth images (searched recursively)")
     p.add_argument("--output", required=True, help="folder for metrics.json, metrics.md, examples.png")
     p.add_argument("--predictions", default=None,

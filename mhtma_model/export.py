@@ -9,7 +9,7 @@ models); output ``inpainted [N, 3, S, S]`` in [-1, 1] (generated pixels in the h
 elsewhere). The batch N is dynamic, the side S is fixed by ``--size`` (default: the checkpoint's
 training size).
 
-How: ``torch.export`` with a dynamic batch dimension; the attention op (``mhtma::chunked_attention``, the
+How: ``torch.export`` with a dynamic batch dimension; the attention op (``mhtma::chunked_gemm_attention``, the
 `torch` backend) is decomposed into aten ops (score matrix materialised: ONNX has no fused kernel for
 it) and ``torch.onnx.export(..., dynamo=True)`` writes the file. Afterwards onnxruntime runs it on a
 real photo (scikit-image's astronaut, or ``--image``/``--mask``) and the largest absolute difference
@@ -36,6 +36,7 @@ from torch import nn
 from mhtma_kernels import MaskedTemperatureAttention
 from mhtma_kernels.ops.library import EXPORT_DECOMPOSITIONS
 
+from .cli_options import command_parser
 from .images import load_mask, load_rgb
 from .inpainter import Inpainter
 from .masks import free_form_mask
@@ -103,7 +104,7 @@ def _check_exportable(generator: nn.Module, size: int) -> None:
 def export_program(generator: nn.Module, size: int, batch: int = 2) -> "torch.export.ExportedProgram":
     """``torch.export`` of :class:`InpaintingGraph` around ``generator`` (eval mode, CPU) with a dynamic batch.
 
-    The attention op stays one node (``torch.ops.mhtma.chunked_attention``); inputs ``batch`` examples
+    The attention op stays one node (``torch.ops.mhtma.chunked_gemm_attention``); inputs ``batch`` examples
     of side ``size`` (the traced batch; any batch >= 1 runs afterwards).
     """
     _check_exportable(generator, size)
@@ -160,10 +161,7 @@ def _load_pair(image_path: str, mask_path: str, size: int, sketch: bool) -> tupl
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mhtma-export", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True,
-                   help="generator checkpoint (.pt) written by mhtma-train, or a folder written by Inpainter.save_pretrained")
+    p = command_parser("mhtma-export", __doc__)
     p.add_argument("--output", required=True, help="the .onnx file to write")
     p.add_argument("--size", type=int, default=None,
                    help="square input side of the exported model (default: the checkpoint's training size)")

@@ -45,6 +45,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .weights_files import load_weights_file, resolve_weights_file
+
 INCEPTION_ENV = "MHTMA_INCEPTION"
 FEATURE_DIM = 2048
 INPUT_SIZE = 299
@@ -62,16 +64,9 @@ def resolve_inception_path(path: Union[str, os.PathLike, None] = None) -> Option
 
     A path that is named but does not exist raises FileNotFoundError (naming the file and how to get it).
     """
-    source = "--fid-weights"
-    if path is None or str(path) == "":
-        env = os.environ.get(INCEPTION_ENV, "")
-        if not env:
-            return None
-        path, source = env, f"${INCEPTION_ENV}"
-    resolved = Path(path).expanduser()
-    if not resolved.is_file():
-        raise FileNotFoundError(f"Inception-v3 weights file not found: {resolved} (from {source}); {HOW_TO_GET_WEIGHTS}")
-    return resolved
+    return resolve_weights_file(
+        path, INCEPTION_ENV, option="--fid-weights",
+        not_found=lambda file, source: f"Inception-v3 weights file not found: {file} (from {source}); {HOW_TO_GET_WEIGHTS}")
 
 
 #: The one line a command prints when no Inception weights are configured.
@@ -168,12 +163,7 @@ class InceptionFeatures(nn.Module):
     def __init__(self, weights_path: Union[str, os.PathLike]):
         super().__init__()
         path = Path(weights_path)
-        if not path.is_file():
-            raise FileNotFoundError(f"Inception-v3 weights file not found: {path}; {HOW_TO_GET_WEIGHTS}")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise ValueError(f"{path} is not a readable torch state dict: {exc}") from exc
+        state = load_weights_file(path, "Inception-v3 weights file", HOW_TO_GET_WEIGHTS)
         if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
             state = state["state_dict"]
         if not isinstance(state, dict) or not isinstance(state.get("fc.weight"), torch.Tensor):

@@ -30,16 +30,13 @@ from typing import Optional, Sequence
 
 from tqdm import tqdm
 
-from .cli_options import add_inference_options, apply_inference_options
+from .cli_options import add_inference_options, apply_inference_options, command_parser
 from .input_files import mask_notice, open_inputs, pair_inputs
 from .inpainter import Inpainter
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mhtma-inpaint", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True,
-                   help="generator checkpoint (.pt) written by mhtma-train, or a folder written by Inpainter.save_pretrained")
+    p = command_parser("mhtma-inpaint", __doc__)
     p.add_argument("--image", required=True, help="an image file or a folder of images")
     p.add_argument("--mask", required=True, help="a mask file or a folder of masks (pixel > 127 = hole)")
     p.add_argument("--output", required=True, help="folder for the inpainted PNGs")

@@ -16,7 +16,6 @@ Scores are the discriminator's raw outputs ``[B, 1]``; every loss is a mean over
   inputs), weights from a local file in torchvision's ``vgg16`` state-dict format.
 - Generator: ``1.2 * |I_c - I_gt|_1 + 1.0 * |I_out - I_gt|_1 + 0.004 * L_p(I_c, I_gt) + 0.01 * L_G``.
 """
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .networks import IMAGENET_MEAN
+from .weights_files import resolve_weights_file
 
 #: Environment variable holding the VGG16 weights path.
 VGG16_ENV = "MHTMA_VGG16"
@@ -94,17 +94,10 @@ def resolve_vgg16_path(path=None) -> Path:
 
     Raises FileNotFoundError naming the file (or the missing setting) and how to obtain it.
     """
-    source = "argument"
-    if path is None or str(path) == "":
-        path = os.environ.get(VGG16_ENV) or None
-        source = f"environment variable {VGG16_ENV}"
-    if path is None:
-        raise FileNotFoundError(f"no VGG16 weights file given (perceptual loss): neither a path nor {VGG16_ENV} "
-                                f"is set; {VGG16_HOWTO}")
-    resolved = Path(path).expanduser()
-    if not resolved.is_file():
-        raise FileNotFoundError(f"VGG16 weights file {resolved} (from the {source}) does not exist; {VGG16_HOWTO}")
-    return resolved
+    return resolve_weights_file(
+        path, VGG16_ENV, option="the argument", env_source=f"the environment variable {VGG16_ENV}",
+        missing=f"no VGG16 weights file given (perceptual loss): neither a path nor {VGG16_ENV} is set; {VGG16_HOWTO}",
+        not_found=lambda file, source: f"VGG16 weights file {file} (from {source}) does not exist; {VGG16_HOWTO}")
 
 
 def _load_state_dict(path: Path) -> Mapping:

@@ -31,6 +31,8 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
+from .weights_files import load_weights_file, resolve_weights_file
+
 LPIPS_ENV = "MHTMA_LPIPS_BACKBONE"
 LPIPS_NETS = ("alex", "vgg")
 _TORCHVISION = {"alex": "alexnet", "vgg": "vgg16"}
@@ -54,16 +56,9 @@ def resolve_backbone_path(path: Union[str, os.PathLike, None] = None, net: str =
 
     A path that is named but does not exist raises FileNotFoundError naming it and how to get it.
     """
-    source = "--lpips-backbone"
-    if path is None or str(path) == "":
-        env = os.environ.get(LPIPS_ENV, "")
-        if not env:
-            return None
-        path, source = env, f"${LPIPS_ENV}"
-    resolved = Path(path).expanduser()
-    if not resolved.is_file():
-        raise FileNotFoundError(f"LPIPS backbone file not found: {resolved} (from {source}); {how_to_get(net)}")
-    return resolved
+    return resolve_weights_file(
+        path, LPIPS_ENV, option="--lpips-backbone",
+        not_found=lambda file, source: f"LPIPS backbone file not found: {file} (from {source}); {how_to_get(net)}")
 
 
 def lpips_skipped_note(net: str = "alex", missing_package: bool = False) -> str:
@@ -141,14 +136,8 @@ class LpipsDistance(nn.Module):
         super().__init__()
         name = "the backbone state dict"
         if not isinstance(backbone, dict):
-            path = Path(backbone)
-            name = str(path)
-            if not path.is_file():
-                raise FileNotFoundError(f"LPIPS backbone file not found: {path}; {how_to_get(net)}")
-            try:
-                backbone = torch.load(path, map_location="cpu", weights_only=True)
-            except Exception as exc:
-                raise ValueError(f"{path} is not a readable torch state dict: {exc}") from exc
+            name = str(Path(backbone))
+            backbone = load_weights_file(backbone, "LPIPS backbone file", how_to_get(net))
         self.net_name = net
         self.model = build_lpips(net)
         load_backbone(self.model, backbone_features(backbone, net, name), name)

@@ -39,6 +39,7 @@ from PIL import Image
 from torch import nn
 
 from .images import UnreadableImageError, has_transparency, open_image
+from .weights_files import resolve_weights_file
 
 #: Edge-map threshold of the paper (Sec. IV-F, Paris StreetView).
 SKETCH_THRESHOLD = 0.65
@@ -118,15 +119,10 @@ def resolve_edge_weights(path: Union[str, os.PathLike, None] = None) -> Path:
         "mhtma_model.sketch.EdgeNet saved with torch.save (nothing is downloaded). Pass its path or set "
         f"{EDGE_WEIGHTS_ENV}; or use the default detector 'canny', which needs no weights."
     )
-    if path is None:
-        env = os.environ.get(EDGE_WEIGHTS_ENV)
-        if not env:
-            raise FileNotFoundError(f"no edge-detector weights given and {EDGE_WEIGHTS_ENV} is not set. {how}")
-        path = env
-    resolved = Path(path).expanduser()
-    if not resolved.is_file():
-        raise FileNotFoundError(f"edge-detector weights file not found: {resolved}. {how}")
-    return resolved
+    return resolve_weights_file(
+        path, EDGE_WEIGHTS_ENV, option="the argument",
+        missing=f"no edge-detector weights given and {EDGE_WEIGHTS_ENV} is not set. {how}",
+        not_found=lambda file, source: f"edge-detector weights file not found: {file}. {how}")
 
 
 class EdgeNet(nn.Module):

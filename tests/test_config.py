@@ -120,19 +120,18 @@ def test_bad_overrides_give_clear_errors(override, fragments):
         assert fragment in message, (fragment, message)
 
 
-def test_bad_file_contents(tmp_path):
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("model:\n  heads: 2\n  widht: 3\n")
-    with pytest.raises(ConfigError, match=r"unknown key model.widht.*base_channels"):
-        load_config(bad)
-    bad.write_text("model: 3\n")
-    with pytest.raises(ConfigError, match=r"section \[model\] must be a mapping"):
-        load_config(bad)
-    bad.write_text("trainer:\n  lr: 1\n")
-    with pytest.raises(ConfigError, match=r"unknown section 'trainer'"):
-        load_config(bad)
-    with pytest.raises(ConfigError, match=r"config file not found.*demo"):
-        load_config(tmp_path / "missing.yaml")
+@pytest.mark.parametrize("contents, pattern", [
+    pytest.param("model:\n  heads: 2\n  widht: 3\n", r"unknown key model.widht.*base_channels", id="unknown-key"),
+    pytest.param("model: 3\n", r"section \[model\] must be a mapping", id="section-not-mapping"),
+    pytest.param("trainer:\n  lr: 1\n", r"unknown section 'trainer'", id="unknown-section"),
+    pytest.param(None, r"config file not found.*demo", id="missing-file"),
+])
+def test_bad_file_contents(tmp_path, contents, pattern):
+    path = tmp_path / ("bad.yaml" if contents is not None else "missing.yaml")
+    if contents is not None:
+        path.write_text(contents)
+    with pytest.raises(ConfigError, match=pattern):
+        load_config(path)
 
 
 def test_file_then_overrides_precedence(tmp_path):

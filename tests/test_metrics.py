@@ -194,20 +194,6 @@ def test_fid_of_a_feature_set_with_itself_is_zero_even_when_singular():
     assert fid.fid_from_features(feats, feats + 1.0) == pytest.approx(16.0, rel=1e-6)
 
 
-def test_resolve_inception_path(tmp_path, monkeypatch):
-    monkeypatch.delenv(fid.INCEPTION_ENV, raising=False)
-    assert fid.resolve_inception_path(None) is None
-    with pytest.raises(FileNotFoundError, match="inception_v3"):
-        fid.resolve_inception_path(tmp_path / "nope.pt")
-    weights = tmp_path / "w.pt"
-    weights.write_bytes(b"x")
-    monkeypatch.setenv(fid.INCEPTION_ENV, str(weights))
-    assert fid.resolve_inception_path(None) == weights
-    monkeypatch.setenv(fid.INCEPTION_ENV, str(tmp_path / "missing.pt"))
-    with pytest.raises(FileNotFoundError, match=fid.INCEPTION_ENV):
-        fid.resolve_inception_path(None)
-
-
 @pytest.mark.parametrize("variant, aux", [("torchvision", True), ("tf-fid", False)], ids=["torchvision", "tf-fid"])
 def test_inception_features_load_a_state_dict_file(tmp_path, variant, aux):
     torch.manual_seed(0)
@@ -338,18 +324,6 @@ def test_lpips_refuses_the_wrong_backbone_and_missing_files(tmp_path):
     torch.save({"weight": torch.zeros(2)}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="features.0.weight"):
         lpips_metric.LpipsDistance(tmp_path / "other.pt")
-
-
-def test_lpips_backbone_from_the_environment(tmp_path, monkeypatch):
-    monkeypatch.delenv(lpips_metric.LPIPS_ENV, raising=False)
-    assert lpips_metric.resolve_backbone_path(None) is None
-    file = tmp_path / "a.pt"
-    file.write_bytes(b"x")
-    monkeypatch.setenv(lpips_metric.LPIPS_ENV, str(file))
-    assert lpips_metric.resolve_backbone_path(None) == file
-    monkeypatch.setenv(lpips_metric.LPIPS_ENV, str(tmp_path / "missing.pt"))
-    with pytest.raises(FileNotFoundError, match=r"\$MHTMA_LPIPS_BACKBONE"):
-        lpips_metric.resolve_backbone_path(None)
 
 
 @needs_sklearn

@@ -78,10 +78,11 @@ def test_torch_backend_half_inputs(dtype):
 
 
 def test_torch_backend_chunks_queries_and_saves_no_score_matrix(monkeypatch):
-    """Force many small query chunks; results stay exact and autograd keeps nothing Nq x Nk sized."""
-    monkeypatch.setattr(chunked, "SDPA_ON_CPU", False)
-    monkeypatch.setattr(chunked, "_CHUNK_ELEMENTS", 2 * 2 * 29 * 5)  # 5 query rows per chunk
-    assert chunked.query_chunk(4, 37, 29) == 5
+    """Force many small query chunks (a tiny MHTMA_CHUNK_MB); results stay exact and autograd keeps
+    nothing Nq x Nk sized (D != Dv: the torch backend takes the chunked GEMM path)."""
+    budget_mb = 2 * 2 * 29 * 5 * 24 / 2 ** 20  # 5 query rows of float64 backward buffers (3 x 8 bytes)
+    monkeypatch.setenv("MHTMA_CHUNK_MB", repr(budget_mb))
+    assert chunked.chunk_rows(4, 37, 29, 24, chunked.chunk_budget_mb(torch.device("cpu"))) == 5
     inputs = make_inputs(2, 2, 37, 29, 12, 7, 0.1, "random")
     expected = forward_and_grads("reference", *inputs)
     actual = forward_and_grads("torch", *inputs)
@@ -96,16 +97,18 @@ def test_torch_backend_chunks_queries_and_saves_no_score_matrix(monkeypatch):
     assert largest < 37 * 29 * 2 * 2, f"backward saved a tensor of {largest} elements"
 
 
-# The torch backend's two implementations (ops/chunked.py): PyTorch's fused CPU flash attention through the
-# additive-bias identity where it applies (D == Dv on CPU), the query-chunked loop elsewhere.
-# (the chunked loop runs as the mhtma::chunked_attention custom op, ops/library.py)
-TORCH_PATHS = {"sdpa": "ScaledDotProductFlashAttentionForCpuBackward", "chunked": "GeneratedBackwardFor_mhtma_chunked_attention"}
+# The two CPU implementations (ops/backends.py): PyTorch's fused CPU flash attention through the additive-bias
+# identity (ops/sdpa.py, where D == Dv) and the query-chunked GEMM path (ops/chunked.py, the
+# mhtma::chunked_gemm_attention custom op, ops/library.py). backend="auto" restricted to one of them by
+# MHTMA_AUTO_CANDIDATES runs exactly that one.
+TORCH_PATHS = {"sdpa": "ScaledDotProductFlashAttentionForCpuBackward", "chunked": "GeneratedBackwardFor_mhtma_chunked_gemm_attention"}
 
 
 @pytest.fixture(params=list(TORCH_PATHS), ids=[f"torch-{p}" for p in TORCH_PATHS])
 def torch_path(request, monkeypatch):
-    """Selects one implementation of the torch backend; yields the autograd node name that proves it ran."""
-    monkeypatch.setattr(chunked, "SDPA_ON_CPU", request.param == "sdpa")
+    """Selects one implementation (backend="auto" with one candidate); yields the autograd node name that
+    proves it ran."""
+    monkeypatch.setenv("MHTMA_AUTO_CANDIDATES", request.param)
     return TORCH_PATHS[request.param]
 
 
@@ -145,12 +148,12 @@ def test_torch_paths_match_float64_reference(torch_path, B, H, Nq, Nk, D, t, rul
     """Output and the q, k, v, temperature gradients of both torch-backend paths against the float64 oracle."""
     expected = forward_and_grads("reference", *make_inputs(B, H, Nq, Nk, D, D, t, rule), normalize=normalize)
     inputs = make_inputs(B, H, Nq, Nk, D, D, t, rule, torch.float32)
-    actual = forward_and_grads("torch", *inputs, normalize=normalize)
+    actual = forward_and_grads("auto", *inputs, normalize=normalize)
     for name, a, e in zip(NAMES, actual, expected):
         assert torch.isfinite(a).all(), name
         assert_close(a, e, torch.float32, name)
     assert_ran(masked_temperature_attention(*[x.requires_grad_() if x.is_floating_point() else x for x in inputs],
-                                            normalize=normalize, backend="torch"), torch_path)
+                                            normalize=normalize, backend="auto"), torch_path)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64], ids=["fp16", "bf16", "fp64"])
@@ -158,19 +161,19 @@ def test_torch_paths_keep_the_input_dtype(torch_path, dtype):
     """Half inputs compute in float32, float64 in float64; both paths return the input dtype."""
     expected = forward_and_grads("reference", *make_inputs(2, 2, 33, 21, 24, 24, 0.2, "random"))
     inputs = make_inputs(2, 2, 33, 21, 24, 24, 0.2, "random", dtype)
-    actual = forward_and_grads("torch", *inputs)
+    actual = forward_and_grads("auto", *inputs)
     for name, a, e in zip(NAMES, actual, expected):
         assert a.dtype == dtype, name
         assert_close(a, e, dtype, name)
     assert_ran(masked_temperature_attention(*[x.requires_grad_() if x.is_floating_point() else x for x in inputs],
-                                            backend="torch"), torch_path)
+                                            backend="auto"), torch_path)
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "strided"])
 def test_torch_paths_save_no_score_matrix(torch_path, layout, monkeypatch):
     """Whatever the input strides (the layer hands over transposed unfold views), nothing saved for the
     backward is Nq x Nk sized: the materialising SDPA fallback would save the [B, H, Nq, Nk] weights."""
-    monkeypatch.setattr(chunked, "_CHUNK_ELEMENTS", 2 * 2 * 29 * 5)
+    monkeypatch.setenv("MHTMA_CHUNK_MB", "0.05")  # a few query rows per chunk
     B, H, Nq, Nk, D = 2, 2, 37, 29, 12
     q, k, v, key_valid, t = make_inputs(B, H, Nq, Nk, D, D, 0.1, "random", torch.float32)
     if layout == "strided":  # unit stride along the patch axis, as in F.unfold(...).transpose(1, 2)
@@ -184,7 +187,7 @@ def test_torch_paths_save_no_score_matrix(torch_path, layout, monkeypatch):
         return x
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
-        out = masked_temperature_attention(leaves[0], leaves[1], leaves[2], key_valid, leaves[3], backend="torch")
+        out = masked_temperature_attention(leaves[0], leaves[1], leaves[2], key_valid, leaves[3], backend="auto")
     assert_ran(out, torch_path)
     assert sizes and max(sizes) < B * H * Nq * Nk, f"saved a tensor of {max(sizes)} elements"
     expected = masked_temperature_attention(q.double(), k.double(), v.double(), key_valid, t.double(),
@@ -223,8 +226,7 @@ def test_invalid_keys_get_no_weight_next_to_valid_ones():
 
 def test_auto_backend_and_env_override(monkeypatch):
     monkeypatch.delenv("MHTMA_BACKEND", raising=False)
-    assert resolve_backend("auto", torch.device("cpu")) == "torch"
-    assert resolve_backend("auto", torch.device("cuda")) == "triton"
+    assert resolve_backend("auto", torch.device("cpu")) == "auto"  # chosen per shape by measurement
     assert resolve_backend("reference", torch.device("cuda")) == "reference"
     monkeypatch.setenv("MHTMA_BACKEND", "reference")
     assert resolve_backend("auto", torch.device("cpu")) == "reference"

@@ -2,9 +2,8 @@
 import torch
 
 from .autocast import autocast_dtype, cast_for_autocast
+from .backends import auto_backend, torch_backend
 from .checks import BACKENDS, backend_from_env, check_backend, check_lambda_m  # noqa: F401 - BACKENDS re-exported
-from .chunked import sdpa_applies, sdpa_masked_attention
-from .library import chunked_attention
 from .reference import l2_normalize, masked_temperature_attention_reference
 from .tracing import is_exporting, is_tracing
 
@@ -71,11 +70,13 @@ def _check_temperature_values(temperature: torch.Tensor) -> None:
         torch._assert_async((torch.isfinite(temperature) & (temperature > 0)).all(), _TEMPERATURE_MESSAGE)
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
-    """'auto' -> $MHTMA_BACKEND if set, else 'triton' on CUDA and 'torch' elsewhere."""
+def resolve_backend(backend: str, device: torch.device | None = None) -> str:
+    """The backend a call runs: an explicit name as given; 'auto' -> $MHTMA_BACKEND if set, else 'auto'
+    (chosen per shape by measurement, see :mod:`.backends`). ``device`` is accepted for callers that
+    pass it; the answer does not depend on it."""
     if backend != "auto":
         return backend
-    return backend_from_env() or ("triton" if device.type == "cuda" else "torch")
+    return backend_from_env() or "auto"
 
 
 def masked_temperature_attention(q, k, v, key_valid, temperature, lambda_m=1e4, normalize=True, backend="auto"):
@@ -90,9 +91,10 @@ def masked_temperature_attention(q, k, v, key_valid, temperature, lambda_m=1e4, 
         lambda_m: mask penalty given to invalid keys. 1e4 makes exp(-lambda_m) underflow to exactly 0
             next to any valid key (valid logits lie in [-1/t, 1/t]), yet stays finite in fp16/bf16.
         normalize: L2-normalise q and k (eps 1e-6) first; False gives a plain scaled dot product.
-        backend: ``"reference"`` (materialised oracle), ``"torch"`` (chunked, O(Nq*Nk) never held),
-            ``"triton"`` (fused kernels) or ``"auto"`` (triton on CUDA, torch otherwise;
-            env ``MHTMA_BACKEND`` overrides).
+        backend: ``"reference"`` (materialised oracle), ``"torch"`` (SDPA's fused CPU kernel where it
+            applies, else the query-chunked GEMM path; O(Nq*Nk) never held), ``"triton"`` (fused
+            kernels) or ``"auto"`` (the fastest exact candidate for the shape, measured on the first
+            call: :func:`mhtma_kernels.ops.dispatch_report`; env ``MHTMA_BACKEND`` forces a backend).
 
     Math::
 
@@ -109,7 +111,7 @@ def masked_temperature_attention(q, k, v, key_valid, temperature, lambda_m=1e4, 
     dtype and accumulation stays fp32. The output is then in the autocast dtype.
 
     torch.compile / torch.export: the `torch` and `triton` backends are ``torch.library`` custom ops
-    (``mhtma::chunked_attention``, ``mhtma::triton_attention``, see :mod:`.library`), so
+    (``mhtma::chunked_gemm_attention``, ``mhtma::triton_attention``, see :mod:`.library`), so
     ``torch.compile(..., fullgraph=True)`` and ``torch.export`` trace through them. Checks of the
     temperature's values run in eager mode; compiled on CPU they become a runtime assertion
     (RuntimeError); compiled on CUDA or exported they are skipped (see ``_check_temperature_values``).
@@ -129,22 +131,28 @@ def masked_temperature_attention(q, k, v, key_valid, temperature, lambda_m=1e4, 
         return _dispatch(q, k, v, key_valid, temperature, lambda_m, normalize, backend)
 
 
+def _empty_result(q, k, v, temperature):
+    """The one empty-problem rule (B*H*Nq*Dv == 0; Nk >= 1 is validated): zeros [B, H, Nq, Dv], still
+    connected to the inputs' graph so that backward runs and gives zero gradients."""
+    B, H, Nq, _ = q.shape
+    link = (q.sum() + k.sum() + v.sum() + temperature.sum()).to(v.dtype)
+    return v.new_zeros(B, H, Nq, v.shape[3]) + 0 * link
+
+
 def _dispatch(q, k, v, key_valid, temperature, lambda_m: float, normalize: bool, backend: str):
+    if q.shape[0] * q.shape[1] * q.shape[2] * v.shape[3] == 0:
+        return _empty_result(q, k, v, temperature)
     if backend == "reference":
         return masked_temperature_attention_reference(q, k, v, key_valid, temperature, lambda_m, normalize)
-    if q.shape[0] == 0 or q.shape[2] == 0:
-        return v.new_zeros(q.shape[0], q.shape[1], q.shape[2], v.shape[3]) + 0 * v.sum()
     # Normalisation is a cheap O((Nq + Nk) * D) prepass in PyTorch: autograd then differentiates
-    # the norm exactly, and the O(Nq * Nk * D) kernels stay identical for normalize=True/False.
+    # the norm exactly, and the O(Nq * Nk * D) kernels stay identical for normalize=True/False
+    # (with normalize=True they may use the bound |<q_i, k_j>| <= 1).
     if normalize:
         q, k = l2_normalize(q), l2_normalize(k)
     if backend == "torch":
-        # CPU, D == Dv: PyTorch's fused flash kernel through the bias identity (an aten op, traceable);
-        # otherwise, where SDPA would materialise the scores, or under torch.export (whose ATen graph
-        # would hold SDPA's math decomposition), the chunked loop as one custom-op node.
-        sdpa = sdpa_applies(q, v) and not is_exporting()
-        out = sdpa_masked_attention(q, k, v, key_valid, temperature, lambda_m) if sdpa else None
-        return out if out is not None else chunked_attention(q, k, v, key_valid, temperature, lambda_m)
+        return torch_backend(q, k, v, key_valid, temperature, lambda_m, normalize)
+    if backend == "auto":
+        return auto_backend(q, k, v, key_valid, temperature, lambda_m, normalize)
     from .triton_library import triton_attention  # imported lazily: triton is optional on CPU
 
     return triton_attention(q, k, v, key_valid, temperature, lambda_m, bounded=normalize)

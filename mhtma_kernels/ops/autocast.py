@@ -10,29 +10,12 @@ fp32 accumulation is not re-cast by autocast.
 import torch
 
 
-def _enabled(device_type: str) -> bool:
-    try:
-        return torch.is_autocast_enabled(device_type)  # torch >= 2.4
-    except TypeError:  # pragma: no cover - older torch: per-device query functions
-        if device_type == "cuda":
-            return torch.is_autocast_enabled()
-        return device_type == "cpu" and torch.is_autocast_cpu_enabled()
-
-
-def _dtype(device_type: str) -> torch.dtype:
-    if hasattr(torch, "get_autocast_dtype"):  # torch >= 2.4
-        return torch.get_autocast_dtype(device_type)
-    if device_type == "cuda":  # pragma: no cover - older torch
-        return torch.get_autocast_gpu_dtype()
-    return torch.get_autocast_cpu_dtype()  # pragma: no cover
-
-
 def autocast_dtype(device: torch.device) -> torch.dtype | None:
     """The dtype autocast computes matmuls in on ``device``, or None when autocast is off there."""
     device_type = device.type
-    if device_type not in ("cuda", "cpu") or not _enabled(device_type):
+    if device_type not in ("cuda", "cpu") or not torch.is_autocast_enabled(device_type):
         return None
-    return _dtype(device_type)
+    return torch.get_autocast_dtype(device_type)
 
 
 def cast_for_autocast(dtype: torch.dtype, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:

@@ -1,161 +1,351 @@
-"""The `torch` backend: masked temperature attention that never holds the whole Nq x Nk matrix.
+"""The query-chunked GEMM path: masked temperature attention as batched matrix products over query-row
+chunks, never holding the whole Nq x Nk matrix (the `torch` backend's implementation wherever SDPA does
+not take the problem, and a backward of the `triton` op).
 
-Works on already-normalised inputs (the public function does the O(N*D) normalisation prepass).
-Two implementations of the same function, both memory-lean (one block of scores at a time):
+Works on already-normalised q, k (the public function does the O(N*D) normalisation prepass), flattened
+here over batch*heads ("bh"). Per chunk of query rows r (shapes [BH, c, ...], c = rows of the chunk):
 
-- on CPU, where PyTorch's fused flash-attention kernel takes the problem (D == Dv), the additive-bias
-  identity of docs/design.md §1.1 through `F.scaled_dot_product_attention` (:func:`sdpa_masked_attention`);
-  forward at B=16, H=2, Nq=1024, Nk=900, D=288, fp32: 205 ms against 400 ms for the loop below (median
-  of 5, 2 threads on a shared 2-core AMD EPYC, 2026-11-26);
-- everywhere else, :class:`ChunkedMaskedAttention`, a query-chunked loop with its own backward.
+    s = q_r k^T                   GEMM, fp32 result   [BH, c, Nk]   (D-wide pass 1)
+    z = s / t (valid key),  -lambda_m (invalid key)
+    m = 1/t (fixed bound, |s| <= 1) or max_j z (the chunk's own max); an image without a valid key: -lambda_m
+    p = exp(z - m),  l = log sum_j p
+    out_r = (p @ v) / sum_j p     GEMM                (Dv-wide pass 2)
 
-ChunkedMaskedAttention: the forward walks over query chunks, keeping only each row's max m_i and log-sum l_i; the backward
-walks over the same chunks again and recomputes the scores from them (the FlashAttention recipe, in
-PyTorch). Peak extra memory is one chunk of scores, [B, H, chunk, Nk], in the forward and the backward.
+Backward, from the saved row maxima m (natural base for this module's forward; base 2 for the Triton
+forward's m2: ``RowStats.base2``); a chunk holds whole rows, so the weights are renormalised there:
 
-    z_ij = <q_i, k_j> / t   (valid key j)      z_ij = -lambda_m   (invalid key j)
-    m_i = max_j z_ij,   l_i = log sum_j exp(z_ij - m_i)
-    p_ij = exp((z_ij - m_i) - l_i),   out_i = sum_j p_ij v_j
+    s = q_r k^T                              pass 1 (recomputed)
+    p = e / sum_j e,  e = exp(z - m)         (exp2 of the base-2 logits for base-2 statistics)
+    dv += p^T dout_r                         pass 2 (fp32 accumulator across chunks)
+    dp = dout_r v^T                          pass 3
+    delta_i = sum_j p_ij dp_ij               (= <dout_i, out_i>, from the same p)
+    g = p (dp - delta), 0 on invalid keys    (an invalid key's logit is a constant)
+    dq_r = g k / t                           pass 4
+    dk += g^T q_r / t                        pass 5 (fp32 accumulator across chunks)
+    dL/dt = -sum_ij g_ij s_ij / t^2          (the sum of today's implementations; torch's cascade sum
+                                             over each chunk, in the compute dtype)
 
-m and l are kept apart rather than as one log-sum-exp m + l: when all keys of a row are invalid,
-m = -lambda_m = -1e4, where one float32 step is ~1e-3, so a summed lse would bias that row's weights by
-~1e-3 relative, while z - m is exactly 0.
-backward, with delta_i = <dout_i, out_i>:
-    dv_j = sum_i p_ij dout_i,   dz_ij = p_ij (<dout_i, v_j> - delta_i)   (0 on invalid keys)
-    dq_i = sum_j dz_ij k_j / t,  dk_j = sum_i dz_ij q_i / t,  dt = -sum_ij dz_ij <q_i, k_j> / t^2
+Exactly five D-wide GEMM passes, as in the nominal count. m and l are kept apart (not one log-sum-exp):
+in a row whose keys are all invalid m = -lambda_m = -1e4, where one fp32 step is ~1e-3; z - m is 0 there.
+
+Precision. GEMM operands are the input dtype where the device multiplies 16-bit operands into fp32
+results (CUDA with ``torch.bmm(..., out_dtype=torch.float32)``; feature-detected, see
+:func:`gemm_dtype`); elsewhere (CPU, or a torch without it) every operand is cast to the compute dtype
+(fp32; fp64 for fp64 inputs, exact for the tests). The scores are never rounded to 16 bits: the
+softmax works on fp32 s; p and g are rounded to the input dtype only as operands of the next GEMM,
+as the fused kernel does. The elementwise steps between the GEMMs are in-place torch ops on the chunk's
+buffers on CPU, and on CUDA pure functions fused by torch.compile (``MHTMA_CHUNK_FUSED``; see
+:func:`_step`); the GEMMs stay cuBLAS/MKL calls.
+
+Chunks: the rows per chunk are chosen so that the chunk's buffers stay within a memory budget,
+``chunk_mb`` (keyword) > env ``MHTMA_CHUNK_MB`` > :data:`DEFAULT_CHUNK_MB` for the device (CUDA: large
+chunks, a few big GEMMs; CPU: about the size of a last-level cache). A value that is not a positive
+number is a ValueError naming it.
 """
+import math
+import os
+import warnings
+from dataclasses import dataclass
+
 import torch
-import torch.nn.functional as F
-from torch.nn.attention import SDPBackend
 
-# Use PyTorch's fused CPU flash attention where it applies (tests switch it off to exercise the loop).
-SDPA_ON_CPU = True
-
-# Elements of one score chunk [B, H, chunk, Nk]: 2**20 floats = 4 MiB in float32. The forward holds one
-# such buffer at a time, the backward three (logits, weights, their gradient).
-_CHUNK_ELEMENTS = 1 << 20
-
-
-def query_chunk(batch_heads: int, nq: int, nk: int, budget: int | None = None) -> int:
-    """Rows per query chunk so that one chunk of scores stays within `budget` elements."""
-    budget = _CHUNK_ELEMENTS if budget is None else budget
-    return max(1, min(nq, budget // max(1, batch_heads * nk)))
-
-
-def _logits(q, k, invalid, inv_t, lambda_m):
-    """z for one query chunk, in one buffer: q [B,H,c,D], k [B,H,Nk,D] -> [B,H,c,Nk]."""
-    z = q @ k.transpose(-1, -2)
-    return z.mul_(inv_t).masked_fill_(invalid, -lambda_m)
-
-
-class ChunkedMaskedAttention(torch.autograd.Function):
-    """Autograd op on normalised inputs; saves q, k, v, out and the row statistics m, l [B, H, Nq] only."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, key_valid, temperature, lambda_m):
-        B, H, Nq, _ = q.shape
-        Nk = k.shape[2]
-        compute = compute_dtype(q.dtype)
-        qc, kc, vc = q.to(compute), k.to(compute), v.to(compute)
-        inv_t = (1.0 / temperature.to(compute))[:, :, None, None]
-        invalid = ~key_valid[:, None, None, :]
-        out = torch.empty(B, H, Nq, v.shape[-1], dtype=compute, device=q.device)
-        row_max = torch.empty(B, H, Nq, dtype=compute, device=q.device)
-        log_sum = torch.empty_like(row_max)
-        step = query_chunk(B * H, Nq, Nk)
-        for i in range(0, Nq, step):
-            rows = slice(i, i + step)
-            z = _logits(qc[:, :, rows], kc, invalid, inv_t, lambda_m)  # [B, H, c, Nk]
-            m = z.amax(dim=-1, keepdim=True)
-            p = z.sub_(m).exp_()  # unnormalised weights, in z's buffer
-            total = p.sum(dim=-1, keepdim=True)
-            torch.div(p @ vc, total, out=out[:, :, rows])
-            row_max[:, :, rows] = m[..., 0]
-            log_sum[:, :, rows] = total[..., 0].log()
-        ctx.save_for_backward(q, k, v, key_valid, temperature, out, row_max, log_sum)
-        ctx.lambda_m = lambda_m
-        return out.to(q.dtype)
-
-    @staticmethod
-    def backward(ctx, dout):
-        q, k, v, key_valid, temperature, out, row_max, log_sum = ctx.saved_tensors
-        B, H, Nq, _ = q.shape
-        compute = out.dtype
-        qc, kc, vc, do = q.to(compute), k.to(compute), v.to(compute), dout.to(compute)
-        t = temperature.to(compute)[:, :, None, None]
-        invalid = ~key_valid[:, None, None, :]
-        delta = (do.unsqueeze(-2) @ out.unsqueeze(-1))[..., 0]  # [B, H, Nq, 1] = <dout_i, out_i>, no [Nq, Dv] temporary
-        dq = torch.empty_like(qc)
-        dk = torch.zeros(kc.shape, dtype=compute, device=q.device)  # contiguous: accumulated in place below
-        dv = torch.zeros(vc.shape, dtype=compute, device=q.device)
-        dz_dot_z = torch.zeros(B, H, 1, 1, dtype=compute, device=q.device)
-        step = query_chunk(B * H, Nq, k.shape[2])
-        for i in range(0, Nq, step):
-            rows = slice(i, i + step)
-            z = _logits(qc[:, :, rows], kc, invalid, 1.0 / t, ctx.lambda_m)  # [B, H, c, Nk]
-            p = torch.exp((z - row_max[:, :, rows, None]).sub_(log_sum[:, :, rows, None]))
-            # dv += p^T do and dk += dz^T q accumulate in place (baddbmm_): no [B, H, Nk, D] temporary per chunk
-            dv.flatten(0, 1).baddbmm_(p.flatten(0, 1).transpose(1, 2), do[:, :, rows].flatten(0, 1))
-            dz = (do[:, :, rows] @ vc.transpose(-1, -2)).sub_(delta[:, :, rows]).mul_(p)
-            del p
-            dz.masked_fill_(invalid, 0.0)  # an invalid key's logit is a constant
-            dq[:, :, rows] = dz @ kc
-            dk.flatten(0, 1).baddbmm_(dz.flatten(0, 1).transpose(1, 2), qc[:, :, rows].flatten(0, 1))
-            # sum_ij dz_ij z_ij as a batched dot product (no chunk-sized temporary)
-            dz_dot_z += dz.flatten(2).unsqueeze(-2) @ z.flatten(2).unsqueeze(-1)
-        # dz_ij = dL/dz_ij and z_ij = s_ij / t on valid keys: dL/dt = -sum dz_ij s_ij / t^2 = -sum dz_ij z_ij / t
-        dt = -dz_dot_z[:, :, 0, 0] / t[:, :, 0, 0]
-        return (dq.div_(t).to(q.dtype), dk.div_(t).to(k.dtype), dv.to(v.dtype), None,
-                dt.to(temperature.dtype), None)
+_LOG2E = 1.4426950408889634
+#: Default budget (MiB) for one chunk's buffers, per device type (predictions, not measurements: large
+#: enough for full-speed GEMMs, small next to the [B, H, Nq, Nk] matrix at 64x64 maps).
+DEFAULT_CHUNK_MB = {"cuda": 256.0, "cpu": 8.0}
+# Largest 1/t (natural units) for which the fixed bound m = 1/t replaces the chunk max: every valid
+# weight exp(z - 1/t) >= exp(-2/t) >= 2^-80 (same limit as the Triton forward, in base 2: 40).
+FIXED_MAX_LIMIT = 40.0 / _LOG2E
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Both implementations compute in float64 for float64 inputs and in float32 otherwise."""
+    """The elementwise work and accumulation run in float64 for float64 inputs and float32 otherwise."""
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _flash_takes(q, k, v, bias) -> bool:
-    """True iff `F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1)` runs the fused CPU flash
-    kernel (no Nq x Nk matrix) rather than the materialising math fallback."""
-    if torch.compiler.is_compiling():
-        return True  # the caller made the inputs contiguous with D == Dv: what CPU flash attention takes
+def _positive_mb(value, name: str) -> float:
     try:
-        choice = torch._fused_sdp_choice(q, k, v, bias, 0.0, False, scale=1.0)
-    except (AttributeError, RuntimeError, TypeError):
-        return False
-    return choice == int(SDPBackend.FLASH_ATTENTION)
+        mb = float(value)
+    except (TypeError, ValueError):
+        mb = math.nan
+    if isinstance(value, bool) or not 0 < mb < math.inf:
+        raise ValueError(f"{name} must be a positive number of MiB, got {value!r}")
+    return mb
 
 
-def sdpa_masked_attention(q, k, v, key_valid, temperature, lambda_m):
-    """The same function through `F.scaled_dot_product_attention` and the additive-bias identity (docs/design.md §1.1).
-
-        z_ij = <q_i, k'_j> + bias_j,   k'_j = k_j / t (valid) or 0 (invalid),   bias_j = 0 or -lambda_m
-
-    The temperature goes with the keys: one pass over k applies it and the mask, and q is used as it
-    comes when it is contiguous. An image whose keys are all invalid gets bias 0 everywhere instead: its logits are all equal either
-    way (uniform weights), but at 0 rather than -lambda_m, so the log-sum-exp that the fused backward
-    recomputes the weights from keeps float32 precision there (at -1e4 one float32 step is ~1e-3).
-    Gradients to q, k, v and temperature come from autograd through SDPA's own fused backward.
-    Computes in float32 (float64 for float64 inputs) and returns the dtype of q, or None where SDPA would
-    not run its fused kernel on these inputs (the caller then uses the chunked loop).
-    """
-    compute = compute_dtype(q.dtype)
-    with torch.autocast(q.device.type, enabled=False):
-        # [B, H, Nk, 1]: 1/t on valid keys, 0 on invalid ones
-        key_scale = key_valid[:, None, :, None].to(compute) / temperature.to(compute)[:, :, None, None]
-        # The fused kernel wants unit stride along D (a copy only where the input is a strided view).
-        qc = q.to(compute).contiguous()
-        ks = (k.to(compute) * key_scale).contiguous()
-        vc = v.to(compute).contiguous()
-        penalised = ~key_valid & key_valid.any(dim=1, keepdim=True)  # [B, Nk]
-        bias = torch.zeros(penalised.shape, dtype=compute, device=q.device).masked_fill_(penalised, -lambda_m)
-        bias = bias[:, None, None, :]
-        if not _flash_takes(qc, ks, vc, bias):
-            return None
-        out = F.scaled_dot_product_attention(qc, ks, vc, attn_mask=bias, scale=1.0)
-    return out.to(q.dtype)
+def chunk_budget_mb(device: torch.device, chunk_mb=None) -> float:
+    """The chunk budget in MiB: the keyword, else env MHTMA_CHUNK_MB, else DEFAULT_CHUNK_MB[device type]."""
+    if chunk_mb is not None:
+        return _positive_mb(chunk_mb, "chunk_mb")
+    env = os.environ.get("MHTMA_CHUNK_MB", "").strip()
+    if env:
+        return _positive_mb(env, "MHTMA_CHUNK_MB")
+    return DEFAULT_CHUNK_MB.get(device.type, DEFAULT_CHUNK_MB["cuda"])
 
 
-def sdpa_applies(q, v) -> bool:
-    """Whether the `torch` backend may take the SDPA path: CPU tensors with D == Dv (and SDPA_ON_CPU)."""
-    return SDPA_ON_CPU and q.device.type == "cpu" and q.shape[-1] == v.shape[-1]
+def chunk_rows(bh: int, nq: int, nk: int, bytes_per_score: int, budget_mb: float) -> int:
+    """Query rows per chunk so that bh * rows * nk scores of ``bytes_per_score`` bytes fit in the budget
+    (at least 1 row, at most nq)."""
+    per_row = max(1, bh * nk * bytes_per_score)
+    return max(1, min(nq, int(budget_mb * 2 ** 20) // per_row))
+
+
+_BMM_OUT_DTYPE: dict = {}
+
+
+def _bmm_out_dtype_works(device: torch.device) -> bool:
+    """Whether torch.bmm(a16, b16, out_dtype=torch.float32) runs on this device (tried once, cached)."""
+    key = (device.type, device.index)
+    if key not in _BMM_OUT_DTYPE:
+        try:
+            a = torch.ones(1, 2, 2, dtype=torch.bfloat16, device=device)
+            works = torch.bmm(a, a, out_dtype=torch.float32).dtype == torch.float32
+        except (TypeError, RuntimeError, NotImplementedError):
+            works = False
+        _BMM_OUT_DTYPE[key] = works
+    return _BMM_OUT_DTYPE[key]
+
+
+def gemm_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
+    """Operand dtype of the GEMMs: 16-bit inputs stay 16-bit on CUDA when bmm has fp32 results for them;
+    otherwise the compute dtype."""
+    if dtype in (torch.float16, torch.bfloat16) and device.type == "cuda" and _bmm_out_dtype_works(device):
+        return dtype
+    return compute_dtype(dtype)
+
+
+def _bmm(a: torch.Tensor, b: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
+    """a [N, x, y] @ b [N, y, z] -> [N, x, z] in ``acc`` (fp32 results of 16-bit operands)."""
+    if a.dtype == acc:
+        return torch.bmm(a, b)
+    return torch.bmm(a, b, out_dtype=acc)
+
+
+_BADDBMM_INTO: dict = {}
+
+
+def _baddbmm_into_works(device: torch.device) -> bool:
+    """Whether torch.baddbmm(acc32, a16, b16, out_dtype=torch.float32, out=acc32) accumulates in place on
+    this device: tried once on small tensors and checked against acc + a @ b (cached)."""
+    key = (device.type, device.index)
+    if key not in _BADDBMM_INTO:
+        try:
+            g = torch.Generator(device=device).manual_seed(0)
+            a = torch.randn(2, 8, 8, generator=g, device=device).to(torch.bfloat16)
+            acc = torch.randn(2, 8, 8, generator=g, device=device)
+            expected = acc + torch.bmm(a.float(), a.float())
+            torch.baddbmm(acc, a, a, out_dtype=torch.float32, out=acc)
+            works = bool(torch.allclose(acc, expected, rtol=1e-5, atol=1e-5))
+        except (TypeError, RuntimeError, NotImplementedError):
+            works = False
+        _BADDBMM_INTO[key] = works
+    return _BADDBMM_INTO[key]
+
+
+def _accumulate(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """acc += a @ b, acc in the compute dtype: in place where the dtypes agree or where baddbmm writes fp32
+    results of 16-bit operands into acc (checked once per device); else through one temporary."""
+    if a.dtype == acc.dtype:
+        acc.baddbmm_(a, b)
+    elif _baddbmm_into_works(acc.device):
+        torch.baddbmm(acc, a, b, out_dtype=acc.dtype, out=acc)
+    else:
+        acc.add_(torch.bmm(a, b, out_dtype=acc.dtype))
+
+
+@dataclass
+class RowStats:
+    """Per-row softmax statistics [BH, Nq] (compute dtype): p = exp(z - m - l), or in base 2
+    p = exp2(z * log2(e) - m - l) for the Triton forward's m2, l2 (``base2=True``)."""
+
+    m: torch.Tensor
+    l: torch.Tensor
+    base2: bool = False
+
+
+@dataclass
+class _Problem:
+    """The flattened operands of one call and the constants of the elementwise steps."""
+
+    q: torch.Tensor  # [BH, Nq, D], gemm dtype
+    k: torch.Tensor  # [BH, Nk, D]
+    v: torch.Tensor  # [BH, Nk, Dv]
+    invalid: torch.Tensor  # [BH, 1, Nk] bool
+    inv_t: torch.Tensor  # [BH, 1, 1] compute dtype
+    lambda_m: float
+    acc: torch.dtype  # compute dtype
+
+    @property
+    def shape(self):
+        return self.q.shape[0], self.q.shape[1], self.k.shape[1]
+
+    def scores(self, rows: slice) -> torch.Tensor:
+        """s = q_r k^T [BH, c, Nk] in the compute dtype (D-wide GEMM pass 1)."""
+        return _bmm(self.q[:, rows], self.k.transpose(1, 2), self.acc)
+
+
+def _problem(q, k, v, key_valid, temperature, lambda_m) -> _Problem:
+    B, H, _, _ = q.shape
+    operand = gemm_dtype(q.dtype, q.device)
+    acc = compute_dtype(q.dtype)
+    flat = [x.to(operand).flatten(0, 1) for x in (q, k, v)]
+    invalid = (~key_valid)[:, None, None, :].expand(B, H, 1, key_valid.shape[1]).flatten(0, 1)
+    inv_t = (1.0 / temperature.detach().to(acc)).reshape(B * H, 1, 1)
+    return _Problem(*flat, invalid, inv_t, float(lambda_m), acc)
+
+
+# ------------------------------------------------------------------------------ elementwise steps
+# One chunk's elementwise work between the GEMMs, twice: in place in the chunk's buffers (eager: CPU, and
+# the fallback), and as pure functions that torch.compile fuses into a few kernels (CUDA by default,
+# env MHTMA_CHUNK_FUSED=1/0 forces either). Shapes: s, dp [BH, c, Nk] in the compute dtype; scale
+# [BH, 1, 1]; invalid [BH, 1, Nk]; m [BH, c, 1] (or m_fixed [BH, 1, 1]).
+
+def _forward_rows_eager(s, scale, invalid, fill: float, m_fixed, p_dtype):
+    """-> (e = exp(z - m) in p_dtype, m, sum_j e [BH, c, 1]); consumes s."""
+    z = s.mul_(scale).masked_fill_(invalid, fill)
+    m = m_fixed.expand(z.shape[0], z.shape[1], 1) if m_fixed is not None else z.amax(dim=-1, keepdim=True)
+    e = z.sub_(m).exp_()
+    return e.to(p_dtype), m, e.sum(dim=-1, keepdim=True)
+
+
+def _forward_rows_fused(s, scale, invalid, fill: float, m_fixed, p_dtype):
+    z = torch.where(invalid, fill, s * scale)
+    m = m_fixed.expand(z.shape[0], z.shape[1], 1) if m_fixed is not None else z.amax(dim=-1, keepdim=True)
+    e = torch.exp(z - m)
+    return e.to(p_dtype), m, e.sum(dim=-1, keepdim=True)
+
+
+def _backward_rows_eager(s, dp, scale, invalid, fill: float, m, base2: bool, op_dtype):
+    """-> (w, g in op_dtype, sum_ij g_ij s_ij [BH]); consumes s and dp. w renormalised per row,
+    delta = sum_j w dp, g = w (dp - delta) (0 on invalid keys)."""
+    w = (s * scale).masked_fill_(invalid, fill).sub_(m)
+    w = w.exp2_() if base2 else w.exp_()
+    w.div_(w.sum(dim=-1, keepdim=True))
+    delta = w.unsqueeze(-2) @ dp.unsqueeze(-1)  # [BH, c, 1, 1], no temporary
+    g = dp.sub_(delta[..., 0]).mul_(w).masked_fill_(invalid, 0.0)
+    return w.to(op_dtype), g.to(op_dtype), s.mul_(g).sum(dim=(1, 2))
+
+
+def _backward_rows_fused(s, dp, scale, invalid, fill: float, m, base2: bool, op_dtype):
+    z = torch.where(invalid, fill, s * scale) - m
+    e = torch.exp2(z) if base2 else torch.exp(z)
+    w = e / e.sum(dim=-1, keepdim=True)
+    g = torch.where(invalid, 0.0, w * (dp - (w * dp).sum(dim=-1, keepdim=True)))
+    return w.to(op_dtype), g.to(op_dtype), (g * s).sum(dim=(1, 2))
+
+
+_COMPILED: dict = {}
+
+
+def _fused_wanted(device: torch.device) -> bool:
+    env = os.environ.get("MHTMA_CHUNK_FUSED", "").strip()
+    if env:
+        if env not in ("0", "1"):
+            raise ValueError(f"MHTMA_CHUNK_FUSED must be 0 or 1, got {env!r}")
+        return env == "1"
+    return device.type == "cuda"
+
+
+def _step(name: str, device: torch.device):
+    """The elementwise step ``name`` ("forward" | "backward"): torch.compile'd where fused steps are wanted
+    (compiled once per process, dynamic shapes); a step whose compilation fails warns once and runs
+    eagerly from then on."""
+    eager, fused = {"forward": (_forward_rows_eager, _forward_rows_fused),
+                    "backward": (_backward_rows_eager, _backward_rows_fused)}[name]
+    if not _fused_wanted(device) or _COMPILED.get(name) is False:
+        return eager
+    if name not in _COMPILED:
+        _COMPILED[name] = torch.compile(fused, dynamic=True, fullgraph=True)
+    compiled = _COMPILED[name]
+
+    def run(*args):
+        try:
+            return compiled(*args)
+        except Exception as error:  # noqa: BLE001 - any compiler failure: the eager step is exact too
+            _COMPILED[name] = False
+            warnings.warn(f"mhtma chunked path: the fused {name} step did not compile "
+                          f"({type(error).__name__}: {' '.join(str(error).split())[:160]}); running it eagerly",
+                          RuntimeWarning, stacklevel=2)
+            return eager(*args)
+
+    return run
+
+
+def _fixed_bound(p: _Problem, bounded: bool, dtype: torch.dtype):
+    """[BH, 1, 1] row max to use instead of the chunk max, or None: 1/t where |s| <= 1 holds, the inputs
+    are 16-bit and 1/t is small enough (FIXED_MAX_LIMIT); -lambda_m for images without a valid key. One
+    host read per call.
+
+    Not for fp32/fp64 inputs: the backward recomputes ln p = (z - m) - l, and with m = 1/t the top key's
+    ln p carries a rounding error of about ulp(1/t) (~2e-6 at t = 0.04 in fp32) where the chunk max
+    gives an exact z - m = 0; that error reaches the temperature gradient (several times a plain fp32
+    implementation's error at t ~ 0.05). 16-bit inputs carry far larger errors of their own."""
+    if not bounded or dtype not in (torch.float16, torch.bfloat16) or not bool((p.inv_t <= FIXED_MAX_LIMIT).all()):
+        return None
+    any_valid = ~p.invalid.all(dim=-1, keepdim=True)  # [BH, 1, 1]
+    return torch.where(any_valid, p.inv_t, torch.full_like(p.inv_t, -p.lambda_m))
+
+
+def chunked_forward(q, k, v, key_valid, temperature, lambda_m: float, bounded: bool = False, chunk_mb=None):
+    """Forward on normalised q [B,H,Nq,D], k [B,H,Nk,D], v [B,H,Nk,Dv], key_valid [B,Nk], t [B,H]
+    -> (out [B,H,Nq,Dv] in the compute dtype, RowStats in natural base).
+
+    bounded: rows of q and k have norm <= 1, so |s| <= 1 and m = 1/t may replace the chunk max
+    (16-bit inputs only, see :func:`_fixed_bound`)."""
+    B, H, Nq, _ = q.shape
+    p = _problem(q, k, v, key_valid, temperature, lambda_m)
+    BH, _, Nk = p.shape
+    out = torch.empty(BH, Nq, v.shape[-1], dtype=p.acc, device=q.device)
+    m_all = torch.empty(BH, Nq, 1, dtype=p.acc, device=q.device)
+    l_all = torch.empty_like(m_all)
+    bound = _fixed_bound(p, bounded, q.dtype)
+    extra = 0 if p.q.dtype == p.acc else p.q.element_size()  # the rounded copy of p
+    step = chunk_rows(BH, Nq, Nk, torch.finfo(p.acc).bits // 8 + extra, chunk_budget_mb(q.device, chunk_mb))
+    rows_step = _step("forward", q.device)
+    for i in range(0, Nq, step):
+        rows = slice(i, i + step)
+        e, m, total = rows_step(p.scores(rows), p.inv_t, p.invalid, -p.lambda_m, bound, p.v.dtype)
+        torch.div(_bmm(e, p.v, p.acc), total, out=out[:, rows])  # D-wide pass 2
+        m_all[:, rows] = m
+        torch.log(total, out=l_all[:, rows])
+    stats = RowStats(m_all.view(B, H, Nq), l_all.view(B, H, Nq))
+    return out.view(B, H, Nq, -1), stats
+
+
+def chunked_backward(q, k, v, key_valid, temperature, lambda_m: float, stats: RowStats, dout, chunk_mb=None):
+    """Backward from the row maxima ``stats.m`` -> (dq, dk, dv in the inputs' dtypes, dt [B, H] in the
+    compute dtype). Five D-wide GEMM passes per chunk.
+
+    A chunk holds whole rows, so the weights are renormalised there, w = e / sum_j e with e = exp(z - m),
+    and delta_i = sum_j w_ij dp_ij is taken from the same w (instead of l and <dout_i, out_i>): the row
+    sums of g = w (dp - delta) are then 0 to rounding. A relative error e in l or delta would add about
+    e * delta_i * sum_j w_ij (z_ij - m_i) to the temperature gradient, several times a plain fp32
+    implementation's error at t >= 1 where that gradient is small."""
+    B, H, Nq, D = q.shape
+    p = _problem(q, k, v, key_valid, temperature, lambda_m)
+    BH, _, Nk = p.shape
+    scale, fill = (p.inv_t * _LOG2E, -p.lambda_m * _LOG2E) if stats.base2 else (p.inv_t, -p.lambda_m)
+    m = stats.m.to(p.acc).reshape(BH, Nq, 1)
+    do = dout.to(p.q.dtype).flatten(0, 1)  # [BH, Nq, Dv]
+    dq = torch.empty(BH, Nq, D, dtype=p.acc, device=q.device)
+    dk = torch.zeros(BH, Nk, D, dtype=p.acc, device=q.device)
+    dv = torch.zeros(BH, Nk, v.shape[-1], dtype=p.acc, device=q.device)
+    g_dot_s = torch.zeros(BH, dtype=p.acc, device=q.device)
+    extra = 0 if p.q.dtype == p.acc else 2 * p.q.element_size()
+    step = chunk_rows(BH, Nq, Nk, 3 * (torch.finfo(p.acc).bits // 8) + extra, chunk_budget_mb(q.device, chunk_mb))
+    rows_step = _step("backward", q.device)
+    for i in range(0, Nq, step):
+        rows = slice(i, i + step)
+        s = p.scores(rows)  # pass 1
+        dp = _bmm(do[:, rows], p.v.transpose(1, 2), p.acc)  # pass 3, [BH, c, Nk]
+        w, g, g_s = rows_step(s, dp, scale, p.invalid, fill, m[:, rows], stats.base2, p.q.dtype)
+        del s, dp
+        _accumulate(dv, w.transpose(1, 2), do[:, rows])  # pass 2
+        del w
+        dq[:, rows] = _bmm(g, p.k, p.acc)  # pass 4
+        _accumulate(dk, g.transpose(1, 2), p.q[:, rows])  # pass 5
+        g_dot_s += g_s
+    dt = -(g_dot_s.view(BH, 1, 1) * p.inv_t * p.inv_t).reshape(B, H)
+    dq, dk = dq.mul_(p.inv_t), dk.mul_(p.inv_t)
+    return (dq.view(B, H, Nq, D).to(q.dtype), dk.view(B, H, Nk, D).to(k.dtype),
+            dv.view(B, H, Nk, -1).to(v.dtype), dt)

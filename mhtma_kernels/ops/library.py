@@ -1,21 +1,17 @@
-"""The `torch` backend registered with ``torch.library``: custom ops that torch.compile and torch.export
-trace as single graph nodes (no graph break), with fake (shape) implementations and autograd.
+"""The query-chunked GEMM path registered with ``torch.library``: custom ops that torch.compile and
+torch.export trace as single graph nodes (no graph break), with fake (shape) implementations and autograd.
 
 Ops (namespace ``mhtma``; q, k already L2-normalised, as for every backend below the public function):
 
-    mhtma::chunked_attention(q, k, v, key_valid, temperature, float lambda_m)
-        -> (out [B,H,Nq,Dv] in v's dtype, out_acc, row_max [B,H,Nq], log_sum [B,H,Nq])
-    mhtma::chunked_attention_backward(q, k, v, key_valid, temperature, out_acc, row_max, log_sum,
-                                      dout, float lambda_m) -> (dq, dk, dv, dtemperature)
+    mhtma::chunked_gemm_attention(q, k, v, key_valid, temperature, float lambda_m, bool bounded=False)
+        -> (out [B,H,Nq,Dv] in v's dtype, row_max [B,H,Nq], log_sum [B,H,Nq])
+    mhtma::chunked_gemm_attention_backward(q, k, v, key_valid, temperature, row_max, dout, float lambda_m)
+        -> (dq, dk, dv, dtemperature)
 
-``out_acc`` is the output in the compute dtype (fp32, or fp64 for fp64 inputs), which the backward needs
-for delta_i = <dout_i, out_i>; when the inputs are already in the compute dtype it is an empty tensor
-and the backward uses ``out`` itself (an op's outputs may not alias one another). row_max and log_sum
-are the per-row softmax statistics of :mod:`.chunked` (compute dtype).
-
-The kernels are :class:`.chunked.ChunkedMaskedAttention`'s forward and backward, called as plain
-functions through a stand-in for autograd's ``ctx`` (:class:`_SavedContext`). They rely on its forward
-saving ``(q, k, v, key_valid, temperature, out_acc, row_max, log_sum)`` and setting ``ctx.lambda_m``.
+row_max and log_sum are the per-row softmax statistics (natural base, compute dtype: fp32, or fp64 for
+fp64 inputs) of :func:`.chunked.chunked_forward`; the backward needs only row_max (it renormalises the
+weights per row, see :func:`.chunked.chunked_backward`). The ops call those plain functions.
+``bounded``: q and k rows have norm <= 1, so the forward may use the fixed bound 1/t as the row max.
 
 For ONNX (or any consumer of aten-only graphs), :data:`EXPORT_DECOMPOSITIONS` maps the forward op to
 :func:`decompose_chunked_attention`, the same math with the score matrix materialised
@@ -23,88 +19,64 @@ For ONNX (or any consumer of aten-only graphs), :data:`EXPORT_DECOMPOSITIONS` ma
 """
 import torch
 
-from .chunked import ChunkedMaskedAttention, compute_dtype
+from .chunked import RowStats, chunked_backward, chunked_forward, compute_dtype
 
 NAMESPACE = "mhtma"
 
 
-class _SavedContext:
-    """Stands in for autograd's ``ctx`` so that ChunkedMaskedAttention.forward/backward run as functions."""
-
-    saved_tensors: tuple = ()
-    lambda_m: float = 0.0
-
-    def save_for_backward(self, *tensors):
-        self.saved_tensors = tensors
-
-
-@torch.library.custom_op(f"{NAMESPACE}::chunked_attention", mutates_args=())
+@torch.library.custom_op(f"{NAMESPACE}::chunked_gemm_attention", mutates_args=())
 def chunked_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_valid: torch.Tensor,
-                              temperature: torch.Tensor, lambda_m: float
-                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    ctx = _SavedContext()
-    out = ChunkedMaskedAttention.forward(ctx, q, k, v, key_valid, temperature, lambda_m)
-    out_acc, row_max, log_sum = ctx.saved_tensors[5:8]
-    if out_acc.dtype == out.dtype:
-        out_acc = out.new_empty(0)
-    return tuple(x.contiguous() for x in (out, out_acc, row_max, log_sum))  # the fake's layout
+                              temperature: torch.Tensor, lambda_m: float, bounded: bool = False
+                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    out_acc, stats = chunked_forward(q, k, v, key_valid, temperature, lambda_m, bounded)
+    return tuple(x.contiguous() for x in (out_acc.to(v.dtype), stats.m, stats.l))  # the fake's layout
 
 
 @chunked_attention_forward.register_fake
-def _(q, k, v, key_valid, temperature, lambda_m):
+def _(q, k, v, key_valid, temperature, lambda_m, bounded=False):
     B, H, Nq, _ = q.shape
-    compute = compute_dtype(q.dtype)
-    out = v.new_empty(B, H, Nq, v.shape[3])
-    out_acc = out.new_empty(0) if compute == v.dtype else out.new_empty(out.shape, dtype=compute)
-    row_max = q.new_empty(B, H, Nq, dtype=compute)
-    return out, out_acc, row_max, torch.empty_like(row_max)
+    row_max = q.new_empty(B, H, Nq, dtype=compute_dtype(q.dtype))
+    return v.new_empty(B, H, Nq, v.shape[3]), row_max, torch.empty_like(row_max)
 
 
-@torch.library.custom_op(f"{NAMESPACE}::chunked_attention_backward", mutates_args=())
+@torch.library.custom_op(f"{NAMESPACE}::chunked_gemm_attention_backward", mutates_args=())
 def chunked_attention_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_valid: torch.Tensor,
-                               temperature: torch.Tensor, out_acc: torch.Tensor, row_max: torch.Tensor,
-                               log_sum: torch.Tensor, dout: torch.Tensor, lambda_m: float
+                               temperature: torch.Tensor, row_max: torch.Tensor, dout: torch.Tensor, lambda_m: float
                                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    ctx = _SavedContext()
-    ctx.save_for_backward(q, k, v, key_valid, temperature, out_acc, row_max, log_sum)
-    ctx.lambda_m = lambda_m
-    dq, dk, dv, _, dt, _ = ChunkedMaskedAttention.backward(ctx, dout)
-    return tuple(x.contiguous() for x in (dq, dk, dv, dt))  # the fake's layout
+    stats = RowStats(row_max, row_max.new_empty(0))
+    dq, dk, dv, dt = chunked_backward(q, k, v, key_valid, temperature, lambda_m, stats, dout)
+    return tuple(x.contiguous() for x in (dq, dk, dv, dt.to(temperature.dtype)))  # the fake's layout
 
 
 @chunked_attention_backward.register_fake
-def _(q, k, v, key_valid, temperature, out_acc, row_max, log_sum, dout, lambda_m):
+def _(q, k, v, key_valid, temperature, row_max, dout, lambda_m):
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), temperature.new_empty(temperature.shape)
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, key_valid, temperature, lambda_m = inputs
-    out, out_acc, row_max, log_sum = output
-    acc = out_acc if out_acc.dtype != out.dtype else out
-    ctx.save_for_backward(q, k, v, key_valid, temperature, acc, row_max, log_sum)
+    q, k, v, key_valid, temperature, lambda_m = inputs[:6]
+    ctx.save_for_backward(q, k, v, key_valid, temperature, output[1])
     ctx.lambda_m = lambda_m
 
 
-def _backward(ctx, dout, _d_out_acc, _d_row_max, _d_log_sum):
-    q, k, v, key_valid, temperature, acc, row_max, log_sum = ctx.saved_tensors
-    dq, dk, dv, dt = chunked_attention_backward(q, k, v, key_valid, temperature, acc, row_max, log_sum,
-                                                dout, ctx.lambda_m)
-    return dq, dk, dv, None, dt, None
+def _backward(ctx, dout, _d_row_max, _d_log_sum):
+    q, k, v, key_valid, temperature, row_max = ctx.saved_tensors
+    dq, dk, dv, dt = chunked_attention_backward(q, k, v, key_valid, temperature, row_max, dout, ctx.lambda_m)
+    return dq, dk, dv, None, dt, None, None
 
 
 chunked_attention_forward.register_autograd(_backward, setup_context=_setup_context)
 
 
-def chunked_attention(q, k, v, key_valid, temperature, lambda_m: float) -> torch.Tensor:
-    """The `torch` backend on normalised q, k as one traceable op -> ``[B, H, Nq, Dv]`` in v's dtype."""
-    return chunked_attention_forward(q, k, v, key_valid, temperature, float(lambda_m))[0]
+def chunked_attention(q, k, v, key_valid, temperature, lambda_m: float, bounded: bool = False) -> torch.Tensor:
+    """The query-chunked GEMM path on normalised q, k as one traceable op -> ``[B, H, Nq, Dv]`` in v's dtype."""
+    return chunked_attention_forward(q, k, v, key_valid, temperature, float(lambda_m), bool(bounded))[0]
 
 
-def decompose_chunked_attention(q, k, v, key_valid, temperature, lambda_m):
-    """``mhtma::chunked_attention`` in aten ops (the score matrix materialised), for export to ONNX.
+def decompose_chunked_attention(q, k, v, key_valid, temperature, lambda_m, bounded=False):
+    """``mhtma::chunked_gemm_attention`` in aten ops (the score matrix materialised), for export to ONNX.
 
-    Same outputs as the op: (out, out_acc, row_max, log_sum); a consumer of the inference graph keeps
-    only ``out``.
+    Same outputs as the op: (out, row_max, log_sum); a consumer of the inference graph keeps only ``out``.
     """
     compute = compute_dtype(q.dtype)
     qc, kc, vc = q.to(compute), k.to(compute), v.to(compute)
@@ -113,11 +85,8 @@ def decompose_chunked_attention(q, k, v, key_valid, temperature, lambda_m):
     row_max = z.amax(dim=-1, keepdim=True)
     p = torch.exp(z - row_max)
     total = p.sum(dim=-1, keepdim=True)
-    out_acc = (p @ vc) / total
-    out = out_acc.to(v.dtype)
-    if compute == v.dtype:
-        out_acc = out.new_empty(0)
-    return out, out_acc, row_max[..., 0], total[..., 0].log()
+    out = ((p @ vc) / total).to(v.dtype)
+    return out, row_max[..., 0], total[..., 0].log()
 
 
-EXPORT_DECOMPOSITIONS = {torch.ops.mhtma.chunked_attention.default: decompose_chunked_attention}
+EXPORT_DECOMPOSITIONS = {torch.ops.mhtma.chunked_gemm_attention.default: decompose_chunked_attention}

@@ -1,4 +1,5 @@
-"""The `triton` backend registered with ``torch.library`` (replaces ``triton_op.TritonMaskedAttention``).
+"""The `triton` backend registered with ``torch.library`` (``torch.library.custom_op`` with explicit fake
+implementations: an opaque node that torch.compile calls as is, no graph break).
 
 Ops (namespace ``mhtma``; q, k already L2-normalised):
 
@@ -9,30 +10,32 @@ Ops (namespace ``mhtma``; q, k already L2-normalised):
                                      float lambda_m, bool need_dq, bool need_dkdv, bool need_dt)
         -> (dq | empty, dk | empty, dv | empty, dtemperature [B,H] fp32 | empty)
 
-The kernels are launched by ``triton_op._forward`` / ``triton_op._backward``; block sizes are autotuned
-there on a GPU (the fixed ``choose_config`` under the interpreter or with MHTMA_AUTOTUNE=0). The gradient
-to the temperature, ``dL/dt = -(1/t) sum_i <dq_i, q_i>``, comes from fp32 partial sums in the dq kernel.
+The forward kernel is launched by ``triton_op._forward``; block sizes are autotuned there on a GPU (the
+fixed ``choose_config`` under the interpreter or with MHTMA_AUTOTUNE=0).
 
-How the ops are registered (decided once, at import):
+The backward has two implementations, chosen per shape (:data:`.dispatch.TRITON_BACKWARD`, the first
+call per (device, dtype, shape bucket, needed gradients) times both):
 
-* ``torch.library.triton_op`` (torch >= 2.6) when ``triton_op`` launches its kernels through
-  ``torch.library.wrap_triton`` (it says so with ``triton_op.LAUNCHES_WRAP_TRITON = True``) and the
-  kernels are compiled (not the CPU interpreter): torch.compile then sees the Triton kernels
-  themselves, and the fake implementation is derived by tracing the launcher;
-* otherwise ``torch.library.custom_op`` with an explicit fake implementation: an opaque node that
-  torch.compile calls as is (no graph break either), the choice on older torch and under
-  ``TRITON_INTERPRET=1``.
+* ``fused``: the backward kernels (``triton_op._backward``); dL/dt = -(1/t) sum_i <dq_i, q_i> from fp32
+  partial sums in the dq kernel;
+* ``chunked``: the query-chunked GEMM backward (:func:`.chunked.chunked_backward`), recomputing the
+  weights from the forward's base-2 row maxima m2 and renormalising them per row (whole rows per chunk).
+
+Env ``MHTMA_TRITON_BACKWARD`` = ``fused`` | ``chunked`` forces one (``auto``, the default, measures;
+under the CPU interpreter the default is ``fused``, nothing is timed). The choice is made inside the
+backward op's implementation, which runs outside any compiled graph.
 
 ``bounded``: q and k rows have norm <= 1 (normalised by the public function), so the forward kernel may
 use the bound of the logits instead of a running max (triton_op.FIXED_MAX_LIMIT).
-
-``REGISTERED_WITH`` names the choice ("triton_op" or "custom_op").
 """
+import os
+
 import torch
 
 from . import triton_op
+from .chunked import RowStats, chunked_backward
+from .dispatch import TRITON_BACKWARD, bucket
 from .library import NAMESPACE
-
 
 
 def _require_triton() -> None:
@@ -43,22 +46,11 @@ def _require_triton() -> None:
         ) from triton_op._IMPORT_ERROR
 
 
-_require_triton()  # at import: the registration below asks triton_op whether it interprets
-
-
-def _use_triton_op() -> bool:
-    return (hasattr(torch.library, "triton_op") and hasattr(torch.library, "wrap_triton")
-            and getattr(triton_op, "LAUNCHES_WRAP_TRITON", False) and not triton_op._interpreting())
-
-
-REGISTERED_WITH = "triton_op" if _use_triton_op() else "custom_op"
+_require_triton()  # at import: the backward's default asks triton_op whether it interprets
 
 
 def _register(name: str):
-    qualname = f"{NAMESPACE}::{name}"
-    if REGISTERED_WITH == "triton_op":
-        return torch.library.triton_op(qualname, mutates_args=())
-    return torch.library.custom_op(qualname, mutates_args=())
+    return torch.library.custom_op(f"{NAMESPACE}::{name}", mutates_args=())
 
 
 def _prepare(q, k, v, key_valid, temperature):
@@ -82,32 +74,65 @@ def triton_attention_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                               temperature: torch.Tensor, out: torch.Tensor, out_lo: torch.Tensor, m2: torch.Tensor,
                               l2: torch.Tensor, dout: torch.Tensor, lambda_m: float, need_dq: bool, need_dkdv: bool,
                               need_dt: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    q, k, v, valid_u8, temp = _prepare(q, k, v, key_valid, temperature)
-    stats = (m2, l2, out_lo if out_lo.numel() else None)
-    dq, dk, dv, dt = triton_op._backward(q, k, v, valid_u8, temp, lambda_m, None, out, stats, dout.contiguous(),
-                                         need_dq=need_dq, need_dkdv=need_dkdv, need_dt=need_dt)
+    args = (q, k, v, key_valid, temperature, out, out_lo, m2, l2, dout, lambda_m, (need_dq, need_dkdv, need_dt))
+    dq, dk, dv, dt = BACKWARDS[backward_choice(*args)](*args)
     empty = q.new_empty(0)
     return (dq if need_dq else empty.clone(), dk if need_dkdv else empty.clone(),
             dv if need_dkdv else empty.clone(), dt if need_dt else empty.float())
 
 
-if REGISTERED_WITH == "custom_op":
-    @triton_attention_forward.register_fake
-    def _(q, k, v, key_valid, temperature, lambda_m, bounded):
-        B, H, Nq, _ = q.shape
-        out = v.new_empty(B, H, Nq, v.shape[3])
-        out_lo = out.new_empty(0) if v.dtype == torch.float32 else torch.empty_like(out)
-        m2 = q.new_empty(B, H, Nq, dtype=torch.float32)
-        return out, out_lo, m2, torch.empty_like(m2)
+def _fused_backward(q, k, v, key_valid, temperature, out, out_lo, m2, l2, dout, lambda_m, needs):
+    q, k, v, valid_u8, temp = _prepare(q, k, v, key_valid, temperature)
+    stats = (m2, l2, out_lo if out_lo.numel() else None)
+    need_dq, need_dkdv, need_dt = needs
+    return triton_op._backward(q, k, v, valid_u8, temp, lambda_m, None, out, stats, dout.contiguous(),
+                               need_dq=need_dq, need_dkdv=need_dkdv, need_dt=need_dt)
 
-    @triton_attention_backward.register_fake
-    def _(q, k, v, key_valid, temperature, out, out_lo, m2, l2, dout, lambda_m, need_dq, need_dkdv, need_dt):
-        empty = q.new_empty(0)
-        dq = q.new_empty(q.shape) if need_dq else empty.clone()  # contiguous, as the kernels write them
-        dk = k.new_empty(k.shape) if need_dkdv else empty.clone()
-        dv = v.new_empty(v.shape) if need_dkdv else empty.clone()
-        dt = q.new_empty(q.shape[:2], dtype=torch.float32) if need_dt else empty.float()
-        return dq, dk, dv, dt
+
+def _chunked_backward(q, k, v, key_valid, temperature, out, out_lo, m2, l2, dout, lambda_m, needs):
+    """The chunked GEMM backward from the fused forward's base-2 row maxima (all four gradients)."""
+    dq, dk, dv, dt = chunked_backward(q, k, v, key_valid, temperature, lambda_m, RowStats(m2, l2, base2=True), dout)
+    return dq, dk, dv, dt.float()
+
+
+BACKWARDS = {"fused": _fused_backward, "chunked": _chunked_backward}
+
+
+def backward_choice(*args) -> str:
+    """'fused' or 'chunked' for the backward call ``args``: env MHTMA_TRITON_BACKWARD forces one; by
+    default the first call per (device, dtype, shape bucket, needed gradients) times both (see the module
+    docstring), except under the CPU interpreter (fused, untimed)."""
+    forced = os.environ.get("MHTMA_TRITON_BACKWARD", "auto").strip() or "auto"
+    if forced not in ("auto",) + tuple(BACKWARDS):
+        raise ValueError(f"MHTMA_TRITON_BACKWARD must be one of {('auto',) + tuple(BACKWARDS)}, got {forced!r}")
+    if forced != "auto":
+        return forced
+    if triton_op._interpreting():
+        return "fused"
+    q, k, v = args[:3]
+    key = (str(q.device), str(q.dtype).replace("torch.", ""), bucket(q.shape[0] * q.shape[1]), bucket(q.shape[2]),
+           bucket(k.shape[2]), q.shape[3], v.shape[3], args[-1])
+    trials = {name: (lambda fn=fn: fn(*args)) for name, fn in BACKWARDS.items()}
+    return TRITON_BACKWARD.choose(key, q.device, q.dtype, trials)
+
+
+@triton_attention_forward.register_fake
+def _(q, k, v, key_valid, temperature, lambda_m, bounded):
+    B, H, Nq, _ = q.shape
+    out = v.new_empty(B, H, Nq, v.shape[3])
+    out_lo = out.new_empty(0) if v.dtype == torch.float32 else torch.empty_like(out)
+    m2 = q.new_empty(B, H, Nq, dtype=torch.float32)
+    return out, out_lo, m2, torch.empty_like(m2)
+
+
+@triton_attention_backward.register_fake
+def _(q, k, v, key_valid, temperature, out, out_lo, m2, l2, dout, lambda_m, need_dq, need_dkdv, need_dt):
+    empty = q.new_empty(0)
+    dq = q.new_empty(q.shape) if need_dq else empty.clone()  # contiguous, as the kernels write them
+    dk = k.new_empty(k.shape) if need_dkdv else empty.clone()
+    dv = v.new_empty(v.shape) if need_dkdv else empty.clone()
+    dt = q.new_empty(q.shape[:2], dtype=torch.float32) if need_dt else empty.float()
+    return dq, dk, dv, dt
 
 
 def _setup_context(ctx, inputs, output):
@@ -128,19 +153,17 @@ def _backward(ctx, dout, _d_out_lo, _d_m2, _d_l2):
 
 triton_attention_forward.register_autograd(_backward, setup_context=_setup_context)
 
+
 def triton_attention(q, k, v, key_valid, temperature, lambda_m: float, bounded: bool = False) -> torch.Tensor:
     """Fused masked temperature attention on normalised q, k as one traceable op -> ``[B, H, Nq, Dv]``.
 
-    Checks what the kernels need (dtype fp16/bf16/fp32, CUDA or the interpreter, B*H <= 65535); an
-    empty problem returns zeros connected to the inputs' graph.
+    Checks what the kernels need (dtype fp16/bf16/fp32, CUDA or the interpreter, B*H <= 65535); the
+    public function handles empty problems before it gets here.
     """
     _require_triton()
     triton_op._check_inputs(q, k, v, temperature)
-    B, H, Nq, _ = q.shape
-    Dv = v.shape[3]
+    B, H = q.shape[:2]
     if B * H > 65535:  # CUDA limit of grid axis 1
         raise ValueError(f"backend='triton' supports at most 65535 batch*heads, got B*H = {B * H}; split the batch")
-    if B * H * Nq * Dv == 0:  # nothing to compute; keep the graph connected for autograd
-        return v.new_zeros(B, H, Nq, Dv) + 0 * (v.sum() + q.sum() + k.sum() + temperature.sum()).to(v.dtype)
     lambda_m = min(float(lambda_m), triton_op._LAMBDA_CAP)
     return triton_attention_forward(q, k, v, key_valid, temperature, lambda_m, bool(bounded))[0]

@@ -55,9 +55,6 @@ _LOG2E = 1.4426950408889634
 # lambda_m exceeds ~150 + 1/t; capping the constant keeps it finite in fp32 without changing results.
 _LAMBDA_CAP = 1e30
 KERNELS = ("fwd", "dkdv", "dq")
-# Whether the launches go through torch.library.wrap_triton (triton_library then registers the op with
-# torch.library.triton_op so that inductor sees the kernels). Off: see triton_library's docstring.
-LAUNCHES_WRAP_TRITON = False
 # Column blocks (accumulators) one program of each kernel can hold, as written out in triton_kernels.
 MAX_COL_BLOCKS = {"fwd": 8, "dkdv": 4, "dq": 8}
 

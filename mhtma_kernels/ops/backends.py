@@ -1,0 +1,128 @@
+"""The implementations behind the op's backends, on normalised q, k (the public function validated the
+inputs, normalised them and handled empty problems), and the measured choice of ``backend="auto"``.
+
+    name       what                                                   where
+    triton     the fused Triton op (``mhtma::triton_attention``)      CUDA (or the interpreter, forced)
+    chunked    the query-chunked GEMM path (``mhtma::chunked_gemm_attention``)  everywhere
+    sdpa       F.scaled_dot_product_attention + the bias identity     CPU flash / CUDA fused, D == Dv
+
+``backend="torch"``: on CPU ``sdpa`` where its fused kernel takes the inputs, else ``chunked``; on CUDA
+``chunked``. ``backend="auto"``: every applicable candidate is timed on the first call per (device,
+dtype, shape bucket, grad or not) by :data:`.dispatch.AUTO`; env ``MHTMA_AUTO_CANDIDATES`` (comma-separated
+names) restricts the candidates. While a graph is traced (torch.compile, torch.export) nothing is
+timed: the fixed default is taken (triton on CUDA, sdpa on CPU where it applies, chunked otherwise; chunked under export,
+whose ATen graph would otherwise hold SDPA's math decomposition).
+"""
+import os
+
+import torch
+
+from .dispatch import AUTO, bucket
+from .library import chunked_attention
+from .sdpa import sdpa_applies, sdpa_masked_attention, sdpa_takes
+from .tracing import is_exporting, is_tracing
+
+CANDIDATES = ("triton", "chunked", "sdpa")
+_TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def _triton(q, k, v, key_valid, temperature, lambda_m, bounded):
+    from .triton_library import triton_attention  # imported lazily: triton is optional on CPU
+
+    return triton_attention(q, k, v, key_valid, temperature, lambda_m, bounded=bounded)
+
+
+def _chunked(q, k, v, key_valid, temperature, lambda_m, bounded):
+    return chunked_attention(q, k, v, key_valid, temperature, lambda_m, bounded)
+
+
+def _sdpa(q, k, v, key_valid, temperature, lambda_m, bounded):
+    return sdpa_masked_attention(q, k, v, key_valid, temperature, lambda_m)
+
+
+IMPLEMENTATIONS = {"triton": _triton, "chunked": _chunked, "sdpa": _sdpa}
+
+
+def _triton_available() -> bool:
+    try:
+        from . import triton_op
+    except ImportError:  # pragma: no cover - triton_op itself guards the triton import
+        return False
+    return triton_op._IMPORT_ERROR is None
+
+
+def _restriction() -> tuple[str, ...] | None:
+    env = os.environ.get("MHTMA_AUTO_CANDIDATES", "").strip()
+    if not env:
+        return None
+    names = tuple(n.strip() for n in env.split(",") if n.strip())
+    unknown = [n for n in names if n not in CANDIDATES]
+    if unknown or not names:
+        raise ValueError(f"MHTMA_AUTO_CANDIDATES must name some of {CANDIDATES}, got {env!r}")
+    return names
+
+
+def applicable(q, k, v) -> list[str]:
+    """The candidates that compute the op exactly on these inputs, in the order of the fixed default."""
+    sdpa = sdpa_applies(q, v) and not is_exporting() and sdpa_takes(q, k, v)
+    if q.device.type == "cpu":
+        names = ["sdpa", "chunked"] if sdpa else ["chunked"]
+    else:
+        triton = (q.device.type == "cuda" and q.dtype in _TRITON_DTYPES and q.shape[0] * q.shape[1] <= 65535
+                  and _triton_available())
+        names = ["triton"] * triton + ["chunked"] + ["sdpa"] * sdpa
+    only = _restriction()
+    if only is not None:
+        names = [n for n in names if n in only]
+        if not names:
+            raise ValueError(f"MHTMA_AUTO_CANDIDATES={','.join(only)}: none of them applies on {q.device} "
+                             f"({q.dtype}, D={q.shape[-1]}, Dv={v.shape[-1]})")
+    return names
+
+
+def torch_backend(q, k, v, key_valid, temperature, lambda_m, bounded):
+    """``backend="torch"``: SDPA's fused CPU kernel where it takes the inputs, the chunked GEMM path otherwise."""
+    if q.device.type == "cpu" and sdpa_applies(q, v) and not is_exporting():
+        out = sdpa_masked_attention(q, k, v, key_valid, temperature, lambda_m)
+        if out is not None:
+            return out
+    return _chunked(q, k, v, key_valid, temperature, lambda_m, bounded)
+
+
+def dispatch_key(q, k, v, bounded: bool, grad: bool) -> tuple:
+    """(B*H, Nq, Nk bucketed; D, Dv exact; bounded; grad): the shapes that share one choice."""
+    B, H, Nq, D = q.shape
+    return (bucket(B * H), bucket(Nq), bucket(k.shape[2]), D, v.shape[3], bool(bounded), bool(grad))
+
+
+def _trial(name, args, grad: bool):
+    """A callable running candidate ``name`` once on detached copies (and its backward when ``grad``)."""
+    def run():
+        leaves = [x.detach().requires_grad_(x.requires_grad) if x.is_floating_point() else x for x in args[:5]]
+        with torch.no_grad() if not grad else torch.enable_grad():
+            out = IMPLEMENTATIONS[name](*leaves, *args[5:])
+            if out is None:
+                raise RuntimeError(f"{name} does not take these inputs")
+            if grad:
+                wrt = [x for x in leaves if x.requires_grad]
+                torch.autograd.grad(out, wrt, torch.ones_like(out))
+        return out
+
+    return run
+
+
+def auto_backend(q, k, v, key_valid, temperature, lambda_m, bounded):
+    """``backend="auto"``: the measured choice among the applicable candidates (see the module docstring)."""
+    names = applicable(q, k, v)
+    args = (q, k, v, key_valid, temperature, lambda_m, bounded)
+    grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v, temperature))
+    if is_tracing(q, k, v, temperature):
+        name = "chunked" if is_exporting() else names[0]
+    elif len(names) == 1:
+        name = names[0]
+    else:
+        key = dispatch_key(q, k, v, bounded, grad)
+        full_key = (str(q.device), str(q.dtype).replace("torch.", "")) + key
+        name = AUTO.choose(full_key, q.device, q.dtype, {n: _trial(n, args, grad) for n in names})
+    out = IMPLEMENTATIONS[name](*args)
+    return out if out is not None else _chunked(*args)
