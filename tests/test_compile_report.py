@@ -62,3 +62,15 @@ def test_report_of_one_small_forward_as_launched(tmp_path):
         assert 0 < row["regs"] <= 255 and row["stack"] == 0, row
         assert row["HGMMA"] > 0 and row["HMMA"] == 0, row
         assert 0 < row["smem"] <= 227 * 1024, row
+
+
+def test_under_the_interpreter_the_report_refuses_in_one_line(capsys):
+    """This process interprets the kernels (conftest, without a GPU): nothing to compile, a usage error (exit 2)."""
+    from mhtma_kernels.ops import triton_op
+
+    if not triton_op._interpreting():
+        pytest.skip("the kernels are compiled in this process (a GPU is present)")
+    with pytest.raises(SystemExit) as exit_info:
+        compile_report.main(["--d", "48", "--forward-only"])
+    assert exit_info.value.code == 2
+    assert "without TRITON_INTERPRET=1" in capsys.readouterr().err

@@ -246,12 +246,18 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     shape = dict(batch=args.batch, heads=args.heads, nq=args.nq, nk=args.nk)
     torch.backends.cuda.matmul.allow_tf32 = args.fp32_precision == "tf32"  # what triton_op.dot_precision reads
+    if triton_op._interpreting():
+        parser.error("the compile report needs compiled kernels: run it without TRITON_INTERPRET=1")
     if not args.json:
         print("| D | dtype | kernel | " + " | ".join(_COLUMNS) + " | config |")
         print("|" + "---|" * (len(_COLUMNS) + 4))
-    for d in (int(x) for x in args.d.split(",")):
-        for row in report(d, d, _DTYPES[args.dtype], shape, args.candidates, args.forward_only):
-            print(json.dumps(row) if args.json else _table_line(row), flush=True)
+    try:
+        for d in (int(x) for x in args.d.split(",")):
+            for row in report(d, d, _DTYPES[args.dtype], shape, args.candidates, args.forward_only):
+                print(json.dumps(row) if args.json else _table_line(row), flush=True)
+    except (RuntimeError, FileNotFoundError) as error:  # interpreter mode, no cuobjdump: one line, exit 2
+        print(f"compile_report: {error}", file=sys.stderr)
+        return 2
     return 0
 
 
