@@ -41,6 +41,13 @@ def _tile(base, offs_r, r_mask, stride_r, col0, C0: tl.constexpr, W: tl.constexp
 
 
 @triton.jit
+def _zeros(R: tl.constexpr, W: tl.constexpr):
+    """An fp32 [R, W] tile of zeros (W passed as a constexpr argument: a tuple item inside `tl.zeros`'s shape
+    is a plain int that Triton 3.6's frontend rejects)."""
+    return tl.zeros([R, W], dtype=tl.float32)  # [R, W]
+
+
+@triton.jit
 def _desc_tile(desc, row0, col, UPCAST: tl.constexpr):
     """TMA load of the [R, W] block at (row0, col) of a tensor descriptor (zero outside the tensor)."""
     tile = desc.load([row0, col])  # [R, W]
@@ -137,7 +144,7 @@ def _v3_rows(q_base, k_base, v_base, o_base, lo_base, VALID, m_ref, scale2, neg_
                                    D_STARTS[i] + D_WIDTHS[i] > HEAD_D, UPCAST),)
     accs = ()  # one [BLOCK_M, C_WIDTHS[c]] fp32 accumulator per Dv piece of the program
     for c in tl.static_range(len(C_WIDTHS)):
-        accs = accs + (tl.zeros([BLOCK_M, C_WIDTHS[c]], dtype=tl.float32),)
+        accs = accs + (_zeros(BLOCK_M, C_WIDTHS[c]),)
     m_i = tl.zeros([BLOCK_M], dtype=tl.float32) + m_ref  # [BLOCK_M]; -inf on the running-max path
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)  # [BLOCK_M]
     l_tile = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)  # [BLOCK_M, BLOCK_N] elementwise sums (BOUNDED)
