@@ -330,16 +330,27 @@ def test_autotuner_measures_the_shapes_candidates_and_runs_the_fastest(fastest, 
     assert_close(out, reference_forward(q, k, v, key_valid, temp)[0], dtype, "out")
 
 
-def test_fixed_tiles_without_autotuning(monkeypatch):
-    """MHTMA_AUTOTUNE=0 (and the interpreter) use choose_config; on a GPU config=None means autotune."""
+@pytest.mark.parametrize("autotune", ["0", "1"], ids=["MHTMA_AUTOTUNE=0", "MHTMA_AUTOTUNE=1"])
+def test_fixed_tiles_without_autotuning(autotune, monkeypatch):
+    """As on a GPU (the launcher told it does not interpret): MHTMA_AUTOTUNE=0 launches the fixed first
+    candidate without timing anything, MHTMA_AUTOTUNE=1 times the candidates; the result is right either way."""
+    d, dv, dtype = 40, 24, torch.float32
     monkeypatch.setattr(triton_op, "_interpreting", lambda: False)
-    monkeypatch.setenv("MHTMA_AUTOTUNE", "0")
-    fixed = triton_op._resolve(None, 4096, 3844, 576, 576, torch.bfloat16)
-    assert fixed == triton_op.choose_config(4096, 3844, 576, 576, torch.bfloat16, interpret=False)
-    assert fixed.fwd == triton_op.candidates("fwd", 576, 576)[0]
-    monkeypatch.setenv("MHTMA_AUTOTUNE", "1")
-    assert triton_op._resolve(None, 4096, 3844, 576, 576, torch.bfloat16) is None
-    assert triton_op._resolve(SMALL_TILES, 4096, 3844, 576, 576, torch.bfloat16) is SMALL_TILES
+    monkeypatch.setenv("MHTMA_AUTOTUNE", autotune)
+    tuner = triton_op._autotuned("fwd")
+    timed, launched = [], []
+    monkeypatch.setattr(tuner, "_bench", lambda *a, config, **kw: timed.append(config) or [1.0])
+    kernel = triton_op._kernel("fwd")
+    original_run = kernel.run
+    monkeypatch.setattr(kernel, "run", lambda *a, **kw: launched.append(kw) or original_run(*a, **kw))
+    q, k, v, key_valid, temp = make_inputs(1, 2, 23 + int(autotune), 17, d, dv, 0.2, "random", dtype=dtype)
+    q, k = torch.nn.functional.normalize(q, dim=-1), torch.nn.functional.normalize(k, dim=-1)
+    out, _ = triton_op._forward(q, k, v, key_valid.view(torch.uint8), temp.float(), 1e4, None, bounded=True)
+    first = triton_op.candidates("fwd", d, dv, dtype)[0].constexprs()
+    assert bool(timed) == (autotune == "1")
+    if autotune == "0":
+        assert len(launched) == 2 and all(all(run[n] == value for n, value in first.items()) for run in launched)
+    assert_close(out, reference_forward(q, k, v, key_valid, temp)[0], dtype, "out")
 
 
 def test_a_column_block_count_the_kernel_lacks_is_refused(monkeypatch):
