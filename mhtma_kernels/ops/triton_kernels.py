@@ -28,9 +28,8 @@ Tiling. The head dims D and Dv are arbitrary (45, 288, 576, 864): nothing is pad
 Products that contract over D (q k^T) or over Dv (dout v^T) walk that axis in chunks of BLOCK_D /
 BLOCK_E with masked loads (`_dot_abt`). Output columns (out over Dv; dq, dk over D; dv over Dv) are
 held as NUM_CB column blocks of BLOCK_C columns in ONE program: NUM_CB separate fp32 accumulators
-acc0..acc7 (dq0..dq7; dk0..dk3 and dv0..dv3 in the dk/dv kernel: triton_op.MAX_COL_BLOCKS)
-(Triton has no arrays of tiles, so the blocks are written out; blocks past NUM_CB are
-dead code the compiler drops). The scores of a tile are computed once and feed every column block
+acc0..acc7 in the forward (written out; blocks past NUM_CB are dead code the compiler drops), a
+Triton tuple of NUM_CB tiles in the backward kernels (see the backward section below). The scores of a tile are computed once and feed every column block
 of that program. Only when NUM_CB * BLOCK_C < Dv is the column range split over a grid axis (and
 the scores recomputed per split); the launcher's autotuner chooses between register pressure
 (wide programs) and recomputation (narrow programs) per shape.
@@ -86,15 +85,6 @@ def _store_block(base, tile, offs_r, r_mask, col0, stride_r, NCOLS, BLOCK_C: tl.
     offs_c = col0 + tl.arange(0, BLOCK_C)  # [BLOCK_C]
     tl.store(base + offs_r[:, None] * stride_r + offs_c[None, :], tile.to(base.dtype.element_ty),
              mask=r_mask[:, None] & (offs_c < NCOLS)[None, :])
-
-
-@triton.jit
-def _store_dq_block(base, q_base, tile, offs_r, r_mask, col0, stride_r, NCOLS, BLOCK_C: tl.constexpr):
-    """Store a dq block (fp32 tile [R, BLOCK_C]) and return sum(tile * q[block]) for the temperature gradient."""
-    _store_block(base, tile, offs_r, r_mask, col0, stride_r, NCOLS, BLOCK_C)
-    offs_c = col0 + tl.arange(0, BLOCK_C)  # [BLOCK_C]
-    q = _load_rows(q_base, offs_r, offs_c, r_mask, offs_c < NCOLS, stride_r, True)  # [R, BLOCK_C] fp32
-    return tl.sum(tl.sum(tile * q, axis=1), axis=0)
 
 
 @triton.jit
@@ -299,49 +289,144 @@ def masked_attention_bwd_delta_kernel(
     tl.store(DELTA + offs_r, acc, mask=r_mask)
 
 
-@triton.jit
-def _dz_tile(q_base, k_base, v_base, do_base, offs_m, offs_n, m_mask, n_mask, valid, m2, l2, delta,
-             stride_qn, stride_kn, stride_vn, stride_don, D, DV, scale2, neg_lambda2,
-             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr,
-             UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """Recompute one tile of weights p and logit gradients dz (0 on invalid keys) -> two [BLOCK_M, BLOCK_N]."""
-    s = _dot_abt(q_base, k_base, offs_m, offs_n, m_mask, n_mask, stride_qn, stride_kn, D,
-                 BLOCK_M, BLOCK_N, BLOCK_D, UPCAST, DOT_PRECISION)  # [BLOCK_M, BLOCK_N]
-    z2 = _logits2(s, valid, n_mask, scale2, neg_lambda2)  # [BLOCK_M, BLOCK_N]
-    z2 = tl.where(m_mask[:, None], z2, float("-inf"))  # rows past Nq contribute nothing
-    p = tl.exp2((z2 - m2[:, None]) - l2[:, None])  # [BLOCK_M, BLOCK_N]
-    dp = _dot_abt(do_base, v_base, offs_m, offs_n, m_mask, n_mask, stride_don, stride_vn, DV,
-                  BLOCK_M, BLOCK_N, BLOCK_E, UPCAST, DOT_PRECISION)  # [BLOCK_M, BLOCK_N]
-    dz = tl.where(valid[None, :], p * (dp - delta[:, None]), 0.0)  # [BLOCK_M, BLOCK_N]
-    return p, dz
+# ---------------------------------------------------------------------------------------------------
+# Backward (dk/dv and dq kernels). Both walk the head dims in chunks of BLOCK_C columns (D and Dv are
+# constexprs, so the chunk loops are unrolled) and take a program's chunks in ROTATED order: chunk i of
+# a program whose first output column block is cb0 lies at columns ((cb0 + i) mod NUM) * BLOCK_C. A
+# contraction over D (or Dv) is a sum over all chunks in any order, so the first NUM_CB chunks that
+# the contraction loads are exactly the program's own output columns, and the same loaded tile feeds
+# both the score product and the gradient product: no operand is loaded twice per tile. Output block j
+# is stored at the unrotated columns (cb0 + j) * BLOCK_C; a block past the last chunk wrapped round to
+# another program's chunk and is masked out at the store (the padding any column split has).
+# Every tl.dot has the program's resident rows (BLOCK_N keys in dk/dv, BLOCK_M queries in dq) as its
+# M dimension, so 64-row programs reach wgmma on sm_90 whatever the streamed tile height.
+# ---------------------------------------------------------------------------------------------------
 
 
 @triton.jit
-def _dkdv_block(dk, dv, pt, dzt, q_base, do_base, offs_m, m_mask, col0, stride_qn, stride_don, D, DV,
-                BLOCK_C: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """One column block: dk += dz^T q[:, block], dv += p^T dout[:, block]; each [BLOCK_N, BLOCK_C] fp32."""
-    dk = _dot_block(dk, dzt, q_base, offs_m, m_mask, col0, stride_qn, D, BLOCK_C, UPCAST, DOT_PRECISION)
-    dv = _dot_block(dv, pt, do_base, offs_m, m_mask, col0, stride_don, DV, BLOCK_C, UPCAST, DOT_PRECISION)
-    return dk, dv
+def _rotated_cols(i, cb0, NUM: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Columns of chunk i in a program's rotated order: chunk (cb0 + i) mod NUM -> [BLOCK_C]."""
+    return ((cb0 + i) % NUM) * BLOCK_C + tl.arange(0, BLOCK_C)
+
+
+@triton.jit
+def _load_chunks(base, offs_r, r_mask, stride_r, cb0, NCOLS: tl.constexpr, NUM: tl.constexpr,
+                 BLOCK_C: tl.constexpr, UPCAST: tl.constexpr):
+    """All NUM column chunks of base[offs_r, :NCOLS] in rotated order -> tuple of NUM [R, BLOCK_C] tiles."""
+    tiles = ()
+    for i in tl.static_range(NUM):
+        offs_c = _rotated_cols(i, cb0, NUM, BLOCK_C)  # [BLOCK_C]
+        tiles = tiles + (_load_rows(base, offs_r, offs_c, r_mask, offs_c < NCOLS, stride_r, UPCAST),)
+    return tiles
+
+
+@triton.jit
+def _held_rows(a_base, b_base, offs_r, r_mask, stride_a, stride_b, cb0, NA: tl.constexpr, NB: tl.constexpr,
+               BLOCK_C: tl.constexpr, RESIDENT: tl.constexpr, UPCAST: tl.constexpr):
+    """RESIDENT: every chunk of a program's own rows of two operands (k and v, or q and dout; NA and NB
+    columns) in rotated order -> two tuples of [R, BLOCK_C] tiles; otherwise two empty tuples."""
+    a_held = ()
+    b_held = ()
+    if RESIDENT:
+        a_held = _load_chunks(a_base, offs_r, r_mask, stride_a, cb0, NA, (NA + BLOCK_C - 1) // BLOCK_C, BLOCK_C, UPCAST)
+        b_held = _load_chunks(b_base, offs_r, r_mask, stride_b, cb0, NB, (NB + BLOCK_C - 1) // BLOCK_C, BLOCK_C, UPCAST)
+    return a_held, b_held
+
+
+@triton.jit
+def _dot_abt_kept(held, a_base, offs_a, a_mask, stride_a, b_base, offs_b, b_mask, stride_b, cb0,
+                  BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr, NCOLS: tl.constexpr, NUM: tl.constexpr,
+                  NUM_KEEP: tl.constexpr, BLOCK_C: tl.constexpr, RESIDENT: tl.constexpr,
+                  UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """sum_c a[offs_a, c] * b[offs_b, c] over the NUM chunks of NCOLS columns (rotated order).
+
+    a's chunks are `held` (RESIDENT: loaded once by the caller) or loaded here; every b chunk is loaded
+    once. -> ([BLOCK_A, BLOCK_B] fp32, tuple of b's first min(NUM_KEEP, NUM) chunks [BLOCK_B, BLOCK_C])."""
+    acc = tl.zeros([BLOCK_A, BLOCK_B], dtype=tl.float32)  # [BLOCK_A, BLOCK_B]
+    kept = ()
+    for i in tl.static_range(NUM):
+        offs_c = _rotated_cols(i, cb0, NUM, BLOCK_C)  # [BLOCK_C]
+        c_mask = offs_c < NCOLS
+        if RESIDENT:
+            a = held[i]  # [BLOCK_A, BLOCK_C]
+        else:
+            a = _load_rows(a_base, offs_a, offs_c, a_mask, c_mask, stride_a, UPCAST)  # [BLOCK_A, BLOCK_C]
+        b = _load_rows(b_base, offs_b, offs_c, b_mask, c_mask, stride_b, UPCAST)  # [BLOCK_B, BLOCK_C]
+        acc = tl.dot(a, tl.trans(b), acc, input_precision=DOT_PRECISION)  # [BLOCK_A, BLOCK_B]
+        if i < NUM_KEEP:
+            kept = kept + (b,)
+    return acc, kept
+
+
+@triton.jit
+def _load_own(base, offs_r, r_mask, stride_r, cb0, NCOLS: tl.constexpr, NUM_CB: tl.constexpr,
+              BLOCK_C: tl.constexpr, UPCAST: tl.constexpr):
+    """The program's NUM_CB column blocks of base[offs_r, :NCOLS] (0 past NCOLS) -> tuple of [R, BLOCK_C]."""
+    tiles = ()
+    for j in tl.static_range(NUM_CB):
+        offs_c = (cb0 + j) * BLOCK_C + tl.arange(0, BLOCK_C)  # [BLOCK_C]
+        tiles = tiles + (_load_rows(base, offs_r, offs_c, r_mask, offs_c < NCOLS, stride_r, UPCAST),)
+    return tiles
+
+
+@triton.jit
+def _zero_blocks(ROWS: tl.constexpr, BLOCK_C: tl.constexpr, NUM_CB: tl.constexpr):
+    """NUM_CB fp32 accumulators -> tuple of NUM_CB [ROWS, BLOCK_C] zeros."""
+    blocks = ()
+    for j in tl.static_range(NUM_CB):
+        blocks = blocks + (tl.zeros([ROWS, BLOCK_C], dtype=tl.float32),)
+    return blocks
+
+
+@triton.jit
+def _dot_blocks(accs, a, kept, NUM_CB: tl.constexpr, NUM_KEPT: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """accs[j] + a @ kept[j] for j < NUM_KEPT (a [R, S], kept[j] [S, BLOCK_C]); later blocks unchanged."""
+    out = ()
+    for j in tl.static_range(NUM_CB):
+        if j < NUM_KEPT:
+            out = out + (tl.dot(a, kept[j], accs[j], input_precision=DOT_PRECISION),)  # [R, BLOCK_C]
+        else:
+            out = out + (accs[j],)
+    return out
+
+
+@triton.jit
+def _as_operand(x, like, UPCAST: tl.constexpr):
+    """An fp32 tile as the operand of a dot with `like`'s tiles (their dtype; fp32 kept under UPCAST)."""
+    if UPCAST:
+        return x
+    return x.to(like.dtype.element_ty)
 
 
 @triton.jit
 def masked_attention_bwd_dkdv_kernel(
     Q, K, V, VALID, TEMP, DO, M2, L2, DELTA, DK, DV_OUT,
     stride_qbh, stride_qn, stride_kbh, stride_kn, stride_vbh, stride_vn, stride_dobh, stride_don,
-    H, NQ, NK, D, DV, neg_lambda2,
+    H, NQ, NK, D: tl.constexpr, DV: tl.constexpr, neg_lambda2,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr,
     BLOCK_C: tl.constexpr, NUM_CB: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    RESIDENT: tl.constexpr = False,
 ):
     """Grid (cdiv(Nk, BLOCK_N), B*H, cdiv(max(D, Dv), NUM_CB*BLOCK_C)): dk, dv [bh, keys, column range].
 
-    Loops over query tiles, recomputing p from (m2, l2) and dz from delta once per tile for all the
-    program's column blocks (block c holds dk and dv columns col0 + c*BLOCK_C ...; D and Dv masked apart).
+    Loops over query tiles in the transposed orientation: s^T = k q^T and dp^T = v dout^T [BLOCK_N, BLOCK_M],
+    then dk_j += dz^T q[:, block j], dv_j += p^T dout[:, block j] for the program's NUM_CB column blocks,
+    the q and dout chunks of block j being those the contraction loaded (see the section comment).
+    RESIDENT: the program's k and v rows (all chunks) are loaded once before the loop and D, Dv are
+    contracted in rotated BLOCK_C chunks (BLOCK_D == BLOCK_E == BLOCK_C), each q and dout chunk loaded
+    once per tile; otherwise a pipelined loop walks D (Dv) in BLOCK_D (BLOCK_E) chunks, re-loading k and
+    v per tile, and the own q and dout columns are loaded again for the products.
     """
+    tl.static_assert(not RESIDENT or (BLOCK_D == BLOCK_C and BLOCK_E == BLOCK_C),
+                     "RESIDENT: BLOCK_D == BLOCK_E == BLOCK_C")
+    NUM_DC: tl.constexpr = (D + BLOCK_C - 1) // BLOCK_C
+    NUM_EC: tl.constexpr = (DV + BLOCK_C - 1) // BLOCK_C
+    # own dk (dv) blocks that receive a product: those over columns of D (Dv) when RESIDENT, else all
+    KEPT_D: tl.constexpr = NUM_CB if (NUM_CB < NUM_DC or not RESIDENT) else NUM_DC
+    KEPT_E: tl.constexpr = NUM_CB if (NUM_CB < NUM_EC or not RESIDENT) else NUM_EC
     pid_n = tl.program_id(0)
     bh = tl.program_id(1)
-    pid_c = tl.program_id(2)
-    b = bh // H
+    cb0 = tl.program_id(2) * NUM_CB
     bh64 = bh.to(tl.int64)
     q_base = Q + bh64 * stride_qbh
     k_base = K + bh64 * stride_kbh
@@ -350,79 +435,85 @@ def masked_attention_bwd_dkdv_kernel(
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N]
     offs_mb = tl.arange(0, BLOCK_M)  # [BLOCK_M]
     n_mask = offs_n < NK
-    col0 = pid_c * (NUM_CB * BLOCK_C)
     t = tl.load(TEMP + bh).to(tl.float32)
     scale2 = 1.4426950408889634 / t
-    valid = tl.load(VALID + b * NK + offs_n, mask=n_mask, other=0) != 0  # [BLOCK_N]
+    valid = tl.load(VALID + (bh // H) * NK + offs_n, mask=n_mask, other=0) != 0  # [BLOCK_N]
+    # RESIDENT: NUM_DC and NUM_EC tiles [BLOCK_N, BLOCK_C] of the program's own k and v rows
+    k_held, v_held = _held_rows(k_base, v_base, offs_n, n_mask, stride_kn, stride_vn, cb0, D, DV, BLOCK_C,
+                                RESIDENT, UPCAST)
 
-    dk0 = tl.zeros([BLOCK_N, BLOCK_C], dtype=tl.float32)  # [BLOCK_N, BLOCK_C], same for every dk*/dv*
-    dv0 = tl.zeros([BLOCK_N, BLOCK_C], dtype=tl.float32)
-    dk1 = tl.zeros([BLOCK_N, BLOCK_C], dtype=tl.float32)
-    dv1 = tl.zeros([BLOCK_N, BLOCK_C], dtype=tl.float32)
-    dk2 = tl.zeros([BLOCK_N, BLOCK_C], dtype=tl.float32)
-    dv2 = tl.zeros([BLOCK_N, BLOCK_C], dtype=tl.float32)
-    dk3 = tl.zeros([BLOCK_N, BLOCK_C], dtype=tl.float32)
-    dv3 = tl.zeros([BLOCK_N, BLOCK_C], dtype=tl.float32)
+    dk = _zero_blocks(BLOCK_N, BLOCK_C, NUM_CB)  # NUM_CB x [BLOCK_N, BLOCK_C] fp32
+    dv = _zero_blocks(BLOCK_N, BLOCK_C, NUM_CB)  # NUM_CB x [BLOCK_N, BLOCK_C] fp32
     for m0 in range(0, NQ, BLOCK_M):
         offs_m = m0 + offs_mb  # [BLOCK_M]
         m_mask = offs_m < NQ
         m2 = tl.load(M2 + bh64 * NQ + offs_m, mask=m_mask, other=0.0)  # [BLOCK_M]
         l2 = tl.load(L2 + bh64 * NQ + offs_m, mask=m_mask, other=0.0)  # [BLOCK_M]
         delta = tl.load(DELTA + bh64 * NQ + offs_m, mask=m_mask, other=0.0)  # [BLOCK_M]
-        p, dz = _dz_tile(q_base, k_base, v_base, do_base, offs_m, offs_n, m_mask, n_mask, valid, m2, l2, delta,
-                         stride_qn, stride_kn, stride_vn, stride_don, D, DV, scale2, neg_lambda2,
-                         BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_E, UPCAST, DOT_PRECISION)  # [BLOCK_M, BLOCK_N] x2
-        if UPCAST:
-            pt = tl.trans(p)  # [BLOCK_N, BLOCK_M] fp32
-            dzt = tl.trans(dz)  # [BLOCK_N, BLOCK_M] fp32
-        else:
-            pt = tl.trans(p.to(DO.dtype.element_ty))  # [BLOCK_N, BLOCK_M]
-            dzt = tl.trans(dz.to(Q.dtype.element_ty))  # [BLOCK_N, BLOCK_M]
-        dk0, dv0 = _dkdv_block(dk0, dv0, pt, dzt, q_base, do_base, offs_m, m_mask, col0, stride_qn, stride_don,
-                               D, DV, BLOCK_C, UPCAST, DOT_PRECISION)
-        if NUM_CB > 1:
-            dk1, dv1 = _dkdv_block(dk1, dv1, pt, dzt, q_base, do_base, offs_m, m_mask, col0 + BLOCK_C,
-                                   stride_qn, stride_don, D, DV, BLOCK_C, UPCAST, DOT_PRECISION)
-        if NUM_CB > 2:
-            dk2, dv2 = _dkdv_block(dk2, dv2, pt, dzt, q_base, do_base, offs_m, m_mask, col0 + 2 * BLOCK_C,
-                                   stride_qn, stride_don, D, DV, BLOCK_C, UPCAST, DOT_PRECISION)
-        if NUM_CB > 3:
-            dk3, dv3 = _dkdv_block(dk3, dv3, pt, dzt, q_base, do_base, offs_m, m_mask, col0 + 3 * BLOCK_C,
-                                   stride_qn, stride_don, D, DV, BLOCK_C, UPCAST, DOT_PRECISION)
+        if RESIDENT:  # every q and dout tile loaded once; the own chunks kept for dk, dv
+            st, q_own = _dot_abt_kept(k_held, k_base, offs_n, n_mask, stride_kn, q_base, offs_m, m_mask, stride_qn,
+                                      cb0, BLOCK_N, BLOCK_M, D, NUM_DC, NUM_CB, BLOCK_C, True, UPCAST,
+                                      DOT_PRECISION)  # [BLOCK_N, BLOCK_M], KEPT_D x [BLOCK_M, BLOCK_C]
+            dpt, do_own = _dot_abt_kept(v_held, v_base, offs_n, n_mask, stride_vn, do_base, offs_m, m_mask,
+                                        stride_don, cb0, BLOCK_N, BLOCK_M, DV, NUM_EC, NUM_CB, BLOCK_C, True, UPCAST,
+                                        DOT_PRECISION)  # [BLOCK_N, BLOCK_M], KEPT_E x [BLOCK_M, BLOCK_C]
+        else:  # D and Dv walked by a pipelined loop of BLOCK_D / BLOCK_E chunks; own columns loaded again
+            st = _dot_abt(k_base, q_base, offs_n, offs_m, n_mask, m_mask, stride_kn, stride_qn, D,
+                          BLOCK_N, BLOCK_M, BLOCK_D, UPCAST, DOT_PRECISION)  # [BLOCK_N, BLOCK_M]
+            dpt = _dot_abt(v_base, do_base, offs_n, offs_m, n_mask, m_mask, stride_vn, stride_don, DV,
+                           BLOCK_N, BLOCK_M, BLOCK_E, UPCAST, DOT_PRECISION)  # [BLOCK_N, BLOCK_M]
+            # NUM_CB x [BLOCK_M, BLOCK_C] each
+            q_own = _load_own(q_base, offs_m, m_mask, stride_qn, cb0, D, NUM_CB, BLOCK_C, UPCAST)
+            do_own = _load_own(do_base, offs_m, m_mask, stride_don, cb0, DV, NUM_CB, BLOCK_C, UPCAST)
+        z2t = tl.where(valid[:, None], st * scale2, neg_lambda2)  # [BLOCK_N, BLOCK_M]
+        z2t = tl.where(m_mask[None, :], z2t, float("-inf"))  # query rows past Nq contribute nothing
+        pt = tl.exp2((z2t - m2[None, :]) - l2[None, :])  # [BLOCK_N, BLOCK_M]
+        dzt = tl.where(valid[:, None], pt * (dpt - delta[None, :]), 0.0)  # [BLOCK_N, BLOCK_M]
+        dk = _dot_blocks(dk, _as_operand(dzt, Q, UPCAST), q_own, NUM_CB, KEPT_D, DOT_PRECISION)
+        dv = _dot_blocks(dv, _as_operand(pt, DO, UPCAST), do_own, NUM_CB, KEPT_E, DOT_PRECISION)
 
     inv_t = 1.0 / t
     dk_base = DK + bh64 * stride_kbh
     dv_base = DV_OUT + bh64 * stride_vbh
-    _store_block(dk_base, dk0 * inv_t, offs_n, n_mask, col0, stride_kn, D, BLOCK_C)
-    _store_block(dv_base, dv0, offs_n, n_mask, col0, stride_vn, DV, BLOCK_C)
-    if NUM_CB > 1:
-        _store_block(dk_base, dk1 * inv_t, offs_n, n_mask, col0 + BLOCK_C, stride_kn, D, BLOCK_C)
-        _store_block(dv_base, dv1, offs_n, n_mask, col0 + BLOCK_C, stride_vn, DV, BLOCK_C)
-    if NUM_CB > 2:
-        _store_block(dk_base, dk2 * inv_t, offs_n, n_mask, col0 + 2 * BLOCK_C, stride_kn, D, BLOCK_C)
-        _store_block(dv_base, dv2, offs_n, n_mask, col0 + 2 * BLOCK_C, stride_vn, DV, BLOCK_C)
-    if NUM_CB > 3:
-        _store_block(dk_base, dk3 * inv_t, offs_n, n_mask, col0 + 3 * BLOCK_C, stride_kn, D, BLOCK_C)
-        _store_block(dv_base, dv3, offs_n, n_mask, col0 + 3 * BLOCK_C, stride_vn, DV, BLOCK_C)
+    for j in tl.static_range(NUM_CB):
+        _store_block(dk_base, dk[j] * inv_t, offs_n, n_mask, (cb0 + j) * BLOCK_C, stride_kn, D, BLOCK_C)
+        _store_block(dv_base, dv[j], offs_n, n_mask, (cb0 + j) * BLOCK_C, stride_vn, DV, BLOCK_C)
+
+
+@triton.jit
+def _dt_share(dq, q, c_mask):
+    """sum(dq * q) over one dq block [R, BLOCK_C] (fp32) and its q tile, columns c_mask only -> scalar."""
+    return tl.sum(tl.sum(tl.where(c_mask[None, :], dq * q.to(tl.float32), 0.0), axis=1), axis=0)
 
 
 @triton.jit
 def masked_attention_bwd_dq_kernel(
     Q, K, V, VALID, TEMP, DO, M2, L2, DELTA, DQ, DT_PART,
     stride_qbh, stride_qn, stride_kbh, stride_kn, stride_vbh, stride_vn, stride_dobh, stride_don,
-    H, NQ, NK, D, DV, neg_lambda2, stride_part,
+    H, NQ, NK, D: tl.constexpr, DV: tl.constexpr, neg_lambda2, stride_part,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr,
     BLOCK_C: tl.constexpr, NUM_CB: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    RESIDENT: tl.constexpr = False,
 ):
     """Grid (cdiv(Nq, BLOCK_M), B*H, cdiv(D, NUM_CB*BLOCK_C)): dq[bh, rows, column range] in q's dtype.
 
-    Loops over key tiles, recomputing p and dz as the dk/dv kernel does. Epilogue: the program's share
-    of sum_i <dq_i, q_i> (fp32, before dq is rounded) goes to DT_PART[bh, pid_m * n_splits + pid_c]
+    Loops over key tiles: s = q k^T, dp = dout v^T [BLOCK_M, BLOCK_N], dz as in the dk/dv kernel, then
+    dq_j += dz k[:, block j]. RESIDENT (as in the dk/dv kernel): the program's q and dout rows are loaded
+    once before the loop and the k chunks the contraction loaded feed dq; otherwise q and dout are
+    re-loaded per tile and the own k columns loaded again. Epilogue: the program's share of
+    sum_i <dq_i, q_i> (fp32, before dq is rounded) goes to DT_PART[bh, pid_m * n_splits + pid_c]
     (row stride stride_part).
     """
+    tl.static_assert(not RESIDENT or (BLOCK_D == BLOCK_C and BLOCK_E == BLOCK_C),
+                     "RESIDENT: BLOCK_D == BLOCK_E == BLOCK_C")
+    NUM_DC: tl.constexpr = (D + BLOCK_C - 1) // BLOCK_C
+    NUM_EC: tl.constexpr = (DV + BLOCK_C - 1) // BLOCK_C
+    # own dq blocks that receive a product: those over columns of D when RESIDENT, else all
+    KEPT_D: tl.constexpr = NUM_CB if (NUM_CB < NUM_DC or not RESIDENT) else NUM_DC
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
     pid_c = tl.program_id(2)
+    cb0 = pid_c * NUM_CB
     b = bh // H
     bh64 = bh.to(tl.int64)
     q_base = Q + bh64 * stride_qbh
@@ -432,75 +523,51 @@ def masked_attention_bwd_dq_kernel(
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M]
     offs_nb = tl.arange(0, BLOCK_N)  # [BLOCK_N]
     m_mask = offs_m < NQ
-    col0 = pid_c * (NUM_CB * BLOCK_C)
     t = tl.load(TEMP + bh).to(tl.float32)
     scale2 = 1.4426950408889634 / t
     m2 = tl.load(M2 + bh64 * NQ + offs_m, mask=m_mask, other=0.0)  # [BLOCK_M]
     l2 = tl.load(L2 + bh64 * NQ + offs_m, mask=m_mask, other=0.0)  # [BLOCK_M]
     delta = tl.load(DELTA + bh64 * NQ + offs_m, mask=m_mask, other=0.0)  # [BLOCK_M]
+    # RESIDENT: NUM_DC and NUM_EC tiles [BLOCK_M, BLOCK_C] of the program's own q and dout rows
+    q_held, do_held = _held_rows(q_base, do_base, offs_m, m_mask, stride_qn, stride_don, cb0, D, DV, BLOCK_C,
+                                 RESIDENT, UPCAST)
 
-    dq0 = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)  # [BLOCK_M, BLOCK_C], same for every dq*
-    dq1 = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
-    dq2 = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
-    dq3 = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
-    dq4 = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
-    dq5 = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
-    dq6 = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
-    dq7 = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
+    dq = _zero_blocks(BLOCK_M, BLOCK_C, NUM_CB)  # NUM_CB x [BLOCK_M, BLOCK_C] fp32
     for n0 in range(0, NK, BLOCK_N):
         offs_n = n0 + offs_nb  # [BLOCK_N]
         n_mask = offs_n < NK
         valid = tl.load(VALID + b * NK + offs_n, mask=n_mask, other=0) != 0  # [BLOCK_N]
-        p, dz = _dz_tile(q_base, k_base, v_base, do_base, offs_m, offs_n, m_mask, n_mask, valid, m2, l2, delta,
-                         stride_qn, stride_kn, stride_vn, stride_don, D, DV, scale2, neg_lambda2,
-                         BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_E, UPCAST, DOT_PRECISION)  # [BLOCK_M, BLOCK_N] x2
-        if not UPCAST:
-            dz = dz.to(K.dtype.element_ty)  # [BLOCK_M, BLOCK_N]
-        dq0 = _dot_block(dq0, dz, k_base, offs_n, n_mask, col0, stride_kn, D, BLOCK_C, UPCAST, DOT_PRECISION)
-        if NUM_CB > 1:
-            dq1 = _dot_block(dq1, dz, k_base, offs_n, n_mask, col0 + BLOCK_C, stride_kn, D, BLOCK_C, UPCAST,
-                             DOT_PRECISION)
-        if NUM_CB > 2:
-            dq2 = _dot_block(dq2, dz, k_base, offs_n, n_mask, col0 + 2 * BLOCK_C, stride_kn, D, BLOCK_C, UPCAST,
-                             DOT_PRECISION)
-        if NUM_CB > 3:
-            dq3 = _dot_block(dq3, dz, k_base, offs_n, n_mask, col0 + 3 * BLOCK_C, stride_kn, D, BLOCK_C, UPCAST,
-                             DOT_PRECISION)
-        if NUM_CB > 4:
-            dq4 = _dot_block(dq4, dz, k_base, offs_n, n_mask, col0 + 4 * BLOCK_C, stride_kn, D, BLOCK_C, UPCAST,
-                             DOT_PRECISION)
-        if NUM_CB > 5:
-            dq5 = _dot_block(dq5, dz, k_base, offs_n, n_mask, col0 + 5 * BLOCK_C, stride_kn, D, BLOCK_C, UPCAST,
-                             DOT_PRECISION)
-        if NUM_CB > 6:
-            dq6 = _dot_block(dq6, dz, k_base, offs_n, n_mask, col0 + 6 * BLOCK_C, stride_kn, D, BLOCK_C, UPCAST,
-                             DOT_PRECISION)
-        if NUM_CB > 7:
-            dq7 = _dot_block(dq7, dz, k_base, offs_n, n_mask, col0 + 7 * BLOCK_C, stride_kn, D, BLOCK_C, UPCAST,
-                             DOT_PRECISION)
+        if RESIDENT:  # every k and v tile loaded once; the own k chunks kept for dq
+            s, k_own = _dot_abt_kept(q_held, q_base, offs_m, m_mask, stride_qn, k_base, offs_n, n_mask, stride_kn,
+                                     cb0, BLOCK_M, BLOCK_N, D, NUM_DC, NUM_CB, BLOCK_C, True, UPCAST,
+                                     DOT_PRECISION)  # [BLOCK_M, BLOCK_N], KEPT_D x [BLOCK_N, BLOCK_C]
+            dp, _ = _dot_abt_kept(do_held, do_base, offs_m, m_mask, stride_don, v_base, offs_n, n_mask, stride_vn,
+                                  cb0, BLOCK_M, BLOCK_N, DV, NUM_EC, 0, BLOCK_C, True, UPCAST,
+                                  DOT_PRECISION)  # [BLOCK_M, BLOCK_N]
+        else:  # D and Dv walked by a pipelined loop of BLOCK_D / BLOCK_E chunks; own k columns loaded again
+            s = _dot_abt(q_base, k_base, offs_m, offs_n, m_mask, n_mask, stride_qn, stride_kn, D,
+                         BLOCK_M, BLOCK_N, BLOCK_D, UPCAST, DOT_PRECISION)  # [BLOCK_M, BLOCK_N]
+            dp = _dot_abt(do_base, v_base, offs_m, offs_n, m_mask, n_mask, stride_don, stride_vn, DV,
+                          BLOCK_M, BLOCK_N, BLOCK_E, UPCAST, DOT_PRECISION)  # [BLOCK_M, BLOCK_N]
+            # NUM_CB x [BLOCK_N, BLOCK_C]
+            k_own = _load_own(k_base, offs_n, n_mask, stride_kn, cb0, D, NUM_CB, BLOCK_C, UPCAST)
+        z2 = _logits2(s, valid, n_mask, scale2, neg_lambda2)  # [BLOCK_M, BLOCK_N]
+        z2 = tl.where(m_mask[:, None], z2, float("-inf"))  # rows past Nq contribute nothing
+        p = tl.exp2((z2 - m2[:, None]) - l2[:, None])  # [BLOCK_M, BLOCK_N]
+        dz = tl.where(valid[None, :], p * (dp - delta[:, None]), 0.0)  # [BLOCK_M, BLOCK_N]
+        dq = _dot_blocks(dq, _as_operand(dz, K, UPCAST), k_own, NUM_CB, KEPT_D, DOT_PRECISION)
 
     inv_t = 1.0 / t
     dq_base = DQ + bh64 * stride_qbh
-    part = _store_dq_block(dq_base, q_base, dq0 * inv_t, offs_m, m_mask, col0, stride_qn, D, BLOCK_C)
-    if NUM_CB > 1:
-        part += _store_dq_block(dq_base, q_base, dq1 * inv_t, offs_m, m_mask, col0 + BLOCK_C, stride_qn, D,
-                                BLOCK_C)
-    if NUM_CB > 2:
-        part += _store_dq_block(dq_base, q_base, dq2 * inv_t, offs_m, m_mask, col0 + 2 * BLOCK_C, stride_qn, D,
-                                BLOCK_C)
-    if NUM_CB > 3:
-        part += _store_dq_block(dq_base, q_base, dq3 * inv_t, offs_m, m_mask, col0 + 3 * BLOCK_C, stride_qn, D,
-                                BLOCK_C)
-    if NUM_CB > 4:
-        part += _store_dq_block(dq_base, q_base, dq4 * inv_t, offs_m, m_mask, col0 + 4 * BLOCK_C, stride_qn, D,
-                                BLOCK_C)
-    if NUM_CB > 5:
-        part += _store_dq_block(dq_base, q_base, dq5 * inv_t, offs_m, m_mask, col0 + 5 * BLOCK_C, stride_qn, D,
-                                BLOCK_C)
-    if NUM_CB > 6:
-        part += _store_dq_block(dq_base, q_base, dq6 * inv_t, offs_m, m_mask, col0 + 6 * BLOCK_C, stride_qn, D,
-                                BLOCK_C)
-    if NUM_CB > 7:
-        part += _store_dq_block(dq_base, q_base, dq7 * inv_t, offs_m, m_mask, col0 + 7 * BLOCK_C, stride_qn, D,
-                                BLOCK_C)
+    part = 0.0
+    for j in tl.static_range(NUM_CB):
+        col0 = (cb0 + j) * BLOCK_C
+        offs_c = col0 + tl.arange(0, BLOCK_C)  # [BLOCK_C], unrotated: past D for a wrapped block
+        tile = dq[j] * inv_t  # [BLOCK_M, BLOCK_C]
+        _store_block(dq_base, tile, offs_m, m_mask, col0, stride_qn, D, BLOCK_C)
+        if RESIDENT and j < KEPT_D:
+            q_own = q_held[j]  # [BLOCK_M, BLOCK_C], the same columns as block j unless it wrapped
+        else:
+            q_own = _load_rows(q_base, offs_m, offs_c, m_mask, offs_c < D, stride_qn, True)  # [BLOCK_M, BLOCK_C]
+        part += _dt_share(tile, q_own, offs_c < D)
     tl.store(DT_PART + bh64 * stride_part + pid_m * tl.num_programs(2) + pid_c, part)

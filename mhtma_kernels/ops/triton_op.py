@@ -69,6 +69,8 @@ class TileConfig:
                         (out over Dv; dq over D; dk over D and dv over Dv); the rest of the columns
                         go to further programs along grid axis 2, each recomputing the scores
     num_warps, num_stages
+    resident            backward only: the program's own rows of the non-streamed operands (k and v in
+                        dkdv, q and dout in dq) are loaded once, before the loop (shared memory permitting)
     """
 
     block_m: int
@@ -79,6 +81,7 @@ class TileConfig:
     num_cb: int = 1
     num_warps: int = 4
     num_stages: int = 2
+    resident: bool = False
 
     def column_splits(self, ncols: int) -> int:
         """Programs along grid axis 2 needed to cover ncols output columns."""
@@ -86,7 +89,8 @@ class TileConfig:
 
     def constexprs(self) -> dict:
         return dict(BLOCK_M=self.block_m, BLOCK_N=self.block_n, BLOCK_D=self.block_d, BLOCK_C=self.block_c,
-                    NUM_CB=self.num_cb, **({"BLOCK_E": self.block_e} if self.block_e else {}))
+                    NUM_CB=self.num_cb, **({"BLOCK_E": self.block_e} if self.block_e else {}),
+                    **({"RESIDENT": True} if self.resident else {}))
 
     def launch_options(self) -> dict:
         return dict(num_warps=self.num_warps, num_stages=self.num_stages)
@@ -207,10 +211,24 @@ def _fit_columns(ncols: int, block_c: int, max_cb: int) -> int:
 _FAMILIES = {
     "fwd": [(64, 32, 64, 0, 64, 8, 2, 7), (64, 64, 64, 0, 64, 8, 2, 5), (64, 64, 64, 0, 32, 8, 2, 8),
             (128, 64, 64, 0, 128, 8, 3, 0)],
+    # Backward rows (docs/kernel-notes.md, "Backward"): every dot has the program's own rows (keys in dkdv,
+    # queries in dq) as its M, 64 per warpgroup, so sm_90 runs them all on wgmma. A 9th field 1 marks a
+    # resident row (k, v or q, dout loaded once per program), kept only where _resident_fits says so.
     "dkdv": [(32, 64, 32, 32, 64, 8, 2, 3), (64, 64, 32, 32, 32, 8, 2, 4), (64, 64, 32, 32, 64, 16, 2, 2),
-             (64, 64, 64, 64, 128, 4, 2, 0)],
-    "dq": [(64, 32, 32, 32, 64, 8, 2, 7), (64, 64, 32, 32, 64, 8, 2, 5), (64, 64, 64, 64, 128, 4, 2, 0)],
+             (16, 128, 64, 64, 64, 8, 2, 2, 1)],
+    "dq": [(64, 32, 32, 32, 64, 8, 2, 7), (64, 64, 32, 32, 64, 8, 2, 5), (128, 16, 64, 64, 64, 8, 2, 3, 1)],
 }
+# Shared memory a resident backward program may plan for (sm_90 has 227 KB per block; the rest is scratch).
+_RESIDENT_SMEM = 216 * 1024
+
+
+def _resident_fits(kernel: str, tile: "TileConfig", d: int, dv: int, dtype: torch.dtype) -> bool:
+    """Whether a resident backward program's shared memory fits: its held rows (block_n keys of k and v
+    in dkdv, block_m queries of q and dout in dq) plus num_stages buffers of the streamed tile, all of D
+    and Dv in block_c chunks."""
+    cols = (triton.cdiv(d, tile.block_c) + triton.cdiv(dv, tile.block_c)) * tile.block_c
+    held, streamed = (tile.block_n, tile.block_m) if kernel == "dkdv" else (tile.block_m, tile.block_n)
+    return (held + tile.num_stages * streamed) * cols * dtype.itemsize <= _RESIDENT_SMEM
 
 
 # Forward v3 candidates: (block_m, block_n, num_warps, num_stages, tma, c_cap); each is kept where it fits by
@@ -263,14 +281,22 @@ def _v2_candidates(kernel: str, d: int, dv: int, dtype: torch.dtype) -> list[Til
     chunk = 32 if dtype == torch.float32 else 64
     ncols = _output_columns(kernel, d, dv)
     tiles = []
-    for block_m, block_n, block_d, block_e, block_c, warps, stages, max_cb in _FAMILIES[kernel]:
+    for block_m, block_n, block_d, block_e, block_c, warps, stages, max_cb, *resident in _FAMILIES[kernel]:
+        resident = bool(resident and resident[0])
         block_c = min(block_c, _pow2(ncols, 16, 128))
-        if dtype == torch.float32 and max_cb > 1:
-            # fp32 tiles take twice the registers before they reach the tensor cores (checked with ptxas)
-            max_cb = max_cb // 2 if kernel == "dkdv" else max_cb - 1
+        if dtype == torch.float32 and max_cb > 1 and (kernel != "dkdv" or warps > 8):
+            # fp32 tiles take twice the registers before they reach the tensor cores (checked with ptxas;
+            # the transposed dk/dv kernel fits its 16-bit column blocks in fp32 too, except with 16 warps'
+            # 128 registers: kernel-notes, "Backward")
+            max_cb -= 1
         num_cb = _fit_columns(ncols, block_c, max_cb) if max_cb else 1
-        tile = TileConfig(block_m, block_n, min(block_d, chunk, _pow2(d, 16, 64)),
-                          min(block_e, chunk, _pow2(dv, 16, 64)), block_c, num_cb, warps, stages)
+        if resident:  # resident backward programs contract D and Dv in chunks of their column block
+            block_d = block_e = block_c
+        else:
+            block_d, block_e = min(block_d, chunk, _pow2(d, 16, 64)), min(block_e, chunk, _pow2(dv, 16, 64))
+        tile = TileConfig(block_m, block_n, block_d, block_e, block_c, num_cb, warps, stages, resident)
+        if resident and not _resident_fits(kernel, tile, d, dv, dtype):
+            continue
         if tile not in tiles:
             tiles.append(tile)
     return tiles
@@ -525,10 +551,11 @@ def compile_for_gpu(d: int, dv: int, dtype: torch.dtype = torch.float16, arch: i
     return found
 
 
-def compile_tile(kernel: str, tile, dtype: torch.dtype, d: int, dv: int | None = None, arch: int = 90,
-                 precision: str | None = None):
+def compile_tile(kernel: str, tile, dtype: torch.dtype, arch: int = 90, precision: str | None = None,
+                 d: int = 576, dv: int | None = None):
     """Compile one kernel with one tile configuration for head dims d, dv and sm_<arch> as launched (see
-    compile_for_gpu); `precision` ("ieee" | "tf32") defaults to what the launcher would use now."""
+    compile_for_gpu; the JIT's own hints, constexpr head dims and all); `precision` ("ieee" | "tf32")
+    defaults to what the launcher would use now."""
     dv = d if dv is None else dv
     base = choose_config(4096, 3844, d, dv, dtype, interpret=False)
     config = KernelConfig(**{name: tile if name == kernel else base[name] for name in KERNELS})
