@@ -327,14 +327,55 @@ def op_case(setup: Setup, row: OpRow) -> dict:
         result = measure(call, setup)
     result["tflops"] = op_flops(setup, row.d, row.mode) / (result["ms"] * 1e-3) / 1e12
     result.update(dispatch_choices(row))
+    if row.provider == "triton":  # which forward tile the autotuner ran (None: fixed choice, no tuning)
+        from mhtma_kernels.ops import triton_op
+
+        result["autotuned_fwd"] = triton_op.autotuned_choice("fwd")
     return result
 
 
+def _with_forward_tile(tile):
+    """The triton op with every forward launch at `tile` (triton_op.forward_tile); the backward as usual."""
+    from mhtma_kernels.ops import triton_op
+
+    def run(q, k, v, key_valid, temperature, lambda_m):
+        run_op = op_provider("triton", q.device.type, "fwdbwd")  # raises Unavailable where triton cannot run
+        with triton_op.forward_tile(tile):
+            return run_op(q, k, v, key_valid, temperature, lambda_m)
+
+    return run
+
+
+def forward_version_rows(setup: Setup) -> list[OpRow]:
+    """The forward's autotune candidates side by side, bf16, every D (issue 18): per version (v3 =
+    ForwardTile, v2 = TileConfig) its first tile as "triton-v3" / "triton-v2" (fwd and fwd+bwd), on a GPU
+    its other tiles as "triton-v3-alt" / "triton-v2-alt" (fwd; the table shows the first, the JSON all).
+    Each record names its tile (``forward_tile``); the "triton" rows record the autotuner's pick."""
+    try:
+        from mhtma_kernels.ops import triton_op
+
+        per_d = {d: triton_op.candidates("fwd", d, d, torch.bfloat16) for d in setup.dims}
+    except (ImportError, AttributeError, TypeError):  # no triton: the "triton" rows say why
+        return []
+    rows = []
+    for d, tiles in per_d.items():
+        for version, kind in (("v3", triton_op.ForwardTile), ("v2", triton_op.TileConfig)):
+            chosen = [t for t in tiles if isinstance(t, kind)][:None if setup.device == "cuda" else 1]
+            for rank, tile in enumerate(chosen):
+                label = f"triton-{version}" + ("-alt" if rank else "")
+                fields = {"forward_version": version, "forward_tile": repr(tile)}
+                rows += [OpRow(label, m, "bf16", d, fn=_with_forward_tile(tile), fields=fields)
+                         for m in (("fwd", "fwdbwd") if rank == 0 else ("fwd",))]
+    return rows
+
+
 def op_rows(setup: Setup) -> list[OpRow]:
-    """bf16 triton / sdpa / reference for every D, then fp32 (IEEE and TF32), then flex (slow to compile).
-    The order is the priority under the part's time budget: append new rows where they belong."""
+    """bf16 triton / sdpa / reference for every D, the forward's v3 and v2 tiles, then fp32 (IEEE and TF32),
+    then flex (slow to compile). The order is the priority under the part's time budget: append new rows
+    where they belong."""
     rows = [OpRow(p, m, "bf16", d) for d in setup.dims for m in ("fwd", "fwdbwd") for p in ("triton", "sdpa",
                                                                                           "reference")]
+    rows += forward_version_rows(setup)
     rows += [OpRow(p, m, "bf16", d) for d in setup.dims for m in ("fwd", "fwdbwd") for p in ("chunked", "auto")]
     rows += [OpRow("triton-chunked-bwd", "fwdbwd", "bf16", d) for d in setup.dims]
     rows += [OpRow(p, m, "fp32", setup.fp32_dim, prec) for m in ("fwd", "fwdbwd")

@@ -4,6 +4,7 @@ Every case goes through the public `masked_temperature_attention(..., backend="t
 the output and the gradients of q, k, v and temperature with the reference computed in float64 on
 the same inputs. Shapes are small: the interpreter's cost grows with the number of tile iterations.
 """
+import dataclasses
 import os
 import subprocess
 import sys
@@ -48,6 +49,9 @@ def make_inputs(B, H, Nq, Nk, D, Dv, t, rule, dtype=torch.float32, seed=0, devic
     key_valid = torch.rand(B, Nk, generator=g) > 0.4
     if rule == "image1-all-invalid":
         key_valid[1] = False
+    elif rule == "one-valid-key":
+        key_valid[:] = False
+        key_valid[:, Nk // 2] = True
     elif rule == "zero-norm":
         q[:, :, ::3] = 0.0
         k[:, :, ::4] = 0.0
@@ -296,31 +300,57 @@ def test_gpu_kernels_compile_for_sm90_without_a_gpu(tmp_path):
         assert int(shared) <= 227 * 1024, f"D={d} {dtype} {name} needs {shared} bytes of shared memory"
 
 
-@pytest.mark.parametrize("kernel", triton_op.KERNELS)
-def test_autotuner_prunes_to_the_candidates_of_the_shape(kernel):
-    """On a GPU the autotuner times exactly `candidates(kernel, D, Dv, dtype)`, keyed on the shape, the
-    dtype and the dot precision; the dq kernel's partial sums are zeroed between timed runs."""
-    tuner = triton_op._autotuned(kernel)
-    assert set(tuner.keys) == {"NQ", "NK", "D", "DV", "DOT_PRECISION"}
-    for d, dv, dtype in [(576, 576, torch.bfloat16), (45, 40, torch.float32), (864, 288, torch.float16)]:
-        named = {"D": d, "DV": dv, "Q": torch.empty(0, dtype=dtype)}
-        pruned = tuner.early_config_prune(tuner.configs, named)
-        expected = triton_op.candidates(kernel, d, dv, dtype)
-        assert [c.kwargs for c in pruned] == [t.constexprs() for t in expected]
-        assert [(c.num_warps, c.num_stages) for c in pruned] == [(t.num_warps, t.num_stages) for t in expected]
-    assert ("DT_PART" in tuner.reset_to_zero) == (kernel == "dq")
+@pytest.mark.parametrize("fastest", [0, -1], ids=["first-candidate-fastest", "last-candidate-fastest"])
+def test_autotuner_measures_the_shapes_candidates_and_runs_the_fastest(fastest, monkeypatch):
+    """config=None (a GPU without MHTMA_AUTOTUNE=0): the forward times every candidate of its shape
+    (v3 and version 2 tiles), runs the one measured fastest (here a stand-in timer decides) for both of
+    its launches, and its result is right. The kernels themselves run in the interpreter."""
+    d, dv, dtype = 40, 24, torch.float32
+    expected_tiles = triton_op.candidates("fwd", d, dv, dtype)
+    tuner = triton_op._autotuned("fwd")
+    timed, runs = [], []
+
+    def stand_in_timer(*args, config, **meta):
+        timed.append(config.kwargs)
+        rank = [t.constexprs() for t in expected_tiles].index(config.kwargs)
+        return [0.0 if rank == fastest % len(expected_tiles) else 1.0 + rank]
+
+    monkeypatch.setattr(tuner, "_bench", stand_in_timer)
+    monkeypatch.setattr(triton_op, "_resolve", lambda config, *shape: config)  # autotune although interpreting
+    original_run = tuner.fn.run
+    monkeypatch.setattr(tuner.fn, "run", lambda *a, **kw: runs.append(kw) or original_run(*a, **kw))
+    nq = 20 + fastest % 7  # a shape of its own: the tuner caches per shape
+    q, k, v, key_valid, temp = make_inputs(2, 1, nq, 17, d, dv, 0.2, "random", dtype=dtype)
+    q, k = torch.nn.functional.normalize(q, dim=-1), torch.nn.functional.normalize(k, dim=-1)
+    out, _ = triton_op._forward(q, k, v, key_valid.view(torch.uint8), temp.float(), 1e4, None, bounded=True)
+
+    assert [t.constexprs() for t in expected_tiles] == timed  # each candidate of the shape, once
+    chosen = expected_tiles[fastest].constexprs()
+    assert len(runs) == 2 and all(all(run[name] == value for name, value in chosen.items()) for run in runs)
+    assert_close(out, reference_forward(q, k, v, key_valid, temp)[0], dtype, "out")
 
 
-def test_fixed_tiles_without_autotuning(monkeypatch):
-    """MHTMA_AUTOTUNE=0 (and the interpreter) use choose_config; on a GPU config=None means autotune."""
+@pytest.mark.parametrize("autotune", ["0", "1"], ids=["MHTMA_AUTOTUNE=0", "MHTMA_AUTOTUNE=1"])
+def test_fixed_tiles_without_autotuning(autotune, monkeypatch):
+    """As on a GPU (the launcher told it does not interpret): MHTMA_AUTOTUNE=0 launches the fixed first
+    candidate without timing anything, MHTMA_AUTOTUNE=1 times the candidates; the result is right either way."""
+    d, dv, dtype = 40, 24, torch.float32
     monkeypatch.setattr(triton_op, "_interpreting", lambda: False)
-    monkeypatch.setenv("MHTMA_AUTOTUNE", "0")
-    fixed = triton_op._resolve(None, 4096, 3844, 576, 576, torch.bfloat16)
-    assert fixed == triton_op.choose_config(4096, 3844, 576, 576, torch.bfloat16, interpret=False)
-    assert fixed.fwd == triton_op.candidates("fwd", 576, 576)[0]
-    monkeypatch.setenv("MHTMA_AUTOTUNE", "1")
-    assert triton_op._resolve(None, 4096, 3844, 576, 576, torch.bfloat16) is None
-    assert triton_op._resolve(SMALL_TILES, 4096, 3844, 576, 576, torch.bfloat16) is SMALL_TILES
+    monkeypatch.setenv("MHTMA_AUTOTUNE", autotune)
+    tuner = triton_op._autotuned("fwd")
+    timed, launched = [], []
+    monkeypatch.setattr(tuner, "_bench", lambda *a, config, **kw: timed.append(config) or [1.0])
+    kernel = triton_op._kernel("fwd")
+    original_run = kernel.run
+    monkeypatch.setattr(kernel, "run", lambda *a, **kw: launched.append(kw) or original_run(*a, **kw))
+    q, k, v, key_valid, temp = make_inputs(1, 2, 23 + int(autotune), 17, d, dv, 0.2, "random", dtype=dtype)
+    q, k = torch.nn.functional.normalize(q, dim=-1), torch.nn.functional.normalize(k, dim=-1)
+    out, _ = triton_op._forward(q, k, v, key_valid.view(torch.uint8), temp.float(), 1e4, None, bounded=True)
+    first = triton_op.candidates("fwd", d, dv, dtype)[0].constexprs()
+    assert bool(timed) == (autotune == "1")
+    if autotune == "0":
+        assert len(launched) == 2 and all(all(run[n] == value for n, value in first.items()) for run in launched)
+    assert_close(out, reference_forward(q, k, v, key_valid, temp)[0], dtype, "out")
 
 
 def test_a_column_block_count_the_kernel_lacks_is_refused(monkeypatch):
@@ -354,3 +384,155 @@ def test_bound_of_unit_vectors_replaces_the_running_max(dtype, t):
     torch.testing.assert_close(m2 + l2, m2_online + l2_online, rtol=1e-5, atol=1e-4)  # the same log-sum-exp
     atol, rtol = TOLERANCE[dtype]
     torch.testing.assert_close(fixed_out.double(), online_out.double(), atol=atol, rtol=rtol)
+
+
+# ---- forward version 3 (ops/triton_forward.py): every candidate family and the small-tile paths ----
+
+# (B, H, Nq, Nk, D, Dv, temperature, key-validity rule). With normalize=True the launcher runs the fixed-max
+# pass for heads with log2(e)/t <= FIXED_MAX_LIMIT (t >= 0.036) and the running-max pass for the others:
+# t 0.03 (x 1..1.5) straddles the limit; t 0.01 is all running max; t 100 all fixed max.
+V3_CASES = [
+    pytest.param((2, 2, 21, 18, 45, 17, 0.1, "image1-all-invalid"), id="D45-Nq!=Nk-image-all-invalid"),
+    pytest.param((1, 2, 20, 17, 288, 288, 0.5, "random"), id="D288"),
+    pytest.param((1, 1, 18, 20, 576, 576, 0.05, "random"), id="D576"),
+    pytest.param((2, 2, 19, 23, 45, 40, 1e-2, "random"), id="D45-t1e-2-running-max"),
+    pytest.param((2, 2, 17, 16, 45, 20, 1e2, "random"), id="D45-t1e2"),
+    pytest.param((2, 2, 20, 19, 45, 24, 0.03, "random"), id="D45-t0.03"),
+    pytest.param((2, 1, 18, 21, 45, 16, 0.2, "one-valid-key"), id="D45-one-valid-key"),
+]
+
+
+def v3_tiles(d, dv, dtype):
+    """The GPU candidates of the shape (v3 families) and small tiles: 16 x 16 (several query and key tiles),
+    column splits over the grid, TMA descriptors where the row strides allow them."""
+    tiles = {f"gpu{t.block_m}x{t.block_n}{'-tma' if t.tma else ''}-s{t.splits}": t
+             for t in triton_op.forward_v3_candidates(d, dv, dtype)}
+    tiles["16x16"] = triton_op.ForwardTile(d, dv, 16, 16)
+    tiles["16x16-split3"] = triton_op.ForwardTile(d, dv, 16, 16, splits=3)
+    tiles["16x32-tma"] = triton_op.ForwardTile(d, dv, 16, 32, tma=True)  # falls back to cp.async when unaligned
+    return tiles
+
+
+def reference_forward(q, k, v, key_valid, temperature, lambda_m=1e4):
+    """float64 output and base-2 log-sum-exp per row [B, H, Nq] of unit q, k (the kernels' m2 + l2)."""
+    q, k, v, temperature = (x.double() for x in (q, k, v, temperature))
+    z = torch.where(key_valid[:, None, None, :], q @ k.transpose(-1, -2) / temperature[..., None, None], -lambda_m)
+    lse2 = torch.logsumexp(z, dim=-1) / torch.log(torch.tensor(2.0, dtype=torch.float64))
+    return torch.softmax(z, dim=-1) @ v, lse2
+
+
+@pytest.mark.parametrize("bounded", [True, False], ids=["bounded", "running-max"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("case", V3_CASES)
+def test_forward_v3_matches_float64_reference(case, dtype, bounded):
+    """Every v3 tile of the shape, forward only: the output and the row statistics m2 + l2 (what the
+    backward reads) against float64, on unit q, k (bounded: the fixed-max pass where the bound allows)."""
+    q, k, v, key_valid, temp = make_inputs(*case, dtype=dtype)
+    q, k = torch.nn.functional.normalize(q, dim=-1), torch.nn.functional.normalize(k, dim=-1)
+    expected, lse2 = reference_forward(q, k, v, key_valid, temp)
+    d, dv = case[4], case[5]
+    for name, tile in v3_tiles(d, dv, dtype).items():
+        config = KernelConfig(fwd=tile, dkdv=SMALL_TILES.dkdv, dq=SMALL_TILES.dq)
+        out, (m2, l2, out_lo) = triton_op._forward(q, k, v, key_valid.view(torch.uint8), temp.float(), 1e4, config,
+                                                   bounded=bounded)
+        assert out.dtype == dtype and torch.isfinite(out).all(), name
+        full = out.double() + (0 if out_lo is None else out_lo.double())
+        assert_close(full, expected, dtype, f"{name} out")
+        assert_close(m2.double() + l2.double(), lse2, torch.float32, f"{name} m2 + l2")
+
+
+# bf16 at t = 0.01 is left out: the inputs' bf16 rounding, amplified by 1/t, exceeds bf16's tolerance against
+# float64 of the unrounded inputs whichever kernel runs (version 2 gives the same errors).
+V3_GRADIENT_CASES = [(V3_CASES[i], dtype) for i in (0, 2, 3, 5) for dtype in (torch.float32, torch.bfloat16)
+                     if not (i == 3 and dtype == torch.bfloat16)]
+
+
+@pytest.mark.parametrize("case, dtype", V3_GRADIENT_CASES,
+                         ids=[f"{c.id}-{str(t)[6:]}" for c, t in V3_GRADIENT_CASES])
+@pytest.mark.parametrize("tile", ["gpu-first", "16x16-split3"])
+def test_forward_v3_gradients_match_float64_reference(case, dtype, tile, monkeypatch):
+    """Through the public function (normalize=True): the output and every gradient, the backward reading
+    the statistics of a v3 forward (the backward at the interpreter's fixed tiles)."""
+    case = case.values[0]
+    d, dv = case[4], case[5]
+    tiles = v3_tiles(d, dv, dtype)
+    fwd = next(iter(tiles.values())) if tile == "gpu-first" else tiles[tile]
+    base = triton_op.choose_config
+    monkeypatch.setattr(triton_op, "choose_config", lambda *args: dataclasses.replace(base(*args), fwd=fwd))
+    check_against_float64(case, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_forward_v3_row_statistics_and_paths(dtype):
+    """v3's saved statistics: the bound (fixed max) where log2(e)/t <= FIXED_MAX_LIMIT, the running max
+    elsewhere, and the same log-sum-exp either way; one launch pair covers heads of both kinds."""
+    q, k, v, key_valid, _ = make_inputs(2, 2, 21, 19, 48, 16, 0.1, "image1-all-invalid", dtype=dtype)
+    q, k = torch.nn.functional.normalize(q, dim=-1), torch.nn.functional.normalize(k, dim=-1)
+    temp = torch.tensor([[0.02, 0.1], [0.5, 0.03]], device=q.device)  # fixed max for log2(e)/t <= 40: t >= 0.036
+    valid_u8 = key_valid.view(torch.uint8)
+    config = KernelConfig(fwd=triton_op.ForwardTile(48, 16, 16, 16, splits=1), dkdv=SMALL_TILES.dkdv, dq=SMALL_TILES.dq)
+    _, (m2, l2, _) = triton_op._forward(q, k, v, valid_u8, temp, 1e4, config, bounded=True)
+    _, (m2_online, l2_online, _) = triton_op._forward(q, k, v, valid_u8, temp, 1e4, config, bounded=False)
+    scale2 = triton_op._LOG2E / temp  # [B, H]
+    fixed = scale2 <= triton_op.FIXED_MAX_LIMIT
+    assert fixed.any() and (~fixed).any(), "the case should mix both paths"
+    for b in range(2):
+        for h in range(2):
+            if not fixed[b, h]:
+                assert torch.equal(m2[b, h], m2_online[b, h])
+            elif b == 1:  # no valid key in image 1
+                assert (m2[b, h] == -1e4 * triton_op._LOG2E).all()
+            else:
+                torch.testing.assert_close(m2[b, h], scale2[b, h].expand_as(m2[b, h]), rtol=1e-6, atol=0)
+    torch.testing.assert_close(m2 + l2, m2_online + l2_online, rtol=1e-5, atol=1e-4)
+
+
+def test_forward_tile_for_other_head_dims_is_refused():
+    q, k, v, key_valid, t = make_inputs(1, 1, 4, 4, 8, 8, 0.2, "random")
+    config = KernelConfig(fwd=triton_op.ForwardTile(16, 8, 16, 16), dkdv=SMALL_TILES.dkdv, dq=SMALL_TILES.dq)
+    with pytest.raises(ValueError, match=r"forward tile built for D=16, Dv=8 used with D=8, Dv=8"):
+        triton_op._forward(q, k, v, key_valid.view(torch.uint8), t.float(), 1e4, config)
+
+
+@pytest.mark.parametrize("width, cap, grain, expected", [
+    (576, 512, 16, (512, 64)), (576, 256, 16, (256, 256, 64)), (45, 512, 16, (32, 16)),
+    (432, 512, 16, (256, 128, 32, 16)), (432, 256, 32, (256, 128, 64)), (1, 512, 16, (16,)),
+], ids=lambda x: str(x))
+def test_power_of_two_pieces_cover_the_head_dim(width, cap, grain, expected):
+    starts, widths = triton_op.pieces(width, cap, grain)
+    assert widths == expected
+    assert starts == tuple(sum(expected[:i]) for i in range(len(expected)))
+    assert sum(widths) >= width > sum(widths) - grain
+
+
+@pytest.mark.parametrize("d", [45, 288, 432, 576, 864])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=["bf16", "fp16", "fp32"])
+def test_forward_v3_candidates_fit_an_sm90_block(d, dtype):
+    """By count: shared memory within 227 KB, accumulators within the register budget; TMA only with 16-byte
+    aligned rows; bf16 and fp32 default to v3 wherever a v3 tile fits, fp16 to version 2."""
+    tiles = triton_op.forward_v3_candidates(d, d, dtype)
+    for tile in tiles:
+        assert tile.shared_bytes(dtype.itemsize) <= triton_op.SHARED_BYTES, tile
+        assert tile.accumulator_registers() <= 144, tile
+        assert not tile.tma or triton_op.tma_allowed(d, d, dtype), tile
+    first = triton_op.candidates("fwd", d, d, dtype)[0]
+    assert isinstance(first, triton_op.ForwardTile) == (bool(tiles) and dtype != torch.float16)
+    if dtype == torch.bfloat16:
+        assert tiles, "bf16 has a v3 tile at every benchmark D"
+    if dtype == torch.bfloat16 and d == 288:
+        assert first.block_m == 128 and first.splits == 1  # 128-row tiles where registers allow
+
+
+def test_forward_tile_overrides_the_forward_choice_only():
+    """Inside triton_op.forward_tile(tile) the forward runs that tile (here one built for other head dims,
+    which the launcher refuses), the backward keeps its own choice; outside, the usual choice again."""
+    q, k, v, key_valid, t = make_inputs(1, 1, 9, 7, 8, 8, 0.2, "random")
+    with triton_op.forward_tile(triton_op.ForwardTile(16, 8, 16, 16)):
+        with pytest.raises(ValueError, match=r"forward tile built for D=16, Dv=8 used with D=8, Dv=8"):
+            masked_temperature_attention(q, k, v, key_valid, t, backend="triton")
+    with triton_op.forward_tile(triton_op.ForwardTile(8, 8, 16, 16, splits=2)):
+        inside = masked_temperature_attention(q, k, v, key_valid, t, backend="triton")
+    outside = masked_temperature_attention(q, k, v, key_valid, t, backend="triton")
+    expected = masked_temperature_attention_reference(q.double(), k.double(), v.double(), key_valid, t.double())
+    assert_close(inside, expected, torch.float32, "inside")
+    assert_close(outside, expected, torch.float32, "outside")

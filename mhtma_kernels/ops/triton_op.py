@@ -7,8 +7,10 @@ autograd differentiates the norm exactly and the kernels are identical for norma
     q [B, H, Nq, D], k [B, H, Nk, D], v [B, H, Nk, Dv], key_valid [B, Nk] bool, temperature [B, H] > 0
     -> out [B, H, Nq, Dv] in v's dtype
 
-Forward: one kernel (online softmax over key tiles, every output column of a query block held by one
-program where registers allow). It returns the output in v's dtype and saves it, plus for fp16/bf16
+Forward: one entry kernel (triton_forward.masked_attention_forward_kernel) running version 3 (q resident,
+the key loop innermost and pipelined; ForwardTile) or version 2 (triton_kernels; TileConfig), whichever
+tile the autotuner or the fixed choice gives; a bounded forward is two launches (fixed-max pass, then the
+heads whose bound is too large). It returns the output in v's dtype and saves it, plus for fp16/bf16
 the rounding residual out_lo = out_fp32 - out (same dtype), so that delta_i = <dout_i, out_i> in the
 backward keeps fp32 accuracy (an fp16/bf16-rounded delta visibly biases the temperature gradient)
 without an fp32 copy of the output; and per-row base-2 statistics m2 (max logit) and l2 (log2 of the
@@ -29,6 +31,8 @@ small candidate list (`candidates`) on a GPU; set MHTMA_AUTOTUNE=0 to use the fi
 `choose_config` instead (no tuning runs on the first call). Under TRITON_INTERPRET=1 the fixed
 interpreter choice is always used.
 """
+import contextlib
+import dataclasses
 import os
 from dataclasses import dataclass
 
@@ -37,10 +41,10 @@ import torch
 try:
     import triton
 
-    from . import triton_kernels
+    from . import triton_forward, triton_kernels
 except ImportError as error:  # pragma: no cover - exercised only where triton is missing
     triton = None
-    triton_kernels = None
+    triton_kernels = triton_forward = None
     _IMPORT_ERROR = error
 else:
     _IMPORT_ERROR = None
@@ -104,6 +108,84 @@ class KernelConfig:
         return getattr(self, kernel)
 
 
+# Shared memory of one sm_90 block (227 KB) and the fp32 accumulator registers per thread that leave room for
+# the scores, the weights and addressing in 255 registers (forward v3; ptxas, docs/kernel-notes.md).
+SHARED_BYTES = 227 * 1024
+_V3_ACC_REGS = 144
+
+
+def pieces(width: int, cap: int, grain: int = 16) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(starts, widths): `width` rounded up to a multiple of `grain` (a power of two >= 16) cut greedily into
+    power-of-two pieces of at most `cap` (576 -> 512 + 64 at cap 512, 256 + 256 + 64 at cap 256; 45 -> 32 + 16,
+    the last one masked)."""
+    starts, widths, start = [], [], 0
+    total = max(grain, -(-width // grain) * grain)
+    while start < total:
+        piece = min(cap, 1 << ((total - start).bit_length() - 1))
+        starts.append(start)
+        widths.append(piece)
+        start += piece
+    return tuple(starts), tuple(widths)
+
+
+@dataclass(frozen=True)
+class ForwardTile:
+    """Launch parameters of forward version 3 (triton_forward) for head dims d, dv.
+
+    block_m x block_n   score tile: query rows x key rows (the q rows stay resident over the key loop)
+    splits              programs along the output columns, each with cols = round16(cdiv(dv, splits)) of them
+    tma                 k, v tiles through TMA tensor descriptors instead of cp.async of pointer tiles
+    d_cap               largest piece of D in q k^T (TMA boxes hold at most 256 columns)
+    c_cap               largest piece of the output columns (one accumulator each; wgmma's N is at most 256)
+    """
+
+    d: int
+    dv: int
+    block_m: int
+    block_n: int
+    splits: int = 1
+    tma: bool = False
+    num_warps: int = 8
+    num_stages: int = 2
+    d_cap: int = 512
+    c_cap: int = 256
+
+    num_cb = 1  # one column range per program (the launcher's grid and checks read these as for TileConfig)
+
+    @property
+    def grain(self) -> int:
+        """Narrowest piece: a [block_n, piece] tile of at least 512 elements, which cp.async can copy (4 bytes
+        or more per thread of 8 warps; a 16 x 16 bf16 tile stays a synchronous load, ptxas at D = 432, 864)."""
+        return max(16, 512 // self.block_n)
+
+    @property
+    def block_c(self) -> int:
+        return max(self.grain, -(-triton.cdiv(max(self.dv, 1), self.splits) // self.grain) * self.grain)
+
+    def column_splits(self, ncols: int) -> int:
+        return triton.cdiv(max(ncols, 1), self.block_c)
+
+    def constexprs(self) -> dict:
+        d_starts, d_widths = pieces(self.d, min(self.d_cap, 256) if self.tma else self.d_cap, self.grain)
+        c_starts, c_widths = pieces(self.block_c, self.c_cap, self.grain)
+        return dict(BLOCK_M=self.block_m, BLOCK_N=self.block_n, BLOCK_D=16, BLOCK_C=self.block_c, NUM_CB=1,
+                    VERSION=3, HEAD_D=self.d, HEAD_DV=self.dv, D_STARTS=d_starts, D_WIDTHS=d_widths,
+                    C_STARTS=c_starts, C_WIDTHS=c_widths, TMA=self.tma)
+
+    def launch_options(self) -> dict:
+        return dict(num_warps=self.num_warps, num_stages=self.num_stages)
+
+    def shared_bytes(self, itemsize: int) -> int:
+        """Shared memory by count: the resident q pieces and num_stages buffers of k and v tiles."""
+        d_cols = sum(self.constexprs()["D_WIDTHS"])
+        c_cols = sum(self.constexprs()["C_WIDTHS"])
+        return itemsize * (self.block_m * d_cols + self.num_stages * self.block_n * (d_cols + c_cols))
+
+    def accumulator_registers(self) -> int:
+        """fp32 registers per thread that the output accumulators take."""
+        return self.block_m * sum(self.constexprs()["C_WIDTHS"]) // (32 * self.num_warps)
+
+
 def _pow2(n: int, low: int, high: int) -> int:
     """Smallest power of two >= n, clamped to [low, high]."""
     return max(low, min(high, triton.next_power_of_2(max(1, n))))
@@ -149,8 +231,53 @@ def _resident_fits(kernel: str, tile: "TileConfig", d: int, dv: int, dtype: torc
     return (held + tile.num_stages * streamed) * cols * dtype.itemsize <= _RESIDENT_SMEM
 
 
-def candidates(kernel: str, d: int, dv: int, dtype: torch.dtype = torch.bfloat16) -> list[TileConfig]:
-    """The autotuner's candidate tiles of one kernel for head dims d, dv (fp32: D/Dv chunks of at most 32)."""
+# Forward v3 candidates: (block_m, block_n, num_warps, num_stages, tma, c_cap); each is kept where it fits by
+# count (ForwardTile.shared_bytes, accumulator_registers), with the fewest column splits that make it fit.
+# 128-row tiles need accumulators of at most 128 columns to compile without spills (ptxas, D = 288);
+# 16-key tiles (_V3_FALLBACK) spill where 32-key tiles fit (D = 576), so they are used only where none does.
+_V3_FAMILIES = [(128, 32, 8, 2, False, 128), (64, 32, 8, 2, False, 256), (64, 32, 8, 2, True, 256)]
+_V3_FALLBACK = (64, 16, 8, 2, False, 128)
+_V3_MAX_SPLITS = 4
+
+
+def tma_allowed(d: int, dv: int, dtype: torch.dtype) -> bool:
+    """TMA descriptors need 16-byte aligned row strides: D and Dv times the element size divisible by 16."""
+    size = torch.empty(0, dtype=dtype).element_size()
+    return (d * size) % 16 == 0 and (dv * size) % 16 == 0
+
+
+def _fitted(family, d: int, dv: int, dtype: torch.dtype):
+    """The tile of one v3 family with the fewest column splits that fits an sm_90 block by count, or None."""
+    block_m, block_n, warps, stages, tma, c_cap = family
+    if tma and not tma_allowed(d, dv, dtype):
+        return None
+    size = torch.empty(0, dtype=dtype).element_size()
+    for splits in range(1, _V3_MAX_SPLITS + 1):
+        tile = ForwardTile(d, dv, block_m, block_n, splits, tma, warps, stages, c_cap=c_cap)
+        if tile.shared_bytes(size) <= SHARED_BYTES and tile.accumulator_registers() <= _V3_ACC_REGS:
+            return tile
+    return None
+
+
+def forward_v3_candidates(d: int, dv: int, dtype: torch.dtype) -> list[ForwardTile]:
+    """The v3 forward tiles that fit an sm_90 block for head dims d, dv, in the order of preference."""
+    tiles = [tile for tile in (_fitted(family, d, dv, dtype) for family in _V3_FAMILIES) if tile is not None]
+    fallback = None if tiles else _fitted(_V3_FALLBACK, d, dv, dtype)
+    return tiles + ([fallback] if fallback else [])
+
+
+def candidates(kernel: str, d: int, dv: int, dtype: torch.dtype = torch.bfloat16) -> list:
+    """The autotuner's candidate tiles of one kernel for head dims d, dv (fp32: D/Dv chunks of at most 32).
+    The forward's list holds the v3 tiles that fit (ForwardTile) and version 2's (TileConfig); the first
+    one is the fixed choice: v3 for bf16 and fp32, v2 for fp16."""
+    if kernel == "fwd" and dtype == torch.float16:  # v3's running-max path spills in fp16 (352 B at D = 576)
+        return _v2_candidates(kernel, d, dv, dtype) + forward_v3_candidates(d, dv, dtype)
+    if kernel == "fwd":
+        return forward_v3_candidates(d, dv, dtype) + _v2_candidates(kernel, d, dv, dtype)
+    return _v2_candidates(kernel, d, dv, dtype)
+
+
+def _v2_candidates(kernel: str, d: int, dv: int, dtype: torch.dtype) -> list[TileConfig]:
     chunk = 32 if dtype == torch.float32 else 64
     ncols = _output_columns(kernel, d, dv)
     tiles = []
@@ -180,13 +307,13 @@ def choose_config(nq: int, nk: int, d: int, dv: int, dtype: torch.dtype, interpr
     and as the documented default): the first candidate of each kernel on a GPU.
 
     Interpreter (CPU): cost grows with the number of tile iterations, not tile size, so tiles are as
-    large as the problem (up to 64 rows, 512 columns, one column block).
+    large as the problem (up to 64 rows, 512 columns, one column block; the v3 forward).
     """
     if interpret:
         rows_q, rows_k = _pow2(nq, 16, 64), _pow2(nk, 16, 64)
         cols_d, cols_dv = _pow2(d, 16, 512), _pow2(dv, 16, 512)
         return KernelConfig(
-            fwd=TileConfig(rows_q, rows_k, cols_d, 0, cols_dv),
+            fwd=ForwardTile(d, dv, rows_q, rows_k),
             dkdv=TileConfig(rows_q, rows_k, cols_d, cols_dv, max(cols_d, cols_dv)),
             dq=TileConfig(rows_q, rows_k, cols_d, cols_dv, cols_d),
         )
@@ -226,7 +353,7 @@ def _check_inputs(q, k, v, temperature):
 
 def _kernel(kernel: str):
     return {
-        "fwd": triton_kernels.masked_attention_fwd_kernel,
+        "fwd": triton_forward.masked_attention_forward_kernel,
         "dkdv": triton_kernels.masked_attention_bwd_dkdv_kernel,
         "dq": triton_kernels.masked_attention_bwd_dq_kernel,
     }[kernel]
@@ -243,7 +370,10 @@ def _autotuned(kernel: str):
             return [triton.Config(t.constexprs(), **t.launch_options()) for t in tiles]
 
         def prune(configs, named_args, **kwargs):
-            return as_configs(candidates(kernel, named_args["D"], named_args["DV"], named_args["Q"].dtype))
+            tiles = candidates(kernel, named_args["D"], named_args["DV"], named_args["Q"].dtype)
+            if kernel == "fwd" and not _tma_aligned(named_args["K"], named_args["V"]):
+                tiles = [tile for tile in tiles if not getattr(tile, "tma", False)]
+            return as_configs(tiles)
 
         _AUTOTUNED[kernel] = triton.autotune(
             configs=as_configs(candidates(kernel, 576, 576)), key=["NQ", "NK", "D", "DV", "DOT_PRECISION"],
@@ -254,10 +384,50 @@ def _autotuned(kernel: str):
     return _AUTOTUNED[kernel]
 
 
+def _tma_aligned(*tensors) -> bool:
+    """Whether TMA descriptors can address these [B, H, N, C] tensors: 16-byte aligned base, head and row strides."""
+    return all(t.data_ptr() % 16 == 0 and (t.stride(1) * t.element_size()) % 16 == 0
+               and (t.stride(2) * t.element_size()) % 16 == 0 for t in tensors)
+
+
+def _descriptor_scratch(size: int, alignment: int, stream):
+    """Global memory in which TMA kernels build their tensor descriptors (triton.set_allocator)."""
+    return torch.empty(size, dtype=torch.int8, device="cpu" if _interpreting() else "cuda")
+
+
+_FORWARD_TILE = []  # set by forward_tile()
+
+
+@contextlib.contextmanager
+def forward_tile(tile):
+    """Inside, every forward launch uses `tile` (a ForwardTile for the head dims at hand, or a version 2
+    TileConfig) instead of the autotuner's or the fixed choice; the backward is unaffected. For timing
+    the forward candidates side by side (benchmarks.gpu_check)."""
+    _FORWARD_TILE.append(tile)
+    try:
+        yield tile
+    finally:
+        _FORWARD_TILE.pop()
+
+
+def autotuned_choice(kernel: str) -> str | None:
+    """The tile the autotuner ran last for `kernel` (its Config as text), None if it has not run."""
+    tuner = _AUTOTUNED.get(kernel)
+    best = getattr(tuner, "best_config", None)
+    return None if best is None else str(best)
+
+
 def _launch(kernel: str, rows: int, bh: int, ncols: int, args, flags: dict, config: KernelConfig | None):
     """The one place that sizes grids and launches: grid (cdiv(rows, tile rows), B*H, column splits).
 
     rows = Nq for fwd/dq (tile rows block_m), Nk for dkdv (tile rows block_n)."""
+    if kernel == "fwd":
+        triton.set_allocator(_descriptor_scratch)  # for the v3 forward's TMA candidates
+        if _FORWARD_TILE:
+            config = KernelConfig(fwd=_FORWARD_TILE[-1], dkdv=None, dq=None)
+        fwd, d, dv = None if config is None else config.fwd, args[0].shape[3], args[2].shape[3]
+        if isinstance(fwd, ForwardTile) and (fwd.d, fwd.dv) != (d, dv):
+            raise ValueError(f"forward tile built for D={fwd.d}, Dv={fwd.dv} used with D={d}, Dv={dv}")
     row_key = "BLOCK_N" if kernel == "dkdv" else "BLOCK_M"
     if config is None:
         def grid(meta):
@@ -266,6 +436,8 @@ def _launch(kernel: str, rows: int, bh: int, ncols: int, args, flags: dict, conf
         _autotuned(kernel)[grid](*args, **flags)
         return
     tile = config[kernel]
+    if getattr(tile, "tma", False) and not _tma_aligned(args[1], args[2]):
+        tile = dataclasses.replace(tile, tma=False)  # the same tile with cp.async loads
     if not 1 <= tile.num_cb <= MAX_COL_BLOCKS[kernel]:
         raise ValueError(f"{kernel} kernel holds 1 to {MAX_COL_BLOCKS[kernel]} column blocks, got num_cb={tile.num_cb}")
     tile_rows = tile.block_n if kernel == "dkdv" else tile.block_m
@@ -311,7 +483,10 @@ def _forward(q, k, v, key_valid_u8, temp, lambda_m, config, bounded: bool = Fals
     args = (q, k, v, key_valid_u8, any_valid, temp, out, out_lo if has_lo else out, m2, l2,
             q.stride(1), q.stride(2), k.stride(1), k.stride(2), v.stride(1), v.stride(2), out.stride(1), out.stride(2),
             H, Nq, Nk, D, Dv, -lambda_m * _LOG2E, FIXED_MAX_LIMIT if fixed_max else 0.0)
-    _launch("fwd", Nq, B * H, Dv, args, dict(HAS_LO=has_lo, FIXED_MAX=fixed_max, **_flags(q.dtype)), config)
+    flags = dict(HAS_LO=has_lo, **_flags(q.dtype))
+    _launch("fwd", Nq, B * H, Dv, args, dict(flags, FIXED_MAX=fixed_max), config)
+    if fixed_max:  # the heads whose bound is too large for the fixed max (see triton_forward's entry kernel)
+        _launch("fwd", Nq, B * H, Dv, args, dict(flags, FIXED_MAX=False, REST_PASS=True), config)
     return out, (m2, l2, out_lo)
 
 
@@ -354,92 +529,49 @@ def _backward(q, k, v, key_valid_u8, temp, lambda_m, config, out, stats, dout, n
     return (dq if need_dq else None), dk, dv, dt
 
 
-_TRITON_DTYPE = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
-_FP32_POINTERS = ("TEMP", "M2", "L2", "DELTA", "DT_PART")
-_INPUT_POINTERS = ("Q", "K", "V", "DO", "DK", "DV_OUT", "DQ", "OUT", "OUT_LO")  # in the input dtype
-
-
 def compile_for_gpu(d: int, dv: int, dtype: torch.dtype = torch.float16, arch: int = 90,
                     config: KernelConfig | None = None, kernels=KERNELS) -> dict:
-    """Compile the three kernels for CUDA sm_<arch> ahead of time, without a GPU (ptxas ships with triton).
+    """Compile the kernels for CUDA sm_<arch> without a GPU exactly as the launcher launches them (Nq 4096,
+    Nk 3844; the JIT's own specialisation of the arguments, see compile_report), with `config` or the fixed
+    choice for head dims d, dv; fp32 dots as torch's matmul precision says now.
 
-    Uses `config` or the fixed choice for head dims d, dv; fp32 dots as torch's matmul precision says now
-    (IEEE fp32 dots are the exact, slow path and may spill; TF32 and 16-bit ones should not). Returns {"fwd" | "dkdv" | "dq": triton
-    CompiledKernel}; `kernel.asm["cubin"]`, `kernel.n_regs`, `kernel.n_spills` and `kernel.metadata.shared`
-    (bytes of shared memory) are there to inspect. Needs a process where TRITON_INTERPRET is not set.
-    """
+    Returns {"fwd" | "dkdv" | "dq": triton CompiledKernel} (the forward's first launch: the fixed-max pass
+    for bf16/fp32); `kernel.asm["cubin"]`, `kernel.n_regs`, `kernel.n_spills` and `kernel.metadata.shared`
+    are there to inspect. Needs a process where TRITON_INTERPRET is not set."""
     if _IMPORT_ERROR is not None:
         raise ImportError(f"compile_for_gpu needs triton ({_IMPORT_ERROR})") from _IMPORT_ERROR
-    if _interpreting():
-        raise RuntimeError("compile_for_gpu needs compiled kernels: import triton without TRITON_INTERPRET=1")
-    config = config or choose_config(4096, 4096, d, dv, dtype, interpret=False)
-    return {name: compile_tile(name, config[name], dtype, arch, d=d, dv=dv, values=_launch_values(d, dv))
-            for name in kernels}
+    from . import compile_report
+
+    compiled = compile_report.compile_launched(config, d, dv, dtype, forward_only=set(kernels) <= {"fwd"},
+                                               arch=arch)
+    found = {}
+    for name, kernel in compiled:
+        if compile_report.family(name) in kernels:
+            found.setdefault(compile_report.family(name), kernel)
+    return found
 
 
-def _launch_values(d: int, dv: int, nq: int = 4096, nk: int = 4096, heads: int = 2) -> dict:
-    """The integer arguments the launcher passes at this shape (compile_tile marks those divisible by 16,
-    as the JIT specialises them at a launch)."""
-    return dict(stride_qbh=nq * d, stride_qn=d, stride_kbh=nk * d, stride_kn=d, stride_vbh=nk * dv, stride_vn=dv,
-                stride_obh=nq * dv, stride_on=dv, stride_dobh=nq * dv, stride_don=dv, H=heads, NQ=nq, NK=nk,
-                stride_part=triton.cdiv(nq, 16) * triton.cdiv(d, 16))
+def compile_tile(kernel: str, tile, dtype: torch.dtype, arch: int = 90, precision: str | None = None,
+                 d: int = 576, dv: int | None = None):
+    """Compile one kernel with one tile configuration for head dims d, dv and sm_<arch> as launched (see
+    compile_for_gpu; the JIT's own hints, constexpr head dims and all); `precision` ("ieee" | "tf32")
+    defaults to what the launcher would use now."""
+    dv = d if dv is None else dv
+    base = choose_config(4096, 3844, d, dv, dtype, interpret=False)
+    config = KernelConfig(**{name: tile if name == kernel else base[name] for name in KERNELS})
+    before = torch.backends.cuda.matmul.allow_tf32
+    try:
+        if precision is not None:
+            torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+        return compile_for_gpu(d, dv, dtype, arch, config, (kernel,))[kernel]
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
 
 
 def resource_usage(compiled) -> dict:
     """Registers per thread, stack bytes (register spills land there; 0 = none) and shared memory of a
     kernel from compile_for_gpu / compile_tile, read from its cubin with the cuobjdump Triton ships."""
-    import re
-    import subprocess
-    import tempfile
+    from . import compile_report
 
-    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as cubin:
-        cubin.write(compiled.asm["cubin"])
-        cubin.flush()
-        report = subprocess.run([tool, "--dump-resource-usage", cubin.name], capture_output=True, text=True,
-                                check=True).stdout
-    found = re.search(r"REG:(\d+) STACK:(\d+)", report)
-    if found is None:
-        raise RuntimeError(f"no resource usage in cuobjdump's report:\n{report}")
-    return {"registers": int(found[1]), "stack_bytes": int(found[2]), "shared_bytes": compiled.metadata.shared}
-
-
-def compile_tile(kernel: str, tile: TileConfig, dtype: torch.dtype, arch: int = 90, precision: str | None = None,
-                 d: int = 576, dv: int | None = None, values: dict | None = None):
-    """Compile one kernel with one tile configuration for sm_<arch> (see compile_for_gpu); `precision`
-    ("ieee" | "tf32") defaults to what the launcher would use now (dot_precision); d, dv: the head dims,
-    constexprs of the backward kernels; values: integer arguments of a launch (default _launch_values(d, dv)),
-    pointers and those divisible by 16 get the divisibility hint a launch would give them."""
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    fn = _kernel(kernel)
-    constexprs = dict(tile.constexprs(), UPCAST=False, DOT_PRECISION=precision or dot_precision(dtype))
-    if kernel != "fwd":
-        constexprs.update(D=d, DV=d if dv is None else dv, RESIDENT=tile.resident)
-    if kernel == "fwd":
-        constexprs["HAS_LO"] = dtype != torch.float32
-        constexprs["FIXED_MAX"] = dtype != torch.float16
-    constexprs = {name: value for name, value in constexprs.items() if name in fn.arg_names}
-    signature = {}
-    for arg in fn.arg_names:
-        if arg in constexprs:
-            signature[arg] = "constexpr"
-        elif arg in ("VALID", "ANY_VALID"):
-            signature[arg] = "*u8"
-        elif arg in _FP32_POINTERS:
-            signature[arg] = "*fp32"
-        elif arg in _INPUT_POINTERS:
-            signature[arg] = "*" + _TRITON_DTYPE[dtype]
-        elif arg in ("neg_lambda2", "fixed_limit"):
-            signature[arg] = "fp32"
-        else:
-            signature[arg] = "i32"
-    values = _launch_values(d, d if dv is None else dv) if values is None else values
-    # (the backward kernels only: the forward's compile report is being rebuilt as launched, issue 18)
-    hinted = [] if kernel == "fwd" else [arg for arg in fn.arg_names if signature[arg].startswith("*")
-                                         or (signature[arg] == "i32" and values.get(arg, 1) % 16 == 0)]
-    source = ASTSource(fn=fn, signature=signature,
-                       constexprs={(fn.arg_names.index(k),): v for k, v in constexprs.items()},
-                       attrs={(fn.arg_names.index(arg),): [["tt.divisibility", 16]] for arg in hinted})
-    return triton.compile(source, target=GPUTarget("cuda", arch, 32), options=tile.launch_options())
+    figures = compile_report.summarise(compiled)
+    return {"registers": figures["regs"], "stack_bytes": figures["stack"], "shared_bytes": figures["smem"]}

@@ -1,0 +1,265 @@
+"""What ptxas makes of the fused kernels exactly as the launcher launches them on an sm_90 GPU, without a GPU.
+
+    python -m mhtma_kernels.ops.compile_report [--d 288,432,576,864] [--dtype bf16] [--candidates]
+                                               [--batch 16 --heads 2 --nq 4096 --nk 3844] [--forward-only] [--json]
+                                               [--fp32-precision tf32|ieee]
+
+How. Triton's JIT specialises every launch argument before it compiles: pointers 16-byte aligned, ints
+divisible by 16 (or equal to 1) become compile-time facts, and those facts decide whether tile loads are
+vectorised and pipelined (cp.async, TMA). Compiling a kernel from a hand-written signature (as
+``triton_op.compile_tile`` did before this module) skips that and yields a binary that never runs on the
+device. Here the
+active driver is replaced by a stub that reports ``GPUTarget("cuda", 90, 32)`` and ``JITFunction.run`` is
+forced into warmup mode (compile, never launch), then the launcher itself (``triton_op._forward`` and
+``_backward``) is called on CPU tensors of the real shape: what comes out is what the GPU would run.
+
+Per compiled kernel: registers per thread, stack bytes (spills), shared memory, and SASS instruction
+counts (cuobjdump, shipped with triton): HGMMA (wgmma), HMMA (mma.sync, the slow path on Hopper), LDGSTS
+(cp.async), UTMALDG (TMA loads), LDG (synchronous global loads), BAR (barriers); plus the synchronous
+loads of 2-D tiles left inside loops in the TTGIR (``sync_2d_loads_in_loops``: loads the pipeliner did not
+make asynchronous). Needs a process where TRITON_INTERPRET is not set.
+"""
+import argparse
+import collections
+import contextlib
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+import torch
+
+from . import triton_op
+
+SASS_OPS = ("HGMMA", "HMMA", "LDGSTS", "UTMALDG", "LDG", "BAR")
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def cuda_tool(name: str) -> str:
+    """Path of a CUDA binary (ptxas, cuobjdump) that ships with triton; FileNotFoundError when absent."""
+    import triton
+
+    path = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"this triton build ships no {name} ({path})")
+    return path
+
+
+class _Sm90Stub:
+    """Stands in for triton's CUDA driver: device 0 of compute capability 9.0 (or `arch`), stream 0, nothing
+    to launch."""
+
+    def __init__(self, arch: int = 90):
+        self.arch = arch
+
+    def get_current_device(self):
+        return 0
+
+    def get_current_stream(self, device=None):
+        return 0
+
+    def get_current_target(self):
+        from triton.backends.compiler import GPUTarget
+
+        return GPUTarget("cuda", self.arch, 32)
+
+    def get_active_torch_device(self):
+        return torch.device("cpu")
+
+    def get_device_interface(self):
+        return torch.cuda
+
+    def get_benchmarker(self):
+        raise RuntimeError("the compile report never times a kernel (no GPU)")
+
+    def clear_cache(self, cache):
+        pass
+
+
+@contextlib.contextmanager
+def sm90_compiles(arch: int = 90):
+    """Inside: every kernel launch compiles for sm_90 (sm_<arch>) and does not run. Yields the list that
+    receives (kernel name, triton CompiledKernel) per launch, in launch order."""
+    from triton.runtime import driver
+    from triton.runtime.jit import JITFunction
+
+    if triton_op._interpreting():
+        raise RuntimeError("the compile report needs compiled kernels: run it without TRITON_INTERPRET=1")
+    compiled, run = [], JITFunction.run
+
+    def warmup_run(self, *args, grid, warmup, **kwargs):
+        kernel = run(self, *args, grid=grid, warmup=True, **kwargs)
+        compiled.append((self.fn.__name__, kernel))
+        return kernel
+
+    previous = driver._active  # None until triton first asks for its driver (reset_active would create one)
+    driver.set_active(_Sm90Stub(arch))
+    JITFunction.run = warmup_run
+    try:
+        yield compiled
+    finally:
+        JITFunction.run = run
+        driver.set_active(previous)
+
+
+def _sync_tile_loads(ttgir: str) -> tuple[int, int]:
+    """(all, inside scf.for bodies) synchronous loads of 2-D pointer tensors in a TTGIR module."""
+    total = inside = depth = 0
+    loop_depths = []  # brace depth of each open scf.for body
+    for line in ttgir.splitlines():
+        if re.search(r"= tt\.load .*: tensor<\d+x\d+x!tt\.ptr", line):
+            total += 1
+            inside += bool(loop_depths)
+        if "scf.for" in line and "{" in line:
+            loop_depths.append(depth + 1)
+        depth += line.count("{") - line.count("}")
+        while loop_depths and depth < loop_depths[-1]:
+            loop_depths.pop()
+    return total, inside
+
+
+def _cuobjdump(cubin: bytes, flag: str) -> str:
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as file:
+        file.write(cubin)
+        file.flush()
+        return subprocess.run([cuda_tool("cuobjdump"), flag, file.name], capture_output=True, text=True,
+                              check=True).stdout
+
+
+def sass_counts(sass: str) -> dict:
+    """Instructions of a SASS listing counted by family (HGMMA.64x32x16.F32.BF16 counts as HGMMA)."""
+    opcodes = collections.Counter(re.findall(r"^\s+/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)", sass, re.M))
+    return {op: sum(n for name, n in opcodes.items() if name == op or name.startswith(op + "_")) for op in SASS_OPS}
+
+
+def summarise(kernel) -> dict:
+    """Resources and instruction mix of one triton CompiledKernel (see the module docstring)."""
+    cubin = kernel.asm["cubin"]
+    usage = re.search(r"REG:(\d+) STACK:(\d+)", _cuobjdump(cubin, "--dump-resource-usage"))
+    if usage is None:
+        raise RuntimeError("cuobjdump reported no register usage")
+    tile_loads, in_loops = _sync_tile_loads(kernel.asm.get("ttgir", ""))
+    return dict(regs=int(usage[1]), stack=int(usage[2]), smem=kernel.metadata.shared,
+                warps=kernel.metadata.num_warps, stages=kernel.metadata.num_stages,
+                **sass_counts(_cuobjdump(cubin, "--dump-sass")),
+                sync_2d_loads=tile_loads, sync_2d_loads_in_loops=in_loops)
+
+
+def _inputs(shape: dict, d: int, dv: int, dtype: torch.dtype):
+    """Uninitialised CPU tensors of the launch shape (nothing runs, only strides and alignment matter)."""
+    b, h, nq, nk = shape["batch"], shape["heads"], shape["nq"], shape["nk"]
+    q, k, v = torch.empty(b, h, nq, d, dtype=dtype), torch.empty(b, h, nk, d, dtype=dtype), torch.empty(b, h, nk, dv,
+                                                                                                         dtype=dtype)
+    valid = torch.ones(b, nk, dtype=torch.uint8)
+    return q, k, v, valid, torch.full((b, h), 0.1)
+
+
+def family(kernel_name: str) -> str:
+    """"fwd" | "delta" | "dkdv" | "dq": which of the launcher's kernels a compiled kernel's name is."""
+    for key, family_name in (("dkdv", "dkdv"), ("_dq_", "dq"), ("delta", "delta"), ("forward", "fwd"), ("fwd", "fwd")):
+        if key in kernel_name:
+            return family_name
+    raise ValueError(f"unknown kernel {kernel_name!r}")
+
+
+def _launch_all(config, shape, d, dv, dtype, forward_only):
+    """Run the launcher once: the forward (bounded, the benchmark's case) and unless forward_only the backward."""
+    q, k, v, valid, temp = _inputs(shape, d, dv, dtype)
+    out, stats = triton_op._forward(q, k, v, valid, temp, 1e4, config, bounded=dtype != torch.float16)
+    if not forward_only:
+        triton_op._backward(q, k, v, valid, temp, 1e4, config, out, stats, torch.empty_like(out), True, True, True)
+
+
+def compile_launched(config, d: int, dv: int, dtype: torch.dtype, shape: dict | None = None,
+                     forward_only: bool = False, arch: int = 90) -> list:
+    """[(kernel name, CompiledKernel)] of every launch of the forward (and backward) with `config` (None: the
+    fixed choice) at `shape` (batch, heads, nq, nk; default 1, 2, 4096, 3844), compiled for sm_<arch>."""
+    shape = dict(dict(batch=1, heads=2, nq=4096, nk=3844), **(shape or {}))
+    if config is None:
+        config = triton_op.choose_config(shape["nq"], shape["nk"], d, dv, dtype, interpret=False)
+    with sm90_compiles(arch) as compiled:
+        _launch_all(config, shape, d, dv, dtype, forward_only)
+    return compiled
+
+
+def _configs(d, dv, dtype, shape, candidates: bool):
+    """(label, KernelConfig, kernel or None): the fixed choice (every kernel reported), then with `candidates`
+    every candidate of each kernel with the other kernels at their fixed choice (only that kernel reported)."""
+    base = triton_op.choose_config(shape["nq"], shape["nk"], d, dv, dtype, interpret=False)
+    yield "default", base, None
+    if candidates:
+        for name in triton_op.KERNELS:
+            for tile in triton_op.candidates(name, d, dv, dtype):
+                config = triton_op.KernelConfig(**{n: tile if n == name else base[n] for n in triton_op.KERNELS})
+                yield f"candidate {tile!r}", config, name
+
+
+def report(d: int, dv: int | None = None, dtype: torch.dtype = torch.bfloat16, shape: dict | None = None,
+           candidates: bool = False, forward_only: bool = False):
+    """Yield one dict per compiled kernel: d, dtype, kernel, config (default | candidate ...) and the
+    figures of `summarise`. shape: batch, heads, nq, nk (default: the benchmark's 16, 2, 4096, 3844)."""
+    dv = d if dv is None else dv
+    shape = dict(dict(batch=16, heads=2, nq=4096, nk=3844), **(shape or {}))
+    name = {v: k for k, v in _DTYPES.items()}[dtype]
+    previous = os.environ.get("MHTMA_AUTOTUNE")
+    os.environ["MHTMA_AUTOTUNE"] = "0"
+    try:
+        for label, config, only in _configs(d, dv, dtype, shape, candidates):
+            compiled = compile_launched(config, d, dv, dtype, shape, forward_only or only == "fwd")
+            launches = collections.Counter()
+            for kernel_name, kernel in compiled:
+                launches[kernel_name] += 1
+                if only is not None and family(kernel_name) != only:
+                    continue
+                # the bounded forward is two launches: #1 the fixed-max pass, #2 the rest (see triton_forward)
+                yield dict(d=d, dv=dv, dtype=name, kernel=kernel_name, launch=launches[kernel_name], config=label,
+                           **summarise(kernel))
+    finally:
+        if previous is None:
+            os.environ.pop("MHTMA_AUTOTUNE")
+        else:
+            os.environ["MHTMA_AUTOTUNE"] = previous
+
+
+_COLUMNS = ("regs", "stack", "smem", "warps", "stages") + SASS_OPS + ("sync_2d_loads_in_loops",)
+
+
+def _table_line(row: dict) -> str:
+    cells = [str(row["d"]), row["dtype"], row["kernel"].replace("masked_attention_", "") + f" #{row['launch']}"]
+    cells += [str(row[c]) for c in _COLUMNS] + [row["config"]]
+    return "| " + " | ".join(cells) + " |"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mhtma_kernels.ops.compile_report", description=__doc__.split("\n")[0])
+    parser.add_argument("--d", default="288,432,576,864", help="head dims D (= Dv), comma-separated")
+    parser.add_argument("--dtype", choices=sorted(_DTYPES), default="bf16")
+    parser.add_argument("--candidates", action="store_true", help="every autotune candidate too (slow)")
+    parser.add_argument("--forward-only", action="store_true", help="compile the forward kernel only")
+    parser.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
+    parser.add_argument("--fp32-precision", choices=("tf32", "ieee"), default="tf32",
+                        help="fp32 dots as under torch.set_float32_matmul_precision('high') (tf32) or 'highest'")
+    for name, default in (("batch", 16), ("heads", 2), ("nq", 4096), ("nk", 3844)):
+        parser.add_argument(f"--{name}", type=int, default=default)
+    args = parser.parse_args(argv)
+    shape = dict(batch=args.batch, heads=args.heads, nq=args.nq, nk=args.nk)
+    torch.backends.cuda.matmul.allow_tf32 = args.fp32_precision == "tf32"  # what triton_op.dot_precision reads
+    if triton_op._interpreting():
+        parser.error("the compile report needs compiled kernels: run it without TRITON_INTERPRET=1")
+    if not args.json:
+        print("| D | dtype | kernel | " + " | ".join(_COLUMNS) + " | config |")
+        print("|" + "---|" * (len(_COLUMNS) + 4))
+    try:
+        for d in (int(x) for x in args.d.split(",")):
+            for row in report(d, d, _DTYPES[args.dtype], shape, args.candidates, args.forward_only):
+                print(json.dumps(row) if args.json else _table_line(row), flush=True)
+    except (RuntimeError, FileNotFoundError) as error:  # interpreter mode, no cuobjdump: one line, exit 2
+        print(f"compile_report: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

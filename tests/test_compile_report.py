@@ -1,0 +1,76 @@
+"""The compile report (mhtma_kernels.ops.compile_report): what ptxas makes of the kernels as the launcher
+launches them on sm_90. The compile runs in a subprocess (this process interprets the kernels)."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("triton")
+
+from mhtma_kernels.ops import compile_report  # noqa: E402
+
+TTGIR = """
+    %a = tt.load %p0 : tensor<64x32x!tt.ptr<bf16>, #blocked>
+    %r = scf.for %i = %c0 to %n step %c1 iter_args(%x = %z) -> (tensor<64x32xf32>) : i32 {
+      %b = tt.load %p1, %m : tensor<32x64x!tt.ptr<bf16>, #blocked>
+      %c = tt.load %p2 : tensor<32x!tt.ptr<i8>, #blocked1>
+      scf.yield %x : tensor<64x32xf32>
+    }
+    %d = tt.load %p3 : tensor<16x16x!tt.ptr<f32>, #blocked>
+"""
+
+SASS = """
+        /*0100*/                   HGMMA.64x32x16.F32.BF16 R24, gdesc[UR8], RZ, !UPT ;
+        /*0110*/              @!P0 LDGSTS.E.BYPASS.128 [R3], desc[UR6][R4.64] ;
+        /*0120*/                   LDG.E.U8 R5, desc[UR6][R6.64] ;
+        /*0130*/                   BAR.SYNC.DEFER_BLOCKING 0x0 ;
+        /*0140*/                   LDGDEPBAR ;
+        /*0150*/                   HGMMA.64x32x16.F32.BF16 R24, gdesc[UR12], R24 ;
+"""
+
+
+def test_tile_loads_inside_loops_are_told_apart():
+    assert compile_report._sync_tile_loads(TTGIR) == (3, 1)  # the 1-D load of the mask is not a tile
+
+
+def test_sass_instructions_counted_by_family():
+    counts = compile_report.sass_counts(SASS)
+    assert counts == dict(HGMMA=2, HMMA=0, LDGSTS=1, UTMALDG=0, LDG=1, BAR=1)
+
+
+def test_report_of_one_small_forward_as_launched(tmp_path):
+    """bf16 forward at D = 48, compiled for sm_90 through the launcher: tensor cores via wgmma, no mma.sync,
+    no spills, the shared memory of an H100/H200."""
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path)
+    root = Path(__file__).resolve().parents[1]
+    env["PYTHONPATH"] = os.pathsep.join([str(root)] + [p for p in [env.get("PYTHONPATH")] if p])
+    command = [sys.executable, "-m", "mhtma_kernels.ops.compile_report", "--d", "48", "--batch", "1", "--heads", "1",
+               "--nq", "64", "--nk", "48", "--forward-only", "--json"]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    if result.returncode != 0 and "ships no" in result.stderr:
+        pytest.skip(result.stderr.strip().splitlines()[-1])
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    # the bounded bf16 forward is two launches: the fixed-max pass and the running-max rest
+    assert [(compile_report.family(r["kernel"]), r["launch"], r["config"]) for r in rows] == [
+        ("fwd", 1, "default"), ("fwd", 2, "default")], rows
+    for row in rows:
+        assert 0 < row["regs"] <= 255 and row["stack"] == 0, row
+        assert row["HGMMA"] > 0 and row["HMMA"] == 0, row
+        assert 0 < row["smem"] <= 227 * 1024, row
+
+
+def test_under_the_interpreter_the_report_refuses_in_one_line(capsys):
+    """This process interprets the kernels (conftest, without a GPU): nothing to compile, a usage error (exit 2)."""
+    from mhtma_kernels.ops import triton_op
+
+    if not triton_op._interpreting():
+        pytest.skip("the kernels are compiled in this process (a GPU is present)")
+    with pytest.raises(SystemExit) as exit_info:
+        compile_report.main(["--d", "48", "--forward-only"])
+    assert exit_info.value.code == 2
+    assert "without TRITON_INTERPRET=1" in capsys.readouterr().err
