@@ -248,8 +248,8 @@ def test_auto_compiles_fullgraph_and_matches_eager(fresh_auto):
 
 def _triton_or_skip():
     pytest.importorskip("triton")
-    from mhtma_kernels.ops import triton_op
-    if not torch.cuda.is_available() and not triton_op._interpreting():
+    from mhtma_kernels.ops import triton_launcher
+    if not torch.cuda.is_available() and not triton_launcher._interpreting():
         pytest.skip("triton on CPU needs TRITON_INTERPRET=1 before triton is imported")
     return "cuda" if torch.cuda.is_available() else "cpu"
 

@@ -32,8 +32,8 @@ def device_for(backend) -> str:
     pytest.importorskip("triton")
     if torch.cuda.is_available():
         return "cuda"
-    from mhtma_kernels.ops import triton_op
-    if not triton_op._interpreting():
+    from mhtma_kernels.ops import triton_launcher
+    if not triton_launcher._interpreting():
         pytest.skip("triton on CPU needs TRITON_INTERPRET=1 before triton is imported")
     return "cpu"
 

@@ -66,9 +66,9 @@ def test_report_of_one_small_forward_as_launched(tmp_path):
 
 def test_under_the_interpreter_the_report_refuses_in_one_line(capsys):
     """This process interprets the kernels (conftest, without a GPU): nothing to compile, a usage error (exit 2)."""
-    from mhtma_kernels.ops import triton_op
+    from mhtma_kernels.ops import triton_launcher
 
-    if not triton_op._interpreting():
+    if not triton_launcher._interpreting():
         pytest.skip("the kernels are compiled in this process (a GPU is present)")
     with pytest.raises(SystemExit) as exit_info:
         compile_report.main(["--d", "48", "--forward-only"])

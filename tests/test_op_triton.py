@@ -16,8 +16,8 @@ import torch
 pytest.importorskip("triton")
 
 from mhtma_kernels import masked_temperature_attention, masked_temperature_attention_reference  # noqa: E402
-from mhtma_kernels.ops import triton_op  # noqa: E402
-from mhtma_kernels.ops.triton_op import KernelConfig, TileConfig  # noqa: E402
+from mhtma_kernels.ops import triton_launcher  # noqa: E402
+from mhtma_kernels.ops.triton_launcher import KernelConfig, TileConfig  # noqa: E402
 
 from mhtma_kernels.testing import TOLERANCE, assert_close  # noqa: E402
 
@@ -112,14 +112,14 @@ def test_triton_without_normalization():
 def test_small_tiles_cover_d_chunks_and_dv_blocks(case, tiles, monkeypatch):
     """16-wide tiles: D walked in chunks, columns in several blocks per program and over the grid,
     several partial query/key tiles."""
-    monkeypatch.setattr(triton_op, "choose_config", lambda *args: TILES[tiles])
+    monkeypatch.setattr(triton_launcher, "choose_config", lambda *args: TILES[tiles])
     check_against_float64(case, torch.float32)
 
 
 @pytest.mark.parametrize("dv", [16, 48, 130], ids=lambda dv: f"Dv{dv}")
 def test_every_column_block_of_the_widest_program(dv, monkeypatch):
     """Dv = 130 needs 9 blocks of 16: 8 accumulators of the first program and one of a second."""
-    monkeypatch.setattr(triton_op, "choose_config", lambda *args: WIDEST_TILES)
+    monkeypatch.setattr(triton_launcher, "choose_config", lambda *args: WIDEST_TILES)
     check_against_float64((1, 1, 18, 17, 70, dv, 0.3, "random"), torch.float32)
 
 
@@ -127,7 +127,7 @@ def test_every_column_block_of_the_widest_program(dv, monkeypatch):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 def test_triton_half_inputs(dtype, tiles, monkeypatch):
     if tiles != "default":
-        monkeypatch.setattr(triton_op, "choose_config", lambda *args: TILES[tiles])
+        monkeypatch.setattr(triton_launcher, "choose_config", lambda *args: TILES[tiles])
     check_against_float64((2, 2, 33, 21, 24, 20, 0.2, "random"), dtype)
 
 
@@ -178,9 +178,9 @@ def test_output_is_saved_in_the_input_dtype_with_a_rounding_residual(dtype):
     q, k, v, key_valid, t = make_inputs(1, 2, 20, 18, 8, 6, 0.2, "random", dtype=dtype)
     q, k = torch.nn.functional.normalize(q, dim=-1), torch.nn.functional.normalize(k, dim=-1)
     valid_u8, temp = key_valid.view(torch.uint8), t.float()
-    out, (m2, l2, out_lo) = triton_op._forward(q, k, v, valid_u8, temp, 1e4, None)
-    out32, _ = triton_op._forward(q.float(), k.float(), v.float(), valid_u8, temp, 1e4, None)
-    assert out.dtype == dtype and m2.dtype == l2.dtype == torch.float32
+    out, (row_max2, row_log2sum, out_lo) = triton_launcher._forward(q, k, v, valid_u8, temp, 1e4, None)
+    out32, _ = triton_launcher._forward(q.float(), k.float(), v.float(), valid_u8, temp, 1e4, None)
+    assert out.dtype == dtype and row_max2.dtype == row_log2sum.dtype == torch.float32
     if dtype == torch.float32:
         assert out_lo is None
         return
@@ -197,9 +197,9 @@ def test_output_is_saved_in_the_input_dtype_with_a_rounding_residual(dtype):
 def test_delta_kernel_matches_a_float64_row_dot():
     g = torch.Generator().manual_seed(5)
     out, lo, dout = (torch.randn(2, 3, 7, 37, generator=g, dtype=torch.float64) for _ in range(3))
-    delta = triton_op._delta(out.float().to(DEVICE), lo.float().to(DEVICE), dout.float().to(DEVICE))
+    delta = triton_launcher._delta(out.float().to(DEVICE), lo.float().to(DEVICE), dout.float().to(DEVICE))
     assert_close(delta.cpu(), (dout * (out + lo)).sum(-1), torch.float32, "delta")
-    delta = triton_op._delta(out.float().to(DEVICE), None, dout.float().to(DEVICE))
+    delta = triton_launcher._delta(out.float().to(DEVICE), None, dout.float().to(DEVICE))
     assert_close(delta.cpu(), (dout * out).sum(-1), torch.float32, "delta without residual")
 
 
@@ -208,22 +208,22 @@ def test_fp32_dots_follow_torch_matmul_precision(precision, expected):
     before = torch.get_float32_matmul_precision()
     try:
         torch.set_float32_matmul_precision(precision)
-        assert triton_op.dot_precision(torch.float32) == expected
-        assert triton_op.dot_precision(torch.bfloat16) == "tf32"  # ignored by tl.dot for 16-bit tiles
+        assert triton_launcher.dot_precision(torch.float32) == expected
+        assert triton_launcher.dot_precision(torch.bfloat16) == "tf32"  # ignored by tl.dot for 16-bit tiles
     finally:
         torch.set_float32_matmul_precision(before)
 
 
 @pytest.mark.parametrize("d", [45, 288, 432, 576, 864, 1000])
-@pytest.mark.parametrize("kernel", triton_op.KERNELS)
+@pytest.mark.parametrize("kernel", triton_launcher.KERNELS)
 def test_autotune_candidates_cover_every_column(kernel, d):
     """Each candidate holds at most the accumulators the kernel has, and its programs cover all columns
     with less than one program's worth of padding."""
     for dtype in (torch.bfloat16, torch.float32):
-        tiles = triton_op.candidates(kernel, d, d, dtype)
+        tiles = triton_launcher.candidates(kernel, d, d, dtype)
         assert tiles and len(set(tiles)) == len(tiles)
         for tile in tiles:
-            assert 1 <= tile.num_cb <= triton_op.MAX_COL_BLOCKS[kernel], tile
+            assert 1 <= tile.num_cb <= triton_launcher.MAX_COL_BLOCKS[kernel], tile
             width = tile.block_c * tile.num_cb
             assert 0 <= tile.column_splits(d) * width - d < width, tile
 
@@ -258,7 +258,7 @@ def test_float64_is_refused_with_a_clear_error():
 
 
 def test_cpu_tensors_without_interpreter_are_refused(monkeypatch):
-    monkeypatch.setattr(triton_op, "_interpreting", lambda: False)
+    monkeypatch.setattr(triton_launcher, "_interpreting", lambda: False)
     q, k, v, key_valid, t = make_inputs(1, 1, 4, 4, 3, 2, 0.2, "random", device="cpu")
     with pytest.raises(ValueError, match=r"backend='triton' needs CUDA tensors.*backend='torch'"):
         masked_temperature_attention(q, k, v, key_valid, t, backend="triton")
@@ -276,7 +276,7 @@ def test_gpu_kernels_compile_for_sm90_without_a_gpu(tmp_path):
     interprets the kernels."""
     script = (
         "import torch\n"
-        "from mhtma_kernels.ops.triton_op import compile_for_gpu, resource_usage\n"
+        "from mhtma_kernels.ops.triton_launcher import compile_for_gpu, resource_usage\n"
         "torch.backends.cuda.matmul.allow_tf32 = True  # fp32 as TF32 (IEEE fp32 dots are the slow exact path)\n"
         "for d in (45, 576):\n"
         "    for dtype in (torch.float16, torch.bfloat16, torch.float32):\n"
@@ -306,8 +306,8 @@ def test_autotuner_measures_the_shapes_candidates_and_runs_the_fastest(fastest, 
     (v3 and version 2 tiles), runs the one measured fastest (here a stand-in timer decides) for both of
     its launches, and its result is right. The kernels themselves run in the interpreter."""
     d, dv, dtype = 40, 24, torch.float32
-    expected_tiles = triton_op.candidates("fwd", d, dv, dtype)
-    tuner = triton_op._autotuned("fwd")
+    expected_tiles = triton_launcher.candidates("fwd", d, dv, dtype)
+    tuner = triton_launcher._autotuned("fwd")
     timed, runs = [], []
 
     def stand_in_timer(*args, config, **meta):
@@ -316,13 +316,13 @@ def test_autotuner_measures_the_shapes_candidates_and_runs_the_fastest(fastest, 
         return [0.0 if rank == fastest % len(expected_tiles) else 1.0 + rank]
 
     monkeypatch.setattr(tuner, "_bench", stand_in_timer)
-    monkeypatch.setattr(triton_op, "_resolve", lambda config, *shape: config)  # autotune although interpreting
+    monkeypatch.setattr(triton_launcher, "_resolve", lambda config, *shape: config)  # autotune although interpreting
     original_run = tuner.fn.run
     monkeypatch.setattr(tuner.fn, "run", lambda *a, **kw: runs.append(kw) or original_run(*a, **kw))
     nq = 20 + fastest % 7  # a shape of its own: the tuner caches per shape
     q, k, v, key_valid, temp = make_inputs(2, 1, nq, 17, d, dv, 0.2, "random", dtype=dtype)
     q, k = torch.nn.functional.normalize(q, dim=-1), torch.nn.functional.normalize(k, dim=-1)
-    out, _ = triton_op._forward(q, k, v, key_valid.view(torch.uint8), temp.float(), 1e4, None, bounded=True)
+    out, _ = triton_launcher._forward(q, k, v, key_valid.view(torch.uint8), temp.float(), 1e4, None, bounded=True)
 
     assert [t.constexprs() for t in expected_tiles] == timed  # each candidate of the shape, once
     chosen = expected_tiles[fastest].constexprs()
@@ -335,18 +335,18 @@ def test_fixed_tiles_without_autotuning(autotune, monkeypatch):
     """As on a GPU (the launcher told it does not interpret): MHTMA_AUTOTUNE=0 launches the fixed first
     candidate without timing anything, MHTMA_AUTOTUNE=1 times the candidates; the result is right either way."""
     d, dv, dtype = 40, 24, torch.float32
-    monkeypatch.setattr(triton_op, "_interpreting", lambda: False)
+    monkeypatch.setattr(triton_launcher, "_interpreting", lambda: False)
     monkeypatch.setenv("MHTMA_AUTOTUNE", autotune)
-    tuner = triton_op._autotuned("fwd")
+    tuner = triton_launcher._autotuned("fwd")
     timed, launched = [], []
     monkeypatch.setattr(tuner, "_bench", lambda *a, config, **kw: timed.append(config) or [1.0])
-    kernel = triton_op._kernel("fwd")
+    kernel = triton_launcher._kernel("fwd")
     original_run = kernel.run
     monkeypatch.setattr(kernel, "run", lambda *a, **kw: launched.append(kw) or original_run(*a, **kw))
     q, k, v, key_valid, temp = make_inputs(1, 2, 23 + int(autotune), 17, d, dv, 0.2, "random", dtype=dtype)
     q, k = torch.nn.functional.normalize(q, dim=-1), torch.nn.functional.normalize(k, dim=-1)
-    out, _ = triton_op._forward(q, k, v, key_valid.view(torch.uint8), temp.float(), 1e4, None, bounded=True)
-    first = triton_op.candidates("fwd", d, dv, dtype)[0].constexprs()
+    out, _ = triton_launcher._forward(q, k, v, key_valid.view(torch.uint8), temp.float(), 1e4, None, bounded=True)
+    first = triton_launcher.candidates("fwd", d, dv, dtype)[0].constexprs()
     assert bool(timed) == (autotune == "1")
     if autotune == "0":
         assert len(launched) == 2 and all(all(run[n] == value for n, value in first.items()) for run in launched)
@@ -355,7 +355,7 @@ def test_fixed_tiles_without_autotuning(autotune, monkeypatch):
 
 def test_a_column_block_count_the_kernel_lacks_is_refused(monkeypatch):
     too_wide = KernelConfig(fwd=TileConfig(16, 16, 16, 0, 16, num_cb=9), dkdv=SMALL_TILES.dkdv, dq=SMALL_TILES.dq)
-    monkeypatch.setattr(triton_op, "choose_config", lambda *args: too_wide)
+    monkeypatch.setattr(triton_launcher, "choose_config", lambda *args: too_wide)
     q, k, v, key_valid, t = make_inputs(1, 1, 4, 4, 3, 2, 0.2, "random")
     with pytest.raises(ValueError, match=r"fwd kernel holds 1 to 8 column blocks, got num_cb=9"):
         masked_temperature_attention(q, k, v, key_valid, t, backend="triton")
@@ -366,22 +366,22 @@ def test_a_column_block_count_the_kernel_lacks_is_refused(monkeypatch):
 def test_bound_of_unit_vectors_replaces_the_running_max(dtype, t):
     """bounded=True (q, k normalised): for bf16/fp32 and log2(e)/t <= FIXED_MAX_LIMIT the forward uses
     log2(e)/t as every row's max (-lambda_m*log2(e) for an image without a valid key), otherwise the
-    running max; both give the same output and the same weights exp2(z2 - m2 - l2)."""
+    running max; both give the same output and the same weights exp2(z2 - row_max2 - row_log2sum)."""
     q, k, v, key_valid, temp = make_inputs(2, 2, 21, 19, 10, 6, t, "image1-all-invalid", dtype=dtype)
     q, k = torch.nn.functional.normalize(q, dim=-1), torch.nn.functional.normalize(k, dim=-1)
     valid_u8, temp = key_valid.view(torch.uint8), temp.float()
-    fixed_out, (m2, l2, _) = triton_op._forward(q, k, v, valid_u8, temp, 1e4, None, bounded=True)
-    online_out, (m2_online, l2_online, _) = triton_op._forward(q, k, v, valid_u8, temp, 1e4, None, bounded=False)
-    scale2 = triton_op._LOG2E / temp  # [B, H]
-    uses_bound = dtype != torch.float16 and bool((scale2 <= triton_op.FIXED_MAX_LIMIT).all())
+    fixed_out, (row_max2, row_log2sum, _) = triton_launcher._forward(q, k, v, valid_u8, temp, 1e4, None, bounded=True)
+    online_out, (m2_online, l2_online, _) = triton_launcher._forward(q, k, v, valid_u8, temp, 1e4, None, bounded=False)
+    scale2 = triton_launcher._LOG2E / temp  # [B, H]
+    uses_bound = dtype != torch.float16 and bool((scale2 <= triton_launcher.FIXED_MAX_LIMIT).all())
     assert uses_bound == (t == 0.1 and dtype != torch.float16)
     if uses_bound:
-        torch.testing.assert_close(m2[0], scale2[0, :, None].expand_as(m2[0]), rtol=1e-6, atol=0)
-        assert (m2[1] == -1e4 * triton_op._LOG2E).all()  # image 1 has no valid key
+        torch.testing.assert_close(row_max2[0], scale2[0, :, None].expand_as(row_max2[0]), rtol=1e-6, atol=0)
+        assert (row_max2[1] == -1e4 * triton_launcher._LOG2E).all()  # image 1 has no valid key
     else:
-        assert torch.equal(m2, m2_online)
+        assert torch.equal(row_max2, m2_online)
     assert (m2_online[0] < scale2[0, :, None] - 1e-3).all()  # a running max sits below the bound
-    torch.testing.assert_close(m2 + l2, m2_online + l2_online, rtol=1e-5, atol=1e-4)  # the same log-sum-exp
+    torch.testing.assert_close(row_max2 + row_log2sum, m2_online + l2_online, rtol=1e-5, atol=1e-4)  # the same log-sum-exp
     atol, rtol = TOLERANCE[dtype]
     torch.testing.assert_close(fixed_out.double(), online_out.double(), atol=atol, rtol=rtol)
 
@@ -406,15 +406,15 @@ def v3_tiles(d, dv, dtype):
     """The GPU candidates of the shape (v3 families) and small tiles: 16 x 16 (several query and key tiles),
     column splits over the grid, TMA descriptors where the row strides allow them."""
     tiles = {f"gpu{t.block_m}x{t.block_n}{'-tma' if t.tma else ''}-s{t.splits}": t
-             for t in triton_op.forward_v3_candidates(d, dv, dtype)}
-    tiles["16x16"] = triton_op.ForwardTile(d, dv, 16, 16)
-    tiles["16x16-split3"] = triton_op.ForwardTile(d, dv, 16, 16, splits=3)
-    tiles["16x32-tma"] = triton_op.ForwardTile(d, dv, 16, 32, tma=True)  # falls back to cp.async when unaligned
+             for t in triton_launcher.forward_v3_candidates(d, dv, dtype)}
+    tiles["16x16"] = triton_launcher.ForwardTile(d, dv, 16, 16)
+    tiles["16x16-split3"] = triton_launcher.ForwardTile(d, dv, 16, 16, splits=3)
+    tiles["16x32-tma"] = triton_launcher.ForwardTile(d, dv, 16, 32, tma=True)  # falls back to cp.async when unaligned
     return tiles
 
 
 def reference_forward(q, k, v, key_valid, temperature, lambda_m=1e4):
-    """float64 output and base-2 log-sum-exp per row [B, H, Nq] of unit q, k (the kernels' m2 + l2)."""
+    """float64 output and base-2 log-sum-exp per row [B, H, Nq] of unit q, k (the kernels' row_max2 + row_log2sum)."""
     q, k, v, temperature = (x.double() for x in (q, k, v, temperature))
     z = torch.where(key_valid[:, None, None, :], q @ k.transpose(-1, -2) / temperature[..., None, None], -lambda_m)
     lse2 = torch.logsumexp(z, dim=-1) / torch.log(torch.tensor(2.0, dtype=torch.float64))
@@ -425,7 +425,7 @@ def reference_forward(q, k, v, key_valid, temperature, lambda_m=1e4):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("case", V3_CASES)
 def test_forward_v3_matches_float64_reference(case, dtype, bounded):
-    """Every v3 tile of the shape, forward only: the output and the row statistics m2 + l2 (what the
+    """Every v3 tile of the shape, forward only: the output and the row statistics row_max2 + row_log2sum (what the
     backward reads) against float64, on unit q, k (bounded: the fixed-max pass where the bound allows)."""
     q, k, v, key_valid, temp = make_inputs(*case, dtype=dtype)
     q, k = torch.nn.functional.normalize(q, dim=-1), torch.nn.functional.normalize(k, dim=-1)
@@ -433,12 +433,12 @@ def test_forward_v3_matches_float64_reference(case, dtype, bounded):
     d, dv = case[4], case[5]
     for name, tile in v3_tiles(d, dv, dtype).items():
         config = KernelConfig(fwd=tile, dkdv=SMALL_TILES.dkdv, dq=SMALL_TILES.dq)
-        out, (m2, l2, out_lo) = triton_op._forward(q, k, v, key_valid.view(torch.uint8), temp.float(), 1e4, config,
+        out, (row_max2, row_log2sum, out_lo) = triton_launcher._forward(q, k, v, key_valid.view(torch.uint8), temp.float(), 1e4, config,
                                                    bounded=bounded)
         assert out.dtype == dtype and torch.isfinite(out).all(), name
         full = out.double() + (0 if out_lo is None else out_lo.double())
         assert_close(full, expected, dtype, f"{name} out")
-        assert_close(m2.double() + l2.double(), lse2, torch.float32, f"{name} m2 + l2")
+        assert_close(row_max2.double() + row_log2sum.double(), lse2, torch.float32, f"{name} row_max2 + row_log2sum")
 
 
 # bf16 at t = 0.01 is left out: the inputs' bf16 rounding, amplified by 1/t, exceeds bf16's tolerance against
@@ -457,8 +457,8 @@ def test_forward_v3_gradients_match_float64_reference(case, dtype, tile, monkeyp
     d, dv = case[4], case[5]
     tiles = v3_tiles(d, dv, dtype)
     fwd = next(iter(tiles.values())) if tile == "gpu-first" else tiles[tile]
-    base = triton_op.choose_config
-    monkeypatch.setattr(triton_op, "choose_config", lambda *args: dataclasses.replace(base(*args), fwd=fwd))
+    base = triton_launcher.choose_config
+    monkeypatch.setattr(triton_launcher, "choose_config", lambda *args: dataclasses.replace(base(*args), fwd=fwd))
     check_against_float64(case, dtype)
 
 
@@ -470,28 +470,28 @@ def test_forward_v3_row_statistics_and_paths(dtype):
     q, k = torch.nn.functional.normalize(q, dim=-1), torch.nn.functional.normalize(k, dim=-1)
     temp = torch.tensor([[0.02, 0.1], [0.5, 0.03]], device=q.device)  # fixed max for log2(e)/t <= 40: t >= 0.036
     valid_u8 = key_valid.view(torch.uint8)
-    config = KernelConfig(fwd=triton_op.ForwardTile(48, 16, 16, 16, splits=1), dkdv=SMALL_TILES.dkdv, dq=SMALL_TILES.dq)
-    _, (m2, l2, _) = triton_op._forward(q, k, v, valid_u8, temp, 1e4, config, bounded=True)
-    _, (m2_online, l2_online, _) = triton_op._forward(q, k, v, valid_u8, temp, 1e4, config, bounded=False)
-    scale2 = triton_op._LOG2E / temp  # [B, H]
-    fixed = scale2 <= triton_op.FIXED_MAX_LIMIT
+    config = KernelConfig(fwd=triton_launcher.ForwardTile(48, 16, 16, 16, splits=1), dkdv=SMALL_TILES.dkdv, dq=SMALL_TILES.dq)
+    _, (row_max2, row_log2sum, _) = triton_launcher._forward(q, k, v, valid_u8, temp, 1e4, config, bounded=True)
+    _, (m2_online, l2_online, _) = triton_launcher._forward(q, k, v, valid_u8, temp, 1e4, config, bounded=False)
+    scale2 = triton_launcher._LOG2E / temp  # [B, H]
+    fixed = scale2 <= triton_launcher.FIXED_MAX_LIMIT
     assert fixed.any() and (~fixed).any(), "the case should mix both paths"
     for b in range(2):
         for h in range(2):
             if not fixed[b, h]:
-                assert torch.equal(m2[b, h], m2_online[b, h])
+                assert torch.equal(row_max2[b, h], m2_online[b, h])
             elif b == 1:  # no valid key in image 1
-                assert (m2[b, h] == -1e4 * triton_op._LOG2E).all()
+                assert (row_max2[b, h] == -1e4 * triton_launcher._LOG2E).all()
             else:
-                torch.testing.assert_close(m2[b, h], scale2[b, h].expand_as(m2[b, h]), rtol=1e-6, atol=0)
-    torch.testing.assert_close(m2 + l2, m2_online + l2_online, rtol=1e-5, atol=1e-4)
+                torch.testing.assert_close(row_max2[b, h], scale2[b, h].expand_as(row_max2[b, h]), rtol=1e-6, atol=0)
+    torch.testing.assert_close(row_max2 + row_log2sum, m2_online + l2_online, rtol=1e-5, atol=1e-4)
 
 
 def test_forward_tile_for_other_head_dims_is_refused():
     q, k, v, key_valid, t = make_inputs(1, 1, 4, 4, 8, 8, 0.2, "random")
-    config = KernelConfig(fwd=triton_op.ForwardTile(16, 8, 16, 16), dkdv=SMALL_TILES.dkdv, dq=SMALL_TILES.dq)
+    config = KernelConfig(fwd=triton_launcher.ForwardTile(16, 8, 16, 16), dkdv=SMALL_TILES.dkdv, dq=SMALL_TILES.dq)
     with pytest.raises(ValueError, match=r"forward tile built for D=16, Dv=8 used with D=8, Dv=8"):
-        triton_op._forward(q, k, v, key_valid.view(torch.uint8), t.float(), 1e4, config)
+        triton_launcher._forward(q, k, v, key_valid.view(torch.uint8), t.float(), 1e4, config)
 
 
 @pytest.mark.parametrize("width, cap, grain, expected", [
@@ -499,7 +499,7 @@ def test_forward_tile_for_other_head_dims_is_refused():
     (432, 512, 16, (256, 128, 32, 16)), (432, 256, 32, (256, 128, 64)), (1, 512, 16, (16,)),
 ], ids=lambda x: str(x))
 def test_power_of_two_pieces_cover_the_head_dim(width, cap, grain, expected):
-    starts, widths = triton_op.pieces(width, cap, grain)
+    starts, widths = triton_launcher.pieces(width, cap, grain)
     assert widths == expected
     assert starts == tuple(sum(expected[:i]) for i in range(len(expected)))
     assert sum(widths) >= width > sum(widths) - grain
@@ -510,13 +510,13 @@ def test_power_of_two_pieces_cover_the_head_dim(width, cap, grain, expected):
 def test_forward_v3_candidates_fit_an_sm90_block(d, dtype):
     """By count: shared memory within 227 KB, accumulators within the register budget; TMA only with 16-byte
     aligned rows; bf16 and fp32 default to v3 wherever a v3 tile fits, fp16 to version 2."""
-    tiles = triton_op.forward_v3_candidates(d, d, dtype)
+    tiles = triton_launcher.forward_v3_candidates(d, d, dtype)
     for tile in tiles:
-        assert tile.shared_bytes(dtype.itemsize) <= triton_op.SHARED_BYTES, tile
+        assert tile.shared_bytes(dtype.itemsize) <= triton_launcher.SHARED_BYTES, tile
         assert tile.accumulator_registers() <= 144, tile
-        assert not tile.tma or triton_op.tma_allowed(d, d, dtype), tile
-    first = triton_op.candidates("fwd", d, d, dtype)[0]
-    assert isinstance(first, triton_op.ForwardTile) == (bool(tiles) and dtype != torch.float16)
+        assert not tile.tma or triton_launcher.tma_allowed(d, d, dtype), tile
+    first = triton_launcher.candidates("fwd", d, d, dtype)[0]
+    assert isinstance(first, triton_launcher.ForwardTile) == (bool(tiles) and dtype != torch.float16)
     if dtype == torch.bfloat16:
         assert tiles, "bf16 has a v3 tile at every benchmark D"
     if dtype == torch.bfloat16 and d == 288:
@@ -524,13 +524,13 @@ def test_forward_v3_candidates_fit_an_sm90_block(d, dtype):
 
 
 def test_forward_tile_overrides_the_forward_choice_only():
-    """Inside triton_op.forward_tile(tile) the forward runs that tile (here one built for other head dims,
+    """Inside triton_launcher.forward_tile(tile) the forward runs that tile (here one built for other head dims,
     which the launcher refuses), the backward keeps its own choice; outside, the usual choice again."""
     q, k, v, key_valid, t = make_inputs(1, 1, 9, 7, 8, 8, 0.2, "random")
-    with triton_op.forward_tile(triton_op.ForwardTile(16, 8, 16, 16)):
+    with triton_launcher.forward_tile(triton_launcher.ForwardTile(16, 8, 16, 16)):
         with pytest.raises(ValueError, match=r"forward tile built for D=16, Dv=8 used with D=8, Dv=8"):
             masked_temperature_attention(q, k, v, key_valid, t, backend="triton")
-    with triton_op.forward_tile(triton_op.ForwardTile(8, 8, 16, 16, splits=2)):
+    with triton_launcher.forward_tile(triton_launcher.ForwardTile(8, 8, 16, 16, splits=2)):
         inside = masked_temperature_attention(q, k, v, key_valid, t, backend="triton")
     outside = masked_temperature_attention(q, k, v, key_valid, t, backend="triton")
     expected = masked_temperature_attention_reference(q.double(), k.double(), v.double(), key_valid, t.double())

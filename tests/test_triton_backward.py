@@ -13,8 +13,8 @@ import torch
 pytest.importorskip("triton")
 
 from mhtma_kernels import masked_temperature_attention, masked_temperature_attention_reference  # noqa: E402
-from mhtma_kernels.ops import triton_op  # noqa: E402
-from mhtma_kernels.ops.triton_op import KernelConfig, TileConfig  # noqa: E402
+from mhtma_kernels.ops import triton_launcher  # noqa: E402
+from mhtma_kernels.ops.triton_launcher import KernelConfig, TileConfig  # noqa: E402
 from mhtma_kernels.testing import assert_close  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -61,9 +61,9 @@ def grads(backend, q, k, v, key_valid, temperature, dtype):
 def check_backward(kernel, tile, case, dtype, monkeypatch):
     """The backward with `tile` for `kernel` against float64, every gradient."""
     nq, nk, d, dv = case
-    base = triton_op.choose_config(nq, nk, d, dv, dtype, True)
-    config = KernelConfig(**{name: (tile if name == kernel else base[name]) for name in triton_op.KERNELS})
-    monkeypatch.setattr(triton_op, "choose_config", lambda *args: config)
+    base = triton_launcher.choose_config(nq, nk, d, dv, dtype, True)
+    config = KernelConfig(**{name: (tile if name == kernel else base[name]) for name in triton_launcher.KERNELS})
+    monkeypatch.setattr(triton_launcher, "choose_config", lambda *args: config)
     inputs = make_case(*case, dtype)
     expected = grads("reference", *inputs, torch.float64)
     actual = grads("triton", *inputs, dtype)
@@ -87,7 +87,7 @@ def candidate_params():
     for dtype, dtype_id in ((torch.bfloat16, "bf16"), (torch.float32, "fp32")):
         for d in (45, 288):
             for kernel in ("dkdv", "dq"):
-                for tile in triton_op.candidates(kernel, d, d, dtype):
+                for tile in triton_launcher.candidates(kernel, d, d, dtype):
                     params.append(pytest.param(kernel, tile, d, dtype, id=f"{kernel}-D{d}-{dtype_id}-{tile_id(tile)}"))
     return params
 
@@ -121,16 +121,16 @@ def test_backward_candidates_are_wgmma_shaped_and_fit_shared_memory(kernel, d):
     needs on sm_90); a resident one, whose score dots the compiler lays out with every warp along M (16 rows
     each), has 16 per warp, and it contracts in chunks of its column block within the shared-memory budget."""
     for dtype in (torch.bfloat16, torch.float16, torch.float32):
-        for tile in triton_op.candidates(kernel, d, d, dtype):
+        for tile in triton_launcher.candidates(kernel, d, d, dtype):
             own_rows = tile.block_n if kernel == "dkdv" else tile.block_m
             assert own_rows >= 64, tile
             if tile.resident:
                 assert own_rows >= 16 * tile.num_warps, tile
                 assert tile.block_d == tile.block_e == tile.block_c, tile
-                assert triton_op._resident_fits(kernel, tile, d, d, dtype), tile
+                assert triton_launcher._resident_fits(kernel, tile, d, d, dtype), tile
 
 
 def test_resident_rows_are_dropped_where_shared_memory_does_not_allow():
-    assert any(t.resident for t in triton_op.candidates("dkdv", 288, 288, torch.bfloat16))
-    assert not any(t.resident for t in triton_op.candidates("dkdv", 576, 576, torch.bfloat16))
-    assert not any(t.resident for t in triton_op.candidates("dq", 288, 288, torch.float32))
+    assert any(t.resident for t in triton_launcher.candidates("dkdv", 288, 288, torch.bfloat16))
+    assert not any(t.resident for t in triton_launcher.candidates("dkdv", 576, 576, torch.bfloat16))
+    assert not any(t.resident for t in triton_launcher.candidates("dq", 288, 288, torch.float32))

@@ -45,10 +45,10 @@ IMPLEMENTATIONS = {"triton": _triton, "chunked": _chunked, "sdpa": _sdpa}
 
 def _triton_available() -> bool:
     try:
-        from . import triton_op
-    except ImportError:  # pragma: no cover - triton_op itself guards the triton import
+        from . import triton_launcher
+    except ImportError:  # pragma: no cover - triton_launcher itself guards the triton import
         return False
-    return triton_op._IMPORT_ERROR is None
+    return triton_launcher._IMPORT_ERROR is None
 
 
 def _restriction() -> tuple[str, ...] | None:

@@ -12,7 +12,7 @@ here over batch*heads ("bh"). Per chunk of query rows r (shapes [BH, c, ...], c 
     out_r = (p @ v) / sum_j p     GEMM                (Dv-wide pass 2)
 
 Backward, from the saved row maxima m (natural base for this module's forward; base 2 for the Triton
-forward's m2: ``RowStats.base2``); a chunk holds whole rows, so the weights are renormalised there:
+forward's row_max2: ``RowStats.base2``); a chunk holds whole rows, so the weights are renormalised there:
 
     s = q_r k^T                              pass 1 (recomputed)
     p = e / sum_j e,  e = exp(z - m)         (exp2 of the base-2 logits for base-2 statistics)
@@ -156,7 +156,7 @@ def _accumulate(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
 @dataclass
 class RowStats:
     """Per-row softmax statistics [BH, Nq] (compute dtype): p = exp(z - m - l), or in base 2
-    p = exp2(z * log2(e) - m - l) for the Triton forward's m2, l2 (``base2=True``)."""
+    p = exp2(z * log2(e) - m - l) for the Triton forward's row_max2, row_log2sum (``base2=True``)."""
 
     m: torch.Tensor
     l: torch.Tensor

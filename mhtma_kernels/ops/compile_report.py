@@ -7,10 +7,10 @@
 How. Triton's JIT specialises every launch argument before it compiles: pointers 16-byte aligned, ints
 divisible by 16 (or equal to 1) become compile-time facts, and those facts decide whether tile loads are
 vectorised and pipelined (cp.async, TMA). Compiling a kernel from a hand-written signature (as
-``triton_op.compile_tile`` did before this module) skips that and yields a binary that never runs on the
+``triton_launcher.compile_tile`` did before this module) skips that and yields a binary that never runs on the
 device. Here the
 active driver is replaced by a stub that reports ``GPUTarget("cuda", 90, 32)`` and ``JITFunction.run`` is
-forced into warmup mode (compile, never launch), then the launcher itself (``triton_op._forward`` and
+forced into warmup mode (compile, never launch), then the launcher itself (``triton_launcher._forward`` and
 ``_backward``) is called on CPU tensors of the real shape: what comes out is what the GPU would run.
 
 Per compiled kernel: registers per thread, stack bytes (spills), shared memory, and SASS instruction
@@ -31,7 +31,7 @@ import tempfile
 
 import torch
 
-from . import triton_op
+from . import triton_launcher
 
 SASS_OPS = ("HGMMA", "HMMA", "LDGSTS", "UTMALDG", "LDG", "BAR")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -85,7 +85,7 @@ def sm90_compiles(arch: int = 90):
     from triton.runtime import driver
     from triton.runtime.jit import JITFunction
 
-    if triton_op._interpreting():
+    if triton_launcher._interpreting():
         raise RuntimeError("the compile report needs compiled kernels: run it without TRITON_INTERPRET=1")
     compiled, run = [], JITFunction.run
 
@@ -167,9 +167,9 @@ def family(kernel_name: str) -> str:
 def _launch_all(config, shape, d, dv, dtype, forward_only):
     """Run the launcher once: the forward (bounded, the benchmark's case) and unless forward_only the backward."""
     q, k, v, valid, temp = _inputs(shape, d, dv, dtype)
-    out, stats = triton_op._forward(q, k, v, valid, temp, 1e4, config, bounded=dtype != torch.float16)
+    out, stats = triton_launcher._forward(q, k, v, valid, temp, 1e4, config, bounded=dtype != torch.float16)
     if not forward_only:
-        triton_op._backward(q, k, v, valid, temp, 1e4, config, out, stats, torch.empty_like(out), True, True, True)
+        triton_launcher._backward(q, k, v, valid, temp, 1e4, config, out, stats, torch.empty_like(out), True, True, True)
 
 
 def compile_launched(config, d: int, dv: int, dtype: torch.dtype, shape: dict | None = None,
@@ -178,7 +178,7 @@ def compile_launched(config, d: int, dv: int, dtype: torch.dtype, shape: dict | 
     fixed choice) at `shape` (batch, heads, nq, nk; default 1, 2, 4096, 3844), compiled for sm_<arch>."""
     shape = dict(dict(batch=1, heads=2, nq=4096, nk=3844), **(shape or {}))
     if config is None:
-        config = triton_op.choose_config(shape["nq"], shape["nk"], d, dv, dtype, interpret=False)
+        config = triton_launcher.choose_config(shape["nq"], shape["nk"], d, dv, dtype, interpret=False)
     with sm90_compiles(arch) as compiled:
         _launch_all(config, shape, d, dv, dtype, forward_only)
     return compiled
@@ -187,12 +187,12 @@ def compile_launched(config, d: int, dv: int, dtype: torch.dtype, shape: dict | 
 def _configs(d, dv, dtype, shape, candidates: bool):
     """(label, KernelConfig, kernel or None): the fixed choice (every kernel reported), then with `candidates`
     every candidate of each kernel with the other kernels at their fixed choice (only that kernel reported)."""
-    base = triton_op.choose_config(shape["nq"], shape["nk"], d, dv, dtype, interpret=False)
+    base = triton_launcher.choose_config(shape["nq"], shape["nk"], d, dv, dtype, interpret=False)
     yield "default", base, None
     if candidates:
-        for name in triton_op.KERNELS:
-            for tile in triton_op.candidates(name, d, dv, dtype):
-                config = triton_op.KernelConfig(**{n: tile if n == name else base[n] for n in triton_op.KERNELS})
+        for name in triton_launcher.KERNELS:
+            for tile in triton_launcher.candidates(name, d, dv, dtype):
+                config = triton_launcher.KernelConfig(**{n: tile if n == name else base[n] for n in triton_launcher.KERNELS})
                 yield f"candidate {tile!r}", config, name
 
 
@@ -245,8 +245,8 @@ def main(argv=None) -> int:
         parser.add_argument(f"--{name}", type=int, default=default)
     args = parser.parse_args(argv)
     shape = dict(batch=args.batch, heads=args.heads, nq=args.nq, nk=args.nk)
-    torch.backends.cuda.matmul.allow_tf32 = args.fp32_precision == "tf32"  # what triton_op.dot_precision reads
-    if triton_op._interpreting():
+    torch.backends.cuda.matmul.allow_tf32 = args.fp32_precision == "tf32"  # what triton_launcher.dot_precision reads
+    if triton_launcher._interpreting():
         parser.error("the compile report needs compiled kernels: run it without TRITON_INTERPRET=1")
     if not args.json:
         print("| D | dtype | kernel | " + " | ".join(_COLUMNS) + " | config |")

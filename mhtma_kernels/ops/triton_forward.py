@@ -1,7 +1,7 @@
 """Forward kernel, version 3: the q row block resident, the key loop innermost, every tile load pipelined.
 
 Same contract and math as version 2 (`triton_kernels.masked_attention_fwd_kernel`, whose module docstring
-defines z2, m2, l2, the padding and the invalid-key constant); what changes is the loop structure:
+defines z2, row_max2, row_log2sum, the padding and the invalid-key constant); what changes is the loop structure:
 
 * the head dims are compile-time constants (HEAD_D, HEAD_DV), so the D and Dv axes are cut into static
   pieces whose widths are powers of two (D = 576 -> 512 + 64; D = 45 -> 32 + 16, the last piece masked);
@@ -128,7 +128,7 @@ def _v3_rows(q_base, k_base, v_base, o_base, lo_base, VALID, m_ref, scale2, neg_
              HEAD_DV: tl.constexpr, D_STARTS: tl.constexpr, D_WIDTHS: tl.constexpr, C_STARTS: tl.constexpr,
              C_WIDTHS: tl.constexpr, TMA: tl.constexpr, HAS_LO: tl.constexpr, BOUNDED: tl.constexpr,
              UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """The whole work of one program -> (m2, l2) [BLOCK_M]: q resident, one pipelined key loop, the output stored.
+    """The whole work of one program -> (row_max2, row_log2sum) [BLOCK_M]: q resident, one pipelined key loop, the output stored.
 
     BOUNDED: m_ref (scale2, or neg_lambda2 for an image without a valid key) stands in for every row max;
     else the running max. Everything lives inside this function so that a caller's two calls (one per
@@ -177,14 +177,14 @@ def _v3_rows(q_base, k_base, v_base, o_base, lo_base, VALID, m_ref, scale2, neg_
 
 
 @triton.jit
-def _forward_v3(Q, K, V, VALID, ANY_VALID, TEMP, OUT, OUT_LO, M2, L2,
+def _forward_v3(Q, K, V, VALID, ANY_VALID, TEMP, OUT, OUT_LO, ROW_MAX2, ROW_LOG2SUM,
                 stride_qbh, stride_qn, stride_kbh, stride_kn, stride_vbh, stride_vn, stride_obh, stride_on,
                 H, NQ, NK, neg_lambda2, fixed_limit,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, COLS: tl.constexpr, HEAD_D: tl.constexpr,
                 HEAD_DV: tl.constexpr, D_STARTS: tl.constexpr, D_WIDTHS: tl.constexpr, C_STARTS: tl.constexpr,
                 C_WIDTHS: tl.constexpr, TMA: tl.constexpr, HAS_LO: tl.constexpr, FIXED_MAX: tl.constexpr,
                 UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """Grid (cdiv(Nq, BLOCK_M), B*H, cdiv(Dv, COLS)): out[bh, rows, col0 : col0 + COLS], m2, l2 [bh, rows]."""
+    """Grid (cdiv(Nq, BLOCK_M), B*H, cdiv(Dv, COLS)): out[bh, rows, col0 : col0 + COLS], row_max2, row_log2sum [bh, rows]."""
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
     pid_c = tl.program_id(2)
@@ -202,29 +202,29 @@ def _forward_v3(Q, K, V, VALID, ANY_VALID, TEMP, OUT, OUT_LO, M2, L2,
     if FIXED_MAX:
         if scale2 <= fixed_limit:
             m_ref = tl.where(tl.load(ANY_VALID + b) != 0, scale2, neg_lambda2)
-            m2, l2 = _v3_rows(bases[0], bases[1], bases[2], bases[3], bases[4], VALID, m_ref, scale2, neg_lambda2,
+            row_max2, row_log2sum = _v3_rows(bases[0], bases[1], bases[2], bases[3], bases[4], VALID, m_ref, scale2, neg_lambda2,
                               b, offs_m, m_mask, col0, stride_qn, stride_kn, stride_vn, stride_on, NK, BLOCK_M,
                               BLOCK_N, SPLIT, HEAD_D, HEAD_DV, D_STARTS, D_WIDTHS, C_STARTS, C_WIDTHS, TMA, HAS_LO,
                               True, UPCAST, DOT_PRECISION)
-            _store_stats(M2, L2, bh64, NQ, offs_m, m_mask & (pid_c == 0), m2, l2)
+            _store_stats(ROW_MAX2, ROW_LOG2SUM, bh64, NQ, offs_m, m_mask & (pid_c == 0), row_max2, row_log2sum)
     elif scale2 > fixed_limit:
-        m2, l2 = _v3_rows(bases[0], bases[1], bases[2], bases[3], bases[4], VALID, float("-inf"), scale2,
+        row_max2, row_log2sum = _v3_rows(bases[0], bases[1], bases[2], bases[3], bases[4], VALID, float("-inf"), scale2,
                           neg_lambda2, b, offs_m, m_mask, col0, stride_qn, stride_kn, stride_vn, stride_on, NK,
                           BLOCK_M, BLOCK_N, SPLIT, HEAD_D, HEAD_DV, D_STARTS, D_WIDTHS, C_STARTS, C_WIDTHS, TMA,
                           HAS_LO, False, UPCAST, DOT_PRECISION)
-        _store_stats(M2, L2, bh64, NQ, offs_m, m_mask & (pid_c == 0), m2, l2)
+        _store_stats(ROW_MAX2, ROW_LOG2SUM, bh64, NQ, offs_m, m_mask & (pid_c == 0), row_max2, row_log2sum)
 
 
 @triton.jit
-def _store_stats(M2, L2, bh64, NQ, offs_m, mask, m2, l2):
-    """Row statistics m2, l2 [BLOCK_M] of head bh64 (column splits share them: the first one writes)."""
-    tl.store(M2 + bh64 * NQ + offs_m, m2, mask=mask)
-    tl.store(L2 + bh64 * NQ + offs_m, l2, mask=mask)
+def _store_stats(ROW_MAX2, ROW_LOG2SUM, bh64, NQ, offs_m, mask, row_max2, row_log2sum):
+    """Row statistics row_max2, row_log2sum [BLOCK_M] of head bh64 (column splits share them: the first one writes)."""
+    tl.store(ROW_MAX2 + bh64 * NQ + offs_m, row_max2, mask=mask)
+    tl.store(ROW_LOG2SUM + bh64 * NQ + offs_m, row_log2sum, mask=mask)
 
 
 @triton.jit
 def masked_attention_forward_kernel(
-    Q, K, V, VALID, ANY_VALID, TEMP, OUT, OUT_LO, M2, L2,
+    Q, K, V, VALID, ANY_VALID, TEMP, OUT, OUT_LO, ROW_MAX2, ROW_LOG2SUM,
     stride_qbh, stride_qn, stride_kbh, stride_kn, stride_vbh, stride_vn, stride_obh, stride_on,
     H, NQ, NK, D, DV, neg_lambda2, fixed_limit,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr,
@@ -242,13 +242,13 @@ def masked_attention_forward_kernel(
     and the others in the second; version 2 does every head in the first (its two loops in one binary) and
     nothing in the second."""
     if VERSION == 3:
-        _forward_v3(Q, K, V, VALID, ANY_VALID, TEMP, OUT, OUT_LO, M2, L2,
+        _forward_v3(Q, K, V, VALID, ANY_VALID, TEMP, OUT, OUT_LO, ROW_MAX2, ROW_LOG2SUM,
                     stride_qbh, stride_qn, stride_kbh, stride_kn, stride_vbh, stride_vn, stride_obh, stride_on,
                     H, NQ, NK, neg_lambda2, fixed_limit, BLOCK_M, BLOCK_N, BLOCK_C, HEAD_D, HEAD_DV,
                     D_STARTS, D_WIDTHS, C_STARTS, C_WIDTHS, TMA, HAS_LO, FIXED_MAX, UPCAST, DOT_PRECISION)
     elif not REST_PASS:
         _forward_v2(
-            Q, K, V, VALID, ANY_VALID, TEMP, OUT, OUT_LO, M2, L2,
+            Q, K, V, VALID, ANY_VALID, TEMP, OUT, OUT_LO, ROW_MAX2, ROW_LOG2SUM,
             stride_qbh, stride_qn, stride_kbh, stride_kn, stride_vbh, stride_vn, stride_obh, stride_on,
             H, NQ, NK, D, DV, neg_lambda2, fixed_limit, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_C, NUM_CB, HAS_LO,
             FIXED_MAX, UPCAST, DOT_PRECISION)

@@ -13,9 +13,9 @@ Scores are kept in base 2 so that one multiplier turns a dot product into an exp
     p_ij  = exp2((z2_ij - m2_i) - l2_i),   m2_i = max_j z2_ij,   l2_i = log2 sum_j exp2(z2_ij - m2_i)
     out_i = sum_j p_ij v_j
 
-The row statistics are kept as two fp32 numbers, not one log-sum-exp m2 + l2: in a row whose keys
-are all invalid m2 = -lambda_m*log2(e) ~ -1.4e4, where one fp32 step is ~1e-3, so a summed lse would
-bias every recomputed weight of that row by ~1e-3 relative; z2 - m2 is exact (0) there instead.
+The row statistics are kept as two fp32 numbers, not one log-sum-exp row_max2 + row_log2sum: in a row whose keys
+are all invalid row_max2 = -lambda_m*log2(e) ~ -1.4e4, where one fp32 step is ~1e-3, so a summed lse would
+bias every recomputed weight of that row by ~1e-3 relative; z2 - row_max2 is exact (0) there instead.
 A row whose keys are all invalid has every z2 equal to the same constant, hence uniform weights,
 without any special case. Backward (delta_i = <dout_i, out_i>, its own small kernel):
 
@@ -37,7 +37,7 @@ the scores recomputed per split); the launcher's autotuner chooses between regis
 bf16 under TRITON_INTERPRET=1: `tl.dot` on bf16 tiles is wrong in Triton 3.8's interpreter, so the
 launcher sets UPCAST=True there and every loaded tile is converted to fp32 before it reaches tl.dot.
 On a GPU UPCAST is False and the tensor cores see the input dtype (fp32 accumulation throughout);
-fp32 inputs use DOT_PRECISION "tf32" or "ieee" as torch.matmul would (see triton_op).
+fp32 inputs use DOT_PRECISION "tf32" or "ieee" as torch.matmul would (see triton_launcher).
 """
 import triton
 import triton.language as tl
@@ -171,14 +171,14 @@ def _accumulate(acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, alpha, p, v_base
 
 @triton.jit
 def masked_attention_fwd_kernel(
-    Q, K, V, VALID, ANY_VALID, TEMP, OUT, OUT_LO, M2, L2,
+    Q, K, V, VALID, ANY_VALID, TEMP, OUT, OUT_LO, ROW_MAX2, ROW_LOG2SUM,
     stride_qbh, stride_qn, stride_kbh, stride_kn, stride_vbh, stride_vn, stride_obh, stride_on,
     H, NQ, NK, D, DV, neg_lambda2, fixed_limit,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr,
     NUM_CB: tl.constexpr, HAS_LO: tl.constexpr, FIXED_MAX: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """Grid (cdiv(Nq, BLOCK_M), B*H, cdiv(Dv, NUM_CB*BLOCK_C)): out[bh, rows, cols], m2, l2 [bh, rows].
+    """Grid (cdiv(Nq, BLOCK_M), B*H, cdiv(Dv, NUM_CB*BLOCK_C)): out[bh, rows, cols], row_max2, row_log2sum [bh, rows].
 
     Online softmax over key tiles: running max m_i, running sum l_i, rescaled accumulators. With
     FIXED_MAX (unit-norm q and k, so every valid logit is <= scale2 = log2(e)/t) and scale2 <=
@@ -265,13 +265,13 @@ def masked_attention_fwd_kernel(
         _store_out_block(o_base, lo_base, acc7 * inv_l, offs_m, m_mask, col0 + 7 * BLOCK_C, stride_on, DV,
                          BLOCK_C, HAS_LO)
     # Every column split computes the same statistics; the first one writes them.
-    tl.store(M2 + bh64 * NQ + offs_m, m_i, mask=m_mask & (pid_c == 0))
-    tl.store(L2 + bh64 * NQ + offs_m, tl.log2(l_i), mask=m_mask & (pid_c == 0))
+    tl.store(ROW_MAX2 + bh64 * NQ + offs_m, m_i, mask=m_mask & (pid_c == 0))
+    tl.store(ROW_LOG2SUM + bh64 * NQ + offs_m, tl.log2(l_i), mask=m_mask & (pid_c == 0))
 
 
 @triton.jit
 def masked_attention_bwd_delta_kernel(
-    OUT, OUT_LO, DO, DELTA, NROWS, DV,
+    OUT, OUT_LO, GRAD_OUT, DELTA, NROWS, DV,
     HAS_LO: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_E: tl.constexpr,
 ):
     """Grid (cdiv(B*H*Nq, BLOCK_R),): delta[r] = <dout[r], out[r] (+ out_lo[r])> in fp32, rows of Dv."""
@@ -284,7 +284,7 @@ def masked_attention_bwd_delta_kernel(
         o = _load_rows(OUT, rows, offs_e, r_mask, offs_e < DV, DV, True)  # [BLOCK_R, BLOCK_E] fp32
         if HAS_LO:
             o += _load_rows(OUT_LO, rows, offs_e, r_mask, offs_e < DV, DV, True)  # [BLOCK_R, BLOCK_E]
-        do = _load_rows(DO, rows, offs_e, r_mask, offs_e < DV, DV, True)  # [BLOCK_R, BLOCK_E]
+        do = _load_rows(GRAD_OUT, rows, offs_e, r_mask, offs_e < DV, DV, True)  # [BLOCK_R, BLOCK_E]
         acc += tl.sum(o * do, axis=1)
     tl.store(DELTA + offs_r, acc, mask=r_mask)
 
@@ -400,7 +400,7 @@ def _as_operand(x, like, UPCAST: tl.constexpr):
 
 @triton.jit
 def masked_attention_bwd_dkdv_kernel(
-    Q, K, V, VALID, TEMP, DO, M2, L2, DELTA, DK, DV_OUT,
+    Q, K, V, VALID, TEMP, GRAD_OUT, ROW_MAX2, ROW_LOG2SUM, DELTA, GRAD_K, GRAD_V,
     stride_qbh, stride_qn, stride_kbh, stride_kn, stride_vbh, stride_vn, stride_dobh, stride_don,
     H, NQ, NK, D: tl.constexpr, DV: tl.constexpr, neg_lambda2,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr,
@@ -431,7 +431,7 @@ def masked_attention_bwd_dkdv_kernel(
     q_base = Q + bh64 * stride_qbh
     k_base = K + bh64 * stride_kbh
     v_base = V + bh64 * stride_vbh
-    do_base = DO + bh64 * stride_dobh
+    do_base = GRAD_OUT + bh64 * stride_dobh
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N]
     offs_mb = tl.arange(0, BLOCK_M)  # [BLOCK_M]
     n_mask = offs_n < NK
@@ -447,8 +447,8 @@ def masked_attention_bwd_dkdv_kernel(
     for m0 in range(0, NQ, BLOCK_M):
         offs_m = m0 + offs_mb  # [BLOCK_M]
         m_mask = offs_m < NQ
-        m2 = tl.load(M2 + bh64 * NQ + offs_m, mask=m_mask, other=0.0)  # [BLOCK_M]
-        l2 = tl.load(L2 + bh64 * NQ + offs_m, mask=m_mask, other=0.0)  # [BLOCK_M]
+        row_max2 = tl.load(ROW_MAX2 + bh64 * NQ + offs_m, mask=m_mask, other=0.0)  # [BLOCK_M]
+        row_log2sum = tl.load(ROW_LOG2SUM + bh64 * NQ + offs_m, mask=m_mask, other=0.0)  # [BLOCK_M]
         delta = tl.load(DELTA + bh64 * NQ + offs_m, mask=m_mask, other=0.0)  # [BLOCK_M]
         if RESIDENT:  # every q and dout tile loaded once; the own chunks kept for dk, dv
             st, q_own = _dot_abt_kept(k_held, k_base, offs_n, n_mask, stride_kn, q_base, offs_m, m_mask, stride_qn,
@@ -467,14 +467,14 @@ def masked_attention_bwd_dkdv_kernel(
             do_own = _load_own(do_base, offs_m, m_mask, stride_don, cb0, DV, NUM_CB, BLOCK_C, UPCAST)
         z2t = tl.where(valid[:, None], st * scale2, neg_lambda2)  # [BLOCK_N, BLOCK_M]
         z2t = tl.where(m_mask[None, :], z2t, float("-inf"))  # query rows past Nq contribute nothing
-        pt = tl.exp2((z2t - m2[None, :]) - l2[None, :])  # [BLOCK_N, BLOCK_M]
+        pt = tl.exp2((z2t - row_max2[None, :]) - row_log2sum[None, :])  # [BLOCK_N, BLOCK_M]
         dzt = tl.where(valid[:, None], pt * (dpt - delta[None, :]), 0.0)  # [BLOCK_N, BLOCK_M]
         dk = _dot_blocks(dk, _as_operand(dzt, Q, UPCAST), q_own, NUM_CB, KEPT_D, DOT_PRECISION)
-        dv = _dot_blocks(dv, _as_operand(pt, DO, UPCAST), do_own, NUM_CB, KEPT_E, DOT_PRECISION)
+        dv = _dot_blocks(dv, _as_operand(pt, GRAD_OUT, UPCAST), do_own, NUM_CB, KEPT_E, DOT_PRECISION)
 
     inv_t = 1.0 / t
-    dk_base = DK + bh64 * stride_kbh
-    dv_base = DV_OUT + bh64 * stride_vbh
+    dk_base = GRAD_K + bh64 * stride_kbh
+    dv_base = GRAD_V + bh64 * stride_vbh
     for j in tl.static_range(NUM_CB):
         _store_block(dk_base, dk[j] * inv_t, offs_n, n_mask, (cb0 + j) * BLOCK_C, stride_kn, D, BLOCK_C)
         _store_block(dv_base, dv[j], offs_n, n_mask, (cb0 + j) * BLOCK_C, stride_vn, DV, BLOCK_C)
@@ -488,7 +488,7 @@ def _dt_share(dq, q, c_mask):
 
 @triton.jit
 def masked_attention_bwd_dq_kernel(
-    Q, K, V, VALID, TEMP, DO, M2, L2, DELTA, DQ, DT_PART,
+    Q, K, V, VALID, TEMP, GRAD_OUT, ROW_MAX2, ROW_LOG2SUM, DELTA, GRAD_Q, DT_PART,
     stride_qbh, stride_qn, stride_kbh, stride_kn, stride_vbh, stride_vn, stride_dobh, stride_don,
     H, NQ, NK, D: tl.constexpr, DV: tl.constexpr, neg_lambda2, stride_part,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr,
@@ -519,14 +519,14 @@ def masked_attention_bwd_dq_kernel(
     q_base = Q + bh64 * stride_qbh
     k_base = K + bh64 * stride_kbh
     v_base = V + bh64 * stride_vbh
-    do_base = DO + bh64 * stride_dobh
+    do_base = GRAD_OUT + bh64 * stride_dobh
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M]
     offs_nb = tl.arange(0, BLOCK_N)  # [BLOCK_N]
     m_mask = offs_m < NQ
     t = tl.load(TEMP + bh).to(tl.float32)
     scale2 = 1.4426950408889634 / t
-    m2 = tl.load(M2 + bh64 * NQ + offs_m, mask=m_mask, other=0.0)  # [BLOCK_M]
-    l2 = tl.load(L2 + bh64 * NQ + offs_m, mask=m_mask, other=0.0)  # [BLOCK_M]
+    row_max2 = tl.load(ROW_MAX2 + bh64 * NQ + offs_m, mask=m_mask, other=0.0)  # [BLOCK_M]
+    row_log2sum = tl.load(ROW_LOG2SUM + bh64 * NQ + offs_m, mask=m_mask, other=0.0)  # [BLOCK_M]
     delta = tl.load(DELTA + bh64 * NQ + offs_m, mask=m_mask, other=0.0)  # [BLOCK_M]
     # RESIDENT: NUM_DC and NUM_EC tiles [BLOCK_M, BLOCK_C] of the program's own q and dout rows
     q_held, do_held = _held_rows(q_base, do_base, offs_m, m_mask, stride_qn, stride_don, cb0, D, DV, BLOCK_C,
@@ -553,12 +553,12 @@ def masked_attention_bwd_dq_kernel(
             k_own = _load_own(k_base, offs_n, n_mask, stride_kn, cb0, D, NUM_CB, BLOCK_C, UPCAST)
         z2 = _logits2(s, valid, n_mask, scale2, neg_lambda2)  # [BLOCK_M, BLOCK_N]
         z2 = tl.where(m_mask[:, None], z2, float("-inf"))  # rows past Nq contribute nothing
-        p = tl.exp2((z2 - m2[:, None]) - l2[:, None])  # [BLOCK_M, BLOCK_N]
+        p = tl.exp2((z2 - row_max2[:, None]) - row_log2sum[:, None])  # [BLOCK_M, BLOCK_N]
         dz = tl.where(valid[None, :], p * (dp - delta[:, None]), 0.0)  # [BLOCK_M, BLOCK_N]
         dq = _dot_blocks(dq, _as_operand(dz, K, UPCAST), k_own, NUM_CB, KEPT_D, DOT_PRECISION)
 
     inv_t = 1.0 / t
-    dq_base = DQ + bh64 * stride_qbh
+    dq_base = GRAD_Q + bh64 * stride_qbh
     part = 0.0
     for j in tl.static_range(NUM_CB):
         col0 = (cb0 + j) * BLOCK_C

@@ -5,48 +5,48 @@ Ops (namespace ``mhtma``; q, k already L2-normalised):
 
     mhtma::triton_attention(q, k, v, key_valid, temperature, float lambda_m, bool bounded)
         -> (out [B,H,Nq,Dv] in v's dtype, out_lo (rounding residual, v's dtype; empty when v is fp32),
-            m2, l2 [B,H,Nq] fp32)
-    mhtma::triton_attention_backward(q, k, v, key_valid, temperature, out, out_lo, m2, l2, dout,
+            row_max2, row_log2sum [B,H,Nq] fp32)
+    mhtma::triton_attention_backward(q, k, v, key_valid, temperature, out, out_lo, row_max2, row_log2sum, dout,
                                      float lambda_m, bool need_dq, bool need_dkdv, bool need_dt)
         -> (dq | empty, dk | empty, dv | empty, dtemperature [B,H] fp32 | empty)
 
-The forward kernel is launched by ``triton_op._forward``; block sizes are autotuned there on a GPU (the
+The forward kernel is launched by ``triton_launcher._forward``; block sizes are autotuned there on a GPU (the
 fixed ``choose_config`` under the interpreter or with MHTMA_AUTOTUNE=0).
 
 The backward has two implementations, chosen per shape (:data:`.dispatch.TRITON_BACKWARD`, the first
 call per (device, dtype, shape bucket, needed gradients) times both):
 
-* ``fused``: the backward kernels (``triton_op._backward``); dL/dt = -(1/t) sum_i <dq_i, q_i> from fp32
+* ``fused``: the backward kernels (``triton_launcher._backward``); dL/dt = -(1/t) sum_i <dq_i, q_i> from fp32
   partial sums in the dq kernel;
 * ``chunked``: the query-chunked GEMM backward (:func:`.chunked.chunked_backward`), recomputing the
-  weights from the forward's base-2 row maxima m2 and renormalising them per row (whole rows per chunk).
+  weights from the forward's base-2 row maxima row_max2 and renormalising them per row (whole rows per chunk).
 
 Env ``MHTMA_TRITON_BACKWARD`` = ``fused`` | ``chunked`` forces one (``auto``, the default, measures;
 under the CPU interpreter the default is ``fused``, nothing is timed). The choice is made inside the
 backward op's implementation, which runs outside any compiled graph.
 
 ``bounded``: q and k rows have norm <= 1 (normalised by the public function), so the forward kernel may
-use the bound of the logits instead of a running max (triton_op.FIXED_MAX_LIMIT).
+use the bound of the logits instead of a running max (triton_launcher.FIXED_MAX_LIMIT).
 """
 import os
 
 import torch
 
-from . import triton_op
+from . import triton_launcher
 from .chunked import RowStats, chunked_backward
 from .dispatch import TRITON_BACKWARD, bucket
 from .library import NAMESPACE
 
 
 def _require_triton() -> None:
-    if triton_op._IMPORT_ERROR is not None:
+    if triton_launcher._IMPORT_ERROR is not None:
         raise ImportError(
             "backend='triton' needs the `triton` package, which could not be imported "
-            f"({triton_op._IMPORT_ERROR}); install triton or use backend='torch'"
-        ) from triton_op._IMPORT_ERROR
+            f"({triton_launcher._IMPORT_ERROR}); install triton or use backend='torch'"
+        ) from triton_launcher._IMPORT_ERROR
 
 
-_require_triton()  # at import: the backward's default asks triton_op whether it interprets
+_require_triton()  # at import: the backward's default asks triton_launcher whether it interprets
 
 
 def _register(name: str):
@@ -65,33 +65,33 @@ def triton_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
                              temperature: torch.Tensor, lambda_m: float, bounded: bool
                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     q, k, v, valid_u8, temp = _prepare(q, k, v, key_valid, temperature)
-    out, (m2, l2, out_lo) = triton_op._forward(q, k, v, valid_u8, temp, lambda_m, None, bounded)
-    return out, (out.new_empty(0) if out_lo is None else out_lo), m2, l2
+    out, (row_max2, row_log2sum, out_lo) = triton_launcher._forward(q, k, v, valid_u8, temp, lambda_m, None, bounded)
+    return out, (out.new_empty(0) if out_lo is None else out_lo), row_max2, row_log2sum
 
 
 @_register("triton_attention_backward")
 def triton_attention_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_valid: torch.Tensor,
-                              temperature: torch.Tensor, out: torch.Tensor, out_lo: torch.Tensor, m2: torch.Tensor,
-                              l2: torch.Tensor, dout: torch.Tensor, lambda_m: float, need_dq: bool, need_dkdv: bool,
+                              temperature: torch.Tensor, out: torch.Tensor, out_lo: torch.Tensor, row_max2: torch.Tensor,
+                              row_log2sum: torch.Tensor, dout: torch.Tensor, lambda_m: float, need_dq: bool, need_dkdv: bool,
                               need_dt: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    args = (q, k, v, key_valid, temperature, out, out_lo, m2, l2, dout, lambda_m, (need_dq, need_dkdv, need_dt))
+    args = (q, k, v, key_valid, temperature, out, out_lo, row_max2, row_log2sum, dout, lambda_m, (need_dq, need_dkdv, need_dt))
     dq, dk, dv, dt = BACKWARDS[backward_choice(*args)](*args)
     empty = q.new_empty(0)
     return (dq if need_dq else empty.clone(), dk if need_dkdv else empty.clone(),
             dv if need_dkdv else empty.clone(), dt if need_dt else empty.float())
 
 
-def _fused_backward(q, k, v, key_valid, temperature, out, out_lo, m2, l2, dout, lambda_m, needs):
+def _fused_backward(q, k, v, key_valid, temperature, out, out_lo, row_max2, row_log2sum, dout, lambda_m, needs):
     q, k, v, valid_u8, temp = _prepare(q, k, v, key_valid, temperature)
-    stats = (m2, l2, out_lo if out_lo.numel() else None)
+    stats = (row_max2, row_log2sum, out_lo if out_lo.numel() else None)
     need_dq, need_dkdv, need_dt = needs
-    return triton_op._backward(q, k, v, valid_u8, temp, lambda_m, None, out, stats, dout.contiguous(),
+    return triton_launcher._backward(q, k, v, valid_u8, temp, lambda_m, None, out, stats, dout.contiguous(),
                                need_dq=need_dq, need_dkdv=need_dkdv, need_dt=need_dt)
 
 
-def _chunked_backward(q, k, v, key_valid, temperature, out, out_lo, m2, l2, dout, lambda_m, needs):
+def _chunked_backward(q, k, v, key_valid, temperature, out, out_lo, row_max2, row_log2sum, dout, lambda_m, needs):
     """The chunked GEMM backward from the fused forward's base-2 row maxima (all four gradients)."""
-    dq, dk, dv, dt = chunked_backward(q, k, v, key_valid, temperature, lambda_m, RowStats(m2, l2, base2=True), dout)
+    dq, dk, dv, dt = chunked_backward(q, k, v, key_valid, temperature, lambda_m, RowStats(row_max2, row_log2sum, base2=True), dout)
     return dq, dk, dv, dt.float()
 
 
@@ -107,7 +107,7 @@ def backward_choice(*args) -> str:
         raise ValueError(f"MHTMA_TRITON_BACKWARD must be one of {('auto',) + tuple(BACKWARDS)}, got {forced!r}")
     if forced != "auto":
         return forced
-    if triton_op._interpreting():
+    if triton_launcher._interpreting():
         return "fused"
     q, k, v = args[:3]
     key = (str(q.device), str(q.dtype).replace("torch.", ""), bucket(q.shape[0] * q.shape[1]), bucket(q.shape[2]),
@@ -121,12 +121,12 @@ def _(q, k, v, key_valid, temperature, lambda_m, bounded):
     B, H, Nq, _ = q.shape
     out = v.new_empty(B, H, Nq, v.shape[3])
     out_lo = out.new_empty(0) if v.dtype == torch.float32 else torch.empty_like(out)
-    m2 = q.new_empty(B, H, Nq, dtype=torch.float32)
-    return out, out_lo, m2, torch.empty_like(m2)
+    row_max2 = q.new_empty(B, H, Nq, dtype=torch.float32)
+    return out, out_lo, row_max2, torch.empty_like(row_max2)
 
 
 @triton_attention_backward.register_fake
-def _(q, k, v, key_valid, temperature, out, out_lo, m2, l2, dout, lambda_m, need_dq, need_dkdv, need_dt):
+def _(q, k, v, key_valid, temperature, out, out_lo, row_max2, row_log2sum, dout, lambda_m, need_dq, need_dkdv, need_dt):
     empty = q.new_empty(0)
     dq = q.new_empty(q.shape) if need_dq else empty.clone()  # contiguous, as the kernels write them
     dk = k.new_empty(k.shape) if need_dkdv else empty.clone()
@@ -137,15 +137,15 @@ def _(q, k, v, key_valid, temperature, out, out_lo, m2, l2, dout, lambda_m, need
 
 def _setup_context(ctx, inputs, output):
     q, k, v, key_valid, temperature, lambda_m, _bounded = inputs
-    out, out_lo, m2, l2 = output
-    ctx.save_for_backward(q, k, v, key_valid, temperature, out, out_lo, m2, l2)
+    out, out_lo, row_max2, row_log2sum = output
+    ctx.save_for_backward(q, k, v, key_valid, temperature, out, out_lo, row_max2, row_log2sum)
     ctx.lambda_m = lambda_m
 
 
 def _backward(ctx, dout, _d_out_lo, _d_m2, _d_l2):
-    q, k, v, key_valid, temperature, out, out_lo, m2, l2 = ctx.saved_tensors
+    q, k, v, key_valid, temperature, out, out_lo, row_max2, row_log2sum = ctx.saved_tensors
     need_q, need_k, need_v, _, need_t = ctx.needs_input_grad[:5]
-    dq, dk, dv, dt = triton_attention_backward(q, k, v, key_valid, temperature, out, out_lo, m2, l2, dout,
+    dq, dk, dv, dt = triton_attention_backward(q, k, v, key_valid, temperature, out, out_lo, row_max2, row_log2sum, dout,
                                                ctx.lambda_m, need_q, need_k or need_v, need_t)
     return (dq if need_q else None, dk if need_k else None, dv if need_v else None, None,
             dt.to(temperature.dtype) if need_t else None, None, None)
@@ -161,9 +161,9 @@ def triton_attention(q, k, v, key_valid, temperature, lambda_m: float, bounded: 
     public function handles empty problems before it gets here.
     """
     _require_triton()
-    triton_op._check_inputs(q, k, v, temperature)
+    triton_launcher._check_inputs(q, k, v, temperature)
     B, H = q.shape[:2]
     if B * H > 65535:  # CUDA limit of grid axis 1
         raise ValueError(f"backend='triton' supports at most 65535 batch*heads, got B*H = {B * H}; split the batch")
-    lambda_m = min(float(lambda_m), triton_op._LAMBDA_CAP)
+    lambda_m = min(float(lambda_m), triton_launcher._LAMBDA_CAP)
     return triton_attention_forward(q, k, v, key_valid, temperature, lambda_m, bool(bounded))[0]

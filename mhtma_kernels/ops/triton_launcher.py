@@ -13,7 +13,7 @@ tile the autotuner or the fixed choice gives; a bounded forward is two launches 
 heads whose bound is too large). It returns the output in v's dtype and saves it, plus for fp16/bf16
 the rounding residual out_lo = out_fp32 - out (same dtype), so that delta_i = <dout_i, out_i> in the
 backward keeps fp32 accuracy (an fp16/bf16-rounded delta visibly biases the temperature gradient)
-without an fp32 copy of the output; and per-row base-2 statistics m2 (max logit) and l2 (log2 of the
+without an fp32 copy of the output; and per-row base-2 statistics row_max2 (max logit) and row_log2sum (log2 of the
 sum), [B, H, Nq] fp32 each (kept apart, see triton_kernels).
 Backward: delta (small kernel), one kernel for dk and dv (program per key block), one for dq (program
 per query block) that also writes per-program partial sums for the temperature gradient; nothing of
@@ -466,7 +466,7 @@ FIXED_MAX_LIMIT = 40.0
 def _forward(q, k, v, key_valid_u8, temp, lambda_m, config, bounded: bool = False):
     """Launch the forward kernel on contiguous inputs -> (out [B,H,Nq,Dv] in v's dtype, stats).
 
-    stats = (m2, l2 [B,H,Nq] fp32, out_lo [B,H,Nq,Dv] in v's dtype or None for fp32): what the
+    stats = (row_max2, row_log2sum [B,H,Nq] fp32, out_lo [B,H,Nq,Dv] in v's dtype or None for fp32): what the
     backward needs besides the inputs and the output. bounded: q and k rows have norm <= 1 (the public
     function normalised them), which lets the kernel skip the running max (see the kernel's docstring)."""
     B, H, Nq, D = q.shape
@@ -475,19 +475,19 @@ def _forward(q, k, v, key_valid_u8, temp, lambda_m, config, bounded: bool = Fals
     out = torch.empty(B, H, Nq, Dv, dtype=v.dtype, device=q.device)
     has_lo = v.dtype != torch.float32
     out_lo = torch.empty_like(out) if has_lo else None
-    m2 = torch.empty(B, H, Nq, dtype=torch.float32, device=q.device)
-    l2 = torch.empty_like(m2)
+    row_max2 = torch.empty(B, H, Nq, dtype=torch.float32, device=q.device)
+    row_log2sum = torch.empty_like(row_max2)
     fixed_max = bounded and q.dtype in (torch.bfloat16, torch.float32)
     # [B] 1 where the image has a valid key (read only by the fixed-max path; else any uint8 pointer does)
     any_valid = (key_valid_u8 != 0).any(dim=1).to(torch.uint8) if fixed_max else key_valid_u8
-    args = (q, k, v, key_valid_u8, any_valid, temp, out, out_lo if has_lo else out, m2, l2,
+    args = (q, k, v, key_valid_u8, any_valid, temp, out, out_lo if has_lo else out, row_max2, row_log2sum,
             q.stride(1), q.stride(2), k.stride(1), k.stride(2), v.stride(1), v.stride(2), out.stride(1), out.stride(2),
             H, Nq, Nk, D, Dv, -lambda_m * _LOG2E, FIXED_MAX_LIMIT if fixed_max else 0.0)
     flags = dict(HAS_LO=has_lo, **_flags(q.dtype))
     _launch("fwd", Nq, B * H, Dv, args, dict(flags, FIXED_MAX=fixed_max), config)
     if fixed_max:  # the heads whose bound is too large for the fixed max (see triton_forward's entry kernel)
         _launch("fwd", Nq, B * H, Dv, args, dict(flags, FIXED_MAX=False, REST_PASS=True), config)
-    return out, (m2, l2, out_lo)
+    return out, (row_max2, row_log2sum, out_lo)
 
 
 def _delta(out, out_lo, dout):
@@ -508,7 +508,7 @@ def _backward(q, k, v, key_valid_u8, temp, lambda_m, config, out, stats, dout, n
     B, H, Nq, D = q.shape
     Nk, Dv = k.shape[2], v.shape[3]
     config = _resolve(config, Nq, Nk, D, Dv, q.dtype)
-    m2, l2, out_lo = stats
+    row_max2, row_log2sum, out_lo = stats
     delta = _delta(out, out_lo, dout)
     tail = (q.stride(1), q.stride(2), k.stride(1), k.stride(2), v.stride(1), v.stride(2),
             dout.stride(1), dout.stride(2), H, Nq, Nk, D, Dv, -lambda_m * _LOG2E)
@@ -516,13 +516,13 @@ def _backward(q, k, v, key_valid_u8, temp, lambda_m, config, out, stats, dout, n
     dq = dk = dv = dt = None
     if need_dkdv:
         dk, dv = torch.empty_like(k), torch.empty_like(v)
-        args = (q, k, v, key_valid_u8, temp, dout, m2, l2, delta, dk, dv) + tail
+        args = (q, k, v, key_valid_u8, temp, dout, row_max2, row_log2sum, delta, dk, dv) + tail
         _launch("dkdv", Nk, B * H, max(D, Dv), args, flags, config)
     if need_dq or need_dt:
         dq = torch.empty_like(q)
         # One partial sum per program, [B*H, programs per (b, h)], sized for 16 x 16 tiles (the smallest).
         dt_part = torch.zeros(B * H, triton.cdiv(Nq, 16) * triton.cdiv(D, 16), dtype=torch.float32, device=q.device)
-        args = (q, k, v, key_valid_u8, temp, dout, m2, l2, delta, dq, dt_part) + tail + (dt_part.stride(0),)
+        args = (q, k, v, key_valid_u8, temp, dout, row_max2, row_log2sum, delta, dq, dt_part) + tail + (dt_part.stride(0),)
         _launch("dq", Nq, B * H, D, args, flags, config)
         if need_dt:
             dt = -dt_part.view(B, H, -1).sum(-1) / temp
