@@ -27,9 +27,9 @@ without any special case. Backward (delta_i = <dout_i, out_i>, its own small ker
 Tiling. The head dims D and Dv are arbitrary (45, 288, 576, 864): nothing is padded in memory.
 Products that contract over D (q k^T) or over Dv (dout v^T) walk that axis in chunks of BLOCK_D /
 BLOCK_E with masked loads (`_dot_abt`). Output columns (out over Dv; dq, dk over D; dv over Dv) are
-held as NUM_CB column blocks of BLOCK_C columns in ONE program: NUM_CB separate fp32 accumulators
-acc0..acc7 in the forward (written out; blocks past NUM_CB are dead code the compiler drops), a
-Triton tuple of NUM_CB tiles in the backward kernels (see the backward section below). The scores of a tile are computed once and feed every column block
+held as NUM_CB column blocks of BLOCK_C columns in ONE program: a Triton tuple of NUM_CB fp32
+tiles built in `tl.static_range` (`_zero_blocks`), in the forward and in the backward kernels (see the
+backward section below). The scores of a tile are computed once and feed every column block
 of that program. Only when NUM_CB * BLOCK_C < Dv is the column range split over a grid axis (and
 the scores recomputed per split); the launcher's autotuner chooses between register pressure
 (wide programs) and recomputation (narrow programs) per shape.
@@ -117,56 +117,25 @@ def _tile_logits2(q_base, k_base, VALID, b, offs_m, m_mask, offs_n, NK, D, strid
 
 
 @triton.jit
-def _accumulate(acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, alpha, p, v_base, offs_n, NK, col0, stride_vn, DV,
+def _accumulate(accs, alpha, p, v_base, offs_n, NK, col0, stride_vn, DV,
                 BLOCK_C: tl.constexpr, NUM_CB: tl.constexpr, RESCALE: tl.constexpr, UPCAST: tl.constexpr,
                 DOT_PRECISION: tl.constexpr):
-    """acc_c <- acc_c * alpha (RESCALE) + p @ v[offs_n, block c] for the program's NUM_CB column blocks.
+    """accs[c] <- accs[c] * alpha (RESCALE) + p @ v[offs_n, block c] for the program's NUM_CB column blocks.
 
-    p [BLOCK_M, BLOCK_N] fp32 weights; alpha [BLOCK_M, 1]; every acc_c [BLOCK_M, BLOCK_C] fp32."""
+    p [BLOCK_M, BLOCK_N] fp32 weights; alpha [BLOCK_M, 1]; accs a tuple of NUM_CB [BLOCK_M, BLOCK_C] fp32."""
     n_mask = offs_n < NK
     if UPCAST:
         pv = p  # [BLOCK_M, BLOCK_N] fp32
     else:
         pv = p.to(v_base.dtype.element_ty)  # [BLOCK_M, BLOCK_N]
-    if RESCALE:
-        acc0 = acc0 * alpha
-    acc0 = _dot_block(acc0, pv, v_base, offs_n, n_mask, col0, stride_vn, DV, BLOCK_C, UPCAST, DOT_PRECISION)
-    if NUM_CB > 1:
+    out = ()
+    for c in tl.static_range(NUM_CB):
+        acc = accs[c]  # [BLOCK_M, BLOCK_C]
         if RESCALE:
-            acc1 = acc1 * alpha
-        acc1 = _dot_block(acc1, pv, v_base, offs_n, n_mask, col0 + BLOCK_C, stride_vn, DV, BLOCK_C, UPCAST,
-                          DOT_PRECISION)
-    if NUM_CB > 2:
-        if RESCALE:
-            acc2 = acc2 * alpha
-        acc2 = _dot_block(acc2, pv, v_base, offs_n, n_mask, col0 + 2 * BLOCK_C, stride_vn, DV, BLOCK_C, UPCAST,
-                          DOT_PRECISION)
-    if NUM_CB > 3:
-        if RESCALE:
-            acc3 = acc3 * alpha
-        acc3 = _dot_block(acc3, pv, v_base, offs_n, n_mask, col0 + 3 * BLOCK_C, stride_vn, DV, BLOCK_C, UPCAST,
-                          DOT_PRECISION)
-    if NUM_CB > 4:
-        if RESCALE:
-            acc4 = acc4 * alpha
-        acc4 = _dot_block(acc4, pv, v_base, offs_n, n_mask, col0 + 4 * BLOCK_C, stride_vn, DV, BLOCK_C, UPCAST,
-                          DOT_PRECISION)
-    if NUM_CB > 5:
-        if RESCALE:
-            acc5 = acc5 * alpha
-        acc5 = _dot_block(acc5, pv, v_base, offs_n, n_mask, col0 + 5 * BLOCK_C, stride_vn, DV, BLOCK_C, UPCAST,
-                          DOT_PRECISION)
-    if NUM_CB > 6:
-        if RESCALE:
-            acc6 = acc6 * alpha
-        acc6 = _dot_block(acc6, pv, v_base, offs_n, n_mask, col0 + 6 * BLOCK_C, stride_vn, DV, BLOCK_C, UPCAST,
-                          DOT_PRECISION)
-    if NUM_CB > 7:
-        if RESCALE:
-            acc7 = acc7 * alpha
-        acc7 = _dot_block(acc7, pv, v_base, offs_n, n_mask, col0 + 7 * BLOCK_C, stride_vn, DV, BLOCK_C, UPCAST,
-                          DOT_PRECISION)
-    return acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7
+            acc = acc * alpha
+        out = out + (_dot_block(acc, pv, v_base, offs_n, n_mask, col0 + c * BLOCK_C, stride_vn, DV, BLOCK_C, UPCAST,
+                                DOT_PRECISION),)
+    return out
 
 
 @triton.jit
@@ -204,14 +173,7 @@ def masked_attention_fwd_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)  # [BLOCK_M]
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)  # [BLOCK_M]
     # Column block c of this program covers out[:, col0 + c*BLOCK_C : col0 + (c+1)*BLOCK_C].
-    acc0 = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)  # [BLOCK_M, BLOCK_C]
-    acc1 = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)  # [BLOCK_M, BLOCK_C]
-    acc2 = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)  # [BLOCK_M, BLOCK_C]
-    acc3 = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)  # [BLOCK_M, BLOCK_C]
-    acc4 = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)  # [BLOCK_M, BLOCK_C]
-    acc5 = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)  # [BLOCK_M, BLOCK_C]
-    acc6 = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)  # [BLOCK_M, BLOCK_C]
-    acc7 = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)  # [BLOCK_M, BLOCK_C]
+    accs = _zero_blocks(BLOCK_M, BLOCK_C, NUM_CB)  # NUM_CB x [BLOCK_M, BLOCK_C] fp32
     if FIXED_MAX and scale2 <= fixed_limit:
         m_ref = tl.where(tl.load(ANY_VALID + b) != 0, scale2, neg_lambda2)
         for n0 in range(0, NK, BLOCK_N):
@@ -220,9 +182,8 @@ def masked_attention_fwd_kernel(
                                scale2, neg_lambda2, BLOCK_M, BLOCK_N, BLOCK_D, UPCAST, DOT_PRECISION)
             p = tl.exp2(z2 - m_ref)  # [BLOCK_M, BLOCK_N], <= 1 (and >= 2^(-2*fixed_limit) on valid keys)
             l_i += tl.sum(p, axis=1)
-            acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _accumulate(
-                acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, 1.0, p, v_base, offs_n, NK, col0, stride_vn, DV,
-                BLOCK_C, NUM_CB, False, UPCAST, DOT_PRECISION)
+            accs = _accumulate(accs, 1.0, p, v_base, offs_n, NK, col0, stride_vn, DV, BLOCK_C, NUM_CB, False, UPCAST,
+                               DOT_PRECISION)
         m_i = tl.zeros([BLOCK_M], dtype=tl.float32) + m_ref
     else:
         for n0 in range(0, NK, BLOCK_N):
@@ -235,35 +196,15 @@ def masked_attention_fwd_kernel(
             p = tl.exp2(z2 - m_new[:, None])  # [BLOCK_M, BLOCK_N]
             l_i = l_i * alpha + tl.sum(p, axis=1)
             m_i = m_new
-            acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _accumulate(
-                acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, alpha[:, None], p, v_base, offs_n, NK, col0,
-                stride_vn, DV, BLOCK_C, NUM_CB, True, UPCAST, DOT_PRECISION)
+            accs = _accumulate(accs, alpha[:, None], p, v_base, offs_n, NK, col0, stride_vn, DV, BLOCK_C, NUM_CB, True,
+                               UPCAST, DOT_PRECISION)
 
     inv_l = (1.0 / l_i)[:, None]  # [BLOCK_M, 1]
     o_base = OUT + bh64 * stride_obh
     lo_base = OUT_LO + bh64 * stride_obh
-    _store_out_block(o_base, lo_base, acc0 * inv_l, offs_m, m_mask, col0, stride_on, DV, BLOCK_C, HAS_LO)
-    if NUM_CB > 1:
-        _store_out_block(o_base, lo_base, acc1 * inv_l, offs_m, m_mask, col0 + BLOCK_C, stride_on, DV, BLOCK_C,
+    for c in tl.static_range(NUM_CB):
+        _store_out_block(o_base, lo_base, accs[c] * inv_l, offs_m, m_mask, col0 + c * BLOCK_C, stride_on, DV, BLOCK_C,
                          HAS_LO)
-    if NUM_CB > 2:
-        _store_out_block(o_base, lo_base, acc2 * inv_l, offs_m, m_mask, col0 + 2 * BLOCK_C, stride_on, DV,
-                         BLOCK_C, HAS_LO)
-    if NUM_CB > 3:
-        _store_out_block(o_base, lo_base, acc3 * inv_l, offs_m, m_mask, col0 + 3 * BLOCK_C, stride_on, DV,
-                         BLOCK_C, HAS_LO)
-    if NUM_CB > 4:
-        _store_out_block(o_base, lo_base, acc4 * inv_l, offs_m, m_mask, col0 + 4 * BLOCK_C, stride_on, DV,
-                         BLOCK_C, HAS_LO)
-    if NUM_CB > 5:
-        _store_out_block(o_base, lo_base, acc5 * inv_l, offs_m, m_mask, col0 + 5 * BLOCK_C, stride_on, DV,
-                         BLOCK_C, HAS_LO)
-    if NUM_CB > 6:
-        _store_out_block(o_base, lo_base, acc6 * inv_l, offs_m, m_mask, col0 + 6 * BLOCK_C, stride_on, DV,
-                         BLOCK_C, HAS_LO)
-    if NUM_CB > 7:
-        _store_out_block(o_base, lo_base, acc7 * inv_l, offs_m, m_mask, col0 + 7 * BLOCK_C, stride_on, DV,
-                         BLOCK_C, HAS_LO)
     # Every column split computes the same statistics; the first one writes them.
     tl.store(ROW_MAX2 + bh64 * NQ + offs_m, m_i, mask=m_mask & (pid_c == 0))
     tl.store(ROW_LOG2SUM + bh64 * NQ + offs_m, tl.log2(l_i), mask=m_mask & (pid_c == 0))
