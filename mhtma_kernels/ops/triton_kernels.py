@@ -340,6 +340,13 @@ def _as_operand(x, like, UPCAST: tl.constexpr):
 
 
 @triton.jit
+def _head_bases(Q, K, V, GRAD_OUT, bh, stride_qbh, stride_kbh, stride_vbh, stride_dobh):
+    """Head bh (= b*H + h) as int64 and its base pointers into q, k, v and dout."""
+    bh64 = bh.to(tl.int64)
+    return bh64, Q + bh64 * stride_qbh, K + bh64 * stride_kbh, V + bh64 * stride_vbh, GRAD_OUT + bh64 * stride_dobh
+
+
+@triton.jit
 def masked_attention_bwd_dkdv_kernel(
     Q, K, V, VALID, TEMP, GRAD_OUT, ROW_MAX2, ROW_LOG2SUM, DELTA, GRAD_K, GRAD_V,
     stride_qbh, stride_qn, stride_kbh, stride_kn, stride_vbh, stride_vn, stride_dobh, stride_don,
@@ -368,11 +375,8 @@ def masked_attention_bwd_dkdv_kernel(
     pid_n = tl.program_id(0)
     bh = tl.program_id(1)
     cb0 = tl.program_id(2) * NUM_CB
-    bh64 = bh.to(tl.int64)
-    q_base = Q + bh64 * stride_qbh
-    k_base = K + bh64 * stride_kbh
-    v_base = V + bh64 * stride_vbh
-    do_base = GRAD_OUT + bh64 * stride_dobh
+    bh64, q_base, k_base, v_base, do_base = _head_bases(Q, K, V, GRAD_OUT, bh, stride_qbh, stride_kbh, stride_vbh,
+                                                        stride_dobh)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N]
     offs_mb = tl.arange(0, BLOCK_M)  # [BLOCK_M]
     n_mask = offs_n < NK
@@ -456,11 +460,8 @@ def masked_attention_bwd_dq_kernel(
     pid_c = tl.program_id(2)
     cb0 = pid_c * NUM_CB
     b = bh // H
-    bh64 = bh.to(tl.int64)
-    q_base = Q + bh64 * stride_qbh
-    k_base = K + bh64 * stride_kbh
-    v_base = V + bh64 * stride_vbh
-    do_base = GRAD_OUT + bh64 * stride_dobh
+    bh64, q_base, k_base, v_base, do_base = _head_bases(Q, K, V, GRAD_OUT, bh, stride_qbh, stride_kbh, stride_vbh,
+                                                        stride_dobh)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M]
     offs_nb = tl.arange(0, BLOCK_N)  # [BLOCK_N]
     m_mask = offs_m < NQ
