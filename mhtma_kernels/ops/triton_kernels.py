@@ -340,10 +340,13 @@ def _as_operand(x, like, UPCAST: tl.constexpr):
 
 
 @triton.jit
-def _head_bases(Q, K, V, GRAD_OUT, bh, stride_qbh, stride_kbh, stride_vbh, stride_dobh):
-    """Head bh (= b*H + h) as int64 and its base pointers into q, k, v and dout."""
+def _head(Q, K, V, GRAD_OUT, TEMP, bh, stride_qbh, stride_kbh, stride_vbh, stride_dobh):
+    """Head bh (= b*H + h) of a backward program -> (bh as int64, its base pointers into q, k, v and dout,
+    its temperature t in fp32, scale2 = log2(e) / t)."""
     bh64 = bh.to(tl.int64)
-    return bh64, Q + bh64 * stride_qbh, K + bh64 * stride_kbh, V + bh64 * stride_vbh, GRAD_OUT + bh64 * stride_dobh
+    t = tl.load(TEMP + bh).to(tl.float32)
+    return (bh64, Q + bh64 * stride_qbh, K + bh64 * stride_kbh, V + bh64 * stride_vbh, GRAD_OUT + bh64 * stride_dobh,
+            t, 1.4426950408889634 / t)
 
 
 @triton.jit
@@ -375,13 +378,11 @@ def masked_attention_bwd_dkdv_kernel(
     pid_n = tl.program_id(0)
     bh = tl.program_id(1)
     cb0 = tl.program_id(2) * NUM_CB
-    bh64, q_base, k_base, v_base, do_base = _head_bases(Q, K, V, GRAD_OUT, bh, stride_qbh, stride_kbh, stride_vbh,
-                                                        stride_dobh)
+    bh64, q_base, k_base, v_base, do_base, t, scale2 = _head(Q, K, V, GRAD_OUT, TEMP, bh, stride_qbh, stride_kbh,
+                                                             stride_vbh, stride_dobh)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N]
     offs_mb = tl.arange(0, BLOCK_M)  # [BLOCK_M]
     n_mask = offs_n < NK
-    t = tl.load(TEMP + bh).to(tl.float32)
-    scale2 = 1.4426950408889634 / t
     valid = tl.load(VALID + (bh // H) * NK + offs_n, mask=n_mask, other=0) != 0  # [BLOCK_N]
     # RESIDENT: NUM_DC and NUM_EC tiles [BLOCK_N, BLOCK_C] of the program's own k and v rows
     k_held, v_held = _held_rows(k_base, v_base, offs_n, n_mask, stride_kn, stride_vn, cb0, D, DV, BLOCK_C,
@@ -460,13 +461,11 @@ def masked_attention_bwd_dq_kernel(
     pid_c = tl.program_id(2)
     cb0 = pid_c * NUM_CB
     b = bh // H
-    bh64, q_base, k_base, v_base, do_base = _head_bases(Q, K, V, GRAD_OUT, bh, stride_qbh, stride_kbh, stride_vbh,
-                                                        stride_dobh)
+    bh64, q_base, k_base, v_base, do_base, t, scale2 = _head(Q, K, V, GRAD_OUT, TEMP, bh, stride_qbh, stride_kbh,
+                                                             stride_vbh, stride_dobh)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M]
     offs_nb = tl.arange(0, BLOCK_N)  # [BLOCK_N]
     m_mask = offs_m < NQ
-    t = tl.load(TEMP + bh).to(tl.float32)
-    scale2 = 1.4426950408889634 / t
     row_max2 = tl.load(ROW_MAX2 + bh64 * NQ + offs_m, mask=m_mask, other=0.0)  # [BLOCK_M]
     row_log2sum = tl.load(ROW_LOG2SUM + bh64 * NQ + offs_m, mask=m_mask, other=0.0)  # [BLOCK_M]
     delta = tl.load(DELTA + bh64 * NQ + offs_m, mask=m_mask, other=0.0)  # [BLOCK_M]
