@@ -433,8 +433,8 @@ def test_forward_v3_matches_float64_reference(case, dtype, bounded):
     d, dv = case[4], case[5]
     for name, tile in v3_tiles(d, dv, dtype).items():
         config = KernelConfig(fwd=tile, dkdv=SMALL_TILES.dkdv, dq=SMALL_TILES.dq)
-        out, (row_max2, row_log2sum, out_lo) = triton_launcher._forward(q, k, v, key_valid.view(torch.uint8), temp.float(), 1e4, config,
-                                                   bounded=bounded)
+        out, (row_max2, row_log2sum, out_lo) = triton_launcher._forward(
+            q, k, v, key_valid.view(torch.uint8), temp.float(), 1e4, config, bounded=bounded)
         assert out.dtype == dtype and torch.isfinite(out).all(), name
         full = out.double() + (0 if out_lo is None else out_lo.double())
         assert_close(full, expected, dtype, f"{name} out")

@@ -128,7 +128,8 @@ def _v3_rows(q_base, k_base, v_base, o_base, lo_base, VALID, m_ref, scale2, neg_
              HEAD_DV: tl.constexpr, D_STARTS: tl.constexpr, D_WIDTHS: tl.constexpr, C_STARTS: tl.constexpr,
              C_WIDTHS: tl.constexpr, TMA: tl.constexpr, HAS_LO: tl.constexpr, BOUNDED: tl.constexpr,
              UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """The whole work of one program -> (row_max2, row_log2sum) [BLOCK_M]: q resident, one pipelined key loop, the output stored.
+    """The whole work of one program -> (row_max2, row_log2sum) [BLOCK_M]: q resident, one pipelined key loop,
+    the output stored.
 
     BOUNDED: m_ref (scale2, or neg_lambda2 for an image without a valid key) stands in for every row max;
     else the running max. Everything lives inside this function so that a caller's two calls (one per
@@ -202,16 +203,16 @@ def _forward_v3(Q, K, V, VALID, ANY_VALID, TEMP, OUT, OUT_LO, ROW_MAX2, ROW_LOG2
     if FIXED_MAX:
         if scale2 <= fixed_limit:
             m_ref = tl.where(tl.load(ANY_VALID + b) != 0, scale2, neg_lambda2)
-            row_max2, row_log2sum = _v3_rows(bases[0], bases[1], bases[2], bases[3], bases[4], VALID, m_ref, scale2, neg_lambda2,
-                              b, offs_m, m_mask, col0, stride_qn, stride_kn, stride_vn, stride_on, NK, BLOCK_M,
-                              BLOCK_N, SPLIT, HEAD_D, HEAD_DV, D_STARTS, D_WIDTHS, C_STARTS, C_WIDTHS, TMA, HAS_LO,
-                              True, UPCAST, DOT_PRECISION)
+            row_max2, row_log2sum = _v3_rows(
+                bases[0], bases[1], bases[2], bases[3], bases[4], VALID, m_ref, scale2, neg_lambda2, b, offs_m,
+                m_mask, col0, stride_qn, stride_kn, stride_vn, stride_on, NK, BLOCK_M, BLOCK_N, SPLIT, HEAD_D,
+                HEAD_DV, D_STARTS, D_WIDTHS, C_STARTS, C_WIDTHS, TMA, HAS_LO, True, UPCAST, DOT_PRECISION)
             _store_stats(ROW_MAX2, ROW_LOG2SUM, bh64, NQ, offs_m, m_mask & (pid_c == 0), row_max2, row_log2sum)
     elif scale2 > fixed_limit:
-        row_max2, row_log2sum = _v3_rows(bases[0], bases[1], bases[2], bases[3], bases[4], VALID, float("-inf"), scale2,
-                          neg_lambda2, b, offs_m, m_mask, col0, stride_qn, stride_kn, stride_vn, stride_on, NK,
-                          BLOCK_M, BLOCK_N, SPLIT, HEAD_D, HEAD_DV, D_STARTS, D_WIDTHS, C_STARTS, C_WIDTHS, TMA,
-                          HAS_LO, False, UPCAST, DOT_PRECISION)
+        row_max2, row_log2sum = _v3_rows(
+            bases[0], bases[1], bases[2], bases[3], bases[4], VALID, float("-inf"), scale2, neg_lambda2, b, offs_m,
+            m_mask, col0, stride_qn, stride_kn, stride_vn, stride_on, NK, BLOCK_M, BLOCK_N, SPLIT, HEAD_D, HEAD_DV,
+            D_STARTS, D_WIDTHS, C_STARTS, C_WIDTHS, TMA, HAS_LO, False, UPCAST, DOT_PRECISION)
         _store_stats(ROW_MAX2, ROW_LOG2SUM, bh64, NQ, offs_m, m_mask & (pid_c == 0), row_max2, row_log2sum)
 
 

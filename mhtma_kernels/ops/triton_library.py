@@ -74,7 +74,8 @@ def triton_attention_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                               temperature: torch.Tensor, out: torch.Tensor, out_lo: torch.Tensor, row_max2: torch.Tensor,
                               row_log2sum: torch.Tensor, dout: torch.Tensor, lambda_m: float, need_dq: bool, need_dkdv: bool,
                               need_dt: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    args = (q, k, v, key_valid, temperature, out, out_lo, row_max2, row_log2sum, dout, lambda_m, (need_dq, need_dkdv, need_dt))
+    args = (q, k, v, key_valid, temperature, out, out_lo, row_max2, row_log2sum, dout, lambda_m,
+            (need_dq, need_dkdv, need_dt))
     dq, dk, dv, dt = BACKWARDS[backward_choice(*args)](*args)
     empty = q.new_empty(0)
     return (dq if need_dq else empty.clone(), dk if need_dkdv else empty.clone(),
@@ -91,7 +92,8 @@ def _fused_backward(q, k, v, key_valid, temperature, out, out_lo, row_max2, row_
 
 def _chunked_backward(q, k, v, key_valid, temperature, out, out_lo, row_max2, row_log2sum, dout, lambda_m, needs):
     """The chunked GEMM backward from the fused forward's base-2 row maxima (all four gradients)."""
-    dq, dk, dv, dt = chunked_backward(q, k, v, key_valid, temperature, lambda_m, RowStats(row_max2, row_log2sum, base2=True), dout)
+    stats = RowStats(row_max2, row_log2sum, base2=True)
+    dq, dk, dv, dt = chunked_backward(q, k, v, key_valid, temperature, lambda_m, stats, dout)
     return dq, dk, dv, dt.float()
 
 
