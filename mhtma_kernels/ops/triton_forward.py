@@ -1,6 +1,6 @@
 """Forward kernel, version 3: the q row block resident, the key loop innermost, every tile load pipelined.
 
-Same contract and math as version 2 (`triton_kernels.masked_attention_fwd_kernel`, whose module docstring
+Same contract and math as version 2 (the other branch of the entry kernel; `triton_kernels`' module docstring
 defines z2, row_max2, row_log2sum, the padding and the invalid-key constant); what changes is the loop structure:
 
 * the head dims are compile-time constants (HEAD_D, HEAD_DV), so the D and Dv axes are cut into static
@@ -21,8 +21,8 @@ constexprs, so that one `triton.autotune` measures both versions' candidates.
 import triton
 import triton.language as tl
 
-from .triton_kernels import _logits2
-from .triton_kernels import masked_attention_fwd_kernel as _forward_v2
+from .triton_kernels import _accumulate as _accumulate_v2
+from .triton_kernels import _logits2, _store_out_block, _tile_logits2, _zero_blocks
 
 
 @triton.jit
@@ -235,8 +235,18 @@ def masked_attention_forward_kernel(
     D_WIDTHS: tl.constexpr = None, C_STARTS: tl.constexpr = None, C_WIDTHS: tl.constexpr = None,
     TMA: tl.constexpr = False, REST_PASS: tl.constexpr = False,
 ):
-    """Either forward: VERSION 2 (`triton_kernels.masked_attention_fwd_kernel`, grid over NUM_CB*BLOCK_C column
-    ranges) or 3 (`_forward_v3`, column range BLOCK_C; its head dims and pieces in the v3 constexprs).
+    """Either forward: VERSION 2 (below, grid over NUM_CB*BLOCK_C column ranges) or 3 (`_forward_v3`, column
+    range BLOCK_C; its head dims and pieces in the v3 constexprs).
+
+    Version 2. Grid (cdiv(Nq, BLOCK_M), B*H, cdiv(Dv, NUM_CB*BLOCK_C)): out[bh, rows, cols], row_max2,
+    row_log2sum [bh, rows].
+
+    Online softmax over key tiles: running max m_i, running sum l_i, rescaled accumulators. With
+    FIXED_MAX (unit-norm q and k, so every valid logit is <= scale2 = log2(e)/t) and scale2 <=
+    fixed_limit, the bound stands in for the row max instead (-lambda_m*log2(e) for an image without a
+    valid key, ANY_VALID[b] = 0): no per-tile max, no rescaling; the limit keeps exp2(z2 - scale2) >=
+    2^(-2*fixed_limit), far from underflow. With HAS_LO (16-bit outputs) OUT_LO receives
+    out_fp32 - out, so that the backward's delta keeps fp32 accuracy without an fp32 copy of the output.
 
     The launcher runs a bounded forward (fixed_limit > 0) as two launches: FIXED_MAX=True, then
     FIXED_MAX=False with REST_PASS=True. Version 3 does the heads with log2(e)/t <= fixed_limit in the first
@@ -247,9 +257,56 @@ def masked_attention_forward_kernel(
                     stride_qbh, stride_qn, stride_kbh, stride_kn, stride_vbh, stride_vn, stride_obh, stride_on,
                     H, NQ, NK, neg_lambda2, fixed_limit, BLOCK_M, BLOCK_N, BLOCK_C, HEAD_D, HEAD_DV,
                     D_STARTS, D_WIDTHS, C_STARTS, C_WIDTHS, TMA, HAS_LO, FIXED_MAX, UPCAST, DOT_PRECISION)
-    elif not REST_PASS:
-        _forward_v2(
-            Q, K, V, VALID, ANY_VALID, TEMP, OUT, OUT_LO, ROW_MAX2, ROW_LOG2SUM,
-            stride_qbh, stride_qn, stride_kbh, stride_kn, stride_vbh, stride_vn, stride_obh, stride_on,
-            H, NQ, NK, D, DV, neg_lambda2, fixed_limit, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_C, NUM_CB, HAS_LO,
-            FIXED_MAX, UPCAST, DOT_PRECISION)
+    elif not REST_PASS:  # version 2
+        pid_m = tl.program_id(0)
+        bh = tl.program_id(1)
+        pid_c = tl.program_id(2)
+        b = bh // H
+        bh64 = bh.to(tl.int64)
+        q_base = Q + bh64 * stride_qbh
+        k_base = K + bh64 * stride_kbh
+        v_base = V + bh64 * stride_vbh
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M]
+        offs_nb = tl.arange(0, BLOCK_N)  # [BLOCK_N]
+        m_mask = offs_m < NQ
+        col0 = pid_c * (NUM_CB * BLOCK_C)
+        scale2 = 1.4426950408889634 / tl.load(TEMP + bh).to(tl.float32)  # log2(e) / t
+
+        m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)  # [BLOCK_M]
+        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)  # [BLOCK_M]
+        # Column block c of this program covers out[:, col0 + c*BLOCK_C : col0 + (c+1)*BLOCK_C].
+        accs = _zero_blocks(BLOCK_M, BLOCK_C, NUM_CB)  # NUM_CB x [BLOCK_M, BLOCK_C] fp32
+        if FIXED_MAX and scale2 <= fixed_limit:
+            m_ref = tl.where(tl.load(ANY_VALID + b) != 0, scale2, neg_lambda2)
+            for n0 in range(0, NK, BLOCK_N):
+                offs_n = n0 + offs_nb  # [BLOCK_N]
+                z2 = _tile_logits2(q_base, k_base, VALID, b, offs_m, m_mask, offs_n, NK, D, stride_qn, stride_kn,
+                                   scale2, neg_lambda2, BLOCK_M, BLOCK_N, BLOCK_D, UPCAST, DOT_PRECISION)
+                p = tl.exp2(z2 - m_ref)  # [BLOCK_M, BLOCK_N], <= 1 (and >= 2^(-2*fixed_limit) on valid keys)
+                l_i += tl.sum(p, axis=1)
+                accs = _accumulate_v2(accs, 1.0, p, v_base, offs_n, NK, col0, stride_vn, DV, BLOCK_C, NUM_CB, False,
+                                      UPCAST, DOT_PRECISION)
+            m_i = tl.zeros([BLOCK_M], dtype=tl.float32) + m_ref
+        else:
+            for n0 in range(0, NK, BLOCK_N):
+                offs_n = n0 + offs_nb  # [BLOCK_N]
+                z2 = _tile_logits2(q_base, k_base, VALID, b, offs_m, m_mask, offs_n, NK, D, stride_qn, stride_kn,
+                                   scale2, neg_lambda2, BLOCK_M, BLOCK_N, BLOCK_D, UPCAST, DOT_PRECISION)
+                # The first tile always holds key 0 (finite logit), so m_new is finite from then on.
+                m_new = tl.maximum(m_i, tl.max(z2, axis=1))  # [BLOCK_M]
+                alpha = tl.exp2(m_i - m_new)  # [BLOCK_M]
+                p = tl.exp2(z2 - m_new[:, None])  # [BLOCK_M, BLOCK_N]
+                l_i = l_i * alpha + tl.sum(p, axis=1)
+                m_i = m_new
+                accs = _accumulate_v2(accs, alpha[:, None], p, v_base, offs_n, NK, col0, stride_vn, DV, BLOCK_C,
+                                      NUM_CB, True, UPCAST, DOT_PRECISION)
+
+        inv_l = (1.0 / l_i)[:, None]  # [BLOCK_M, 1]
+        o_base = OUT + bh64 * stride_obh
+        lo_base = OUT_LO + bh64 * stride_obh
+        for c in tl.static_range(NUM_CB):
+            _store_out_block(o_base, lo_base, accs[c] * inv_l, offs_m, m_mask, col0 + c * BLOCK_C, stride_on, DV, BLOCK_C,
+                             HAS_LO)
+        # Every column split computes the same statistics; the first one writes them.
+        tl.store(ROW_MAX2 + bh64 * NQ + offs_m, m_i, mask=m_mask & (pid_c == 0))
+        tl.store(ROW_LOG2SUM + bh64 * NQ + offs_m, tl.log2(l_i), mask=m_mask & (pid_c == 0))

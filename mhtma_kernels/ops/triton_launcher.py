@@ -322,7 +322,7 @@ def choose_config(nq: int, nk: int, d: int, dv: int, dtype: torch.dtype, interpr
 
 def _interpreting() -> bool:
     """True when the kernels were built for Triton's CPU interpreter (TRITON_INTERPRET=1 at import)."""
-    return type(triton_kernels.masked_attention_fwd_kernel).__name__ == "InterpretedFunction"
+    return type(triton_kernels.masked_attention_bwd_delta_kernel).__name__ == "InterpretedFunction"
 
 
 def _autotune_enabled() -> bool:
