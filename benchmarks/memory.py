@@ -2,7 +2,9 @@
 
 Two numbers per case, in bytes:
 
-- ``peak_mem_bytes``: the high-water mark while the case runs once, inputs (and weights) included.
+- ``peak_mem_bytes``: the high-water mark while the case runs once, inputs (and weights) included (both
+  processes first run the op once on a tiny problem: `memory_probe.warm_up`, the one-time imports of
+  PyTorch's custom-op machinery are not the op's memory).
   CUDA: ``torch.cuda.max_memory_allocated()`` after a reset. CPU: the peak resident set size
   (``VmHWM``) of a fresh process that builds the case and runs it once, minus that of an idle
   process that imported torch and the benchmark modules (``python -m benchmarks.memory_probe``).

@@ -113,17 +113,24 @@ def test_chunked_backward_makes_exactly_five_gemm_passes(monkeypatch):
     assert len(calls) == 5 * 3  # 3 chunks of at most 5 rows (12 = 5 + 5 + 2)
 
 
+@pytest.mark.parametrize("path", ["chunked", "sdpa"])
 @pytest.mark.parametrize("t", [0.01, 0.02, 0.05, 0.1, 0.5, 2.0], ids=lambda t: f"t{t}")
-def test_temperature_gradient_within_twice_a_plain_fp32_implementation(only_chunked, t):
-    """fp32 chunked dL/dt error vs the float64 oracle is at most 2x that of the materialised fp32 op."""
-    errors = {"chunked": 0.0, "plain": 0.0}
+def test_temperature_gradient_within_twice_a_plain_fp32_implementation(monkeypatch, path, t):
+    """fp32 dL/dt error vs the float64 oracle: the chunked GEMM path at most 2x that of the materialised fp32
+    op. The CPU flash path (PyTorch's kernel) at most 8x: its backward recomputes the weights as
+    exp(z - lse) from an fp32 log-sum-exp, so each query row's share of dL/dt carries a relative error of
+    about ulp(|lse|) (~2e-6 at 1/t = 20), and the rows' shares cancel in the sum; 0.8-4.5x measured here
+    on 3 seeds at t 0.01-0.07 (docs/kernel-notes.md, "The CPU flash path")."""
+    bound = {"chunked": 2.0, "sdpa": 8.0}[path]
+    monkeypatch.setenv("MHTMA_AUTO_CANDIDATES", path)
+    errors = {path: 0.0, "plain": 0.0}
     for seed in range(3):
         expected = forward_and_grads("reference", *make_inputs(2, 2, 40, 31, 36, 36, t, "random", seed=seed))[-1]
         inputs = make_inputs(2, 2, 40, 31, 36, 36, t, "random", torch.float32, seed=seed)
-        for name, backend in (("chunked", only_chunked), ("plain", "reference")):
+        for name, backend in ((path, "auto"), ("plain", "reference")):
             dt = forward_and_grads(backend, *inputs)[-1]
             errors[name] = max(errors[name], ((dt.double() - expected).abs() / expected.abs().max()).max().item())
-    assert errors["chunked"] <= 2 * errors["plain"] + 1e-7, errors
+    assert errors[path] <= bound * errors["plain"] + 1e-7, errors
 
 
 # ------------------------------------------------------------------------------------------ dispatch

@@ -101,7 +101,7 @@ def test_torch_backend_chunks_queries_and_saves_no_score_matrix(monkeypatch):
 # identity (ops/sdpa.py, where D == Dv) and the query-chunked GEMM path (ops/chunked.py, the
 # mhtma::chunked_gemm_attention custom op, ops/library.py). backend="auto" restricted to one of them by
 # MHTMA_AUTO_CANDIDATES runs exactly that one.
-TORCH_PATHS = {"sdpa": "ScaledDotProductFlashAttentionForCpuBackward", "chunked": "GeneratedBackwardFor_mhtma_chunked_gemm_attention"}
+TORCH_PATHS = {"sdpa": "GeneratedBackwardFor_mhtma_sdpa_cpu_attention", "chunked": "GeneratedBackwardFor_mhtma_chunked_gemm_attention"}
 
 
 @pytest.fixture(params=list(TORCH_PATHS), ids=[f"torch-{p}" for p in TORCH_PATHS])
@@ -154,6 +154,23 @@ def test_torch_paths_match_float64_reference(torch_path, B, H, Nq, Nk, D, t, rul
         assert_close(a, e, torch.float32, name)
     assert_ran(masked_temperature_attention(*[x.requires_grad_() if x.is_floating_point() else x for x in inputs],
                                             normalize=normalize, backend="auto"), torch_path)
+
+
+@pytest.mark.parametrize("budget", ["1e-9", "1e4"], ids=["one-slice-per-group", "one-group"])
+@pytest.mark.parametrize("rule,normalize", [("random", True), ("image1-all-invalid", True), ("zero-norm", True),
+                                            ("random", False)], ids=["random", "all-invalid-image", "zero-norm", "raw"])
+def test_cpu_flash_path_groups_of_slices_match_float64_reference(monkeypatch, budget, rule, normalize):
+    """The CPU flash path works over groups of (image, head) slices sized to MHTMA_CHUNK_MB: one slice per
+    group and everything in one group give the oracle's output and gradients."""
+    monkeypatch.setenv("MHTMA_AUTO_CANDIDATES", "sdpa")
+    monkeypatch.setenv("MHTMA_CHUNK_MB", budget)
+    expected = forward_and_grads("reference", *make_inputs(3, 2, 23, 19, 11, 11, 0.1, rule), normalize=normalize)
+    inputs = make_inputs(3, 2, 23, 19, 11, 11, 0.1, rule, torch.float32)
+    actual = forward_and_grads("auto", *inputs, normalize=normalize)
+    for name, a, e in zip(NAMES, actual, expected):
+        assert_close(a, e, torch.float32, name)
+    assert_ran(masked_temperature_attention(*[x.requires_grad_() if x.is_floating_point() else x for x in inputs],
+                                            normalize=normalize, backend="auto"), TORCH_PATHS["sdpa"])
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64], ids=["fp16", "bf16", "fp64"])

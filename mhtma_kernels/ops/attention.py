@@ -2,9 +2,9 @@
 import torch
 
 from .autocast import autocast_dtype, cast_for_autocast
-from .backends import auto_backend, torch_backend
+from .backends import auto_backend, torch_backend, triton_backend
 from .checks import BACKENDS, backend_from_env, check_backend, check_lambda_m  # noqa: F401 - BACKENDS re-exported
-from .reference import l2_normalize, masked_temperature_attention_reference
+from .reference import masked_temperature_attention_reference
 from .tracing import is_exporting, is_tracing
 
 
@@ -144,15 +144,12 @@ def _dispatch(q, k, v, key_valid, temperature, lambda_m: float, normalize: bool,
         return _empty_result(q, k, v, temperature)
     if backend == "reference":
         return masked_temperature_attention_reference(q, k, v, key_valid, temperature, lambda_m, normalize)
-    # Normalisation is a cheap O((Nq + Nk) * D) prepass in PyTorch: autograd then differentiates
-    # the norm exactly, and the O(Nq * Nk * D) kernels stay identical for normalize=True/False
-    # (with normalize=True they may use the bound |<q_i, k_j>| <= 1).
-    if normalize:
-        q, k = l2_normalize(q), l2_normalize(k)
+    # The backends normalise q and k themselves (:mod:`.backends`): for triton and chunked a cheap
+    # O((Nq + Nk) * D) PyTorch prepass that autograd differentiates exactly (the O(Nq * Nk * D) kernels
+    # stay identical for normalize=True/False, and may use the bound |<q_i, k_j>| <= 1); the CPU flash
+    # path folds it into its operands so that no normalised copy of k is held.
     if backend == "torch":
         return torch_backend(q, k, v, key_valid, temperature, lambda_m, normalize)
     if backend == "auto":
         return auto_backend(q, k, v, key_valid, temperature, lambda_m, normalize)
-    from .triton_library import triton_attention  # imported lazily: triton is optional on CPU
-
-    return triton_attention(q, k, v, key_valid, temperature, lambda_m, bounded=normalize)
+    return triton_backend(q, k, v, key_valid, temperature, lambda_m, normalize)

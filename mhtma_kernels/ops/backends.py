@@ -1,5 +1,7 @@
-"""The implementations behind the op's backends, on normalised q, k (the public function validated the
-inputs, normalised them and handled empty problems), and the measured choice of ``backend="auto"``.
+"""The implementations behind the op's backends, on raw q, k and the ``normalize`` flag (the public function
+validated the inputs and handled empty problems), and the measured choice of ``backend="auto"``. triton
+and chunked get q, k L2-normalised here (and ``bounded = normalize``: |<q_i, k_j>| <= 1); sdpa normalises
+inside its CPU op (see :mod:`.flash_cpu`).
 
     name       what                                                   where
     triton     the fused Triton op (``mhtma::triton_attention``)      CUDA (or the interpreter, forced)
@@ -19,6 +21,7 @@ import torch
 
 from .dispatch import AUTO, bucket
 from .library import chunked_attention
+from .reference import l2_normalize
 from .sdpa import sdpa_applies, sdpa_masked_attention, sdpa_takes
 from .tracing import is_exporting, is_tracing
 
@@ -26,21 +29,27 @@ CANDIDATES = ("triton", "chunked", "sdpa")
 _TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
-def _triton(q, k, v, key_valid, temperature, lambda_m, bounded):
+def _normalized(q, k, normalize: bool):
+    return (l2_normalize(q), l2_normalize(k)) if normalize else (q, k)
+
+
+def triton_backend(q, k, v, key_valid, temperature, lambda_m, normalize):
     from .triton_library import triton_attention  # imported lazily: triton is optional on CPU
 
-    return triton_attention(q, k, v, key_valid, temperature, lambda_m, bounded=bounded)
+    q, k = _normalized(q, k, normalize)
+    return triton_attention(q, k, v, key_valid, temperature, lambda_m, bounded=normalize)
 
 
-def _chunked(q, k, v, key_valid, temperature, lambda_m, bounded):
-    return chunked_attention(q, k, v, key_valid, temperature, lambda_m, bounded)
+def _chunked(q, k, v, key_valid, temperature, lambda_m, normalize):
+    q, k = _normalized(q, k, normalize)
+    return chunked_attention(q, k, v, key_valid, temperature, lambda_m, normalize)
 
 
-def _sdpa(q, k, v, key_valid, temperature, lambda_m, bounded):
-    return sdpa_masked_attention(q, k, v, key_valid, temperature, lambda_m)
+def _sdpa(q, k, v, key_valid, temperature, lambda_m, normalize):
+    return sdpa_masked_attention(q, k, v, key_valid, temperature, lambda_m, normalize)
 
 
-IMPLEMENTATIONS = {"triton": _triton, "chunked": _chunked, "sdpa": _sdpa}
+IMPLEMENTATIONS = {"triton": triton_backend, "chunked": _chunked, "sdpa": _sdpa}
 
 
 def _triton_available() -> bool:
@@ -80,13 +89,13 @@ def applicable(q, k, v) -> list[str]:
     return names
 
 
-def torch_backend(q, k, v, key_valid, temperature, lambda_m, bounded):
+def torch_backend(q, k, v, key_valid, temperature, lambda_m, normalize):
     """``backend="torch"``: SDPA's fused CPU kernel where it takes the inputs, the chunked GEMM path otherwise."""
     if q.device.type == "cpu" and sdpa_applies(q, v) and not is_exporting():
-        out = sdpa_masked_attention(q, k, v, key_valid, temperature, lambda_m)
+        out = sdpa_masked_attention(q, k, v, key_valid, temperature, lambda_m, normalize)
         if out is not None:
             return out
-    return _chunked(q, k, v, key_valid, temperature, lambda_m, bounded)
+    return _chunked(q, k, v, key_valid, temperature, lambda_m, normalize)
 
 
 def dispatch_key(q, k, v, bounded: bool, grad: bool) -> tuple:
@@ -111,17 +120,17 @@ def _trial(name, args, grad: bool):
     return run
 
 
-def auto_backend(q, k, v, key_valid, temperature, lambda_m, bounded):
+def auto_backend(q, k, v, key_valid, temperature, lambda_m, normalize):
     """``backend="auto"``: the measured choice among the applicable candidates (see the module docstring)."""
     names = applicable(q, k, v)
-    args = (q, k, v, key_valid, temperature, lambda_m, bounded)
+    args = (q, k, v, key_valid, temperature, lambda_m, normalize)
     grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v, temperature))
     if is_tracing(q, k, v, temperature):
         name = "chunked" if is_exporting() else names[0]
     elif len(names) == 1:
         name = names[0]
     else:
-        key = dispatch_key(q, k, v, bounded, grad)
+        key = dispatch_key(q, k, v, normalize, grad)
         full_key = (str(q.device), str(q.dtype).replace("torch.", "")) + key
         name = AUTO.choose(full_key, q.device, q.dtype, {n: _trial(n, args, grad) for n in names})
     out = IMPLEMENTATIONS[name](*args)

@@ -4,14 +4,18 @@ the memory-efficient or cuDNN kernels), never its materialising math fallback.
 
     z_ij = <q_i, k'_j> + bias_j,   k'_j = k_j / t (valid) or 0 (invalid),   bias_j = 0 or -lambda_m
 
-Inputs are already normalised (the public function's prepass). Gradients to q, k, v and temperature
-come from autograd through SDPA's own fused backward.
+Inputs are the raw q, k (``normalize``: L2-normalised here). On CPU the whole path is one custom op,
+``mhtma::sdpa_cpu_attention`` (:mod:`.flash_cpu`: normalisation, temperature and mask folded into the
+operands, gradients from flash's own backward, no normalised copy of k held). On CUDA, q and k are
+normalised first and gradients to q, k, v and temperature come from autograd through SDPA's fused backward.
 """
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend
 
 from .chunked import compute_dtype
+from .library import sdpa_cpu_attention
+from .reference import l2_normalize
 
 
 def _fused_kernel_takes(q, k, v, bias) -> bool:
@@ -42,13 +46,19 @@ def _operands(q, k, v, key_valid, temperature, lambda_m, dtype):
     return qc, ks, vc, bias[:, None, None, :]
 
 
-def sdpa_masked_attention(q, k, v, key_valid, temperature, lambda_m):
-    """Masked temperature attention on normalised q, k through SDPA -> [B, H, Nq, Dv] in q's dtype, or
-    None where SDPA would not run a fused kernel on these inputs.
+def sdpa_masked_attention(q, k, v, key_valid, temperature, lambda_m, normalize):
+    """Masked temperature attention through SDPA -> [B, H, Nq, Dv] in q's dtype, or None where SDPA would
+    not run a fused kernel on these inputs.
 
     CPU: computes in fp32 (fp64 for fp64 inputs). CUDA: in the input dtype (the fused kernels' own fp32
     accumulation)."""
-    dtype = compute_dtype(q.dtype) if q.device.type == "cpu" else q.dtype
+    if q.device.type == "cpu":
+        if not sdpa_takes(q, k, v):
+            return None
+        return sdpa_cpu_attention(q, k, v, key_valid, temperature, lambda_m, normalize)
+    if normalize:
+        q, k = l2_normalize(q), l2_normalize(k)
+    dtype = q.dtype
     with torch.autocast(q.device.type, enabled=False):
         qc, ks, vc, bias = _operands(q, k, v, key_valid, temperature, lambda_m, dtype)
         if not _fused_kernel_takes(qc, ks, vc, bias):
