@@ -99,6 +99,16 @@ def chunk_rows(bh: int, nq: int, nk: int, bytes_per_score: int, budget_mb: float
     return max(1, min(nq, int(budget_mb * 2 ** 20) // per_row))
 
 
+def step_rows(kind: str, bh: int, nq: int, nk: int, acc: torch.dtype, operand: torch.dtype, budget_mb: float) -> int:
+    """Query rows per chunk of chunked_forward (``kind`` "forward": s, plus its rounded copy when the GEMM
+    operands are 16-bit) or chunked_backward ("backward": s, dp and one more score buffer, plus w and g
+    when rounded), for compute dtype ``acc`` and GEMM operand dtype ``operand``."""
+    acc_bytes = torch.finfo(acc).bits // 8
+    rounded = 0 if operand == acc else torch.finfo(operand).bits // 8
+    per_score = acc_bytes + rounded if kind == "forward" else 3 * acc_bytes + 2 * rounded
+    return chunk_rows(bh, nq, nk, per_score, budget_mb)
+
+
 _BMM_OUT_DTYPE: dict = {}
 
 
@@ -344,8 +354,7 @@ def chunked_forward(q, k, v, key_valid, temperature, lambda_m: float, bounded: b
     m_all = torch.empty(BH, Nq, 1, dtype=p.acc, device=q.device)
     l_all = torch.empty_like(m_all)
     bound = _fixed_bound(p, bounded, q.dtype)
-    extra = 0 if p.q.dtype == p.acc else p.q.element_size()  # the rounded copy of p
-    step = chunk_rows(BH, Nq, Nk, torch.finfo(p.acc).bits // 8 + extra, chunk_budget_mb(q.device, chunk_mb))
+    step = step_rows("forward", BH, Nq, Nk, p.acc, p.q.dtype, chunk_budget_mb(q.device, chunk_mb))
     rows_step = _step("forward", q.device, p.acc)
     for i in range(0, Nq, step):
         rows = slice(i, i + step)
@@ -376,8 +385,7 @@ def chunked_backward(q, k, v, key_valid, temperature, lambda_m: float, stats: Ro
     dk = torch.zeros(BH, Nk, D, dtype=p.acc, device=q.device)
     dv = torch.zeros(BH, Nk, v.shape[-1], dtype=p.acc, device=q.device)
     g_dot_s = torch.zeros(BH, dtype=p.acc, device=q.device)
-    extra = 0 if p.q.dtype == p.acc else 2 * p.q.element_size()
-    step = chunk_rows(BH, Nq, Nk, 3 * (torch.finfo(p.acc).bits // 8) + extra, chunk_budget_mb(q.device, chunk_mb))
+    step = step_rows("backward", BH, Nq, Nk, p.acc, p.q.dtype, chunk_budget_mb(q.device, chunk_mb))
     rows_step = _step("backward", q.device, p.acc)
     for i in range(0, Nq, step):
         rows = slice(i, i + step)

@@ -52,6 +52,15 @@ def _row_logits(s_rows, inv_rows, offs_n, r_mask, NK, stride_sn, stride_in, scal
 
 
 @triton.jit
+def _aligned(x, ALIGN: tl.constexpr):
+    """x itself, known to the compiler as a multiple of ALIGN (the launcher checked that it is one): lets
+    the tile loads and stores of a row vectorise where Nk and the row strides are not multiples of 16."""
+    if ALIGN > 1:
+        x = (x // ALIGN) * ALIGN
+    return x
+
+
+@triton.jit
 def _exp(x, BASE2: tl.constexpr):
     if BASE2:
         return tl.exp2(x)
@@ -62,8 +71,13 @@ def _exp(x, BASE2: tl.constexpr):
 def chunk_forward_rows_kernel(S, SCALE, INVALID, FILL, M_FIXED, E, M_OUT, SUM_OUT, ROWS, NK,
                               stride_sb, stride_sr, stride_sn, stride_eb, stride_er, stride_en,
                               stride_ib, stride_in, stride_scale, stride_fixed,
-                              HAS_FIXED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """e = exp(z - m) rounded to E's dtype, m and sum_j e per row (see the module docstring)."""
+                              HAS_FIXED: tl.constexpr, ALIGN: tl.constexpr,
+                              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """e = exp(z - m) rounded to E's dtype, m and sum_j e per row (see the module docstring). NK and the bh /
+    row strides are multiples of ALIGN."""
+    NK = _aligned(NK, ALIGN)
+    stride_sb, stride_sr = _aligned(stride_sb, ALIGN), _aligned(stride_sr, ALIGN)
+    stride_eb, stride_er, stride_ib = _aligned(stride_eb, ALIGN), _aligned(stride_er, ALIGN), _aligned(stride_ib, ALIGN)
     bh = tl.program_id(1).to(tl.int64)
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M]
     r_mask = offs_m < ROWS  # [BLOCK_M]
@@ -98,10 +112,15 @@ def chunk_backward_rows_kernel(S, DP, SCALE, INVALID, FILL, M, W, G, GS_PART, RO
                                stride_sb, stride_sr, stride_sn, stride_db, stride_dr, stride_dn,
                                stride_wb, stride_wr, stride_wn, stride_ib, stride_in, stride_scale,
                                stride_mb, stride_mr, stride_gsb,
-                               BASE2: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                               BASE2: tl.constexpr, ALIGN: tl.constexpr,
+                               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """w, g rounded to W's dtype and one partial sum of g*s per program (see the module docstring).
     W and G share their strides (both fresh, or s's and dp's buffers when written in place: checked by the
-    launcher)."""
+    launcher). NK and the bh / row strides are multiples of ALIGN."""
+    NK = _aligned(NK, ALIGN)
+    stride_sb, stride_sr = _aligned(stride_sb, ALIGN), _aligned(stride_sr, ALIGN)
+    stride_db, stride_dr = _aligned(stride_db, ALIGN), _aligned(stride_dr, ALIGN)
+    stride_wb, stride_wr, stride_ib = _aligned(stride_wb, ALIGN), _aligned(stride_wr, ALIGN), _aligned(stride_ib, ALIGN)
     bh = tl.program_id(1).to(tl.int64)
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M]
     r_mask = offs_m < ROWS  # [BLOCK_M]
@@ -165,6 +184,14 @@ def row_blocks(bh: int, rows: int, nk: int) -> tuple[int, int]:
     return block_m, block_n
 
 
+def alignment(*ints: int) -> int:
+    """The largest power of two up to 16 that divides every one of ``ints`` (Nk and the bh / row strides)."""
+    align = 16
+    while align > 1 and any(n % align for n in ints):
+        align //= 2
+    return align
+
+
 def _check(s: torch.Tensor, invalid: torch.Tensor, scale: torch.Tensor, *others: torch.Tensor) -> None:
     if s.dim() != 3 or s.dtype not in (torch.float32, torch.float64):
         raise ValueError(f"chunk row step: s must be [BH, rows, Nk] fp32/fp64, got {tuple(s.shape)} {s.dtype}")
@@ -206,7 +233,8 @@ def forward_rows(s, scale, invalid, fill: float, m_fixed, p_dtype, blocks=None):
     chunk_forward_rows_kernel[(triton.cdiv(rows, block_m), BH)](
         s, scale, inv, _fill(fill, s), fixed, e, m, total, rows, nk,
         *s.stride(), *e.stride(), inv.stride(0), inv.stride(2), scale.stride(0), fixed.stride(0),
-        HAS_FIXED=m_fixed is not None, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=NUM_WARPS)
+        HAS_FIXED=m_fixed is not None, ALIGN=alignment(nk, *s.stride()[:2], *e.stride()[:2], inv.stride(0)),
+        BLOCK_M=block_m, BLOCK_N=block_n, num_warps=NUM_WARPS)
     return e, m, total
 
 
@@ -232,6 +260,7 @@ def backward_rows(s, dp, scale, invalid, fill: float, m, base2: bool, op_dtype, 
     chunk_backward_rows_kernel[(triton.cdiv(rows, block_m), BH)](
         s, dp, scale, inv, _fill(fill, s), m, w, g, parts, rows, nk,
         *s.stride(), *dp.stride(), *w.stride(), inv.stride(0), inv.stride(2), scale.stride(0),
-        m.stride(0), m.stride(1), parts.stride(0),
-        BASE2=bool(base2), BLOCK_M=block_m, BLOCK_N=block_n, num_warps=NUM_WARPS)
+        m.stride(0), m.stride(1), parts.stride(0), BASE2=bool(base2),
+        ALIGN=alignment(nk, *s.stride()[:2], *dp.stride()[:2], *w.stride()[:2], inv.stride(0)),
+        BLOCK_M=block_m, BLOCK_N=block_n, num_warps=NUM_WARPS)
     return w, g, parts.sum(dim=1)
