@@ -125,15 +125,15 @@ def test_bad_step_inputs_are_one_line_errors():
 
 
 @pytest.mark.parametrize("bh,rows,nk,expected", [
-    pytest.param(32, 363, 3844, (2, 1024), id="64x64-map"),
-    pytest.param(32, 32, 16384, (1, 1024), id="128x128-map-few-rows"),
-    pytest.param(1, 1, 5, (1, 8), id="tiny"),
-    pytest.param(4096, 100, 100, (16, 128), id="many-rows"),
+    pytest.param(32, 363, 3844, (2, 1024, 4), id="64x64-map"),
+    pytest.param(32, 32, 16384, (1, 1024, 4), id="128x128-map-few-rows"),
+    pytest.param(1, 1, 5, (1, 8, 1), id="tiny"),
+    pytest.param(2, 20, 100, (1, 128, 1), id="small-grid"),
+    pytest.param(4096, 100, 100, (16, 128, 4), id="many-rows"),
 ])
 def test_row_blocks_cover_nk_and_keep_the_grid_wide(bh, rows, nk, expected):
-    block_m, block_n = chunked_kernels.row_blocks(bh, rows, nk)
-    assert (block_m, block_n) == expected
-    assert block_m * block_n <= max(chunked_kernels.TILE_ELEMENTS, block_n)
+    assert chunked_kernels.row_blocks(bh, rows, nk) == expected
+    assert chunked_kernels.row_blocks(bh, rows, nk, blocks=(2, 16)) == (2, 16, 1)  # explicit blocks, warps by rule
 
 
 # ------------------------------------------------------------------- the chunked path with Triton steps
@@ -226,3 +226,13 @@ def test_bad_steps_env_is_named(only_chunked, monkeypatch, env, value, match):  
     monkeypatch.setenv(env, value)
     with pytest.raises(ValueError, match=match):
         forward_and_grads(only_chunked, *make_inputs(1, 1, 4, 5, 3, 2, 0.1, "random", torch.float32))
+
+
+@pytest.mark.parametrize("ints,expected", [
+    pytest.param((3844, 3844 * 363), 4, id="64x64-map"),
+    pytest.param((16384, 16384 * 85), 16, id="128x128-map"),
+    pytest.param((37, 37 * 5), 1, id="odd-Nk"),
+    pytest.param((48, 40), 8, id="strides-decide"),
+])
+def test_alignment_is_the_power_of_two_dividing_nk_and_strides(ints, expected):
+    assert chunked_kernels.alignment(*ints) == expected

@@ -166,7 +166,9 @@ TILE_ELEMENTS = 2048
 MAX_BLOCK_N = 1024
 #: Fewest programs worth keeping before the row blocks are made narrower (about 8 per SM of a 132-SM GPU).
 MIN_PROGRAMS = 1024
-NUM_WARPS = 4
+#: Tile elements per warp (4 fp32 per thread: one 16-byte vector) and the most warps per program.
+WARP_ELEMENTS = 128
+MAX_WARPS = 4
 
 
 def interpreting() -> bool:
@@ -174,14 +176,18 @@ def interpreting() -> bool:
     return type(chunk_forward_rows_kernel).__name__ == "InterpretedFunction"
 
 
-def row_blocks(bh: int, rows: int, nk: int) -> tuple[int, int]:
-    """(BLOCK_M, BLOCK_N) of a launch: BLOCK_N the power of two covering Nk up to MAX_BLOCK_N; BLOCK_M rows
-    filling TILE_ELEMENTS, halved while the grid would have fewer than MIN_PROGRAMS programs."""
-    block_n = min(MAX_BLOCK_N, triton.next_power_of_2(max(nk, 1)))
-    block_m = min(max(TILE_ELEMENTS // block_n, 1), triton.next_power_of_2(max(rows, 1)))
-    while block_m > 1 and bh * triton.cdiv(rows, block_m) < MIN_PROGRAMS:
-        block_m //= 2
-    return block_m, block_n
+def row_blocks(bh: int, rows: int, nk: int, blocks=None) -> tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps) of a launch: BLOCK_N the power of two covering Nk up to MAX_BLOCK_N;
+    BLOCK_M rows filling TILE_ELEMENTS, halved while the grid would have fewer than MIN_PROGRAMS programs
+    (``blocks`` = (BLOCK_M, BLOCK_N) overrides both); warps: one per WARP_ELEMENTS of the tile, 1 to MAX_WARPS."""
+    if blocks is None:
+        block_n = min(MAX_BLOCK_N, triton.next_power_of_2(max(nk, 1)))
+        block_m = min(max(TILE_ELEMENTS // block_n, 1), triton.next_power_of_2(max(rows, 1)))
+        while block_m > 1 and bh * triton.cdiv(rows, block_m) < MIN_PROGRAMS:
+            block_m //= 2
+    else:
+        block_m, block_n = blocks
+    return block_m, block_n, max(1, min(MAX_WARPS, block_m * block_n // WARP_ELEMENTS))
 
 
 def alignment(*ints: int) -> int:
@@ -216,7 +222,7 @@ def _fill(value: float, like: torch.Tensor) -> torch.Tensor:
 
 def forward_rows(s, scale, invalid, fill: float, m_fixed, p_dtype, blocks=None):
     """The forward row step (``chunked._forward_rows_eager``'s twin) -> (e [BH, c, Nk] in p_dtype, m, sum_j e
-    [BH, c, 1] in s's dtype); consumes s. blocks: (BLOCK_M, BLOCK_N), default :func:`row_blocks`."""
+    [BH, c, 1] in s's dtype); consumes s. blocks: (BLOCK_M, BLOCK_N), default :func:`row_blocks`'s choice."""
     _check(s, invalid, scale, *([] if m_fixed is None else [m_fixed]))
     _check_rounding(s, p_dtype)
     BH, rows, nk = s.shape
@@ -227,14 +233,14 @@ def forward_rows(s, scale, invalid, fill: float, m_fixed, p_dtype, blocks=None):
         return e, m, total
     if m_fixed is not None and m_fixed.shape != (BH, 1, 1):
         raise ValueError(f"chunk row step: m_fixed must be [{BH}, 1, 1], got {tuple(m_fixed.shape)}")
-    block_m, block_n = blocks or row_blocks(BH, rows, nk)
+    block_m, block_n, warps = row_blocks(BH, rows, nk, blocks)
     fixed = scale if m_fixed is None else m_fixed.to(s.dtype)
     inv = invalid.view(torch.uint8)
     chunk_forward_rows_kernel[(triton.cdiv(rows, block_m), BH)](
         s, scale, inv, _fill(fill, s), fixed, e, m, total, rows, nk,
         *s.stride(), *e.stride(), inv.stride(0), inv.stride(2), scale.stride(0), fixed.stride(0),
         HAS_FIXED=m_fixed is not None, ALIGN=alignment(nk, *s.stride()[:2], *e.stride()[:2], inv.stride(0)),
-        BLOCK_M=block_m, BLOCK_N=block_n, num_warps=NUM_WARPS)
+        BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps)
     return e, m, total
 
 
@@ -252,7 +258,7 @@ def backward_rows(s, dp, scale, invalid, fill: float, m, base2: bool, op_dtype, 
         w, g = s, dp  # in place: every element is read (both passes) before its program writes it
     else:
         w, g = (torch.empty(s.shape, dtype=op_dtype, device=s.device) for _ in range(2))
-    block_m, block_n = blocks or row_blocks(BH, rows, nk)
+    block_m, block_n, warps = row_blocks(BH, rows, nk, blocks)
     parts = torch.zeros(BH, max(triton.cdiv(rows, block_m), 1), dtype=s.dtype, device=s.device)
     if BH * rows == 0:
         return w, g, parts.sum(dim=1)
@@ -262,5 +268,5 @@ def backward_rows(s, dp, scale, invalid, fill: float, m, base2: bool, op_dtype, 
         *s.stride(), *dp.stride(), *w.stride(), inv.stride(0), inv.stride(2), scale.stride(0),
         m.stride(0), m.stride(1), parts.stride(0), BASE2=bool(base2),
         ALIGN=alignment(nk, *s.stride()[:2], *dp.stride()[:2], *w.stride()[:2], inv.stride(0)),
-        BLOCK_M=block_m, BLOCK_N=block_n, num_warps=NUM_WARPS)
+        BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps)
     return w, g, parts.sum(dim=1)

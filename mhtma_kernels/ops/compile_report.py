@@ -263,7 +263,7 @@ def chunk_step_report(dtype: torch.dtype = torch.bfloat16, shape: dict | None = 
                 chunked_kernels.backward_rows(s, torch.empty_like(s), scale, invalid, -1e4, torch.empty(bh, rows, 1),
                                               extra, operand)
         (name, kernel), = compiled
-        block_m, block_n = chunked_kernels.row_blocks(bh, rows, nk)
+        block_m, block_n, _ = chunked_kernels.row_blocks(bh, rows, nk)
         yield dict(kernel=name, variant=variant, dtype={v: k for k, v in _DTYPES.items()}[dtype], rows=rows,
                    grid=[-(-rows // block_m), bh], block=f"{block_m}x{block_n}", align=chunked_kernels.alignment(nk),
                    **summarise(kernel), **access_widths(_cuobjdump(kernel.asm["cubin"], "--dump-sass")))
