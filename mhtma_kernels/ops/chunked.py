@@ -300,15 +300,28 @@ def _fast_step(mode: str, name: str):
     return _COMPILED[name]
 
 
+def _give_up(mode: str, name: str, error: Exception) -> None:
+    """Record that step ``name`` failed in ``mode`` (eager from then on) and say so in one warning line."""
+    _BROKEN.add((mode, name))
+    what = "Triton kernel" if mode == "triton" else "torch.compile'd step"
+    warnings.warn(f"mhtma chunked path: the {name} {what} failed "
+                  f"({type(error).__name__}: {' '.join(str(error).split())[:160]}); running it eagerly",
+                  RuntimeWarning, stacklevel=3)
+
+
 def _step(name: str, device: torch.device, dtype: torch.dtype):
     """The elementwise step ``name`` ("forward" | "backward") as :func:`steps_mode` says. A Triton kernel
-    that fails to compile or launch, or a torch.compile that fails, warns once and that step runs eagerly
-    from then on (the eager step computes the same; a kernel fails before it writes)."""
+    that fails to import, compile or launch, or a torch.compile that fails, warns once and that step runs
+    eagerly from then on (the eager step computes the same; a kernel fails before it writes)."""
     eager = {"forward": _forward_rows_eager, "backward": _backward_rows_eager}[name]
     mode = steps_mode(device, dtype)
     if mode == "eager" or (mode, name) in _BROKEN:
         return eager
-    fast = _fast_step(mode, name)
+    try:
+        fast = _fast_step(mode, name)
+    except Exception as error:  # noqa: BLE001 - e.g. a triton that does not import: the eager step is exact too
+        _give_up(mode, name, error)
+        return eager
 
     def run(*args):
         if (mode, name) in _BROKEN:
@@ -316,11 +329,7 @@ def _step(name: str, device: torch.device, dtype: torch.dtype):
         try:
             return fast(*args)
         except Exception as error:  # noqa: BLE001 - any compiler or launch failure: the eager step is exact too
-            _BROKEN.add((mode, name))
-            what = "Triton kernel" if mode == "triton" else "torch.compile'd step"
-            warnings.warn(f"mhtma chunked path: the {name} {what} failed "
-                          f"({type(error).__name__}: {' '.join(str(error).split())[:160]}); running it eagerly",
-                          RuntimeWarning, stacklevel=2)
+            _give_up(mode, name, error)
             return eager(*args)
 
     return run
