@@ -75,7 +75,7 @@ def chunk_forward_rows_kernel(S, SCALE, INVALID, FILL, M_FIXED, E, M_OUT, SUM_OU
                               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """e = exp(z - m) rounded to E's dtype, m and sum_j e per row (see the module docstring). NK and the bh /
     row strides are multiples of ALIGN."""
-    NK = _aligned(NK, ALIGN)
+    nk_a = _aligned(NK, ALIGN)  # NK as the masks see it; the loops run to NK itself
     stride_sb, stride_sr = _aligned(stride_sb, ALIGN), _aligned(stride_sr, ALIGN)
     stride_eb, stride_er, stride_ib = _aligned(stride_eb, ALIGN), _aligned(stride_er, ALIGN), _aligned(stride_ib, ALIGN)
     bh = tl.program_id(1).to(tl.int64)
@@ -93,12 +93,12 @@ def chunk_forward_rows_kernel(S, SCALE, INVALID, FILL, M_FIXED, E, M_OUT, SUM_OU
     else:
         m = tl.full([BLOCK_M], float("-inf"), dtype=scale.dtype)  # [BLOCK_M]
         for n0 in range(0, NK, BLOCK_N):
-            _, z, _, _ = _row_logits(s_rows, inv_rows, n0 + offs_nb, r_mask, NK, stride_sn, stride_in, scale, fill)
+            _, z, _, _ = _row_logits(s_rows, inv_rows, n0 + offs_nb, r_mask, nk_a, stride_sn, stride_in, scale, fill)
             m = tl.maximum(m, tl.max(z, axis=1))  # [BLOCK_M]
     total = tl.zeros([BLOCK_M], dtype=scale.dtype)  # [BLOCK_M]
     for n0 in range(0, NK, BLOCK_N):
         offs_n = n0 + offs_nb  # [BLOCK_N]
-        _, z, _, tile_mask = _row_logits(s_rows, inv_rows, offs_n, r_mask, NK, stride_sn, stride_in, scale, fill)
+        _, z, _, tile_mask = _row_logits(s_rows, inv_rows, offs_n, r_mask, nk_a, stride_sn, stride_in, scale, fill)
         e = tl.exp(z - m[:, None])  # [BLOCK_M, BLOCK_N], 0 on padding columns
         tl.store(e_rows + offs_n[None, :] * stride_en, e.to(E.dtype.element_ty), mask=tile_mask)
         total += tl.sum(e, axis=1)  # [BLOCK_M]
@@ -117,7 +117,7 @@ def chunk_backward_rows_kernel(S, DP, SCALE, INVALID, FILL, M, W, G, GS_PART, RO
     """w, g rounded to W's dtype and one partial sum of g*s per program (see the module docstring).
     W and G share their strides (both fresh, or s's and dp's buffers when written in place: checked by the
     launcher). NK and the bh / row strides are multiples of ALIGN."""
-    NK = _aligned(NK, ALIGN)
+    nk_a = _aligned(NK, ALIGN)  # NK as the masks see it; the loops run to NK itself
     stride_sb, stride_sr = _aligned(stride_sb, ALIGN), _aligned(stride_sr, ALIGN)
     stride_db, stride_dr = _aligned(stride_db, ALIGN), _aligned(stride_dr, ALIGN)
     stride_wb, stride_wr, stride_ib = _aligned(stride_wb, ALIGN), _aligned(stride_wr, ALIGN), _aligned(stride_ib, ALIGN)
@@ -137,7 +137,7 @@ def chunk_backward_rows_kernel(S, DP, SCALE, INVALID, FILL, M, W, G, GS_PART, RO
     e_dp = tl.zeros([BLOCK_M], dtype=scale.dtype)  # [BLOCK_M]
     for n0 in range(0, NK, BLOCK_N):
         offs_n = n0 + offs_nb  # [BLOCK_N]
-        _, z, _, tile_mask = _row_logits(s_rows, inv_rows, offs_n, r_mask, NK, stride_sn, stride_in, scale, fill)
+        _, z, _, tile_mask = _row_logits(s_rows, inv_rows, offs_n, r_mask, nk_a, stride_sn, stride_in, scale, fill)
         dp = tl.load(dp_rows + offs_n[None, :] * stride_dn, mask=tile_mask, other=0.0)  # [BLOCK_M, BLOCK_N]
         e = _exp(z - m[:, None], BASE2)  # [BLOCK_M, BLOCK_N]
         total += tl.sum(e, axis=1)  # [BLOCK_M]
@@ -147,7 +147,7 @@ def chunk_backward_rows_kernel(S, DP, SCALE, INVALID, FILL, M, W, G, GS_PART, RO
     gs = tl.zeros([BLOCK_M, BLOCK_N], dtype=scale.dtype)  # [BLOCK_M, BLOCK_N]
     for n0 in range(0, NK, BLOCK_N):
         offs_n = n0 + offs_nb  # [BLOCK_N]
-        s, z, valid, tile_mask = _row_logits(s_rows, inv_rows, offs_n, r_mask, NK, stride_sn, stride_in, scale, fill)
+        s, z, valid, tile_mask = _row_logits(s_rows, inv_rows, offs_n, r_mask, nk_a, stride_sn, stride_in, scale, fill)
         dp = tl.load(dp_rows + offs_n[None, :] * stride_dn, mask=tile_mask, other=0.0)  # [BLOCK_M, BLOCK_N]
         w = _exp(z - m[:, None], BASE2) / total[:, None]  # [BLOCK_M, BLOCK_N]
         g = tl.where(valid & tile_mask, (dp - delta[:, None]) * w, 0.0)  # [BLOCK_M, BLOCK_N]
