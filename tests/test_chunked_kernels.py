@@ -1,6 +1,9 @@
 """The Triton row steps of the chunked GEMM path (ops/chunked_kernels.py) against their eager twins in
 ops/chunked.py, and the whole chunked forward + backward with them forced (MHTMA_CHUNK_STEPS=triton) against
 the float64 oracle. Under TRITON_INTERPRET=1 without a GPU (conftest); tiny shapes."""
+import json
+import os
+
 import pytest
 import torch
 
@@ -236,3 +239,19 @@ def test_bad_steps_env_is_named(only_chunked, monkeypatch, env, value, match):  
 ])
 def test_alignment_is_the_power_of_two_dividing_nk_and_strides(ints, expected):
     assert chunked_kernels.alignment(*ints) == expected
+
+
+def test_row_step_benchmark_smoke_runs_and_checks_the_triton_steps(tmp_path, monkeypatch):
+    """benchmarks/chunk_steps.py --smoke: every step and variant in eager and triton mode, the Triton steps'
+    values checked against the eager ones (its exit status); no time is asserted."""
+    _is_interpreted()
+    from benchmarks import chunk_steps
+
+    monkeypatch.delenv("MHTMA_CHUNK_STEPS", raising=False)
+    monkeypatch.setattr(chunked, "_BROKEN", set())
+    assert chunk_steps.main(["--smoke", "--json", str(tmp_path / "steps.json")]) == 0
+    records = json.loads((tmp_path / "steps.json").read_text())
+    assert [(r["step"], r["variant"], r["mode"]) for r in records if r["mode"] == "triton"] == [
+        (step, variant, "triton") for step, variant, _ in chunk_steps.STEPS]
+    assert all(r["same_as_eager"] == "yes" for r in records if r["mode"] == "triton"), records
+    assert "MHTMA_CHUNK_STEPS" not in os.environ and not chunked._BROKEN

@@ -203,9 +203,11 @@ def _check(s: torch.Tensor, invalid: torch.Tensor, scale: torch.Tensor, *others:
         raise ValueError(f"chunk row step: s must be [BH, rows, Nk] fp32/fp64, got {tuple(s.shape)} {s.dtype}")
     BH, _, nk = s.shape
     if invalid.shape != (BH, 1, nk) or invalid.dtype != torch.bool:
-        raise ValueError(f"chunk row step: invalid must be bool [{BH}, 1, {nk}], got {tuple(invalid.shape)} {invalid.dtype}")
+        raise ValueError(f"chunk row step: invalid must be bool [{BH}, 1, {nk}], "
+                         f"got {tuple(invalid.shape)} {invalid.dtype}")
     if scale.shape != (BH, 1, 1) or scale.dtype != s.dtype:
-        raise ValueError(f"chunk row step: scale must be [{BH}, 1, 1] {s.dtype}, got {tuple(scale.shape)} {scale.dtype}")
+        raise ValueError(f"chunk row step: scale must be [{BH}, 1, 1] {s.dtype}, "
+                         f"got {tuple(scale.shape)} {scale.dtype}")
     if any(x.device != s.device for x in (invalid, scale) + others):
         raise ValueError("chunk row step: every tensor must be on s's device")
 
