@@ -67,7 +67,9 @@ def _exp(x, BASE2: tl.constexpr):
     return tl.exp(x)
 
 
-@triton.jit
+# The chunk's row count and per-bh strides change with the last (partial) chunk: not specialised on (the
+# alignment they would prove is ALIGN's job), so a call of the same shape never compiles a second binary.
+@triton.jit(do_not_specialize=["ROWS", "stride_sb", "stride_eb"])
 def chunk_forward_rows_kernel(S, SCALE, INVALID, FILL, M_FIXED, E, M_OUT, SUM_OUT, ROWS, NK,
                               stride_sb, stride_sr, stride_sn, stride_eb, stride_er, stride_en,
                               stride_ib, stride_in, stride_scale, stride_fixed,
@@ -107,7 +109,7 @@ def chunk_forward_rows_kernel(S, SCALE, INVALID, FILL, M_FIXED, E, M_OUT, SUM_OU
     tl.store(SUM_OUT + out_rows, total, mask=r_mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["ROWS", "stride_sb", "stride_db", "stride_wb"])
 def chunk_backward_rows_kernel(S, DP, SCALE, INVALID, FILL, M, W, G, GS_PART, ROWS, NK,
                                stride_sb, stride_sr, stride_sn, stride_db, stride_dr, stride_dn,
                                stride_wb, stride_wr, stride_wn, stride_ib, stride_in, stride_scale,
@@ -202,6 +204,8 @@ def _check(s: torch.Tensor, invalid: torch.Tensor, scale: torch.Tensor, *others:
     if s.dim() != 3 or s.dtype not in (torch.float32, torch.float64):
         raise ValueError(f"chunk row step: s must be [BH, rows, Nk] fp32/fp64, got {tuple(s.shape)} {s.dtype}")
     BH, _, nk = s.shape
+    if any(x.dim() == 3 and (nk - 1) * abs(x.stride(2)) >= 2 ** 31 for x in (s, invalid) + others):
+        raise ValueError("chunk row step: column offsets (Nk - 1) * stride must fit in int32")
     if invalid.shape != (BH, 1, nk) or invalid.dtype != torch.bool:
         raise ValueError(f"chunk row step: invalid must be bool [{BH}, 1, {nk}], "
                          f"got {tuple(invalid.shape)} {invalid.dtype}")
