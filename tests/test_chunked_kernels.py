@@ -9,7 +9,8 @@ import torch
 
 from mhtma_kernels.ops import chunked
 from mhtma_kernels.testing import assert_close
-from tests.test_chunked import only_chunked  # noqa: F401 - the fixture
+from tests.test_chunked import TRITON_CASES, only_chunked  # noqa: F401 - the fixture
+from tests.test_chunked import test_temperature_gradient_within_twice_a_plain_fp32_implementation as dt_within_2x
 from tests.test_op import NAMES, forward_and_grads, make_inputs
 
 pytest.importorskip("triton")
@@ -135,8 +136,10 @@ def test_bad_step_inputs_are_one_line_errors():
     pytest.param(4096, 100, 100, (16, 128, 4), id="many-rows"),
 ])
 def test_row_blocks_cover_nk_and_keep_the_grid_wide(bh, rows, nk, expected):
-    assert chunked_kernels.row_blocks(bh, rows, nk) == expected
+    assert chunked_kernels.row_blocks(bh, rows, nk, min_programs=chunked_kernels.MIN_PROGRAMS) == expected
     assert chunked_kernels.row_blocks(bh, rows, nk, blocks=(2, 16)) == (2, 16, 1)  # explicit blocks, warps by rule
+    block_m, block_n, _ = chunked_kernels.row_blocks(bh, rows, nk, min_programs=1)  # the interpreter's choice
+    assert block_n == expected[1] and block_m >= expected[0] and block_m * block_n <= max(2048, block_n)
 
 
 # ------------------------------------------------------------------- the chunked path with Triton steps
@@ -183,6 +186,26 @@ def test_chunked_path_with_triton_steps_matches_float64(only_chunked, triton_ste
     assert not chunked._BROKEN
     if budget == "1e-9":
         assert triton_steps["forward"] == Nq  # one row per chunk
+
+
+@pytest.mark.parametrize("t", [0.01, 0.05, 0.5, 2.0], ids=lambda t: f"t{t}")
+def test_temperature_gradient_with_triton_steps_within_twice_plain_fp32(only_chunked, triton_steps, t):  # noqa: F811
+    """tests/test_chunked.py's bound on the fp32 dL/dt error, with the row steps as Triton launches."""
+    dt_within_2x(only_chunked, t)
+    assert triton_steps["backward"] >= 1 and not chunked._BROKEN
+
+
+@pytest.mark.parametrize("B,H,Nq,Nk,D,Dv,t,rule,dtype", TRITON_CASES)
+def test_triton_op_with_the_chunked_backward_and_triton_steps_matches_float64(triton_steps, monkeypatch,
+                                                                             B, H, Nq, Nk, D, Dv, t, rule, dtype):
+    """The fused forward's base-2 row maxima drive the chunked backward, whose row steps are Triton launches."""
+    monkeypatch.setenv("MHTMA_TRITON_BACKWARD", "chunked")
+    expected = forward_and_grads("reference", *make_inputs(B, H, Nq, Nk, D, Dv, t, rule))
+    inputs = [x.to(_device()) for x in make_inputs(B, H, Nq, Nk, D, Dv, t, rule, dtype)]
+    actual = forward_and_grads("triton", *inputs)
+    for name, a, e in zip(NAMES, actual, expected):
+        assert_close(a.cpu(), e, dtype, name)
+    assert triton_steps["backward"] >= 1 and triton_steps["forward"] == 0 and not chunked._BROKEN
 
 
 @pytest.mark.parametrize("name", ["forward", "backward"])

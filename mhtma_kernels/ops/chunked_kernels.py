@@ -178,14 +178,17 @@ def interpreting() -> bool:
     return type(chunk_forward_rows_kernel).__name__ == "InterpretedFunction"
 
 
-def row_blocks(bh: int, rows: int, nk: int, blocks=None) -> tuple[int, int, int]:
+def row_blocks(bh: int, rows: int, nk: int, blocks=None, min_programs: int | None = None) -> tuple[int, int, int]:
     """(BLOCK_M, BLOCK_N, num_warps) of a launch: BLOCK_N the power of two covering Nk up to MAX_BLOCK_N;
-    BLOCK_M rows filling TILE_ELEMENTS, halved while the grid would have fewer than MIN_PROGRAMS programs
-    (``blocks`` = (BLOCK_M, BLOCK_N) overrides both); warps: one per WARP_ELEMENTS of the tile, 1 to MAX_WARPS."""
+    BLOCK_M rows filling TILE_ELEMENTS, halved while the grid would have fewer than ``min_programs`` programs
+    (default MIN_PROGRAMS; 1 under the interpreter, which runs programs one by one); ``blocks`` = (BLOCK_M,
+    BLOCK_N) overrides both; warps: one per WARP_ELEMENTS of the tile, 1 to MAX_WARPS."""
+    if min_programs is None:
+        min_programs = 1 if interpreting() else MIN_PROGRAMS
     if blocks is None:
         block_n = min(MAX_BLOCK_N, triton.next_power_of_2(max(nk, 1)))
         block_m = min(max(TILE_ELEMENTS // block_n, 1), triton.next_power_of_2(max(rows, 1)))
-        while block_m > 1 and bh * triton.cdiv(rows, block_m) < MIN_PROGRAMS:
+        while block_m > 1 and bh * triton.cdiv(rows, block_m) < min_programs:
             block_m //= 2
     else:
         block_m, block_n = blocks
