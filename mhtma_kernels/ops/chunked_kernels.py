@@ -11,7 +11,7 @@ Forward row step, per row i:
     z_ij = s_ij * scale (valid key j),  fill (invalid key j)
     m_i  = m_fixed (given: the bound 1/t, or -lambda_m for an image without a valid key) or max_j z_ij
     e_ij = exp(z_ij - m_i)          written rounded to p_dtype (in place into s when p_dtype is s's dtype)
-    sum_i = sum_j e_ij              of the UNROUNDED e, in the compute dtype
+    l_i  = sum_j e_ij               the UNROUNDED e summed, in the compute dtype
 
 Two passes over the row when m is the row's own max (pass 1 the max, pass 2 e and its sum), one with m_fixed.
 
@@ -27,10 +27,18 @@ Pass 1 accumulates sum e and sum e*dp, pass 2 writes w and g: two reads of s and
 
 Grid: (row blocks of BLOCK_M rows, BH); each program walks Nk in BLOCK_N columns ([BLOCK_M, BLOCK_N] tiles).
 Padding columns (j >= Nk) get z = -inf (e = 0) and are never stored; padding rows read s = 0 and are never
-stored. Offsets are int64. Rounding to fp16/bf16 is round-to-nearest-even on a GPU (as torch's .to); Triton's
-CPU interpreter (3.8) truncates fp32 -> bf16 instead, so under TRITON_INTERPRET=1 a bf16 e, w or g can be one
-bf16 step below torch's rounding. fill is read from a one-element tensor so that it has the compute dtype (a
-Python float argument would be fp32 in the kernel).
+stored. Row and bh offsets are int64, column offsets int32 (checked by the launcher). Nk and the row / bh
+strides enter as multiples of ALIGN (the power of two <= 16 dividing them all), which lets the tiles load
+as 16-byte vectors where Nk is not a multiple of 16 (3844 at 64x64 maps). fill is read from a one-element
+tensor so that it has the compute dtype (a Python float argument would be fp32 in the kernel).
+
+Rounding to fp16/bf16 is round-to-nearest-even on a GPU (as torch's .to); Triton's CPU interpreter (3.8)
+truncates fp32 -> bf16 instead, so under TRITON_INTERPRET=1 a bf16 e, w or g can be one bf16 step below
+torch's rounding.
+
+fp64: the kernels take fp64 scores (exact to rounding under the interpreter, where the tests run them), but
+on CUDA the chunked path runs fp64 with its eager steps unless MHTMA_CHUNK_STEPS=triton forces these kernels
+(libdevice exp; not run on a GPU so far): fp64 is the oracle's dtype there, not a speed path.
 """
 import torch
 import triton
