@@ -11,7 +11,7 @@ Forward row step, per row i:
     z_ij = s_ij * scale (valid key j),  fill (invalid key j)
     m_i  = m_fixed (given: the bound 1/t, or -lambda_m for an image without a valid key) or max_j z_ij
     e_ij = exp(z_ij - m_i)          written rounded to p_dtype (in place into s when p_dtype is s's dtype)
-    l_i  = sum_j e_ij               the UNROUNDED e summed, in the compute dtype
+    rowsum_i = sum_j e_ij           the UNROUNDED e summed, in the compute dtype (chunked takes l = log of it)
 
 Two passes over the row when m is the row's own max (pass 1 the max, pass 2 e and its sum), one with m_fixed.
 
