@@ -6,7 +6,7 @@ steps give the eager steps' values on this device.
     PYTHONPATH=. python -m benchmarks.chunk_steps                   # CUDA: B=16, H=2, 64x64 map, bf16
     PYTHONPATH=. python -m benchmarks.chunk_steps --nk 16384        # a 128x128 map
     PYTHONPATH=. python -m benchmarks.chunk_steps --modes triton,eager,compile --json out.json
-    PYTHONPATH=. python -m benchmarks.chunk_steps --smoke           # CPU under TRITON_INTERPRET=1, tiny (no meaning)
+    PYTHONPATH=. python -m benchmarks.chunk_steps --smoke           # tiny (no GPU: CPU, TRITON_INTERPRET=1)
 
 Exit status 1 when a step's values differ from the eager step's or a step fell back to eager (its
 warning says why). A step's time is the median of (copy the pristine s / dp into the chunk's buffers + the step) minus the
@@ -81,7 +81,7 @@ def same_values(triton_out, eager_out, operand: torch.dtype) -> str:
 
 
 def measure(args) -> list[dict]:
-    device = "cpu" if args.smoke else "cuda"
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     bh, nq, nk = args.batch * args.heads, args.nq or args.nk, args.nk
     operand = chunked.gemm_dtype(DTYPES[args.dtype], torch.device(device))
     budget = chunked.chunk_budget_mb(torch.device(device))
@@ -113,12 +113,14 @@ def main(argv=None) -> int:
     parser.add_argument("--nk", type=int, default=3844)
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="the op's input dtype")
     parser.add_argument("--modes", default="eager,triton", help="comma-separated: eager first for the check")
-    parser.add_argument("--smoke", action="store_true", help="CPU, TRITON_INTERPRET=1, B=1 H=2 Nq=8 Nk=24")
+    parser.add_argument("--smoke", action="store_true",
+                        help="B=1 H=2 Nq=8 Nk=24 (without a GPU: on CPU under TRITON_INTERPRET=1)")
     parser.add_argument("--json", help="also write the records here")
     args = parser.parse_args(argv)
     args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if args.smoke:
-        os.environ.setdefault("TRITON_INTERPRET", "1")
+        if not torch.cuda.is_available():
+            os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton's first import (chunked_kernels)
         args.batch, args.heads, args.nk, args.nq = 1, 2, 24, 8
     elif not torch.cuda.is_available():
         parser.error("needs a CUDA GPU (or --smoke)")
