@@ -113,6 +113,19 @@ def test_chunked_backward_makes_exactly_five_gemm_passes(monkeypatch):
     assert len(calls) == 5 * 3  # 3 chunks of at most 5 rows (12 = 5 + 5 + 2)
 
 
+def dt_errors(backend: str, t: float, device: str = "cpu") -> dict:
+    """Largest fp32 dL/dt error (relative to the largest |dL/dt|) vs the float64 oracle over 3 seeds: of
+    ``backend`` ("tested") and of the materialised fp32 op ("plain"), inputs on ``device``."""
+    errors = {"tested": 0.0, "plain": 0.0}
+    for seed in range(3):
+        expected = forward_and_grads("reference", *make_inputs(2, 2, 40, 31, 36, 36, t, "random", seed=seed))[-1]
+        inputs = [x.to(device) for x in make_inputs(2, 2, 40, 31, 36, 36, t, "random", torch.float32, seed=seed)]
+        for name, chosen in (("tested", backend), ("plain", "reference")):
+            dt = forward_and_grads(chosen, *inputs)[-1].cpu()
+            errors[name] = max(errors[name], ((dt.double() - expected).abs() / expected.abs().max()).max().item())
+    return errors
+
+
 @pytest.mark.parametrize("path", ["chunked", "sdpa"])
 @pytest.mark.parametrize("t", [0.01, 0.02, 0.05, 0.1, 0.5, 2.0], ids=lambda t: f"t{t}")
 def test_temperature_gradient_within_twice_a_plain_fp32_implementation(monkeypatch, path, t):
@@ -123,14 +136,8 @@ def test_temperature_gradient_within_twice_a_plain_fp32_implementation(monkeypat
     on 3 seeds at t 0.01-0.07 (docs/kernel-notes.md, "The CPU flash path")."""
     bound = {"chunked": 2.0, "sdpa": 8.0}[path]
     monkeypatch.setenv("MHTMA_AUTO_CANDIDATES", path)
-    errors = {path: 0.0, "plain": 0.0}
-    for seed in range(3):
-        expected = forward_and_grads("reference", *make_inputs(2, 2, 40, 31, 36, 36, t, "random", seed=seed))[-1]
-        inputs = make_inputs(2, 2, 40, 31, 36, 36, t, "random", torch.float32, seed=seed)
-        for name, backend in ((path, "auto"), ("plain", "reference")):
-            dt = forward_and_grads(backend, *inputs)[-1]
-            errors[name] = max(errors[name], ((dt.double() - expected).abs() / expected.abs().max()).max().item())
-    assert errors[path] <= bound * errors["plain"] + 1e-7, errors
+    errors = dt_errors("auto", t)
+    assert errors["tested"] <= bound * errors["plain"] + 1e-7, errors
 
 
 # ------------------------------------------------------------------------------------------ dispatch
@@ -290,25 +297,28 @@ def test_triton_backward_env_is_checked(monkeypatch):
         forward_and_grads("triton", *inputs)
 
 
-# ------------------------------------------------------------ the fused (torch.compile'd) elementwise steps
+# ------------------------------------------------ the torch.compile'd elementwise steps (MHTMA_CHUNK_STEPS=compile)
+# (the Triton steps, CUDA's default, and the env's checks are in tests/test_chunked_kernels.py)
 
 @pytest.mark.parametrize("budget", ["1e-9", "1e4"], ids=["one-row", "whole"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
-def test_fused_steps_match_float64_reference(only_chunked, monkeypatch, dtype, budget):
-    """MHTMA_CHUNK_FUSED=1 (CUDA's default) runs the elementwise steps torch.compile'd (inductor on CPU
-    here); chunks of 1 row and of the whole problem go through the same dynamic-shape graphs."""
-    monkeypatch.setenv("MHTMA_CHUNK_FUSED", "1")
+def test_compiled_steps_match_float64_reference(only_chunked, monkeypatch, dtype, budget):
+    """MHTMA_CHUNK_STEPS=compile runs the elementwise steps torch.compile'd (inductor on CPU here); chunks
+    of 1 row and of the whole problem go through the same dynamic-shape graphs."""
+    monkeypatch.setenv("MHTMA_CHUNK_STEPS", "compile")
     monkeypatch.setenv("MHTMA_CHUNK_MB", budget)
+    monkeypatch.setattr(chunked, "_BROKEN", set())
     args = (2, 2, 13, 11, 9, 5, 0.1, "image1-all-invalid")
     expected = forward_and_grads("reference", *make_inputs(*args))
     actual = forward_and_grads(only_chunked, *make_inputs(*args, dtype))
     for name, a, e in zip(NAMES, actual, expected):
         assert_close(a, e, dtype, name)
-    assert chunked._COMPILED.get("forward") not in (None, False)
+    assert chunked._COMPILED.get("forward") is not None and not chunked._BROKEN
 
 
-def test_a_fused_step_that_fails_to_compile_warns_once_and_runs_eagerly(only_chunked, monkeypatch):
-    monkeypatch.setenv("MHTMA_CHUNK_FUSED", "1")
+def test_a_compiled_step_that_fails_warns_once_and_runs_eagerly(only_chunked, monkeypatch):
+    monkeypatch.setenv("MHTMA_CHUNK_STEPS", "compile")
+    monkeypatch.setattr(chunked, "_BROKEN", set())
 
     def broken(*args):
         raise RuntimeError("no compiler\nhere")
@@ -316,17 +326,12 @@ def test_a_fused_step_that_fails_to_compile_warns_once_and_runs_eagerly(only_chu
     monkeypatch.setitem(chunked._COMPILED, "forward", broken)
     inputs = make_inputs(2, 1, 7, 6, 5, 4, 0.2, "random", torch.float32)
     expected = masked_temperature_attention(*inputs, backend="reference")
-    with pytest.warns(RuntimeWarning, match="fused forward step did not compile .*no compiler here"):
-        out = masked_temperature_attention(*inputs, backend=only_chunked)
+    with pytest.warns(RuntimeWarning, match="forward torch.compile'd step failed .*no compiler here") as record:
+        for _ in range(2):
+            out = masked_temperature_attention(*inputs, backend=only_chunked)
+    assert len(record) == 1
     assert_close(out, expected.double(), torch.float32, "eager fallback")
-    assert chunked._COMPILED["forward"] is False
-
-
-def test_bad_fused_env_is_named(only_chunked, monkeypatch):
-    monkeypatch.setenv("MHTMA_CHUNK_FUSED", "yes")
-    with pytest.raises(ValueError, match="MHTMA_CHUNK_FUSED must be 0 or 1"):
-        masked_temperature_attention(*make_inputs(1, 1, 4, 5, 3, 2, 0.1, "random", torch.float32),
-                                     backend=only_chunked)
+    assert chunked._BROKEN == {("compile", "forward")}
 
 
 # (B, H, Nq, Nk, D, Dv): the one empty-problem rule of the public function

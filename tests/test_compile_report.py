@@ -74,3 +74,36 @@ def test_under_the_interpreter_the_report_refuses_in_one_line(capsys):
         compile_report.main(["--d", "48", "--forward-only"])
     assert exit_info.value.code == 2
     assert "without TRITON_INTERPRET=1" in capsys.readouterr().err
+
+
+def test_access_widths_by_bits():
+    sass = """
+        /*0010*/                   LDG.E.128 R4, desc[UR6][R2.64] ;
+        /*0020*/              @!P0 LDG.E.U8 R5, desc[UR6][R6.64] ;
+        /*0030*/                   STG.E.U16 desc[UR6][R2.64], R7 ;
+        /*0040*/                   STG.E.64 desc[UR6][R2.64], R8 ;
+        /*0050*/                   LDG.E R9, desc[UR6][R2.64] ;
+"""
+    assert compile_report.access_widths(sass) == {"LDG.128": 1, "LDG.32": 1, "LDG.8": 1, "STG.16": 1, "STG.64": 1}
+
+
+def test_chunk_step_kernels_compile_with_vector_loads(tmp_path):
+    """--chunk-steps: both row-step kernels in both variants for sm_90 as the chunked path launches them; Nk = 100
+    (a multiple of 4, not of 16) still loads the fp32 scores as 128-bit vectors (ALIGN 4), no spills."""
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path)
+    root = Path(__file__).resolve().parents[1]
+    env["PYTHONPATH"] = os.pathsep.join([str(root)] + [p for p in [env.get("PYTHONPATH")] if p])
+    command = [sys.executable, "-m", "mhtma_kernels.ops.compile_report", "--chunk-steps", "--batch", "1", "--heads",
+               "2", "--nq", "20", "--nk", "100", "--json"]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    if result.returncode != 0 and "ships no" in result.stderr:
+        pytest.skip(result.stderr.strip().splitlines()[-1])
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(r["kernel"], r["variant"]) for r in rows] == [
+        ("chunk_forward_rows_kernel", "row max"), ("chunk_forward_rows_kernel", "fixed max"),
+        ("chunk_backward_rows_kernel", "natural"), ("chunk_backward_rows_kernel", "base 2")], rows
+    for row in rows:
+        assert row["align"] == 4 and row["stack"] == 0 and 0 < row["regs"] <= 255, row
+        assert row.get("LDG.128", 0) > 0 and row["HGMMA"] == row["HMMA"] == 0, row

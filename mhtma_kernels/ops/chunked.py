@@ -33,15 +33,24 @@ results (CUDA with ``torch.bmm(..., out_dtype=torch.float32)``; feature-detected
 :func:`gemm_dtype`); elsewhere (CPU, or a torch without it) every operand is cast to the compute dtype
 (fp32; fp64 for fp64 inputs, exact for the tests). The scores are never rounded to 16 bits: the
 softmax works on fp32 s; p and g are rounded to the input dtype only as operands of the next GEMM,
-as the fused kernel does. The elementwise steps between the GEMMs are in-place torch ops on the chunk's
-buffers on CPU, and on CUDA pure functions fused by torch.compile (``MHTMA_CHUNK_FUSED``; see
-:func:`_step`); the GEMMs stay cuBLAS/MKL calls.
+as the fused kernel does. The elementwise steps between the GEMMs (scale, mask, exp and row sums; w,
+delta, g and sum g*s) run, per env ``MHTMA_CHUNK_STEPS`` (see :func:`steps_mode`, :func:`_step`):
+
+* ``triton`` (CUDA's default for fp32 compute): two Triton kernels of ours (:mod:`.chunked_kernels`),
+  one read of s in the forward with the fixed bound (two with the row's own max), two reads of s and dp in
+  the backward, e / w / g written once in the GEMM operand dtype; no compile step beyond Triton's JIT;
+* ``eager`` (CPU's default; fp64 on CUDA): in-place torch ops on the chunk's buffers;
+* ``compile``: pure functions fused by ``torch.compile(dynamic=True)`` (tens of seconds on a first call).
+
+All three compute the same values (tests/test_chunked_kernels.py). A Triton kernel or compiled function
+that fails warns once and that step runs eagerly. The GEMMs stay cuBLAS/MKL calls.
 
 Chunks: the rows per chunk are chosen so that the chunk's buffers stay within a memory budget,
 ``chunk_mb`` (keyword) > env ``MHTMA_CHUNK_MB`` > :data:`DEFAULT_CHUNK_MB` for the device (CUDA: large
 chunks, a few big GEMMs; CPU: about the size of a last-level cache). A value that is not a positive
 number is a ValueError naming it.
 """
+import importlib.util
 import math
 import os
 import warnings
@@ -88,6 +97,16 @@ def chunk_rows(bh: int, nq: int, nk: int, bytes_per_score: int, budget_mb: float
     (at least 1 row, at most nq)."""
     per_row = max(1, bh * nk * bytes_per_score)
     return max(1, min(nq, int(budget_mb * 2 ** 20) // per_row))
+
+
+def step_rows(kind: str, bh: int, nq: int, nk: int, acc: torch.dtype, operand: torch.dtype, budget_mb: float) -> int:
+    """Query rows per chunk of chunked_forward (``kind`` "forward": s, plus its rounded copy when the GEMM
+    operands are 16-bit) or chunked_backward ("backward": s, dp and one more score buffer, plus w and g
+    when rounded), for compute dtype ``acc`` and GEMM operand dtype ``operand``."""
+    acc_bytes = torch.finfo(acc).bits // 8
+    rounded = 0 if operand == acc else torch.finfo(operand).bits // 8
+    per_score = acc_bytes + rounded if kind == "forward" else 3 * acc_bytes + 2 * rounded
+    return chunk_rows(bh, nq, nk, per_score, budget_mb)
 
 
 _BMM_OUT_DTYPE: dict = {}
@@ -195,10 +214,10 @@ def _problem(q, k, v, key_valid, temperature, lambda_m) -> _Problem:
 
 
 # ------------------------------------------------------------------------------ elementwise steps
-# One chunk's elementwise work between the GEMMs, twice: in place in the chunk's buffers (eager: CPU, and
-# the fallback), and as pure functions that torch.compile fuses into a few kernels (CUDA by default,
-# env MHTMA_CHUNK_FUSED=1/0 forces either). Shapes: s, dp [BH, c, Nk] in the compute dtype; scale
-# [BH, 1, 1]; invalid [BH, 1, Nk]; m [BH, c, 1] (or m_fixed [BH, 1, 1]).
+# One chunk's elementwise work between the GEMMs, three ways (env MHTMA_CHUNK_STEPS, see :func:`_step`): our
+# Triton kernels (ops/chunked_kernels.py; CUDA's default), in place in the chunk's buffers (eager: CPU, and
+# every fallback), and pure functions that torch.compile fuses. Shapes: s, dp [BH, c, Nk] in the compute
+# dtype; scale [BH, 1, 1]; invalid [BH, 1, Nk]; m [BH, c, 1] (or m_fixed [BH, 1, 1]).
 
 def _forward_rows_eager(s, scale, invalid, fill: float, m_fixed, p_dtype):
     """-> (e = exp(z - m) in p_dtype, m, sum_j e [BH, c, 1]); consumes s."""
@@ -234,38 +253,83 @@ def _backward_rows_fused(s, dp, scale, invalid, fill: float, m, base2: bool, op_
     return w.to(op_dtype), g.to(op_dtype), (g * s).sum(dim=(1, 2))
 
 
-_COMPILED: dict = {}
+#: Values of env MHTMA_CHUNK_STEPS: how the elementwise row steps run (see :func:`_step`).
+STEP_MODES = ("triton", "compile", "eager")
+_COMPILED: dict = {}  # step name -> torch.compile'd function
+_BROKEN: set = set()  # (mode, step name) that failed once: eager from then on
 
 
-def _fused_wanted(device: torch.device) -> bool:
-    env = os.environ.get("MHTMA_CHUNK_FUSED", "").strip()
-    if env:
-        if env not in ("0", "1"):
-            raise ValueError(f"MHTMA_CHUNK_FUSED must be 0 or 1, got {env!r}")
-        return env == "1"
-    return device.type == "cuda"
+def _triton_importable() -> bool:
+    return importlib.util.find_spec("triton") is not None
 
 
-def _step(name: str, device: torch.device):
-    """The elementwise step ``name`` ("forward" | "backward"): torch.compile'd where fused steps are wanted
-    (compiled once per process, dynamic shapes); a step whose compilation fails warns once and runs
-    eagerly from then on."""
-    eager, fused = {"forward": (_forward_rows_eager, _forward_rows_fused),
-                    "backward": (_backward_rows_eager, _backward_rows_fused)}[name]
-    if not _fused_wanted(device) or _COMPILED.get(name) is False:
-        return eager
+def steps_mode(device: torch.device, dtype: torch.dtype) -> str:
+    """How the row steps run for ``device`` and compute ``dtype``: env MHTMA_CHUNK_STEPS (triton | compile |
+    eager), else "triton" on CUDA for fp32 where triton is importable, else "eager" (CPU; fp64 on CUDA,
+    whose Triton steps are checked under the interpreter only). "triton" on CPU tensors needs
+    TRITON_INTERPRET=1. A bad value, or the replaced MHTMA_CHUNK_FUSED, is a ValueError naming it."""
+    if os.environ.get("MHTMA_CHUNK_FUSED", "").strip():
+        raise ValueError("MHTMA_CHUNK_FUSED was replaced by MHTMA_CHUNK_STEPS=triton|compile|eager "
+                         "(compile is the old MHTMA_CHUNK_FUSED=1, eager the old 0): unset it")
+    env = os.environ.get("MHTMA_CHUNK_STEPS", "").strip()
+    if not env:
+        wanted = device.type == "cuda" and dtype == torch.float32 and _triton_importable()
+        return "triton" if wanted else "eager"
+    if env not in STEP_MODES:
+        raise ValueError(f"MHTMA_CHUNK_STEPS must be one of {', '.join(STEP_MODES)}, got {env!r}")
+    if env == "triton" and not _triton_importable():
+        raise ValueError("MHTMA_CHUNK_STEPS=triton, but triton is not installed")
+    if env == "triton" and device.type != "cuda":
+        from . import chunked_kernels
+
+        if not chunked_kernels.interpreting():
+            raise ValueError(f"MHTMA_CHUNK_STEPS=triton on {device.type} tensors needs TRITON_INTERPRET=1 "
+                             "(set before triton is imported)")
+    return env
+
+
+def _fast_step(mode: str, name: str):
+    """The Triton launcher or the torch.compile'd pure function of step ``name``."""
+    if mode == "triton":
+        from . import chunked_kernels
+
+        return {"forward": chunked_kernels.forward_rows, "backward": chunked_kernels.backward_rows}[name]
     if name not in _COMPILED:
+        fused = {"forward": _forward_rows_fused, "backward": _backward_rows_fused}[name]
         _COMPILED[name] = torch.compile(fused, dynamic=True, fullgraph=True)
-    compiled = _COMPILED[name]
+    return _COMPILED[name]
+
+
+def _give_up(mode: str, name: str, error: Exception) -> None:
+    """Record that step ``name`` failed in ``mode`` (eager from then on) and say so in one warning line."""
+    _BROKEN.add((mode, name))
+    what = "Triton kernel" if mode == "triton" else "torch.compile'd step"
+    warnings.warn(f"mhtma chunked path: the {name} {what} failed "
+                  f"({type(error).__name__}: {' '.join(str(error).split())[:160]}); running it eagerly",
+                  RuntimeWarning, stacklevel=3)
+
+
+def _step(name: str, device: torch.device, dtype: torch.dtype):
+    """The elementwise step ``name`` ("forward" | "backward") as :func:`steps_mode` says. A Triton kernel
+    that fails to import, compile or launch, or a torch.compile that fails, warns once and that step runs
+    eagerly from then on (the eager step computes the same; a kernel fails before it writes)."""
+    eager = {"forward": _forward_rows_eager, "backward": _backward_rows_eager}[name]
+    mode = steps_mode(device, dtype)
+    if mode == "eager" or (mode, name) in _BROKEN:
+        return eager
+    try:
+        fast = _fast_step(mode, name)
+    except Exception as error:  # noqa: BLE001 - e.g. a triton that does not import: the eager step is exact too
+        _give_up(mode, name, error)
+        return eager
 
     def run(*args):
+        if (mode, name) in _BROKEN:
+            return eager(*args)
         try:
-            return compiled(*args)
-        except Exception as error:  # noqa: BLE001 - any compiler failure: the eager step is exact too
-            _COMPILED[name] = False
-            warnings.warn(f"mhtma chunked path: the fused {name} step did not compile "
-                          f"({type(error).__name__}: {' '.join(str(error).split())[:160]}); running it eagerly",
-                          RuntimeWarning, stacklevel=2)
+            return fast(*args)
+        except Exception as error:  # noqa: BLE001 - any compiler or launch failure: the eager step is exact too
+            _give_up(mode, name, error)
             return eager(*args)
 
     return run
@@ -299,9 +363,8 @@ def chunked_forward(q, k, v, key_valid, temperature, lambda_m: float, bounded: b
     m_all = torch.empty(BH, Nq, 1, dtype=p.acc, device=q.device)
     l_all = torch.empty_like(m_all)
     bound = _fixed_bound(p, bounded, q.dtype)
-    extra = 0 if p.q.dtype == p.acc else p.q.element_size()  # the rounded copy of p
-    step = chunk_rows(BH, Nq, Nk, torch.finfo(p.acc).bits // 8 + extra, chunk_budget_mb(q.device, chunk_mb))
-    rows_step = _step("forward", q.device)
+    step = step_rows("forward", BH, Nq, Nk, p.acc, p.q.dtype, chunk_budget_mb(q.device, chunk_mb))
+    rows_step = _step("forward", q.device, p.acc)
     for i in range(0, Nq, step):
         rows = slice(i, i + step)
         e, m, total = rows_step(p.scores(rows), p.inv_t, p.invalid, -p.lambda_m, bound, p.v.dtype)
@@ -331,9 +394,8 @@ def chunked_backward(q, k, v, key_valid, temperature, lambda_m: float, stats: Ro
     dk = torch.zeros(BH, Nk, D, dtype=p.acc, device=q.device)
     dv = torch.zeros(BH, Nk, v.shape[-1], dtype=p.acc, device=q.device)
     g_dot_s = torch.zeros(BH, dtype=p.acc, device=q.device)
-    extra = 0 if p.q.dtype == p.acc else 2 * p.q.element_size()
-    step = chunk_rows(BH, Nq, Nk, 3 * (torch.finfo(p.acc).bits // 8) + extra, chunk_budget_mb(q.device, chunk_mb))
-    rows_step = _step("backward", q.device)
+    step = step_rows("backward", BH, Nq, Nk, p.acc, p.q.dtype, chunk_budget_mb(q.device, chunk_mb))
+    rows_step = _step("backward", q.device, p.acc)
     for i in range(0, Nq, step):
         rows = slice(i, i + step)
         s = p.scores(rows)  # pass 1

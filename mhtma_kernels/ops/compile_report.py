@@ -3,6 +3,7 @@
     python -m mhtma_kernels.ops.compile_report [--d 288,432,576,864] [--dtype bf16] [--candidates]
                                                [--batch 16 --heads 2 --nq 4096 --nk 3844] [--forward-only] [--json]
                                                [--fp32-precision tf32|ieee]
+    python -m mhtma_kernels.ops.compile_report --chunk-steps [--dtype bf16] [--batch 16 --heads 2 --nq 3844 --nk 3844]
 
 How. Triton's JIT specialises every launch argument before it compiles: pointers 16-byte aligned, ints
 divisible by 16 (or equal to 1) become compile-time facts, and those facts decide whether tile loads are
@@ -18,6 +19,11 @@ counts (cuobjdump, shipped with triton): HGMMA (wgmma), HMMA (mma.sync, the slow
 (cp.async), UTMALDG (TMA loads), LDG (synchronous global loads), BAR (barriers); plus the synchronous
 loads of 2-D tiles left inside loops in the TTGIR (``sync_2d_loads_in_loops``: loads the pipeliner did not
 make asynchronous). Needs a process where TRITON_INTERPRET is not set.
+
+``--chunk-steps``: the chunked GEMM path's two row-step kernels (``chunked_kernels``) instead, launched as
+``chunked_forward`` / ``chunked_backward`` launch them on CUDA (fp32 scores of one chunk of the default CUDA
+budget, e / w / g in the GEMM operand dtype), each in both variants (forward: row max | fixed max; backward:
+natural | base 2), with the widths of their global loads and stores (LDG/STG of 8..128 bits).
 """
 import argparse
 import collections
@@ -223,6 +229,46 @@ def report(d: int, dv: int | None = None, dtype: torch.dtype = torch.bfloat16, s
             os.environ["MHTMA_AUTOTUNE"] = previous
 
 
+def access_widths(sass: str) -> dict:
+    """Global loads and stores of a SASS listing by access width: {"LDG.128": n, "STG.64": n, ...} (bits;
+    .U8/.S8 8, .U16/.S16 16, no suffix 32)."""
+    widths = collections.Counter()
+    for op, suffix in re.findall(r"^\s+/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?(LDG|STG)\.E((?:\.[A-Z0-9]+)*)", sass, re.M):
+        parts = suffix.split(".")
+        bits = next((b for b in ("128", "64") if b in parts), None) or next(
+            (p[1:] for p in parts if p in ("U8", "S8", "U16", "S16")), "32")
+        widths[f"{op}.{bits}"] += 1
+    return dict(sorted(widths.items()))
+
+
+def chunk_step_report(dtype: torch.dtype = torch.bfloat16, shape: dict | None = None):
+    """Yield one dict per compiled row-step kernel of the chunked path (see the module docstring): kernel,
+    variant, rows per chunk, BLOCK_M x BLOCK_N, ALIGN, the figures of `summarise` and `access_widths`.
+    shape: batch, heads, nq, nk (default 16, 2, 3844, 3844: a 64x64 map)."""
+    from . import chunked, chunked_kernels
+
+    shape = dict(dict(batch=16, heads=2, nq=3844, nk=3844), **(shape or {}))
+    bh, nq, nk = shape["batch"] * shape["heads"], shape["nq"], shape["nk"]
+    budget = chunked.DEFAULT_CHUNK_MB["cuda"]
+    operand = dtype  # 16-bit operands with fp32 GEMM results (torch.bmm out_dtype), fp32 for fp32 inputs
+    for kind, variant, extra in (("forward", "row max", None), ("forward", "fixed max", True),
+                                 ("backward", "natural", False), ("backward", "base 2", True)):
+        rows = chunked.step_rows(kind, bh, nq, nk, torch.float32, operand, budget)
+        s, scale = torch.empty(bh, rows, nk), torch.empty(bh, 1, 1)
+        invalid = torch.zeros(bh, 1, nk, dtype=torch.bool)
+        with sm90_compiles() as compiled:
+            if kind == "forward":
+                chunked_kernels.forward_rows(s, scale, invalid, -1e4, scale if extra else None, operand)
+            else:
+                chunked_kernels.backward_rows(s, torch.empty_like(s), scale, invalid, -1e4, torch.empty(bh, rows, 1),
+                                              extra, operand)
+        (name, kernel), = compiled
+        block_m, block_n, _ = chunked_kernels.row_blocks(bh, rows, nk)
+        yield dict(kernel=name, variant=variant, dtype={v: k for k, v in _DTYPES.items()}[dtype], rows=rows,
+                   grid=[-(-rows // block_m), bh], block=f"{block_m}x{block_n}", align=chunked_kernels.alignment(nk),
+                   **summarise(kernel), **access_widths(_cuobjdump(kernel.asm["cubin"], "--dump-sass")))
+
+
 _COLUMNS = ("regs", "stack", "smem", "warps", "stages") + SASS_OPS + ("sync_2d_loads_in_loops",)
 
 
@@ -230,6 +276,23 @@ def _table_line(row: dict) -> str:
     cells = [str(row["d"]), row["dtype"], row["kernel"].replace("masked_attention_", "") + f" #{row['launch']}"]
     cells += [str(row[c]) for c in _COLUMNS] + [row["config"]]
     return "| " + " | ".join(cells) + " |"
+
+
+def _print_chunk_steps(dtype: torch.dtype, shape: dict, as_json: bool) -> int:
+    columns = ("kernel", "variant", "dtype", "rows", "grid", "block", "align", "regs", "stack", "smem", "warps",
+               "LDG", "BAR")
+    if not as_json:
+        print("| " + " | ".join(columns) + " | global accesses (bits) |")
+        print("|" + "---|" * (len(columns) + 1))
+    try:
+        for row in chunk_step_report(dtype, shape):
+            widths = ", ".join(f"{k} {v}" for k, v in row.items() if k.startswith(("LDG.", "STG.")))
+            print(json.dumps(row) if as_json else "| " + " | ".join(str(row[c]) for c in columns) + f" | {widths} |",
+                  flush=True)
+    except (RuntimeError, FileNotFoundError) as error:
+        print(f"compile_report: {error}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def main(argv=None) -> int:
@@ -241,13 +304,18 @@ def main(argv=None) -> int:
     parser.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
     parser.add_argument("--fp32-precision", choices=("tf32", "ieee"), default="tf32",
                         help="fp32 dots as under torch.set_float32_matmul_precision('high') (tf32) or 'highest'")
-    for name, default in (("batch", 16), ("heads", 2), ("nq", 4096), ("nk", 3844)):
+    parser.add_argument("--chunk-steps", action="store_true",
+                        help="the chunked path's row-step kernels (default shape 16 x 2, Nq = Nk = 3844) instead")
+    for name, default in (("batch", 16), ("heads", 2), ("nq", None), ("nk", 3844)):
         parser.add_argument(f"--{name}", type=int, default=default)
     args = parser.parse_args(argv)
-    shape = dict(batch=args.batch, heads=args.heads, nq=args.nq, nk=args.nk)
+    nq = args.nq if args.nq is not None else (3844 if args.chunk_steps else 4096)
+    shape = dict(batch=args.batch, heads=args.heads, nq=nq, nk=args.nk)
     torch.backends.cuda.matmul.allow_tf32 = args.fp32_precision == "tf32"  # what triton_launcher.dot_precision reads
     if triton_launcher._interpreting():
         parser.error("the compile report needs compiled kernels: run it without TRITON_INTERPRET=1")
+    if args.chunk_steps:
+        return _print_chunk_steps(_DTYPES[args.dtype], shape, args.json)
     if not args.json:
         print("| D | dtype | kernel | " + " | ".join(_COLUMNS) + " | config |")
         print("|" + "---|" * (len(_COLUMNS) + 4))
