@@ -48,18 +48,17 @@ from typing import Callable
 
 import torch
 
-from mhtma_kernels import masked_temperature_attention, masked_temperature_attention_reference
+from mhtma_kernels import masked_temperature_attention
 from mhtma_kernels.ops import dispatch_report
 
 from .builders import make_generator, make_layer
-from .cases import DTYPES, op_tensors, square_hole
+from .cases import DTYPES, LAMBDA_M, op_tensors, square_hole
+from .oracle import GRAD_NAMES, oracle, run_with_grads
 from .providers import FLEX_KERNEL_OPTIONS, flex_padded_dim, op_provider
 from .timing import autocast, finite, first_call, matmul_precision, timed
 
 ROOT = Path(__file__).resolve().parent.parent
-LAMBDA_M = 1e4
 RANDOM_INVALID = 0.10
-GRAD_NAMES = ("q", "k", "v", "temperature")
 
 
 @dataclass(frozen=True)
@@ -237,22 +236,6 @@ def dispatch_choices(row) -> dict:
 # --------------------------------------------------------------------------------------- correctness
 
 
-def _oracle(inputs: dict, images: int, dout: torch.Tensor):
-    """float64 reference output and q, k, v, temperature gradients of the first ``images`` images."""
-    leaves = {n: x[:images].detach().double().requires_grad_(True) for n, x in inputs.items() if n != "key_valid"}
-    out = masked_temperature_attention_reference(leaves["q"], leaves["k"], leaves["v"],
-                                                 inputs["key_valid"][:images], leaves["temperature"], LAMBDA_M)
-    grads = torch.autograd.grad(out, [leaves[n] for n in GRAD_NAMES], dout[:images].double())
-    return out.detach(), dict(zip(GRAD_NAMES, grads))
-
-
-def _run_with_grads(fn, inputs: dict, dout: torch.Tensor):
-    leaves = {n: (x.detach().requires_grad_(True) if n in GRAD_NAMES else x) for n, x in inputs.items()}
-    out = fn(**leaves, lambda_m=LAMBDA_M)
-    grads = torch.autograd.grad(out, [leaves[n] for n in GRAD_NAMES], dout)
-    return out.detach(), dict(zip(GRAD_NAMES, grads))
-
-
 def _errors(out, grads, ref_out, ref_grads, image: int) -> dict:
     errs = {"err_out": rel_err(out[image], ref_out[image])}
     for name in GRAD_NAMES:
@@ -272,9 +255,9 @@ def correct_case(setup: Setup, row: OpRow) -> list[dict]:
     fn = row.function(setup.device)
     with matmul_precision(row.precision), row_environment(row):
         poisoned = poison_allocator(setup.device)
-        first, (out, grads) = first_call(partial(_run_with_grads, fn, inputs, dout), setup.device)
+        first, (out, grads) = first_call(partial(run_with_grads, fn, inputs, dout), setup.device)
     ok = finite((out, *grads.values()))
-    ref_out, ref_grads = _oracle(inputs, 2, dout)
+    ref_out, ref_grads = oracle({n: x[:2] for n, x in inputs.items()}, dout[:2])  # images 0 and 1
     common = {"finite": ok, "first_call_ms": first, "poisoned": poisoned}
     valid = inputs["key_valid"].sum(dim=1).tolist()
     return [dict(common, case=case, valid_keys=int(valid[image]), **_errors(out, grads, ref_out, ref_grads, image))

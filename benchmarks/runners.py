@@ -28,7 +28,6 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from mhtma_kernels import masked_temperature_attention_reference
 from mhtma_kernels.testing import assert_close, assert_normwise_close
 from mhtma_model.losses import PerceptualLoss, hinge_d_loss, hinge_g_loss
 from mhtma_model.networks import GlobalLocalDiscriminator, InpaintGenerator, composite
@@ -36,6 +35,7 @@ from mhtma_model.networks import GlobalLocalDiscriminator, InpaintGenerator, com
 from . import builders
 from .builders import LAYER_PROVIDERS, MODEL_PROVIDERS  # noqa: F401 - the suites' provider lists
 from .cases import LAMBDA_M, Case, layer_inputs, model_inputs, op_inputs
+from .oracle import GRAD_NAMES, oracle, run_with_grads
 from .providers import Unavailable, flex_padded_dim, op_provider
 from .timing import synchronize
 
@@ -67,23 +67,17 @@ def _op_check(case: Case, fn, inputs: dict) -> None:
     dtype = case.torch_dtype
     rows = min(CHECK_ROWS, case.nq)
     part = _op_slice(inputs, rows)
-    ref_in = {name: (x.double() if x.is_floating_point() else x) for name, x in part.items()}
     with torch.no_grad():
         out = fn(**inputs, lambda_m=LAMBDA_M)
-        expected = masked_temperature_attention_reference(**ref_in, lambda_m=LAMBDA_M)
+    gen = torch.Generator().manual_seed(1)
+    dout = torch.randn(out[:1, :, :rows].shape, generator=gen, dtype=torch.float64).to(out.device)
+    expected, want = oracle(part, dout)
     assert_close(out[:1, :, :rows], expected, dtype, name=f"{case.id} forward")
     if case.mode != "fwdbwd":
         return
-    names = ("q", "k", "v", "temperature")
-    leaves = {name: x.requires_grad_(name in names) for name, x in part.items()}
-    ref_leaves = {name: x.detach().requires_grad_(name in names) for name, x in ref_in.items()}
-    gen = torch.Generator().manual_seed(1)
-    dout = torch.randn(expected.shape, generator=gen, dtype=torch.float64).to(expected.device)
-    got = torch.autograd.grad(fn(**leaves, lambda_m=LAMBDA_M), [leaves[n] for n in names], dout.to(dtype))
-    want = torch.autograd.grad(masked_temperature_attention_reference(**ref_leaves, lambda_m=LAMBDA_M),
-                               [ref_leaves[n] for n in names], dout)
-    for name, g, w in zip(names, got, want):
-        assert_normwise_close(g, w, dtype, f"{case.id} d{name}")
+    _, got = run_with_grads(fn, part, dout.to(dtype))
+    for name in GRAD_NAMES:
+        assert_normwise_close(got[name], want[name], dtype, f"{case.id} d{name}")
 
 
 def build_op(case: Case) -> Bench:

@@ -16,17 +16,23 @@ from mhtma_kernels import masked_temperature_attention, masked_temperature_atten
 from mhtma_kernels.ops import triton_launcher  # noqa: E402
 from mhtma_kernels.ops.triton_launcher import KernelConfig, TileConfig  # noqa: E402
 from mhtma_kernels.testing import assert_close  # noqa: E402
+from tests.test_chunked import dt_errors  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 GRADS = ("dq", "dk", "dv", "dtemperature")
 # Three images: random keys, no valid key, exactly one valid key; one temperature per (image, head), the
-# range the op promises, in one launch. dtemperature is compared where t >= DT_FROM only: below it the
-# kernels' temperature gradient is off by more than the dtype's tolerance, bit for bit as with version 2's
-# kernels (fp32, t = 0.01, D = 45: 5.7e-3 of 1.8; bf16: 1.2 of 3.5), the small-t error issue 21 is about.
-# The one-valid-key image's temperatures start at 0.3: there dL/dt = 0 exactly, and the fp32 kernels' dt
-# is the rounding of dp - delta (~1e-7 relative) times 1/t^2 (2e-4 at t = 0.1, D = 288), as in version 2.
+# range the op promises, in one launch. dtemperature is compared with the dtype's tolerance where t >= DT_FROM;
+# below it even the materialised op in the same dtype misses that tolerance (fp32, t = 0.01, D = 45: 8.2e-3
+# of 1.78), and the kernels' error must stay within twice the materialised op's (issue 21). The dq kernel's
+# centring term (sum_j dz_ij times sum_j p_ij s_ij, see its docstring) is what keeps it there: without
+# it the fp32 error in a fuzz at t = 0.01 was up to 5.6x the plain op's.
+# The one-valid-key image's temperatures start at 0.3: there dL/dt = 0 exactly.
 TEMPERATURES = ((0.01, 0.3), (3.0, 100.0), (0.3, 1.0))
 DT_FROM = 0.1
+# Per candidate there is one entry below DT_FROM (t = 0.01) and one seed, so its ratio to the plain op's
+# error is noise-dominated (0.1-5.8x across the candidates at errors of 1e-7 to 1e-5): a guard against a
+# broken centring term, while the 2x bound is tested over seeds and temperatures below.
+SMALL_T_GUARD = 8.0
 
 
 def make_case(nq, nk, d, dv, dtype, seed=0):
@@ -67,13 +73,33 @@ def check_backward(kernel, tile, case, dtype, monkeypatch):
     inputs = make_case(*case, dtype)
     expected = grads("reference", *inputs, torch.float64)
     actual = grads("triton", *inputs, dtype)
-    checked = inputs[4] >= DT_FROM  # [B, H]
+    checked = (inputs[4] >= DT_FROM).to(actual[3].device)  # [B, H]
     for name, a, e in zip(GRADS, actual, expected):
         assert a.dtype == dtype, name
         assert torch.isfinite(a).all(), f"{name} is not finite"
         if name == "dtemperature":
-            a, e = a[checked.to(a.device)], e[checked.to(e.device)]
+            assert_small_t_near_plain(a[~checked], e[~checked], grads("reference", *inputs, dtype)[3][~checked])
+            a, e = a[checked], e[checked]
         assert_close(a, e, dtype, f"{kernel} {tile} {name}")
+
+
+def assert_small_t_near_plain(actual, expected, plain, bound=SMALL_T_GUARD):
+    """Below DT_FROM: the kernels' dL/dt error at most ``bound`` times that of the materialised op in the
+    same dtype (largest error over the entries, relative to the largest |dL/dt|)."""
+    scale = expected.abs().max().item()
+    error = (actual.double().cpu() - expected.cpu()).abs().max().item() / scale
+    error_plain = (plain.double().cpu() - expected.cpu()).abs().max().item() / scale
+    assert error <= bound * error_plain + 1e-7, f"dL/dt error {error:.3g} vs the plain op's {error_plain:.3g}"
+
+
+@pytest.mark.parametrize("t", [0.01, 0.02, 0.05, 0.1, 0.5, 2.0], ids=lambda t: f"t{t}")
+def test_fused_backward_temperature_gradient_within_twice_a_plain_fp32_implementation(t, monkeypatch):
+    """Issue 21's bound on the fused backward (fixed tiles, fp32): over tests/test_chunked.py's 3 seeds the
+    dL/dt error is at most twice the materialised fp32 op's (5.6x at t = 0.01 before the dq kernel's
+    centring term; 0.1-0.9x after it over 8 seeds)."""
+    monkeypatch.setenv("MHTMA_TRITON_BACKWARD", "fused")
+    errors = dt_errors("triton", t, DEVICE)
+    assert errors["tested"] <= 2 * errors["plain"] + 1e-7, errors
 
 
 def tile_id(tile):

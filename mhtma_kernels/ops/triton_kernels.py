@@ -22,7 +22,13 @@ without any special case. Backward (delta_i = <dout_i, out_i>, its own small ker
     dv_j = sum_i p_ij dout_i
     dz_ij = p_ij (<dout_i, v_j> - delta_i), set to 0 on invalid keys (their logit is a constant)
     dq_i = sum_j dz_ij k_j / t,      dk_j = sum_i dz_ij q_i / t
-    dL/dt = -(1/t) sum_i <dq_i, q_i>  (partial sums written by the dq kernel)
+    dL/dt = -(1/t) sum_i (<dq_i, q_i> - (sum_j dz_ij) (sum_j p_ij s_ij) / t)   (partial sums by the dq kernel)
+
+The second term is 0 in exact arithmetic (a softmax's dz rows sum to 0). In floating point the weights
+recomputed here differ from the forward's by ~ulp(s)/t elementwise while delta_i comes from the forward's
+output, so sum_j dz_ij is not 0, and its share sum_j dz_ij s_ij ~ (sum_j dz_ij) * s_bar_i grows as 1/t next
+to a true term that does not: at t = 0.01 up to 5.6x a plain fp32 implementation's error in dL/dt. The
+centring term cancels it to first order (0.1-0.9x that error after it).
 
 Tiling. The head dims D and Dv are arbitrary (45, 288, 576, 864): nothing is padded in memory.
 Products that contract over D (q k^T) or over Dv (dout v^T) walk that axis in chunks of BLOCK_D /
@@ -375,8 +381,9 @@ def masked_attention_bwd_dq_kernel(
     dq_j += dz k[:, block j]. RESIDENT (as in the dk/dv kernel): the program's q and dout rows are loaded
     once before the loop and the k chunks the contraction loaded feed dq; otherwise q and dout are
     re-loaded per tile and the own k columns loaded again. Epilogue: the program's share of
-    sum_i <dq_i, q_i> (fp32, before dq is rounded) goes to DT_PART[bh, pid_m * n_splits + pid_c]
-    (row stride stride_part).
+    sum_i <dq_i, q_i> (fp32, before dq is rounded), less the centring term (sum_j dz_ij)(sum_j p_ij s_ij)/t
+    of its rows in the column split 0 only (see the module docstring), goes to
+    DT_PART[bh, pid_m * n_splits + pid_c] (row stride stride_part).
     """
     tl.static_assert(not RESIDENT or (BLOCK_D == BLOCK_C and BLOCK_E == BLOCK_C),
                      "RESIDENT: BLOCK_D == BLOCK_E == BLOCK_C")
@@ -402,6 +409,8 @@ def masked_attention_bwd_dq_kernel(
                                  RESIDENT, UPCAST)
 
     dq = _zero_blocks(BLOCK_M, BLOCK_C, NUM_CB)  # NUM_CB x [BLOCK_M, BLOCK_C] fp32
+    dz_sum = tl.zeros([BLOCK_M], dtype=tl.float32)  # [BLOCK_M] sum_j dz_ij (0 in exact arithmetic)
+    ps_sum = tl.zeros([BLOCK_M], dtype=tl.float32)  # [BLOCK_M] sum_j p_ij s_ij over valid keys
     for n0 in range(0, NK, BLOCK_N):
         offs_n = n0 + offs_nb  # [BLOCK_N]
         n_mask = offs_n < NK
@@ -425,6 +434,8 @@ def masked_attention_bwd_dq_kernel(
         p = tl.exp2((z2 - row_max2[:, None]) - row_log2sum[:, None])  # [BLOCK_M, BLOCK_N]
         dz = tl.where(valid[None, :], p * (dp - delta[:, None]), 0.0)  # [BLOCK_M, BLOCK_N]
         dq = _dot_blocks(dq, _as_operand(dz, K, UPCAST), k_own, NUM_CB, KEPT_D, DOT_PRECISION)
+        dz_sum += tl.sum(dz, axis=1)
+        ps_sum += tl.sum(tl.where(valid[None, :], p * s, 0.0), axis=1)
 
     inv_t = 1.0 / t
     dq_base = GRAD_Q + bh64 * stride_qbh
@@ -439,4 +450,6 @@ def masked_attention_bwd_dq_kernel(
         else:
             q_own = _load_rows(q_base, offs_m, offs_c, m_mask, offs_c < D, stride_qn, True)  # [BLOCK_M, BLOCK_C]
         part += _dt_share(tile, q_own, offs_c < D)
+    if pid_c == 0:  # the centring term, once per row
+        part -= tl.sum(tl.where(m_mask, dz_sum * ps_sum, 0.0), axis=0) * inv_t
     tl.store(DT_PART + bh64 * stride_part + pid_m * tl.num_programs(2) + pid_c, part)
