@@ -55,6 +55,57 @@ def test_chunked_path_half_inputs_keep_their_dtype(only_chunked, dtype):
         assert_close(a, e, dtype, name)
 
 
+@pytest.fixture
+def cuda_like_gemms(monkeypatch):
+    """The CUDA branch of the GEMMs on CPU: 16-bit operands stay 16-bit (gemm_dtype), products come back in
+    fp32 (bmm/baddbmm with out_dtype, emulated by fp32 products of the rounded operands, which is what
+    fp32 accumulation gives). Counts the GEMMs that saw 16-bit operands."""
+    seen = {"16-bit": 0}
+
+    def gemm_dtype(dtype, device):
+        return dtype if dtype in (torch.float16, torch.bfloat16) else chunked.compute_dtype(dtype)
+
+    def bmm(a, b, acc):
+        assert a.dtype == b.dtype, (a.dtype, b.dtype)
+        seen["16-bit"] += a.dtype != acc
+        return torch.bmm(a.to(acc), b.to(acc))
+
+    def accumulate(acc, a, b):
+        acc.add_(bmm(a, b, acc.dtype))
+
+    monkeypatch.setattr(chunked, "gemm_dtype", gemm_dtype)
+    monkeypatch.setattr(chunked, "_bmm", bmm)
+    monkeypatch.setattr(chunked, "_accumulate", accumulate)
+    return seen
+
+
+@pytest.mark.parametrize("bounded", [True, False], ids=["unit-rows", "raw"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("B,H,Nq,Nk,D,Dv,t,rule", SHAPES)
+def test_chunked_path_with_16bit_gemm_operands_as_on_cuda(only_chunked, cuda_like_gemms, monkeypatch, dtype, bounded,
+                                                         B, H, Nq, Nk, D, Dv, t, rule):
+    """The rounding CUDA's chunked path does (q, k, v, dout, p and g as 16-bit GEMM operands, fp32 scores and
+    accumulators) keeps the output and every gradient within the dtype's tolerance of float64 on the
+    same rounded inputs, or within twice the error of the materialised op in that dtype where even that
+    misses the tolerance (bf16 at t = 0.01), over several chunks; every GEMM saw 16-bit operands.
+    (fp16 with the fixed bound m = 1/t was 0.48 of the output's scale off at D = 288, t = 0.05: the
+    chunked path no longer takes that bound with fp16 operands.)"""
+    if rule == "zero-norm" and dtype == torch.float16:
+        pytest.skip("a zero patch's normalisation gradient is dy / eps = 1e6 dy: past fp16's range in any path")
+    monkeypatch.setenv("MHTMA_CHUNK_MB", "0.01")
+    inputs = make_inputs(B, H, Nq, Nk, D, Dv, t, rule, dtype)
+    rounded = [x.double() if x.is_floating_point() else x for x in inputs]  # the oracle sees the rounded inputs
+    expected = forward_and_grads("reference", *rounded, normalize=bounded)
+    actual = forward_and_grads(only_chunked, *inputs, normalize=bounded)
+    assert cuda_like_gemms["16-bit"] >= 7  # forward: 2 per chunk; backward: 5 per chunk
+    plain = forward_and_grads("reference", *inputs, normalize=bounded)
+    for name, a, e, p in zip(NAMES, actual, expected, plain):
+        assert a.dtype == dtype and torch.isfinite(a).all(), name
+        scale = e.abs().max().item()
+        if (a.double() - e).abs().max().item() > 2 * (p.double() - e).abs().max().item() + 1e-7 * scale:
+            assert_close(a, e, dtype, name)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
 @pytest.mark.parametrize("t", [0.01, 0.05, 0.5], ids=["t0.01", "t0.05", "t0.5"])
 def test_fixed_bound_and_chunk_max_agree(dtype, t):

@@ -343,8 +343,15 @@ def _fixed_bound(p: _Problem, bounded: bool, dtype: torch.dtype):
     Not for fp32/fp64 inputs: the backward recomputes ln p = (z - m) - l, and with m = 1/t the top key's
     ln p carries a rounding error of about ulp(1/t) (~2e-6 at t = 0.04 in fp32) where the chunk max
     gives an exact z - m = 0; that error reaches the temperature gradient (several times a plain fp32
-    implementation's error at t ~ 0.05). 16-bit inputs carry far larger errors of their own."""
-    if not bounded or dtype not in (torch.float16, torch.bfloat16) or not bool((p.inv_t <= FIXED_MAX_LIMIT).all()):
+    implementation's error at t ~ 0.05). 16-bit inputs carry far larger errors of their own.
+
+    Not with fp16 GEMM operands (CUDA): e = exp(z - 1/t) is rounded to fp16 for the p @ v GEMM, and where a
+    row's best score is well below 1 its weights fall below fp16's normal range (6e-5 = exp(-9.7)), keeping
+    a few bits or none (random unit rows at D = 288, t = 0.05: 0.48 of the output's scale wrong). bf16
+    has fp32's exponent range; fp16 inputs on CPU multiply fp32 operands."""
+    if not bounded or dtype not in (torch.float16, torch.bfloat16) or p.v.dtype == torch.float16:
+        return None
+    if not bool((p.inv_t <= FIXED_MAX_LIMIT).all()):
         return None
     any_valid = ~p.invalid.all(dim=-1, keepdim=True)  # [BH, 1, 1]
     return torch.where(any_valid, p.inv_t, torch.full_like(p.inv_t, -p.lambda_m))
