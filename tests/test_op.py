@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mhtma_kernels import masked_temperature_attention, masked_temperature_attention_reference
-from mhtma_kernels.ops import chunked
+from mhtma_kernels.ops import chunked, sdpa
 from mhtma_kernels.ops.attention import resolve_backend
 
 from mhtma_kernels.testing import assert_close
@@ -154,6 +154,22 @@ def test_torch_paths_match_float64_reference(torch_path, B, H, Nq, Nk, D, t, rul
         assert_close(a, e, torch.float32, name)
     assert_ran(masked_temperature_attention(*[x.requires_grad_() if x.is_floating_point() else x for x in inputs],
                                             normalize=normalize, backend="auto"), torch_path)
+
+
+@pytest.mark.parametrize("B,H,Nq,Nk,D,t,rule,normalize", SQUARE_CASES)
+def test_sdpa_autograd_form_taken_on_cuda_matches_float64_reference(B, H, Nq, Nk, D, t, rule, normalize):
+    """The SDPA path's CUDA form (autograd through F.scaled_dot_product_attention on normalised q, k) run on
+    CPU, where SDPA's flash kernel takes it: output and every gradient against the float64 oracle."""
+    expected = forward_and_grads("reference", *make_inputs(B, H, Nq, Nk, D, D, t, rule), normalize=normalize)
+    leaves = [x.requires_grad_() if x.is_floating_point() else x
+              for x in make_inputs(B, H, Nq, Nk, D, D, t, rule, torch.float32)]
+    q, k, v, key_valid, temperature = leaves
+    out = sdpa.sdpa_autograd_attention(q, k, v, key_valid, temperature, 1e4, normalize)
+    assert out is not None, "SDPA's fused CPU kernel should take contiguous fp32 inputs"
+    weight = torch.linspace(-1.0, 2.0, out.numel(), dtype=out.dtype).reshape(out.shape)
+    (out * weight).sum().backward()
+    for name, a, e in zip(NAMES, [out.detach(), q.grad, k.grad, v.grad, temperature.grad], expected):
+        assert_close(a, e, torch.float32, name)
 
 
 @pytest.mark.parametrize("budget", ["1e-9", "1e4"], ids=["one-slice-per-group", "one-group"])

@@ -56,6 +56,13 @@ def sdpa_masked_attention(q, k, v, key_valid, temperature, lambda_m, normalize):
         if not sdpa_takes(q, k, v):
             return None
         return sdpa_cpu_attention(q, k, v, key_valid, temperature, lambda_m, normalize)
+    return sdpa_autograd_attention(q, k, v, key_valid, temperature, lambda_m, normalize)
+
+
+def sdpa_autograd_attention(q, k, v, key_valid, temperature, lambda_m, normalize):
+    """The CUDA form: q, k normalised, 1/t and the mask folded into the keys, F.scaled_dot_product_attention
+    in the input dtype, gradients from autograd -> [B, H, Nq, Dv], or None where SDPA would not run a
+    fused kernel (device-independent code: the tests run it on CPU, where SDPA's flash kernel takes it)."""
     if normalize:
         q, k = l2_normalize(q), l2_normalize(k)
     dtype = q.dtype
