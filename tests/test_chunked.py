@@ -79,31 +79,36 @@ def cuda_like_gemms(monkeypatch):
     return seen
 
 
-@pytest.mark.parametrize("bounded", [True, False], ids=["unit-rows", "raw"])
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
-@pytest.mark.parametrize("B,H,Nq,Nk,D,Dv,t,rule", SHAPES)
-def test_chunked_path_with_16bit_gemm_operands_as_on_cuda(only_chunked, cuda_like_gemms, monkeypatch, dtype, bounded,
-                                                         B, H, Nq, Nk, D, Dv, t, rule):
-    """The rounding CUDA's chunked path does (q, k, v, dout, p and g as 16-bit GEMM operands, fp32 scores and
-    accumulators) keeps the output and every gradient within the dtype's tolerance of float64 on the
-    same rounded inputs, or within twice the error of the materialised op in that dtype where even that
-    misses the tolerance (bf16 at t = 0.01), over several chunks; every GEMM saw 16-bit operands.
-    (fp16 with the fixed bound m = 1/t was 0.48 of the output's scale off at D = 288, t = 0.05: the
-    chunked path no longer takes that bound with fp16 operands.)"""
-    if rule == "zero-norm" and dtype == torch.float16:
-        pytest.skip("a zero patch's normalisation gradient is dy / eps = 1e6 dy: past fp16's range in any path")
+def check_16bit_gemm_path(monkeypatch, dtype, bounded, B, H, Nq, Nk, D, Dv, t, rule):
+    """The chunked path (backend="auto" restricted to it) with ``dtype`` inputs against float64 on the same
+    rounded inputs: within the dtype's tolerance, or within twice the error of the materialised op in that
+    dtype where even that misses the tolerance (bf16 at t = 0.01); several chunks."""
     monkeypatch.setenv("MHTMA_CHUNK_MB", "0.01")
     inputs = make_inputs(B, H, Nq, Nk, D, Dv, t, rule, dtype)
     rounded = [x.double() if x.is_floating_point() else x for x in inputs]  # the oracle sees the rounded inputs
     expected = forward_and_grads("reference", *rounded, normalize=bounded)
-    actual = forward_and_grads(only_chunked, *inputs, normalize=bounded)
-    assert cuda_like_gemms["16-bit"] >= 7  # forward: 2 per chunk; backward: 5 per chunk
+    actual = forward_and_grads("auto", *inputs, normalize=bounded)
     plain = forward_and_grads("reference", *inputs, normalize=bounded)
     for name, a, e, p in zip(NAMES, actual, expected, plain):
         assert a.dtype == dtype and torch.isfinite(a).all(), name
         scale = e.abs().max().item()
         if (a.double() - e).abs().max().item() > 2 * (p.double() - e).abs().max().item() + 1e-7 * scale:
             assert_close(a, e, dtype, name)
+
+
+@pytest.mark.parametrize("bounded", [True, False], ids=["unit-rows", "raw"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("B,H,Nq,Nk,D,Dv,t,rule", SHAPES)
+def test_chunked_path_with_16bit_gemm_operands_as_on_cuda(only_chunked, cuda_like_gemms, monkeypatch, dtype, bounded,
+                                                         B, H, Nq, Nk, D, Dv, t, rule):
+    """The rounding CUDA's chunked path does (q, k, v, dout, p and g as 16-bit GEMM operands, fp32 scores and
+    accumulators), see :func:`check_16bit_gemm_path`; every GEMM saw 16-bit operands. (fp16 with the fixed
+    bound m = 1/t was 0.48 of the output's scale off at D = 288, t = 0.05: the chunked path no longer
+    takes that bound with fp16 operands.)"""
+    if rule == "zero-norm" and dtype == torch.float16:
+        pytest.skip("a zero patch's normalisation gradient is dy / eps = 1e6 dy: past fp16's range in any path")
+    check_16bit_gemm_path(monkeypatch, dtype, bounded, B, H, Nq, Nk, D, Dv, t, rule)
+    assert cuda_like_gemms["16-bit"] >= 7  # forward: 2 per chunk; backward: 5 per chunk
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])

@@ -9,7 +9,8 @@ import torch
 
 from mhtma_kernels.ops import chunked
 from mhtma_kernels.testing import assert_close
-from tests.test_chunked import TRITON_CASES, only_chunked  # noqa: F401 - the fixture
+from tests.test_chunked import TRITON_CASES, cuda_like_gemms, only_chunked  # noqa: F401 - the fixtures
+from tests.test_chunked import check_16bit_gemm_path
 from tests.test_chunked import dt_errors
 from tests.test_op import NAMES, forward_and_grads, make_inputs
 
@@ -279,3 +280,14 @@ def test_row_step_benchmark_smoke_runs_and_checks_the_triton_steps(tmp_path, mon
         (step, variant, "triton") for step, variant, _ in chunk_steps.STEPS]
     assert all(r["same_as_eager"] == "yes" for r in records if r["mode"] == "triton"), records
     assert "MHTMA_CHUNK_STEPS" not in os.environ and not chunked._BROKEN
+
+
+@pytest.mark.parametrize("bounded", [True, False], ids=["unit-rows", "raw"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_triton_steps_with_16bit_gemm_operands_as_on_cuda(only_chunked, cuda_like_gemms, triton_steps, monkeypatch,  # noqa: F811
+                                                         dtype, bounded):
+    """CUDA's default chunked path as a whole: 16-bit GEMM operands with fp32 products, and the Triton row
+    steps writing e, w and g in the input dtype (tests/test_chunked.py's check)."""
+    check_16bit_gemm_path(monkeypatch, dtype, bounded, 2, 2, 37, 29, 45, 17, 0.1, "image1-all-invalid")
+    assert cuda_like_gemms["16-bit"] >= 7 and triton_steps["forward"] >= 1 and triton_steps["backward"] >= 1
+    assert not chunked._BROKEN
