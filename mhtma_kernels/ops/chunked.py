@@ -384,7 +384,9 @@ def chunked_forward(q, k, v, key_valid, temperature, lambda_m: float, bounded: b
 
 def chunked_backward(q, k, v, key_valid, temperature, lambda_m: float, stats: RowStats, dout, chunk_mb=None):
     """Backward from the row maxima ``stats.m`` -> (dq, dk, dv in the inputs' dtypes, dt [B, H] in the
-    compute dtype). Five D-wide GEMM passes per chunk.
+    compute dtype). Five D-wide GEMM passes per chunk. Memory next to the inputs: dq in q's dtype (each
+    chunk's rows written once), dk and dv as fp32 accumulators (cast one after the other at the end), and
+    one chunk's buffers.
 
     A chunk holds whole rows, so the weights are renormalised there, w = e / sum_j e with e = exp(z - m),
     and delta_i = sum_j w_ij dp_ij is taken from the same w (instead of l and <dout_i, out_i>): the row
@@ -397,7 +399,7 @@ def chunked_backward(q, k, v, key_valid, temperature, lambda_m: float, stats: Ro
     scale, fill = (p.inv_t * _LOG2E, -p.lambda_m * _LOG2E) if stats.base2 else (p.inv_t, -p.lambda_m)
     m = stats.m.to(p.acc).reshape(BH, Nq, 1)
     do = dout.to(p.q.dtype).flatten(0, 1)  # [BH, Nq, Dv]
-    dq = torch.empty(BH, Nq, D, dtype=p.acc, device=q.device)
+    dq = torch.empty(BH, Nq, D, dtype=q.dtype, device=q.device)  # a chunk's rows are final: no fp32 copy
     dk = torch.zeros(BH, Nk, D, dtype=p.acc, device=q.device)
     dv = torch.zeros(BH, Nk, v.shape[-1], dtype=p.acc, device=q.device)
     g_dot_s = torch.zeros(BH, dtype=p.acc, device=q.device)
@@ -411,10 +413,10 @@ def chunked_backward(q, k, v, key_valid, temperature, lambda_m: float, stats: Ro
         del s, dp
         _accumulate(dv, w.transpose(1, 2), do[:, rows])  # pass 2
         del w
-        dq[:, rows] = _bmm(g, p.k, p.acc)  # pass 4
+        dq[:, rows] = _bmm(g, p.k, p.acc).mul_(p.inv_t)  # pass 4, rounded to q's dtype on the copy
         _accumulate(dk, g.transpose(1, 2), p.q[:, rows])  # pass 5
         g_dot_s += g_s
     dt = -(g_dot_s.view(BH, 1, 1) * p.inv_t * p.inv_t).reshape(B, H)
-    dq, dk = dq.mul_(p.inv_t), dk.mul_(p.inv_t)
-    return (dq.view(B, H, Nq, D).to(q.dtype), dk.view(B, H, Nk, D).to(k.dtype),
-            dv.view(B, H, Nk, -1).to(v.dtype), dt)
+    dv = dv.view(B, H, Nk, -1).to(v.dtype)  # one fp32 accumulator freed before the other is cast
+    dk = dk.mul_(p.inv_t).view(B, H, Nk, D).to(k.dtype)
+    return dq.view(B, H, Nq, D), dk, dv, dt
