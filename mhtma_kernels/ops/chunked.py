@@ -364,16 +364,18 @@ def _fixed_bound(p: _Problem, bounded: bool, dtype: torch.dtype):
     return torch.where(any_valid, p.inv_t, torch.full_like(p.inv_t, -p.lambda_m))
 
 
-def chunked_forward(q, k, v, key_valid, temperature, lambda_m: float, bounded: bool = False, chunk_mb=None):
+def chunked_forward(q, k, v, key_valid, temperature, lambda_m: float, bounded: bool = False, chunk_mb=None,
+                    out_dtype: torch.dtype | None = None):
     """Forward on normalised q [B,H,Nq,D], k [B,H,Nk,D], v [B,H,Nk,Dv], key_valid [B,Nk], t [B,H]
-    -> (out [B,H,Nq,Dv] in the compute dtype, RowStats in natural base).
+    -> (out [B,H,Nq,Dv] in ``out_dtype`` (default the compute dtype; each chunk's rows rounded once when
+    written), RowStats in natural base).
 
     bounded: rows of q and k have norm <= 1, so |s| <= 1 and m = 1/t may replace the chunk max
     (16-bit inputs only, see :func:`_fixed_bound`)."""
     B, H, Nq, _ = q.shape
     p = _problem(q, k, v, key_valid, temperature, lambda_m)
     BH, _, Nk = p.shape
-    out = torch.empty(BH, Nq, v.shape[-1], dtype=p.acc, device=q.device)
+    out = torch.empty(BH, Nq, v.shape[-1], dtype=out_dtype or p.acc, device=q.device)
     m_all = torch.empty(BH, Nq, 1, dtype=p.acc, device=q.device)
     l_all = torch.empty_like(m_all)
     bound = _fixed_bound(p, bounded, q.dtype)
@@ -382,7 +384,7 @@ def chunked_forward(q, k, v, key_valid, temperature, lambda_m: float, bounded: b
     for i in range(0, Nq, step):
         rows = slice(i, i + step)
         e, m, total = rows_step(p.scores(rows), p.inv_t, p.invalid, -p.lambda_m, bound, p.v.dtype)
-        torch.div(_bmm(e, p.v, p.acc), total, out=out[:, rows])  # D-wide pass 2
+        out[:, rows] = _bmm(e, p.v, p.acc).div_(total)  # D-wide pass 2
         m_all[:, rows] = m
         torch.log(total, out=l_all[:, rows])
     stats = RowStats(m_all.view(B, H, Nq), l_all.view(B, H, Nq))

@@ -36,8 +36,8 @@ NAMESPACE = "mhtma"
 def chunked_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_valid: torch.Tensor,
                               temperature: torch.Tensor, lambda_m: float, bounded: bool = False
                               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    out_acc, stats = chunked_forward(q, k, v, key_valid, temperature, lambda_m, bounded)
-    return tuple(x.contiguous() for x in (out_acc.to(v.dtype), stats.m, stats.l))  # the fake's layout
+    out, stats = chunked_forward(q, k, v, key_valid, temperature, lambda_m, bounded, out_dtype=v.dtype)
+    return tuple(x.contiguous() for x in (out, stats.m, stats.l))  # the fake's layout
 
 
 @chunked_attention_forward.register_fake
