@@ -156,17 +156,31 @@ def test_chunk_budget_keyword_beats_env_and_sizes_the_chunks(monkeypatch):
     assert chunked.chunk_rows(4, 100, 50, 4, 4 * 50 * 4 * 7 / 2 ** 20) == 7
 
 
-def test_chunked_backward_makes_exactly_five_gemm_passes(monkeypatch):
-    """Per chunk: s = q k^T, dv += p^T dout, dout v^T, dq = g k, dk += g^T q (and nothing else D-wide)."""
+# Budgets (bytes) for B*H = 2 heads, Nq 12, Nk 9, D 5, Dv 4 in float64: half holds the fp32-class dk, dv
+# accumulators of a group (9 * 9 * 8 = 648 B per head), half one chunk (9 * 24 B per row and head).
+GROUPINGS = [pytest.param(2 * 2 * 9 * 5 * 24, 2, 5, id="one-group-of-2-heads"),
+             pytest.param(2 * 9 * 5 * 24, 1, 5, id="a-group-per-head")]
+
+
+@pytest.mark.parametrize("budget_bytes,heads,rows", GROUPINGS)
+def test_chunked_backward_makes_exactly_five_gemm_passes(monkeypatch, budget_bytes, heads, rows):
+    """Per chunk: s = q k^T, dv += p^T dout, dout v^T, dq = g k, dk += g^T q (and nothing else D-wide), for
+    every group of heads; the gradients do not depend on the grouping."""
     calls = []
     real_bmm, real_acc = chunked._bmm, chunked._accumulate
     monkeypatch.setattr(chunked, "_bmm", lambda a, b, acc: calls.append("bmm") or real_bmm(a, b, acc))
     monkeypatch.setattr(chunked, "_accumulate", lambda acc, a, b: calls.append("acc") or real_acc(acc, a, b))
     q, k, v, key_valid, t = make_inputs(2, 1, 12, 9, 5, 4, 0.2, "random")
     out, stats = chunked.chunked_forward(q, k, v, key_valid, t, 1e4)
+    assert chunked.head_group(2, 9, 9, torch.float64, budget_bytes / 2 ** 20) == heads
+    assert chunked.step_rows("backward", heads, 12, 9, torch.float64, torch.float64, budget_bytes / 2 ** 21) == rows
     calls.clear()
-    chunked.chunked_backward(q, k, v, key_valid, t, 1e4, stats, torch.ones_like(out), chunk_mb=2 * 9 * 5 * 24 / 2 ** 20)
-    assert len(calls) == 5 * 3  # 3 chunks of at most 5 rows (12 = 5 + 5 + 2)
+    grads = chunked.chunked_backward(q, k, v, key_valid, t, 1e4, stats, torch.ones_like(out),
+                                     chunk_mb=budget_bytes / 2 ** 20)
+    assert len(calls) == 5 * 3 * (2 // heads)  # 3 chunks of at most 5 rows (12 = 5 + 5 + 2) per group
+    whole = chunked.chunked_backward(q, k, v, key_valid, t, 1e4, stats, torch.ones_like(out), chunk_mb=1e4)
+    for got, want in zip(grads, whole):
+        assert_close(got, want, torch.float64, "grouped vs one chunk")
 
 
 def dt_errors(backend: str, t: float, device: str = "cpu") -> dict:

@@ -41,20 +41,25 @@ def test_sass_instructions_counted_by_family():
     assert counts == dict(HGMMA=2, HMMA=0, LDGSTS=1, UTMALDG=0, LDG=1, BAR=1)
 
 
-def test_report_of_one_small_forward_as_launched(tmp_path):
-    """bf16 forward at D = 48, compiled for sm_90 through the launcher: tensor cores via wgmma, no mma.sync,
-    no spills, the shared memory of an H100/H200."""
+def report_rows(tmp_path, *arguments: str) -> list[dict]:
+    """Rows of ``python -m mhtma_kernels.ops.compile_report ARGUMENTS --json`` run in a fresh process with its own
+    Triton cache and without the interpreter; skips where the toolchain ships no sm_90 assembler."""
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
     env["TRITON_CACHE_DIR"] = str(tmp_path)
     root = Path(__file__).resolve().parents[1]
     env["PYTHONPATH"] = os.pathsep.join([str(root)] + [p for p in [env.get("PYTHONPATH")] if p])
-    command = [sys.executable, "-m", "mhtma_kernels.ops.compile_report", "--d", "48", "--batch", "1", "--heads", "1",
-               "--nq", "64", "--nk", "48", "--forward-only", "--json"]
+    command = [sys.executable, "-m", "mhtma_kernels.ops.compile_report", *arguments, "--json"]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     if result.returncode != 0 and "ships no" in result.stderr:
         pytest.skip(result.stderr.strip().splitlines()[-1])
     assert result.returncode == 0, result.stderr[-3000:]
-    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+def test_report_of_one_small_forward_as_launched(tmp_path):
+    """bf16 forward at D = 48, compiled for sm_90 through the launcher: tensor cores via wgmma, no mma.sync,
+    no spills, the shared memory of an H100/H200."""
+    rows = report_rows(tmp_path, "--d", "48", "--batch", "1", "--heads", "1", "--nq", "64", "--nk", "48", "--forward-only")
     # the bounded bf16 forward is two launches: the fixed-max pass and the running-max rest
     assert [(compile_report.family(r["kernel"]), r["launch"], r["config"]) for r in rows] == [
         ("fwd", 1, "default"), ("fwd", 2, "default")], rows
@@ -113,17 +118,7 @@ def test_access_widths_by_bits():
 def test_chunk_step_kernels_compile_with_vector_loads(tmp_path):
     """--chunk-steps: both row-step kernels in both variants for sm_90 as the chunked path launches them; Nk = 100
     (a multiple of 4, not of 16) still loads the fp32 scores as 128-bit vectors (ALIGN 4), no spills."""
-    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
-    env["TRITON_CACHE_DIR"] = str(tmp_path)
-    root = Path(__file__).resolve().parents[1]
-    env["PYTHONPATH"] = os.pathsep.join([str(root)] + [p for p in [env.get("PYTHONPATH")] if p])
-    command = [sys.executable, "-m", "mhtma_kernels.ops.compile_report", "--chunk-steps", "--batch", "1", "--heads",
-               "2", "--nq", "20", "--nk", "100", "--json"]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    if result.returncode != 0 and "ships no" in result.stderr:
-        pytest.skip(result.stderr.strip().splitlines()[-1])
-    assert result.returncode == 0, result.stderr[-3000:]
-    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    rows = report_rows(tmp_path, "--chunk-steps", "--batch", "1", "--heads", "2", "--nq", "20", "--nk", "100")
     assert [(r["kernel"], r["variant"]) for r in rows] == [
         ("chunk_forward_rows_kernel", "row max"), ("chunk_forward_rows_kernel", "fixed max"),
         ("chunk_backward_rows_kernel", "natural"), ("chunk_backward_rows_kernel", "base 2")], rows

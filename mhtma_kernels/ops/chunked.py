@@ -48,8 +48,11 @@ that fails warns once and that step runs eagerly. The GEMMs stay cuBLAS/MKL call
 Chunks: the rows per chunk are chosen so that the chunk's buffers stay within a memory budget,
 ``chunk_mb`` (keyword) > env ``MHTMA_CHUNK_MB`` > :data:`DEFAULT_CHUNK_MB` for the device (CUDA: large
 chunks, a few big GEMMs; CPU: about the size of a last-level cache). A value that is not a positive
-number is a ValueError naming it.
+number is a ValueError naming it. The backward splits the budget: half for the fp32 dk, dv accumulators
+of a group of heads (processed one group after the other), half for one chunk of that group's rows, so
+that beyond the inputs and the gradients themselves it holds about one budget.
 """
+import dataclasses
 import importlib.util
 import math
 import os
@@ -197,6 +200,10 @@ class _Problem:
     @property
     def shape(self):
         return self.q.shape[0], self.q.shape[1], self.k.shape[1]
+
+    def heads(self, heads: slice) -> dict:
+        """The per-head fields restricted to ``heads`` (for dataclasses.replace)."""
+        return {name: getattr(self, name)[heads] for name in ("q", "k", "v", "invalid", "inv_t")}
 
     def scores(self, rows: slice) -> torch.Tensor:
         """s = q_r k^T [BH, c, Nk] in the compute dtype (D-wide GEMM pass 1)."""
@@ -382,9 +389,20 @@ def chunked_forward(q, k, v, key_valid, temperature, lambda_m: float, bounded: b
     return out.view(B, H, Nq, -1), stats
 
 
+def head_group(bh: int, nk: int, dk_width: int, acc: torch.dtype, budget_mb: float) -> int:
+    """Heads per group of :func:`chunked_backward`: their fp32 dk and dv accumulators (``dk_width`` = D + Dv
+    columns per key) take at most half the budget; at least one head."""
+    per_head = max(1, nk * dk_width * (torch.finfo(acc).bits // 8))
+    return max(1, min(bh, int(budget_mb * 2 ** 19) // per_head))
+
+
 def chunked_backward(q, k, v, key_valid, temperature, lambda_m: float, stats: RowStats, dout, chunk_mb=None):
     """Backward from the row maxima ``stats.m`` -> (dq, dk, dv in the inputs' dtypes, dt [B, H] in the
     compute dtype). Five D-wide GEMM passes per chunk.
+
+    Memory next to the inputs and the three gradients: the budget (``chunk_mb``), half for the fp32 dk, dv
+    accumulators of a group of heads (:func:`head_group`; the group's dk, dv are cast into the outputs
+    when its last chunk is done), half for one chunk's score buffers; dq is written per chunk in q's dtype.
 
     A chunk holds whole rows, so the weights are renormalised there, w = e / sum_j e with e = exp(z - m),
     and delta_i = sum_j w_ij dp_ij is taken from the same w (instead of l and <dout_i, out_i>): the row
@@ -394,27 +412,42 @@ def chunked_backward(q, k, v, key_valid, temperature, lambda_m: float, stats: Ro
     B, H, Nq, D = q.shape
     p = _problem(q, k, v, key_valid, temperature, lambda_m)
     BH, _, Nk = p.shape
-    scale, fill = (p.inv_t * _LOG2E, -p.lambda_m * _LOG2E) if stats.base2 else (p.inv_t, -p.lambda_m)
+    budget = chunk_budget_mb(q.device, chunk_mb)
+    grads = [torch.empty(x.shape, dtype=x.dtype, device=x.device).flatten(0, 1) for x in (q, k, v)]
     m = stats.m.to(p.acc).reshape(BH, Nq, 1)
     do = dout.to(p.q.dtype).flatten(0, 1)  # [BH, Nq, Dv]
-    dq = torch.empty(BH, Nq, D, dtype=p.acc, device=q.device)
-    dk = torch.zeros(BH, Nk, D, dtype=p.acc, device=q.device)
-    dv = torch.zeros(BH, Nk, v.shape[-1], dtype=p.acc, device=q.device)
     g_dot_s = torch.zeros(BH, dtype=p.acc, device=q.device)
-    step = step_rows("backward", BH, Nq, Nk, p.acc, p.q.dtype, chunk_budget_mb(q.device, chunk_mb))
-    rows_step = _step("backward", q.device, p.acc)
+    group = head_group(BH, Nk, D + v.shape[-1], p.acc, budget)
+    for h0 in range(0, BH, group):
+        heads = slice(h0, h0 + group)
+        g_dot_s[heads] = _backward_heads(dataclasses.replace(p, **p.heads(heads)), do[heads], m[heads], stats.base2,
+                                         [grad[heads] for grad in grads], budget / 2)
+    dt = -(g_dot_s.view(BH, 1, 1) * p.inv_t * p.inv_t).reshape(B, H)
+    return (*(grad.view(x.shape) for grad, x in zip(grads, (q, k, v))), dt)
+
+
+def _backward_heads(p: _Problem, do, m, base2: bool, grads, budget_mb: float) -> torch.Tensor:
+    """One group of heads: fills its dq, dk, dv (``grads``, the outputs' slices) -> sum_ij g_ij s_ij [G]."""
+    G, Nq, Nk = p.shape
+    dq, dk_out, dv_out = grads
+    scale, fill = (p.inv_t * _LOG2E, -p.lambda_m * _LOG2E) if base2 else (p.inv_t, -p.lambda_m)
+    dk = torch.zeros(G, Nk, p.k.shape[-1], dtype=p.acc, device=do.device)
+    dv = torch.zeros(G, Nk, p.v.shape[-1], dtype=p.acc, device=do.device)
+    g_dot_s = torch.zeros(G, dtype=p.acc, device=do.device)
+    step = step_rows("backward", G, Nq, Nk, p.acc, p.q.dtype, budget_mb)
+    rows_step = _step("backward", do.device, p.acc)
     for i in range(0, Nq, step):
         rows = slice(i, i + step)
         s = p.scores(rows)  # pass 1
-        dp = _bmm(do[:, rows], p.v.transpose(1, 2), p.acc)  # pass 3, [BH, c, Nk]
-        w, g, g_s = rows_step(s, dp, scale, p.invalid, fill, m[:, rows], stats.base2, p.q.dtype)
+        dp = _bmm(do[:, rows], p.v.transpose(1, 2), p.acc)  # pass 3, [G, c, Nk]
+        w, g, g_s = rows_step(s, dp, scale, p.invalid, fill, m[:, rows], base2, p.q.dtype)
         del s, dp
         _accumulate(dv, w.transpose(1, 2), do[:, rows])  # pass 2
         del w
-        dq[:, rows] = _bmm(g, p.k, p.acc)  # pass 4
+        dq[:, rows] = _bmm(g, p.k, p.acc).mul_(p.inv_t)  # pass 4, rounded to q's dtype on the copy
         _accumulate(dk, g.transpose(1, 2), p.q[:, rows])  # pass 5
         g_dot_s += g_s
-    dt = -(g_dot_s.view(BH, 1, 1) * p.inv_t * p.inv_t).reshape(B, H)
-    dq, dk = dq.mul_(p.inv_t), dk.mul_(p.inv_t)
-    return (dq.view(B, H, Nq, D).to(q.dtype), dk.view(B, H, Nk, D).to(k.dtype),
-            dv.view(B, H, Nk, -1).to(v.dtype), dt)
+    dv_out.copy_(dv)
+    del dv  # one fp32 accumulator freed before the other is scaled and cast
+    dk_out.copy_(dk.mul_(p.inv_t))
+    return g_dot_s

@@ -75,6 +75,19 @@ def _exp(x, BASE2: tl.constexpr):
     return tl.exp(x)
 
 
+@triton.jit
+def _program_rows(ROWS, BLOCK_M: tl.constexpr):
+    """This program's bh (int64), its rows [BLOCK_M] (int64) and their mask (rows < ROWS)."""
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M]
+    return tl.program_id(1).to(tl.int64), offs_m.to(tl.int64), offs_m < ROWS
+
+
+@triton.jit
+def _rows_at(base, bh, rows64, stride_b, stride_r):
+    """[BLOCK_M, 1] pointers (or offsets, base 0) to the first column of the program's rows."""
+    return base + bh * stride_b + rows64[:, None] * stride_r
+
+
 # The chunk's row count and per-bh strides change with the last (partial) chunk: not specialised on (the
 # alignment they would prove is ALIGN's job), so a call of the same shape never compiles a second binary.
 @triton.jit(do_not_specialize=["ROWS", "stride_sb", "stride_eb"])
@@ -88,12 +101,9 @@ def chunk_forward_rows_kernel(S, SCALE, INVALID, FILL, M_FIXED, E, M_OUT, SUM_OU
     nk_a = _aligned(NK, ALIGN)  # NK as the masks see it; the loops run to NK itself
     stride_sb, stride_sr = _aligned(stride_sb, ALIGN), _aligned(stride_sr, ALIGN)
     stride_eb, stride_er, stride_ib = _aligned(stride_eb, ALIGN), _aligned(stride_er, ALIGN), _aligned(stride_ib, ALIGN)
-    bh = tl.program_id(1).to(tl.int64)
-    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M]
-    r_mask = offs_m < ROWS  # [BLOCK_M]
-    rows64 = offs_m.to(tl.int64)  # [BLOCK_M]
-    s_rows = S + bh * stride_sb + rows64[:, None] * stride_sr  # [BLOCK_M, 1] pointers
-    e_rows = E + bh * stride_eb + rows64[:, None] * stride_er  # [BLOCK_M, 1] pointers
+    bh, rows64, r_mask = _program_rows(ROWS, BLOCK_M)  # scalar, [BLOCK_M], [BLOCK_M]
+    s_rows = _rows_at(S, bh, rows64, stride_sb, stride_sr)  # [BLOCK_M, 1] pointers
+    e_rows = _rows_at(E, bh, rows64, stride_eb, stride_er)  # [BLOCK_M, 1] pointers
     inv_rows = INVALID + bh * stride_ib
     scale = tl.load(SCALE + bh * stride_scale)
     fill = tl.load(FILL)
@@ -131,13 +141,10 @@ def chunk_backward_rows_kernel(S, DP, SCALE, INVALID, FILL, M, W, G, GS_PART, RO
     stride_sb, stride_sr = _aligned(stride_sb, ALIGN), _aligned(stride_sr, ALIGN)
     stride_db, stride_dr = _aligned(stride_db, ALIGN), _aligned(stride_dr, ALIGN)
     stride_wb, stride_wr, stride_ib = _aligned(stride_wb, ALIGN), _aligned(stride_wr, ALIGN), _aligned(stride_ib, ALIGN)
-    bh = tl.program_id(1).to(tl.int64)
-    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M]
-    r_mask = offs_m < ROWS  # [BLOCK_M]
-    rows64 = offs_m.to(tl.int64)  # [BLOCK_M]
-    s_rows = S + bh * stride_sb + rows64[:, None] * stride_sr  # [BLOCK_M, 1] pointers
-    dp_rows = DP + bh * stride_db + rows64[:, None] * stride_dr  # [BLOCK_M, 1] pointers
-    w_rows = bh * stride_wb + rows64[:, None] * stride_wr  # [BLOCK_M, 1] offsets into W and G
+    bh, rows64, r_mask = _program_rows(ROWS, BLOCK_M)  # scalar, [BLOCK_M], [BLOCK_M]
+    s_rows = _rows_at(S, bh, rows64, stride_sb, stride_sr)  # [BLOCK_M, 1] pointers
+    dp_rows = _rows_at(DP, bh, rows64, stride_db, stride_dr)  # [BLOCK_M, 1] pointers
+    w_rows = _rows_at(0, bh, rows64, stride_wb, stride_wr)  # [BLOCK_M, 1] offsets into W and G
     inv_rows = INVALID + bh * stride_ib
     scale = tl.load(SCALE + bh * stride_scale)
     fill = tl.load(FILL)
