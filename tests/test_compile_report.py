@@ -74,17 +74,7 @@ def test_forward_fixed_choice_that_once_spilled_compiles_without_stack(dtype, d,
     """Forward v3 as launched at the benchmark's Nq, Nk where it used to spill on sm_90 (fp16 D = 576: 352 B, the
     fp32 running-max rest pass at D = 288: 80 B, both from the order of the key-mask load; kernel-notes,
     "Version 3"): every launch without stack, on wgmma only."""
-    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
-    env["TRITON_CACHE_DIR"] = str(tmp_path)
-    root = Path(__file__).resolve().parents[1]
-    env["PYTHONPATH"] = os.pathsep.join([str(root)] + [p for p in [env.get("PYTHONPATH")] if p])
-    command = [sys.executable, "-m", "mhtma_kernels.ops.compile_report", "--d", str(d), "--dtype", dtype,
-               "--batch", "1", "--heads", "2", "--forward-only", "--json"]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
-    if result.returncode != 0 and "ships no" in result.stderr:
-        pytest.skip(result.stderr.strip().splitlines()[-1])
-    assert result.returncode == 0, result.stderr[-3000:]
-    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    rows = report_rows(tmp_path, "--d", str(d), "--dtype", dtype, "--batch", "1", "--heads", "2", "--forward-only")
     assert [r["launch"] for r in rows] == list(range(1, launches + 1)), rows
     for row in rows:
         assert row["stack"] == 0, f"{dtype} D={d} launch #{row['launch']} spills {row['stack']} B"
