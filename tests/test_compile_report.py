@@ -69,6 +69,19 @@ def test_report_of_one_small_forward_as_launched(tmp_path):
         assert 0 < row["smem"] <= 227 * 1024, row
 
 
+@pytest.mark.parametrize("dtype, d, launches", [("fp16", 576, 1), ("fp32", 288, 2)], ids=["fp16-D576", "fp32-D288"])
+def test_forward_fixed_choice_that_once_spilled_compiles_without_stack(dtype, d, launches, tmp_path):
+    """Forward v3 as launched at the benchmark's Nq, Nk where it used to spill on sm_90 (fp16 D = 576: 352 B, the
+    fp32 running-max rest pass at D = 288: 80 B, both from the order of the key-mask load; kernel-notes,
+    "Version 3"): every launch without stack, on wgmma only."""
+    rows = report_rows(tmp_path, "--d", str(d), "--dtype", dtype, "--batch", "1", "--heads", "2", "--forward-only")
+    assert [r["launch"] for r in rows] == list(range(1, launches + 1)), rows
+    for row in rows:
+        assert row["stack"] == 0, f"{dtype} D={d} launch #{row['launch']} spills {row['stack']} B"
+        assert row["HGMMA"] > 0 and row["HMMA"] == 0, row
+        assert row["sync_2d_loads_in_loops"] == 0, row
+
+
 def test_under_the_interpreter_the_report_refuses_in_one_line(capsys):
     """This process interprets the kernels (conftest, without a GPU): nothing to compile, a usage error (exit 2)."""
     from mhtma_kernels.ops import triton_launcher

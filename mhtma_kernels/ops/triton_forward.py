@@ -153,9 +153,12 @@ def _v3_rows(q_base, k_base, v_base, o_base, lo_base, VALID, m_ref, scale2, neg_
     for n0 in range(0, NK, BLOCK_N):
         offs_n = n0 + offs_nb  # [BLOCK_N]
         n_mask = offs_n < NK
-        valid = tl.load(VALID + b * NK + offs_n, mask=n_mask, other=0) != 0  # [BLOCK_N]
         s = _scores(q_parts, k_base, k_descs, n0, offs_n, n_mask, stride_kn, BLOCK_M, BLOCK_N, HEAD_D,
                     D_STARTS, D_WIDTHS, TMA, UPCAST, DOT_PRECISION)  # [BLOCK_M, BLOCK_N]
+        # The key mask is loaded after the score dots on purpose: loaded before them, LLVM's SLP vectoriser (on
+        # for fp16, fp32 and Triton 3.6's bf16) regroups the mask loads and moves every wgmma descriptor of the
+        # tile ahead of the first dot, and ptxas spills (fp16 D = 576: 352 B; kernel-notes, "Version 3").
+        valid = tl.load(VALID + b * NK + offs_n, mask=n_mask, other=0) != 0  # [BLOCK_N]
         z2 = _logits2(s, valid, n_mask, scale2, neg_lambda2)  # [BLOCK_M, BLOCK_N]
         if BOUNDED:
             p = tl.exp2(z2 - m_ref)  # [BLOCK_M, BLOCK_N], <= 1: no row reduction in the loop

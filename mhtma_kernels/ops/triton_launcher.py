@@ -269,9 +269,7 @@ def forward_v3_candidates(d: int, dv: int, dtype: torch.dtype) -> list[ForwardTi
 def candidates(kernel: str, d: int, dv: int, dtype: torch.dtype = torch.bfloat16) -> list:
     """The autotuner's candidate tiles of one kernel for head dims d, dv (fp32: D/Dv chunks of at most 32).
     The forward's list holds the v3 tiles that fit (ForwardTile) and version 2's (TileConfig); the first
-    one is the fixed choice: v3 for bf16 and fp32, v2 for fp16."""
-    if kernel == "fwd" and dtype == torch.float16:  # v3's running-max path spills in fp16 (352 B at D = 576)
-        return _v2_candidates(kernel, d, dv, dtype) + forward_v3_candidates(d, dv, dtype)
+    one is the fixed choice: v3 wherever a v3 tile fits (every dtype), else version 2."""
     if kernel == "fwd":
         return forward_v3_candidates(d, dv, dtype) + _v2_candidates(kernel, d, dv, dtype)
     return _v2_candidates(kernel, d, dv, dtype)
