@@ -384,7 +384,7 @@ def chunked_forward(q, k, v, key_valid, temperature, lambda_m: float, bounded: b
     for i in range(0, Nq, step):
         rows = slice(i, i + step)
         e, m, total = rows_step(p.scores(rows), p.inv_t, p.invalid, -p.lambda_m, bound, p.v.dtype)
-        out[:, rows] = _bmm(e, p.v, p.acc).div_(total)  # D-wide pass 2
+        torch.div(_bmm(e, p.v, p.acc), total, out=out[:, rows])  # D-wide pass 2, rounded to out's dtype
         m_all[:, rows] = m
         torch.log(total, out=l_all[:, rows])
     stats = RowStats(m_all.view(B, H, Nq), l_all.view(B, H, Nq))
@@ -446,7 +446,7 @@ def _backward_heads(p: _Problem, do, m, base2: bool, grads, budget_mb: float) ->
         del s, dp
         _accumulate(dv, w.transpose(1, 2), do[:, rows])  # pass 2
         del w
-        dq[:, rows] = _bmm(g, p.k, p.acc).mul_(p.inv_t)  # pass 4, rounded to q's dtype on the copy
+        torch.mul(_bmm(g, p.k, p.acc), p.inv_t, out=dq[:, rows])  # pass 4, rounded to q's dtype
         _accumulate(dk, g.transpose(1, 2), p.q[:, rows])  # pass 5
         g_dot_s += g_s
     dv_out.copy_(dv)

@@ -410,7 +410,7 @@ def masked_attention_bwd_dq_kernel(
 
     dq = _zero_blocks(BLOCK_M, BLOCK_C, NUM_CB)  # NUM_CB x [BLOCK_M, BLOCK_C] fp32
     dz_sum = tl.zeros([BLOCK_M], dtype=tl.float32)  # [BLOCK_M] sum_j dz_ij (0 in exact arithmetic)
-    ps_sum = tl.zeros([BLOCK_M], dtype=tl.float32)  # [BLOCK_M] sum_j p_ij s_ij over valid keys
+    ps_sum = tl.zeros([BLOCK_M], dtype=tl.float32)  # [BLOCK_M] sum_j p_ij s_ij
     for n0 in range(0, NK, BLOCK_N):
         offs_n = n0 + offs_nb  # [BLOCK_N]
         n_mask = offs_n < NK
@@ -435,7 +435,7 @@ def masked_attention_bwd_dq_kernel(
         dz = tl.where(valid[None, :], p * (dp - delta[:, None]), 0.0)  # [BLOCK_M, BLOCK_N]
         dq = _dot_blocks(dq, _as_operand(dz, K, UPCAST), k_own, NUM_CB, KEPT_D, DOT_PRECISION)
         dz_sum += tl.sum(dz, axis=1)
-        ps_sum += tl.sum(tl.where(valid[None, :], p * s, 0.0), axis=1)
+        ps_sum += tl.sum(p * s, axis=1)  # p is 0 past Nk and Nq; any per-row constant keeps dt exact
 
     inv_t = 1.0 / t
     dq_base = GRAD_Q + bh64 * stride_qbh
