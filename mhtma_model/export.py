@@ -34,7 +34,7 @@ from PIL import Image
 from torch import nn
 
 from mhtma_kernels import MaskedTemperatureAttention
-from mhtma_kernels.ops.library import EXPORT_DECOMPOSITIONS
+from mhtma_kernels.ops import EXPORT_DECOMPOSITIONS
 
 from .cli_options import command_parser
 from .images import load_mask, load_rgb

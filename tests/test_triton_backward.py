@@ -13,8 +13,8 @@ import torch
 pytest.importorskip("triton")
 
 from mhtma_kernels import masked_temperature_attention, masked_temperature_attention_reference  # noqa: E402
-from mhtma_kernels.ops import triton_launcher  # noqa: E402
-from mhtma_kernels.ops.triton_launcher import KernelConfig, TileConfig  # noqa: E402
+from mhtma_kernels.ops.triton import launcher as triton_launcher  # noqa: E402
+from mhtma_kernels.ops.triton.launcher import KernelConfig, TileConfig  # noqa: E402
 from mhtma_kernels.testing import assert_close  # noqa: E402
 from tests.test_chunked import dt_errors  # noqa: E402
 

@@ -1,5 +1,6 @@
 """The `triton` backend: launcher and block-size choice of the fused kernels (the op and its autograd
-formula are registered with torch.library in triton_library).
+formula are registered with torch.library in `op`). Public: launch_forward, launch_backward, candidates,
+choose_config, KernelConfig, TileConfig, ForwardTile, KERNELS.
 
 Inputs are ALREADY L2-normalised (the public function normalises in a PyTorch prepass, so that
 autograd differentiates the norm exactly and the kernels are identical for normalize=True/False):
@@ -7,14 +8,14 @@ autograd differentiates the norm exactly and the kernels are identical for norma
     q [B, H, Nq, D], k [B, H, Nk, D], v [B, H, Nk, Dv], key_valid [B, Nk] bool, temperature [B, H] > 0
     -> out [B, H, Nq, Dv] in v's dtype
 
-Forward: one entry kernel (triton_forward.masked_attention_forward_kernel) running version 3 (q resident,
-the key loop innermost and pipelined; ForwardTile) or version 2 (triton_kernels; TileConfig), whichever
+Forward: one entry kernel (forward.masked_attention_forward_kernel) running version 3 (q resident,
+the key loop innermost and pipelined; ForwardTile) or version 2 (forward; TileConfig), whichever
 tile the autotuner or the fixed choice gives; a bounded forward is two launches (fixed-max pass, then the
 heads whose bound is too large). It returns the output in v's dtype and saves it, plus for fp16/bf16
 the rounding residual out_lo = out_fp32 - out (same dtype), so that delta_i = <dout_i, out_i> in the
 backward keeps fp32 accuracy (an fp16/bf16-rounded delta visibly biases the temperature gradient)
 without an fp32 copy of the output; and per-row base-2 statistics row_max2 (max logit) and row_log2sum (log2 of the
-sum), [B, H, Nq] fp32 each (kept apart, see triton_kernels).
+sum), [B, H, Nq] fp32 each (kept apart, see tiles).
 Backward: delta (small kernel), one kernel for dk and dv (program per key block), one for dq (program
 per query block) that also writes per-program partial sums for the temperature gradient; nothing of
 size Nq x Nk is ever stored. With g_ij = dL/dz_ij (zero on invalid keys) and z_ij = s_ij / t,
@@ -31,31 +32,28 @@ small candidate list (`candidates`) on a GPU; set MHTMA_AUTOTUNE=0 to use the fi
 `choose_config` instead (no tuning runs on the first call). Under TRITON_INTERPRET=1 the fixed
 interpreter choice is always used.
 """
-import contextlib
 import dataclasses
 import os
 from dataclasses import dataclass
 
 import torch
 
-try:
+from ..rules import FIXED_MAX_LIMIT, LOG2E, triton_import_error
+
+if triton_import_error() is None:
     import triton
 
-    from . import triton_forward, triton_kernels
-except ImportError as error:  # pragma: no cover - exercised only where triton is missing
-    triton = None
-    triton_kernels = triton_forward = None
-    _IMPORT_ERROR = error
-else:
-    _IMPORT_ERROR = None
+    from . import backward as backward_kernels
+    from . import forward as forward_kernels
+else:  # pragma: no cover - exercised only where triton is missing
+    triton = backward_kernels = forward_kernels = None
 
 _SUPPORTED = (torch.float16, torch.bfloat16, torch.float32)
-_LOG2E = 1.4426950408889634
 # exp2(-lambda_m * log2(e) - m) is exactly 0 in fp32 next to any valid logit (|z| <= 1/t) once
 # lambda_m exceeds ~150 + 1/t; capping the constant keeps it finite in fp32 without changing results.
-_LAMBDA_CAP = 1e30
+LAMBDA_CAP = 1e30
 KERNELS = ("fwd", "dkdv", "dq")
-# Column blocks (accumulators) one program of each kernel can hold, as written out in triton_kernels.
+# Column blocks (accumulators) one program of each kernel can hold, as written out in the kernels.
 MAX_COL_BLOCKS = {"fwd": 8, "dkdv": 4, "dq": 8}
 
 
@@ -130,7 +128,7 @@ def pieces(width: int, cap: int, grain: int = 16) -> tuple[tuple[int, ...], tupl
 
 @dataclass(frozen=True)
 class ForwardTile:
-    """Launch parameters of forward version 3 (triton_forward) for head dims d, dv.
+    """Launch parameters of forward version 3 (forward) for head dims d, dv.
 
     block_m x block_n   score tile: query rows x key rows (the q rows stay resident over the key loop)
     splits              programs along the output columns, each with cols = round16(cdiv(dv, splits)) of them
@@ -204,7 +202,7 @@ def _fit_columns(ncols: int, block_c: int, max_cb: int) -> int:
 
 # Candidate tiles per kernel: (block_m, block_n, block_d, block_e, block_c, num_warps, num_stages, max_cb)
 # with num_cb fitted to the columns up to max_cb; max_cb = 0 means num_cb = 1 fixed. Each fitted family
-# compiles for sm_90 in bf16 without register spills at its max_cb (ptxas via compile_tile, see
+# compiles for sm_90 in bf16 without register spills at its max_cb (ptxas, see
 # docs/kernel-notes.md); the num_cb = 1 rows are the best configurations of the old one-column-block
 # kernels measured on an H200 (bf16, D = 576; issue "The fused op at GPU speed"), kept as a floor for
 # the autotuner although they spill. The first row of each kernel is the fixed default (choose_config).
@@ -318,9 +316,9 @@ def choose_config(nq: int, nk: int, d: int, dv: int, dtype: torch.dtype, interpr
     return KernelConfig(*(candidates(kernel, d, dv, dtype)[0] for kernel in KERNELS))
 
 
-def _interpreting() -> bool:
+def interpreting() -> bool:
     """True when the kernels were built for Triton's CPU interpreter (TRITON_INTERPRET=1 at import)."""
-    return type(triton_kernels.masked_attention_bwd_delta_kernel).__name__ == "InterpretedFunction"
+    return type(backward_kernels.masked_attention_bwd_delta_kernel).__name__ == "InterpretedFunction"
 
 
 def _autotune_enabled() -> bool:
@@ -334,7 +332,7 @@ def dot_precision(dtype: torch.dtype) -> str:
     return "tf32"  # TF32 for fp32 inputs; ignored by tl.dot for fp16/bf16 tiles
 
 
-def _check_inputs(q, k, v, temperature):
+def check_inputs(q, k, v, temperature):
     if q.dtype not in _SUPPORTED:
         raise TypeError(
             f"q, k, v must be float16, bfloat16 or float32 for backend='triton', got {q.dtype}; "
@@ -342,7 +340,7 @@ def _check_inputs(q, k, v, temperature):
         )
     if temperature.dtype not in _SUPPORTED + (torch.float64,):
         raise TypeError(f"temperature must be a floating-point tensor, got {temperature.dtype}")
-    if q.device.type != "cuda" and not _interpreting():
+    if q.device.type != "cuda" and not interpreting():
         raise ValueError(
             f"backend='triton' needs CUDA tensors (got tensors on {q.device}); set TRITON_INTERPRET=1 before "
             "importing triton to run the kernels on CPU, or use backend='torch'"
@@ -351,9 +349,9 @@ def _check_inputs(q, k, v, temperature):
 
 def _kernel(kernel: str):
     return {
-        "fwd": triton_forward.masked_attention_forward_kernel,
-        "dkdv": triton_kernels.masked_attention_bwd_dkdv_kernel,
-        "dq": triton_kernels.masked_attention_bwd_dq_kernel,
+        "fwd": forward_kernels.masked_attention_forward_kernel,
+        "dkdv": backward_kernels.masked_attention_bwd_dkdv_kernel,
+        "dq": backward_kernels.masked_attention_bwd_dq_kernel,
     }[kernel]
 
 
@@ -390,22 +388,7 @@ def _tma_aligned(*tensors) -> bool:
 
 def _descriptor_scratch(size: int, alignment: int, stream):
     """Global memory in which TMA kernels build their tensor descriptors (triton.set_allocator)."""
-    return torch.empty(size, dtype=torch.int8, device="cpu" if _interpreting() else "cuda")
-
-
-_FORWARD_TILE = []  # set by forward_tile()
-
-
-@contextlib.contextmanager
-def forward_tile(tile):
-    """Inside, every forward launch uses `tile` (a ForwardTile for the head dims at hand, or a version 2
-    TileConfig) instead of the autotuner's or the fixed choice; the backward is unaffected. For timing
-    the forward candidates side by side (benchmarks.gpu_check)."""
-    _FORWARD_TILE.append(tile)
-    try:
-        yield tile
-    finally:
-        _FORWARD_TILE.pop()
+    return torch.empty(size, dtype=torch.int8, device="cpu" if interpreting() else "cuda")
 
 
 def autotuned_choice(kernel: str) -> str | None:
@@ -421,8 +404,6 @@ def _launch(kernel: str, rows: int, bh: int, ncols: int, args, flags: dict, conf
     rows = Nq for fwd/dq (tile rows block_m), Nk for dkdv (tile rows block_n)."""
     if kernel == "fwd":
         triton.set_allocator(_descriptor_scratch)  # for the v3 forward's TMA candidates
-        if _FORWARD_TILE:
-            config = KernelConfig(fwd=_FORWARD_TILE[-1], dkdv=None, dq=None)
         fwd, d, dv = None if config is None else config.fwd, args[0].shape[3], args[2].shape[3]
         if isinstance(fwd, ForwardTile) and (fwd.d, fwd.dv) != (d, dv):
             raise ValueError(f"forward tile built for D={fwd.d}, Dv={fwd.dv} used with D={d}, Dv={dv}")
@@ -444,24 +425,18 @@ def _launch(kernel: str, rows: int, bh: int, ncols: int, args, flags: dict, conf
 
 
 def _flags(dtype: torch.dtype) -> dict:
-    return dict(UPCAST=dtype == torch.bfloat16 and _interpreting(),  # Triton 3.8 interpreter: bf16 tl.dot is wrong
+    return dict(UPCAST=dtype == torch.bfloat16 and interpreting(),  # Triton 3.8 interpreter: bf16 tl.dot is wrong
                 DOT_PRECISION=dot_precision(dtype))
 
 
 def _resolve(config: KernelConfig | None, nq, nk, d, dv, dtype) -> KernelConfig | None:
     """None means "autotune" on a GPU; the fixed choice under the interpreter or with MHTMA_AUTOTUNE=0."""
-    if config is None and (_interpreting() or not _autotune_enabled()):
-        return choose_config(nq, nk, d, dv, dtype, _interpreting())
+    if config is None and (interpreting() or not _autotune_enabled()):
+        return choose_config(nq, nk, d, dv, dtype, interpreting())
     return config
 
 
-# Largest log2(e)/t for which the forward uses the bound of unit-norm logits as its row max: every
-# weight exp2(z2 - log2(e)/t) is then >= 2^-80 (bf16 and fp32 share fp32's exponent range; fp16's is too
-# narrow, so fp16 always keeps the running max). t >= log2(e)/40 = 0.036; learned temperatures start at 0.1.
-FIXED_MAX_LIMIT = 40.0
-
-
-def _forward(q, k, v, key_valid_u8, temp, lambda_m, config, bounded: bool = False):
+def launch_forward(q, k, v, key_valid_u8, temp, lambda_m, config, bounded: bool = False):
     """Launch the forward kernel on contiguous inputs -> (out [B,H,Nq,Dv] in v's dtype, stats).
 
     stats = (row_max2, row_log2sum [B,H,Nq] fp32, out_lo [B,H,Nq,Dv] in v's dtype or None for fp32): what the
@@ -480,10 +455,10 @@ def _forward(q, k, v, key_valid_u8, temp, lambda_m, config, bounded: bool = Fals
     any_valid = (key_valid_u8 != 0).any(dim=1).to(torch.uint8) if fixed_max else key_valid_u8
     args = (q, k, v, key_valid_u8, any_valid, temp, out, out_lo if has_lo else out, row_max2, row_log2sum,
             q.stride(1), q.stride(2), k.stride(1), k.stride(2), v.stride(1), v.stride(2), out.stride(1), out.stride(2),
-            H, Nq, Nk, D, Dv, -lambda_m * _LOG2E, FIXED_MAX_LIMIT if fixed_max else 0.0)
+            H, Nq, Nk, D, Dv, -lambda_m * LOG2E, FIXED_MAX_LIMIT if fixed_max else 0.0)
     flags = dict(HAS_LO=has_lo, **_flags(q.dtype))
     _launch("fwd", Nq, B * H, Dv, args, dict(flags, FIXED_MAX=fixed_max), config)
-    if fixed_max:  # the heads whose bound is too large for the fixed max (see triton_forward's entry kernel)
+    if fixed_max:  # the heads whose bound is too large for the fixed max (see forward's entry kernel)
         _launch("fwd", Nq, B * H, Dv, args, dict(flags, FIXED_MAX=False, REST_PASS=True), config)
     return out, (row_max2, row_log2sum, out_lo)
 
@@ -493,14 +468,14 @@ def _delta(out, out_lo, dout):
     rows, dv = out.numel() // max(out.shape[-1], 1), out.shape[-1]
     delta = torch.empty(out.shape[:-1], dtype=torch.float32, device=out.device)
     block_r = _pow2(rows, 16, 64)
-    block_e = _pow2(dv, 16, 512 if _interpreting() else 64)
-    triton_kernels.masked_attention_bwd_delta_kernel[(triton.cdiv(rows, block_r),)](
+    block_e = _pow2(dv, 16, 512 if interpreting() else 64)
+    backward_kernels.masked_attention_bwd_delta_kernel[(triton.cdiv(rows, block_r),)](
         out, out if out_lo is None else out_lo, dout, delta, rows, dv,
         HAS_LO=out_lo is not None, BLOCK_R=block_r, BLOCK_E=block_e, num_warps=4)
     return delta
 
 
-def _backward(q, k, v, key_valid_u8, temp, lambda_m, config, out, stats, dout, need_dq, need_dkdv, need_dt):
+def launch_backward(q, k, v, key_valid_u8, temp, lambda_m, config, out, stats, dout, need_dq, need_dkdv, need_dt):
     """Launch the backward kernels -> (dq, dk, dv, dt): each None unless asked for; dq, dk, dv in the inputs'
     dtype, dt [B, H] fp32 (the gradient to the temperature)."""
     B, H, Nq, D = q.shape
@@ -509,7 +484,7 @@ def _backward(q, k, v, key_valid_u8, temp, lambda_m, config, out, stats, dout, n
     row_max2, row_log2sum, out_lo = stats
     delta = _delta(out, out_lo, dout)
     tail = (q.stride(1), q.stride(2), k.stride(1), k.stride(2), v.stride(1), v.stride(2),
-            dout.stride(1), dout.stride(2), H, Nq, Nk, D, Dv, -lambda_m * _LOG2E)
+            dout.stride(1), dout.stride(2), H, Nq, Nk, D, Dv, -lambda_m * LOG2E)
     flags = _flags(q.dtype)
     dq = dk = dv = dt = None
     if need_dkdv:
@@ -525,51 +500,3 @@ def _backward(q, k, v, key_valid_u8, temp, lambda_m, config, out, stats, dout, n
         if need_dt:
             dt = -dt_part.view(B, H, -1).sum(-1) / temp
     return (dq if need_dq else None), dk, dv, dt
-
-
-def compile_for_gpu(d: int, dv: int, dtype: torch.dtype = torch.float16, arch: int = 90,
-                    config: KernelConfig | None = None, kernels=KERNELS) -> dict:
-    """Compile the kernels for CUDA sm_<arch> without a GPU exactly as the launcher launches them (Nq 4096,
-    Nk 3844; the JIT's own specialisation of the arguments, see compile_report), with `config` or the fixed
-    choice for head dims d, dv; fp32 dots as torch's matmul precision says now.
-
-    Returns {"fwd" | "dkdv" | "dq": triton CompiledKernel} (the forward's first launch: the fixed-max pass
-    for bf16/fp32); `kernel.asm["cubin"]`, `kernel.n_regs`, `kernel.n_spills` and `kernel.metadata.shared`
-    are there to inspect. Needs a process where TRITON_INTERPRET is not set."""
-    if _IMPORT_ERROR is not None:
-        raise ImportError(f"compile_for_gpu needs triton ({_IMPORT_ERROR})") from _IMPORT_ERROR
-    from . import compile_report
-
-    compiled = compile_report.compile_launched(config, d, dv, dtype, forward_only=set(kernels) <= {"fwd"},
-                                               arch=arch)
-    found = {}
-    for name, kernel in compiled:
-        if compile_report.family(name) in kernels:
-            found.setdefault(compile_report.family(name), kernel)
-    return found
-
-
-def compile_tile(kernel: str, tile, dtype: torch.dtype, arch: int = 90, precision: str | None = None,
-                 d: int = 576, dv: int | None = None):
-    """Compile one kernel with one tile configuration for head dims d, dv and sm_<arch> as launched (see
-    compile_for_gpu; the JIT's own hints, constexpr head dims and all); `precision` ("ieee" | "tf32")
-    defaults to what the launcher would use now."""
-    dv = d if dv is None else dv
-    base = choose_config(4096, 3844, d, dv, dtype, interpret=False)
-    config = KernelConfig(**{name: tile if name == kernel else base[name] for name in KERNELS})
-    before = torch.backends.cuda.matmul.allow_tf32
-    try:
-        if precision is not None:
-            torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
-        return compile_for_gpu(d, dv, dtype, arch, config, (kernel,))[kernel]
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = before
-
-
-def resource_usage(compiled) -> dict:
-    """Registers per thread, stack bytes (register spills land there; 0 = none) and shared memory of a
-    kernel from compile_for_gpu / compile_tile, read from its cubin with the cuobjdump Triton ships."""
-    from . import compile_report
-
-    figures = compile_report.summarise(compiled)
-    return {"registers": figures["regs"], "stack_bytes": figures["stack"], "shared_bytes": figures["smem"]}
