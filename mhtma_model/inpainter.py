@@ -8,7 +8,7 @@
     inpainter.save_pretrained("my-model/")          # config.json + model.safetensors
     inpainter = Inpainter.from_pretrained("my-model/")  # or Inpainter.load(file or folder)
 
-The rules for masks, sketches, sizes and modes are those of :mod:`mhtma_model.predict` (which does the
+The rules for masks, sketches, sizes and modes are those of :mod:`mhtma_model.inference` (which does the
 work); the device and precision are resolved once, when the object is made, and held.
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from .config import Config, ConfigError, build_generator
 from .device import resolve_device
-from .predict import generator_uses_sketch, inpaint_images, open_generator, prepare_generator
+from .inference import generator_uses_sketch, inpaint_images, open_generator, prepare_generator
 
 __all__ = ["Inpainter", "CONFIG_NAME", "WEIGHTS_NAME", "PRETRAINED_FORMAT"]
 
@@ -133,7 +133,7 @@ class Inpainter:
 
     def __call__(self, image: ImageLike, mask: ImageLike, sketch: Optional[ImageLike] = None) -> Image.Image:
         """Inpaint ``image`` where ``mask`` marks holes -> PIL image of the input's size and mode (rules in
-        :mod:`mhtma_model.predict`); known pixels bit-identical. Arrays: uint8 [H, W(, 3|4)]; a bool mask
+        :mod:`mhtma_model.inference`); known pixels bit-identical. Arrays: uint8 [H, W(, 3|4)]; a bool mask
         is True = hole."""
         return self.batch([image], [mask], None if sketch is None else [sketch])[0]
 
