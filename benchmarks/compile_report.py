@@ -70,6 +70,11 @@ ARCHS = {
 }
 
 
+def emulated_devices() -> dict:
+    """{arch: the launcher's device model of that emulated GPU}."""
+    return {arch: devices.Device(name, arch, shared, sms) for arch, (name, shared, sms) in ARCHS.items()}
+
+
 class _Utils:
     """triton.runtime.driver.active.utils of the emulated GPU (what the launcher's device model asks)."""
 

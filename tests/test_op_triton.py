@@ -16,6 +16,7 @@ import torch
 pytest.importorskip("triton")
 
 from mhtma_kernels import masked_temperature_attention, masked_temperature_attention_reference  # noqa: E402
+from benchmarks.compile_report import emulated_devices as gpu_devices  # noqa: E402
 from mhtma_kernels.ops.triton import launcher as triton_launcher  # noqa: E402
 from mhtma_kernels.ops.triton.launcher import KernelConfig, TileConfig  # noqa: E402
 
@@ -403,10 +404,13 @@ V3_CASES = [
 
 
 def v3_tiles(d, dv, dtype):
-    """The GPU candidates of the shape (v3 families) and small tiles: 16 x 16 (several query and key tiles),
-    column splits over the grid, TMA descriptors where the row strides allow them."""
-    tiles = {f"gpu{t.block_m}x{t.block_n}{'-tma' if t.tma else ''}-s{t.splits}": t
-             for t in triton_launcher.forward_v3_candidates(d, dv, dtype)}
+    """The GPU candidates of the shape (v3 rows of every architecture's family, the sm_90 ones first) and small
+    tiles: 16 x 16 (several query and key tiles), column splits over the grid, TMA descriptors where the row
+    strides allow them."""
+    tiles = {}
+    for arch, device in sorted(gpu_devices().items(), key=lambda item: item[0] != 90):
+        for t in triton_launcher.forward_v3_candidates(d, dv, dtype, device):
+            tiles.setdefault(f"gpu{t.block_m}x{t.block_n}{'-tma' if t.tma else ''}-s{t.splits}-w{t.num_warps}", t)
     tiles["16x16"] = triton_launcher.ForwardTile(d, dv, 16, 16)
     tiles["16x16-split3"] = triton_launcher.ForwardTile(d, dv, 16, 16, splits=3)
     tiles["16x32-tma"] = triton_launcher.ForwardTile(d, dv, 16, 32, tma=True)  # falls back to cp.async when unaligned
@@ -449,14 +453,16 @@ V3_GRADIENT_CASES = [(V3_CASES[i], dtype) for i in (0, 2, 3, 5) for dtype in (to
 
 @pytest.mark.parametrize("case, dtype", V3_GRADIENT_CASES,
                          ids=[f"{c.id}-{str(t)[6:]}" for c, t in V3_GRADIENT_CASES])
-@pytest.mark.parametrize("tile", ["gpu-first", "16x16-split3"])
+@pytest.mark.parametrize("tile", ["gpu-first", "gpu-last", "16x16-split3"])
 def test_forward_v3_gradients_match_float64_reference(case, dtype, tile, monkeypatch):
     """Through the public function (normalize=True): the output and every gradient, the backward reading
-    the statistics of a v3 forward (the backward at the interpreter's fixed tiles)."""
+    the statistics of a v3 forward (the backward at the interpreter's fixed tiles); gpu-first is sm_90's
+    first tile, gpu-last the last v3 row of the other families' (the smallest)."""
     case = case.values[0]
     d, dv = case[4], case[5]
     tiles = v3_tiles(d, dv, dtype)
-    fwd = next(iter(tiles.values())) if tile == "gpu-first" else tiles[tile]
+    gpu = [t for name, t in tiles.items() if name.startswith("gpu")]
+    fwd = {"gpu-first": gpu[0], "gpu-last": gpu[-1]}.get(tile) or tiles[tile]
     base = triton_launcher.choose_config
     monkeypatch.setattr(triton_launcher, "choose_config", lambda *args: dataclasses.replace(base(*args), fwd=fwd))
     check_against_float64(case, dtype)
@@ -510,12 +516,12 @@ def test_power_of_two_pieces_cover_the_head_dim(width, cap, grain, expected):
 def test_forward_v3_candidates_fit_an_sm90_block(d, dtype):
     """By count: shared memory within 227 KB, accumulators within the register budget; TMA only with 16-byte
     aligned rows; every dtype defaults to v3 wherever a v3 tile fits (fp16 too since its spill was fixed)."""
-    tiles = triton_launcher.forward_v3_candidates(d, d, dtype)
+    tiles = triton_launcher.forward_v3_candidates(d, d, dtype, gpu_devices()[90])
     for tile in tiles:
-        assert tile.shared_bytes(dtype.itemsize) <= triton_launcher.SHARED_BYTES, tile
+        assert tile.shared_bytes(dtype.itemsize) <= 227 * 1024, tile
         assert tile.accumulator_registers() <= 144, tile
         assert not tile.tma or triton_launcher.tma_allowed(d, d, dtype), tile
-    first = triton_launcher.candidates("fwd", d, d, dtype)[0]
+    first = triton_launcher.candidates("fwd", d, d, dtype, gpu_devices()[90])[0]
     assert isinstance(first, triton_launcher.ForwardTile) == bool(tiles)
     if dtype != torch.float32:
         assert tiles, "16-bit inputs have a v3 tile at every benchmark D"

@@ -24,7 +24,7 @@ from .chunked.op import chunked_attention
 from .reference import l2_normalize
 from .rules import MAX_BATCH_HEADS, triton_import_error
 from .sdpa.bias import sdpa_applies, sdpa_masked_attention, sdpa_takes
-from .timed_choice import AUTO, shape_key
+from .timed_choice import AUTO, LOGGER, shape_key
 from .tracing import is_exporting, is_tracing
 
 CANDIDATES = ("triton", "chunked", "sdpa")
@@ -54,6 +54,25 @@ def _sdpa(q, k, v, key_valid, temperature, lambda_m, normalize, unit_norm=False)
 IMPLEMENTATIONS = {"triton": triton_backend, "chunked": _chunked, "sdpa": _sdpa}
 
 
+_TRITON_REFUSED: dict = {}  # (device kind, D, Dv, dtype) -> why triton has no tile that fits, or None
+
+
+def triton_applies(q, v) -> bool:
+    """Whether the triton candidate may run on these inputs: dtype, B*H, triton importable, and a tile of
+    every kernel that fits the GPU (else it is left out, with one INFO line per GPU kind, D, Dv and dtype)."""
+    if q.dtype not in _TRITON_DTYPES or q.shape[0] * q.shape[1] > MAX_BATCH_HEADS or triton_import_error() is not None:
+        return False
+    from .triton import device, launcher
+
+    gpu = device.current(q)
+    key = (gpu.kind, q.shape[-1], v.shape[-1], q.dtype)
+    if key not in _TRITON_REFUSED:
+        _TRITON_REFUSED[key] = launcher.refusal(q.shape[-1], v.shape[-1], q.dtype, gpu)
+        if _TRITON_REFUSED[key] is not None:
+            LOGGER.info("auto backend: triton left out (%s)", _TRITON_REFUSED[key])
+    return _TRITON_REFUSED[key] is None
+
+
 def _restriction() -> tuple[str, ...] | None:
     env = os.environ.get("MHTMA_AUTO_CANDIDATES", "").strip()
     if not env:
@@ -71,8 +90,7 @@ def applicable(q, k, v) -> list[str]:
     if q.device.type == "cpu":
         names = ["sdpa", "chunked"] if sdpa else ["chunked"]
     else:
-        triton = (q.device.type == "cuda" and q.dtype in _TRITON_DTYPES and q.shape[0] * q.shape[1] <= MAX_BATCH_HEADS
-                  and triton_import_error() is None)
+        triton = q.device.type == "cuda" and triton_applies(q, v)
         names = ["triton"] * triton + ["chunked"] + ["sdpa"] * sdpa
     only = _restriction()
     if only is not None:

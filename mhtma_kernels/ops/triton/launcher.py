@@ -39,6 +39,9 @@ from dataclasses import dataclass
 import torch
 
 from ..rules import FIXED_MAX_LIMIT, LOG2E, triton_import_error
+from . import device as devices
+from . import tile_table
+from .device import Device
 
 if triton_import_error() is None:
     import triton
@@ -93,6 +96,17 @@ class TileConfig:
     def launch_options(self) -> dict:
         return dict(num_warps=self.num_warps, num_stages=self.num_stages)
 
+    def shared_bytes(self, kernel: str, d: int, dv: int, itemsize: int) -> int:
+        """Shared memory by count (see `shared_memory_needed`)."""
+        if self.resident:  # held rows (keys of k and v in dkdv, queries of q and dout in dq) + streamed buffers
+            cols = (triton.cdiv(d, self.block_c) + triton.cdiv(dv, self.block_c)) * self.block_c
+            held, streamed = (self.block_n, self.block_m) if kernel == "dkdv" else (self.block_m, self.block_n)
+            return (held + self.num_stages * streamed) * cols * itemsize
+        staged = self.num_stages * (self.block_m + self.block_n) * (self.block_d + self.block_e)
+        weights = self.block_m * self.block_n  # p or dz on their way to the next dot
+        values = self.block_n * self.block_c if kernel == "fwd" else 0
+        return (staged + weights + values) * itemsize
+
 
 @dataclass(frozen=True)
 class KernelConfig:
@@ -106,10 +120,11 @@ class KernelConfig:
         return getattr(self, kernel)
 
 
-# Shared memory of one sm_90 block (227 KB) and the fp32 accumulator registers per thread that leave room for
-# the scores, the weights and addressing in 255 registers (forward v3; ptxas, docs/kernel-notes.md).
-SHARED_BYTES = 227 * 1024
+# The fp32 accumulator registers per thread that leave room for the scores, the weights and addressing in 255
+# registers (forward v3; ptxas, docs/kernel-notes.md). Every architecture has 255 registers per thread.
 _V3_ACC_REGS = 144
+# Shared memory a resident backward program leaves for the compiler's scratch (its count is the least exact).
+_RESIDENT_MARGIN = 11 * 1024
 
 
 def pieces(width: int, cap: int, grain: int = 16) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -200,41 +215,31 @@ def _fit_columns(ncols: int, block_c: int, max_cb: int) -> int:
     return triton.cdiv(blocks, splits)
 
 
-# Candidate tiles per kernel: (block_m, block_n, block_d, block_e, block_c, num_warps, num_stages, max_cb)
-# with num_cb fitted to the columns up to max_cb; max_cb = 0 means num_cb = 1 fixed. Each fitted family
-# compiles for sm_90 in bf16 without register spills at its max_cb (ptxas, see
-# docs/kernel-notes.md); the num_cb = 1 rows are the best configurations of the old one-column-block
-# kernels measured on an H200 (bf16, D = 576; issue "The fused op at GPU speed"), kept as a floor for
-# the autotuner although they spill. The first row of each kernel is the fixed default (choose_config).
-_FAMILIES = {
-    "fwd": [(64, 32, 64, 0, 64, 8, 2, 7), (64, 64, 64, 0, 64, 8, 2, 5), (64, 64, 64, 0, 32, 8, 2, 8),
-            (128, 64, 64, 0, 128, 8, 3, 0)],
-    # Backward rows (docs/kernel-notes.md, "Backward"): every dot has the program's own rows (keys in dkdv,
-    # queries in dq) as its M, 64 per warpgroup, so sm_90 runs them all on wgmma. A 9th field 1 marks a
-    # resident row (k, v or q, dout loaded once per program), kept only where _resident_fits says so.
-    "dkdv": [(32, 64, 32, 32, 64, 8, 2, 3), (64, 64, 32, 32, 32, 8, 2, 4), (64, 64, 32, 32, 64, 16, 2, 2),
-             (16, 128, 64, 64, 64, 8, 2, 2, 1)],
-    "dq": [(64, 32, 32, 32, 64, 8, 2, 7), (64, 64, 32, 32, 64, 8, 2, 5), (128, 16, 64, 64, 64, 8, 2, 3, 1)],
-}
-# Shared memory a resident backward program may plan for (sm_90 has 227 KB per block; the rest is scratch).
-_RESIDENT_SMEM = 216 * 1024
+def shared_memory_needed(kernel: str, tile, d: int, dv: int, dtype: torch.dtype) -> int:
+    """Shared memory of one program of `tile` by count, in bytes (itemsize = the input dtype's):
+
+        forward v3         itemsize * (block_m * D' + num_stages * block_n * (D' + C'))
+                           (the resident q pieces, num_stages buffers of k and v tiles; D', C' = the pieces of D
+                           and of the program's output columns rounded up to the grain)
+        version 2 and the streaming backward
+                           itemsize * (num_stages * (block_m + block_n) * (block_d + block_e)
+                                       + block_m * block_n  [+ block_n * block_c in the forward])
+                           (num_stages buffers of both operands of the D and Dv contractions, the weights
+                           on their way to the next dot, and one value tile)
+        resident backward  itemsize * (held + num_stages * streamed) * (cdiv(D, block_c) + cdiv(Dv, block_c)) * block_c
+
+    Matches what Triton allocates for the sm_90 fixed choices at D = 576 (forward 216 KB, dk/dv 28 KB) and
+    is an upper bound elsewhere (the compiler may keep an operand in registers)."""
+    if isinstance(tile, ForwardTile):
+        return tile.shared_bytes(dtype.itemsize)
+    return tile.shared_bytes(kernel, d, dv, dtype.itemsize)
 
 
-def _resident_fits(kernel: str, tile: "TileConfig", d: int, dv: int, dtype: torch.dtype) -> bool:
-    """Whether a resident backward program's shared memory fits: its held rows (block_n keys of k and v
-    in dkdv, block_m queries of q and dout in dq) plus num_stages buffers of the streamed tile, all of D
-    and Dv in block_c chunks."""
-    cols = (triton.cdiv(d, tile.block_c) + triton.cdiv(dv, tile.block_c)) * tile.block_c
-    held, streamed = (tile.block_n, tile.block_m) if kernel == "dkdv" else (tile.block_m, tile.block_n)
-    return (held + tile.num_stages * streamed) * cols * dtype.itemsize <= _RESIDENT_SMEM
+def _fits(kernel: str, tile, d: int, dv: int, dtype: torch.dtype, device: Device) -> bool:
+    margin = _RESIDENT_MARGIN if getattr(tile, "resident", False) else 0
+    return shared_memory_needed(kernel, tile, d, dv, dtype) <= device.shared_bytes - margin
 
 
-# Forward v3 candidates: (block_m, block_n, num_warps, num_stages, tma, c_cap); each is kept where it fits by
-# count (ForwardTile.shared_bytes, accumulator_registers), with the fewest column splits that make it fit.
-# 128-row tiles need accumulators of at most 128 columns to compile without spills (ptxas, D = 288);
-# 16-key tiles (_V3_FALLBACK) spill where 32-key tiles fit (D = 576), so they are used only where none does.
-_V3_FAMILIES = [(128, 32, 8, 2, False, 128), (64, 32, 8, 2, False, 256), (64, 32, 8, 2, True, 256)]
-_V3_FALLBACK = (64, 16, 8, 2, False, 128)
 _V3_MAX_SPLITS = 4
 
 
@@ -244,40 +249,48 @@ def tma_allowed(d: int, dv: int, dtype: torch.dtype) -> bool:
     return (d * size) % 16 == 0 and (dv * size) % 16 == 0
 
 
-def _fitted(family, d: int, dv: int, dtype: torch.dtype):
-    """The tile of one v3 family with the fewest column splits that fits an sm_90 block by count, or None."""
-    block_m, block_n, warps, stages, tma, c_cap = family
-    if tma and not tma_allowed(d, dv, dtype):
+def _fitted(row, d: int, dv: int, dtype: torch.dtype, device: Device):
+    """The tile of one v3 row with the fewest column splits that fits the device by count, or None. TMA rows
+    only on sm_90 and later, with 16-byte aligned rows."""
+    block_m, block_n, warps, stages, tma, c_cap = row
+    if tma and (device.arch < 90 or not tma_allowed(d, dv, dtype)):
         return None
-    size = torch.empty(0, dtype=dtype).element_size()
     for splits in range(1, _V3_MAX_SPLITS + 1):
         tile = ForwardTile(d, dv, block_m, block_n, splits, tma, warps, stages, c_cap=c_cap)
-        if tile.shared_bytes(size) <= SHARED_BYTES and tile.accumulator_registers() <= _V3_ACC_REGS:
+        if _fits("fwd", tile, d, dv, dtype, device) and tile.accumulator_registers() <= _V3_ACC_REGS:
             return tile
     return None
 
 
-def forward_v3_candidates(d: int, dv: int, dtype: torch.dtype) -> list[ForwardTile]:
-    """The v3 forward tiles that fit an sm_90 block for head dims d, dv, in the order of preference."""
-    tiles = [tile for tile in (_fitted(family, d, dv, dtype) for family in _V3_FAMILIES) if tile is not None]
-    fallback = None if tiles else _fitted(_V3_FALLBACK, d, dv, dtype)
+def forward_v3_candidates(d: int, dv: int, dtype: torch.dtype, device: Device | None = None) -> list[ForwardTile]:
+    """The v3 forward tiles that fit the device (default: the current one) for head dims d, dv, in the order
+    of preference."""
+    device = device or devices.current()
+    table = tile_table.rows(device.arch)
+    tiles = [tile for tile in (_fitted(row, d, dv, dtype, device) for row in table["fwd_v3"]) if tile is not None]
+    fallback = None if tiles else _fitted(table["fwd_v3_fallback"], d, dv, dtype, device)
     return tiles + ([fallback] if fallback else [])
 
 
-def candidates(kernel: str, d: int, dv: int, dtype: torch.dtype = torch.bfloat16) -> list:
-    """The autotuner's candidate tiles of one kernel for head dims d, dv (fp32: D/Dv chunks of at most 32).
-    The forward's list holds the v3 tiles that fit (ForwardTile) and version 2's (TileConfig); the first
-    one is the fixed choice: v3 wherever a v3 tile fits (every dtype), else version 2."""
+def candidates(kernel: str, d: int, dv: int, dtype: torch.dtype = torch.bfloat16, device: Device | None = None) -> list:
+    """The autotuner's candidate tiles of one kernel for head dims d, dv on `device` (default: the current
+    one; fp32: D/Dv chunks of at most 32): the rows of its family (tile_table) that fit its shared memory by
+    count. The forward's list holds the v3 tiles that fit (ForwardTile) and version 2's (TileConfig); the
+    first one is the fixed choice: v3 wherever a v3 tile fits (every dtype), else version 2. Empty where
+    nothing fits (see `refusal`)."""
+    device = device or devices.current()
+    tiles = _v2_candidates(kernel, d, dv, dtype, device)
     if kernel == "fwd":
-        return forward_v3_candidates(d, dv, dtype) + _v2_candidates(kernel, d, dv, dtype)
-    return _v2_candidates(kernel, d, dv, dtype)
+        tiles = forward_v3_candidates(d, dv, dtype, device) + tiles
+    return [tile for tile in tiles if _fits(kernel, tile, d, dv, dtype, device)]
 
 
-def _v2_candidates(kernel: str, d: int, dv: int, dtype: torch.dtype) -> list[TileConfig]:
+def _v2_tiles(kernel: str, d: int, dv: int, dtype: torch.dtype, rows) -> list[TileConfig]:
+    """The version 2 / backward rows as tiles for head dims d, dv (nothing removed yet)."""
     chunk = 32 if dtype == torch.float32 else 64
     ncols = _output_columns(kernel, d, dv)
     tiles = []
-    for block_m, block_n, block_d, block_e, block_c, warps, stages, max_cb, *resident in _FAMILIES[kernel]:
+    for block_m, block_n, block_d, block_e, block_c, warps, stages, max_cb, *resident in rows:
         resident = bool(resident and resident[0])
         block_c = min(block_c, _pow2(ncols, 16, 128))
         if dtype == torch.float32 and max_cb > 1 and (kernel != "dkdv" or warps > 8):
@@ -291,16 +304,49 @@ def _v2_candidates(kernel: str, d: int, dv: int, dtype: torch.dtype) -> list[Til
         else:
             block_d, block_e = min(block_d, chunk, _pow2(d, 16, 64)), min(block_e, chunk, _pow2(dv, 16, 64))
         tile = TileConfig(block_m, block_n, block_d, block_e, block_c, num_cb, warps, stages, resident)
-        if resident and not _resident_fits(kernel, tile, d, dv, dtype):
-            continue
         if tile not in tiles:
             tiles.append(tile)
     return tiles
 
 
-def choose_config(nq: int, nk: int, d: int, dv: int, dtype: torch.dtype, interpret: bool) -> KernelConfig:
+def _v2_candidates(kernel: str, d: int, dv: int, dtype: torch.dtype, device: Device) -> list[TileConfig]:
+    tiles = _v2_tiles(kernel, d, dv, dtype, tile_table.rows(device.arch)[kernel])
+    return [tile for tile in tiles if _fits(kernel, tile, d, dv, dtype, device)]
+
+
+_REFUSALS: dict = {}
+
+
+def refusal(d: int, dv: int, dtype: torch.dtype, device: Device | None = None) -> str | None:
+    """None where every kernel has a tile that fits the device; else why not, in one line (the GPU, D, Dv,
+    dtype and the shared memory the smallest tile needs vs what a block has). Worked out once per case."""
+    device = device or devices.current()
+    key = (device, d, dv, dtype, id(tile_table.rows(device.arch)))
+    if key not in _REFUSALS:
+        _REFUSALS[key] = _refusal(d, dv, dtype, device)
+    return _REFUSALS[key]
+
+
+def _refusal(d: int, dv: int, dtype: torch.dtype, device: Device) -> str | None:
+    for kernel in KERNELS:
+        if candidates(kernel, d, dv, dtype, device):
+            continue
+        table = tile_table.rows(device.arch)
+        tiles = _v2_tiles(kernel, d, dv, dtype, table[kernel])
+        if kernel == "fwd":
+            tiles += [ForwardTile(d, dv, *row[:2], 1, *row[2:4], c_cap=row[5]) for row in table["fwd_v3"]]
+        need = min(shared_memory_needed(kernel, tile, d, dv, dtype) for tile in tiles)
+        return (f"backend='triton' has no {kernel} tile for {device.describe()}: D={d}, Dv={dv}, "
+                f"{str(dtype).replace('torch.', '')} needs at least {need / 1024:.0f} KB of shared memory, "
+                f"the GPU has {device.shared_bytes / 1024:.0f} KB per block; use backend='torch' or 'auto'")
+    return None
+
+
+def choose_config(nq: int, nk: int, d: int, dv: int, dtype: torch.dtype, interpret: bool,
+                  device: Device | None = None) -> KernelConfig:
     """Fixed block sizes for one problem shape (used under the interpreter, with MHTMA_AUTOTUNE=0,
-    and as the documented default): the first candidate of each kernel on a GPU.
+    and as the documented default): the first candidate of each kernel on a GPU (`device`, default the
+    current one; a RuntimeError saying why where a kernel has no tile that fits it).
 
     Interpreter (CPU): cost grows with the number of tile iterations, not tile size, so tiles are as
     large as the problem (up to 64 rows, 512 columns, one column block; the v3 forward).
@@ -313,7 +359,10 @@ def choose_config(nq: int, nk: int, d: int, dv: int, dtype: torch.dtype, interpr
             dkdv=TileConfig(rows_q, rows_k, cols_d, cols_dv, max(cols_d, cols_dv)),
             dq=TileConfig(rows_q, rows_k, cols_d, cols_dv, cols_d),
         )
-    return KernelConfig(*(candidates(kernel, d, dv, dtype)[0] for kernel in KERNELS))
+    why = refusal(d, dv, dtype, device)
+    if why is not None:
+        raise RuntimeError(why)
+    return KernelConfig(*(candidates(kernel, d, dv, dtype, device)[0] for kernel in KERNELS))
 
 
 def interpreting() -> bool:
@@ -358,26 +407,29 @@ def _kernel(kernel: str):
 _AUTOTUNED = {}
 
 
-def _autotuned(kernel: str):
-    """`kernel` wrapped in triton.autotune. The candidates depend on D and Dv, so the prune hook builds
-    them for the shape at hand (the static list only holds those of D = Dv = 576, to make tuning run)."""
-    if kernel not in _AUTOTUNED:
+def _autotuned(kernel: str, device: Device):
+    """`kernel` wrapped in triton.autotune, one per device kind (its results are kept apart by device kind
+    too). The candidates depend on D and Dv, so the prune hook builds them for the shape at hand (the
+    static list only holds those of D = Dv = 576, or 64, to make tuning run); tiles that do not fit the
+    device never reach the tuner."""
+    if (kernel, device.kind) not in _AUTOTUNED:
         def as_configs(tiles):
             return [triton.Config(t.constexprs(), **t.launch_options()) for t in tiles]
 
         def prune(configs, named_args, **kwargs):
-            tiles = candidates(kernel, named_args["D"], named_args["DV"], named_args["Q"].dtype)
+            tiles = candidates(kernel, named_args["D"], named_args["DV"], named_args["Q"].dtype, device)
             if kernel == "fwd" and not _tma_aligned(named_args["K"], named_args["V"]):
                 tiles = [tile for tile in tiles if not getattr(tile, "tma", False)]
             return as_configs(tiles)
 
-        _AUTOTUNED[kernel] = triton.autotune(
-            configs=as_configs(candidates(kernel, 576, 576)), key=["NQ", "NK", "D", "DV", "DOT_PRECISION"],
+        static = candidates(kernel, 576, 576, device=device) or candidates(kernel, 64, 64, device=device)
+        _AUTOTUNED[kernel, device.kind] = triton.autotune(
+            configs=as_configs(static), key=["NQ", "NK", "D", "DV", "DOT_PRECISION"],
             prune_configs_by={"early_config_prune": prune},
             # dq programs write one partial temperature-gradient sum each, at slots that depend on the tile.
             reset_to_zero=["DT_PART"] if kernel == "dq" else None,
         )(_kernel(kernel))
-    return _AUTOTUNED[kernel]
+    return _AUTOTUNED[kernel, device.kind]
 
 
 def _tma_aligned(*tensors) -> bool:
@@ -392,13 +444,15 @@ def _descriptor_scratch(size: int, alignment: int, stream):
 
 
 def autotuned_choice(kernel: str) -> str | None:
-    """The tile the autotuner ran last for `kernel` (its Config as text), None if it has not run."""
-    tuner = _AUTOTUNED.get(kernel)
+    """The tile the autotuner ran last for `kernel` on the current device (its Config as text), None if it
+    has not run."""
+    tuner = _AUTOTUNED.get((kernel, devices.current().kind))
     best = getattr(tuner, "best_config", None)
     return None if best is None else str(best)
 
 
-def _launch(kernel: str, rows: int, bh: int, ncols: int, args, flags: dict, config: KernelConfig | None):
+def _launch(kernel: str, rows: int, bh: int, ncols: int, args, flags: dict, config: KernelConfig | None,
+            device: Device):
     """The one place that sizes grids and launches: grid (cdiv(rows, tile rows), B*H, column splits).
 
     rows = Nq for fwd/dq (tile rows block_m), Nk for dkdv (tile rows block_n)."""
@@ -412,7 +466,7 @@ def _launch(kernel: str, rows: int, bh: int, ncols: int, args, flags: dict, conf
         def grid(meta):
             return (triton.cdiv(rows, meta[row_key]), bh, triton.cdiv(max(ncols, 1), meta["BLOCK_C"] * meta["NUM_CB"]))
 
-        _autotuned(kernel)[grid](*args, **flags)
+        _autotuned(kernel, device)[grid](*args, **flags)
         return
     tile = config[kernel]
     if getattr(tile, "tma", False) and not _tma_aligned(args[1], args[2]):
@@ -429,11 +483,17 @@ def _flags(dtype: torch.dtype) -> dict:
                 DOT_PRECISION=dot_precision(dtype))
 
 
-def _resolve(config: KernelConfig | None, nq, nk, d, dv, dtype) -> KernelConfig | None:
-    """None means "autotune" on a GPU; the fixed choice under the interpreter or with MHTMA_AUTOTUNE=0."""
-    if config is None and (interpreting() or not _autotune_enabled()):
-        return choose_config(nq, nk, d, dv, dtype, interpreting())
-    return config
+def _resolve(config: KernelConfig | None, nq, nk, d, dv, dtype, device: Device) -> KernelConfig | None:
+    """None means "autotune" on a GPU; the fixed choice under the interpreter or with MHTMA_AUTOTUNE=0. A
+    RuntimeError saying why where no tile of some kernel fits the device."""
+    if config is not None:
+        return config
+    why = refusal(d, dv, dtype, device)
+    if why is not None:
+        raise RuntimeError(why)
+    if interpreting() or not _autotune_enabled():
+        return choose_config(nq, nk, d, dv, dtype, interpreting(), device)
+    return None
 
 
 def launch_forward(q, k, v, key_valid_u8, temp, lambda_m, config, bounded: bool = False):
@@ -444,7 +504,8 @@ def launch_forward(q, k, v, key_valid_u8, temp, lambda_m, config, bounded: bool 
     function normalised them), which lets the kernel skip the running max (see the kernel's docstring)."""
     B, H, Nq, D = q.shape
     Nk, Dv = k.shape[2], v.shape[3]
-    config = _resolve(config, Nq, Nk, D, Dv, q.dtype)
+    device = devices.current(q)
+    config = _resolve(config, Nq, Nk, D, Dv, q.dtype, device)
     out = torch.empty(B, H, Nq, Dv, dtype=v.dtype, device=q.device)
     has_lo = v.dtype != torch.float32
     out_lo = torch.empty_like(out) if has_lo else None
@@ -457,9 +518,9 @@ def launch_forward(q, k, v, key_valid_u8, temp, lambda_m, config, bounded: bool 
             q.stride(1), q.stride(2), k.stride(1), k.stride(2), v.stride(1), v.stride(2), out.stride(1), out.stride(2),
             H, Nq, Nk, D, Dv, -lambda_m * LOG2E, FIXED_MAX_LIMIT if fixed_max else 0.0)
     flags = dict(HAS_LO=has_lo, **_flags(q.dtype))
-    _launch("fwd", Nq, B * H, Dv, args, dict(flags, FIXED_MAX=fixed_max), config)
+    _launch("fwd", Nq, B * H, Dv, args, dict(flags, FIXED_MAX=fixed_max), config, device)
     if fixed_max:  # the heads whose bound is too large for the fixed max (see forward's entry kernel)
-        _launch("fwd", Nq, B * H, Dv, args, dict(flags, FIXED_MAX=False, REST_PASS=True), config)
+        _launch("fwd", Nq, B * H, Dv, args, dict(flags, FIXED_MAX=False, REST_PASS=True), config, device)
     return out, (row_max2, row_log2sum, out_lo)
 
 
@@ -480,7 +541,8 @@ def launch_backward(q, k, v, key_valid_u8, temp, lambda_m, config, out, stats, d
     dtype, dt [B, H] fp32 (the gradient to the temperature)."""
     B, H, Nq, D = q.shape
     Nk, Dv = k.shape[2], v.shape[3]
-    config = _resolve(config, Nq, Nk, D, Dv, q.dtype)
+    device = devices.current(q)
+    config = _resolve(config, Nq, Nk, D, Dv, q.dtype, device)
     row_max2, row_log2sum, out_lo = stats
     delta = _delta(out, out_lo, dout)
     tail = (q.stride(1), q.stride(2), k.stride(1), k.stride(2), v.stride(1), v.stride(2),
@@ -490,13 +552,13 @@ def launch_backward(q, k, v, key_valid_u8, temp, lambda_m, config, out, stats, d
     if need_dkdv:
         dk, dv = torch.empty_like(k), torch.empty_like(v)
         args = (q, k, v, key_valid_u8, temp, dout, row_max2, row_log2sum, delta, dk, dv) + tail
-        _launch("dkdv", Nk, B * H, max(D, Dv), args, flags, config)
+        _launch("dkdv", Nk, B * H, max(D, Dv), args, flags, config, device)
     if need_dq or need_dt:
         dq = torch.empty_like(q)
         # One partial sum per program, [B*H, programs per (b, h)], sized for 16 x 16 tiles (the smallest).
         dt_part = torch.zeros(B * H, triton.cdiv(Nq, 16) * triton.cdiv(D, 16), dtype=torch.float32, device=q.device)
         args = (q, k, v, key_valid_u8, temp, dout, row_max2, row_log2sum, delta, dq, dt_part) + tail + (dt_part.stride(0),)
-        _launch("dq", Nq, B * H, D, args, flags, config)
+        _launch("dq", Nq, B * H, D, args, flags, config, device)
         if need_dt:
             dt = -dt_part.view(B, H, -1).sum(-1) / temp
     return (dq if need_dq else None), dk, dv, dt
