@@ -69,6 +69,17 @@ def test_report_of_one_small_forward_as_launched(tmp_path):
         assert 0 < row["smem"] <= 227 * 1024, row
 
 
+def test_report_for_an_rtx_3090_uses_its_tiles_and_mma_sync(tmp_path):
+    """--arch 86: the driver stub reports an sm_86 GPU with 99 KB per block; the launcher sizes for it and the
+    forward compiles to mma.sync (no wgmma on sm_86) within its shared memory."""
+    rows = report_rows(tmp_path, "--arch", "86", "--d", "48", "--batch", "1", "--heads", "1", "--nq", "64", "--nk", "48",
+                       "--forward-only")
+    assert rows and all(r["arch"] == 86 for r in rows), rows
+    for row in rows:
+        assert row["stack"] == 0 and row["HMMA"] > 0 and row["HGMMA"] == 0, row
+        assert 0 < row["smem"] <= 101376, row
+
+
 @pytest.mark.parametrize("dtype, d, launches", [("fp16", 576, 1), ("fp32", 288, 2)], ids=["fp16-D576", "fp32-D288"])
 def test_forward_fixed_choice_that_once_spilled_compiles_without_stack(dtype, d, launches, tmp_path):
     """Forward v3 as launched at the benchmark's Nq, Nk where it used to spill on sm_90 (fp16 D = 576: 352 B, the
