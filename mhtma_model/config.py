@@ -36,6 +36,7 @@ from mhtma_kernels.ops import BACKENDS, check_backend, check_device, check_lambd
 
 from .masks import parse_protocol_mix
 from .networks import ATTENTION_VARIANTS, ATTENTIONS, GlobalLocalDiscriminator, InpaintGenerator, attention_min_size
+from .output_files import write_text_atomic
 from .precision import AMP_SETTINGS, LEGACY_AMP
 
 __all__ = ["ConfigError", "RunConfig", "DataConfig", "ModelConfig", "LossConfig", "TrainConfig", "Config",
@@ -351,13 +352,8 @@ class Config:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the resolved config as YAML (atomically: temp file + os.replace)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        tmp.write_text(self.to_yaml(), encoding="utf-8")
-        os.replace(tmp, path)
-        return path
+        """Write the resolved config as YAML (atomically, with the umask's mode)."""
+        return write_text_atomic(path, self.to_yaml())
 
 
 def _valid_keys_text() -> str:

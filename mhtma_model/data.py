@@ -19,6 +19,7 @@ from PIL import Image
 
 from .images import UnreadableImageError, list_images, load_rgb, open_image
 from .masks import MaskFolder, ProtocolMix, free_form_mask
+from .output_files import OutputError, check_output_folder
 from .sketch import make_sketch
 
 # The image readers moved to mhtma_model.images; importable from here as before.
@@ -231,6 +232,10 @@ def demo_dataset_root(count: int = 48, size: int = 160, seed: int = 0) -> Path:
     folder = cache_root() / "demo" / f"skimage-{count}x{size}px-seed{seed}"
     if (folder / "manifest.json").is_file():
         return folder
+    try:
+        check_output_folder(folder.parent, "the demo data's cache")
+    except OutputError as exc:
+        raise OutputError(f"{exc} (set MHTMA_CACHE to a writable folder)") from None
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder.parent))
     try:

@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from .config import Config, ConfigError, build_generator
 from .device import resolve_device
+from .output_files import atomic_path, check_output_folder, write_json_atomic
 from .predict import generator_uses_sketch, inpaint_images, open_generator, prepare_generator
 
 __all__ = ["Inpainter", "CONFIG_NAME", "WEIGHTS_NAME", "PRETRAINED_FORMAT"]
@@ -113,16 +114,18 @@ class Inpainter:
 
     def save_pretrained(self, directory: Union[str, os.PathLike]) -> Path:
         """Write ``config.json`` (the run's config) and ``model.safetensors`` (the generator's weights) into
-        ``directory`` (made if needed) -> the folder. ValueError when this Inpainter has no config."""
+        ``directory`` (made if needed; atomic writes with the umask's mode) -> the folder. ValueError when this
+        Inpainter has no config or ``directory`` cannot be written (:class:`mhtma_model.output_files.OutputError`,
+        checked before anything is written)."""
         if self.config is None:
             raise ValueError("save_pretrained needs the generator's config: make the Inpainter with "
                              "from_checkpoint/from_pretrained or pass config=")
-        folder = Path(directory).expanduser()
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = check_output_folder(directory, "save_pretrained:")
         state = {k: v.detach().to("cpu").contiguous() for k, v in self.generator.state_dict().items()}
-        save_file(state, str(folder / WEIGHTS_NAME), metadata={"format": PRETRAINED_FORMAT})
+        with atomic_path(folder / WEIGHTS_NAME) as tmp:
+            save_file(state, str(tmp), metadata={"format": PRETRAINED_FORMAT})
         meta = {"format": PRETRAINED_FORMAT, "version": PRETRAINED_VERSION, "config": self.config.to_dict()}
-        (folder / CONFIG_NAME).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        write_json_atomic(folder / CONFIG_NAME, meta)
         return folder
 
     # ------------------------------------------------------------------------------------ inpainting

@@ -64,7 +64,9 @@ def open_generator(path) -> tuple:
         raise ValueError(f"checkpoint not found: {ckpt}")
     try:
         return load_generator(ckpt, map_location="cpu")
-    except (CheckpointError, ValueError, KeyError, RuntimeError, OSError) as exc:
+    except CheckpointError as exc:  # its message starts with the path
+        raise ValueError(f"cannot use checkpoint {exc}") from exc
+    except (ValueError, KeyError, RuntimeError, OSError) as exc:
         raise ValueError(f"cannot use checkpoint {ckpt}: {exc}") from exc
 
 

@@ -1,12 +1,13 @@
 """Sample grids a training run writes to ``run.dir/samples/`` (one PNG per sample step)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
+
+from .output_files import save_image_atomic
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
@@ -58,8 +59,4 @@ def save_sample_grid(path: Path, image, mask, coarse, output) -> Path:
     for i in range(b):
         for j, col in enumerate(cols):
             grid[top + i * (h + gap):top + i * (h + gap) + h, j * (w + gap):j * (w + gap) + w] = col[i]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(grid).save(tmp, format="PNG")
-    os.replace(tmp, path)
-    return path
+    return save_image_atomic(Image.fromarray(grid), path, format="PNG")

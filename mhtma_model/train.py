@@ -41,7 +41,6 @@ import torch
 import torch.distributed
 from torch.utils.data import DataLoader, Sampler
 from torch.utils.tensorboard import SummaryWriter
-from tqdm import tqdm
 
 from .checkpoint import (CheckpointError, check_resumable, load_checkpoint, resolve_resume, restore_training,
                          save_checkpoint, training_payload)
@@ -55,6 +54,8 @@ from .losses import PerceptualLoss
 from .masks import MaskFolder, ProtocolMix, parse_protocol_mix
 from .evaluator import Evaluator, images_to_uint8, network_output_to_255
 from .networks import composite
+from .output_files import OutputError, check_output_folder
+from .progress import progress
 from .samples import SAMPLE_COLUMNS, save_sample_grid
 
 __all__ = ["main", "train", "Trainer", "EarlyStopping", "EpochSampler", "TrainingInterrupted"]
@@ -208,6 +209,9 @@ def _datasets(cfg: Config, dist: _Distribution):
             torch.distributed.barrier()
     else:
         root = Path(cfg.data.root).expanduser()
+        if root.is_file():
+            raise FileNotFoundError(f"data.root {root} is a file, not a folder; give the folder that holds the "
+                                    f"training images")
         if not root.is_dir():
             raise FileNotFoundError(f"data.root {root} is not a folder of images")
     paths = list_images(root)
@@ -357,9 +361,14 @@ class Trainer:
         self.device = _device(self.cfg, self.dist)
 
     def _setup_run_dir(self) -> None:
-        """Where the run writes (nothing is created yet: a run that fails at start leaves no folder)."""
+        """Where the run writes, checked (OutputError) but not created: a run that fails at start leaves no
+        folder, and one that cannot write fails before any work."""
         self.run_dir = Path(self.cfg.run.dir).expanduser()
         self.ckpt_dir = self.run_dir / "checkpoints"
+        if self.dist.main:
+            check_output_folder(self.run_dir, "run.dir")
+            for part in (self.ckpt_dir, self.run_dir / "samples", self.run_dir / "tb"):
+                check_output_folder(part, "run.dir's")
 
     def _read_resume(self) -> dict | None:
         """The checkpoint ``train.resume`` names (checked against this config), or None for a new run."""
@@ -399,8 +408,8 @@ class Trainer:
             self.writer = self._open_run_dir()
             self.sample_batch = next(iter(DataLoader(self.val_ds, batch_size=min(4, len(self.val_ds)),
                                                      shuffle=False)))
-        self.pbar = tqdm(total=self.cfg.train.max_steps, initial=self.step, disable=not self.dist.main,
-                         dynamic_ncols=True, desc="mhtma-train", unit="step", file=sys.stderr)
+        self.pbar = progress(total=self.cfg.train.max_steps, initial=self.step, disable=not self.dist.main,
+                             desc="mhtma-train", unit="step", file=sys.stderr, dynamic_ncols=True)
 
     def _open_run_dir(self) -> SummaryWriter:
         """config.yaml, the TensorBoard writer and the start line (rank 0)."""
@@ -649,7 +658,7 @@ def main(argv=None) -> int:
         parser.error(str(exc))
     try:
         summary = train(cfg)
-    except (FileNotFoundError, CheckpointError, ConfigError, PrecisionError) as exc:
+    except (FileNotFoundError, CheckpointError, ConfigError, PrecisionError, OutputError) as exc:
         print(f"mhtma-train: error: {exc}", file=sys.stderr)
         return 2
     except TrainingInterrupted as exc:
