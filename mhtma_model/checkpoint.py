@@ -10,7 +10,7 @@ Payload (a dict of tensors and plain Python values only)::
 
 (a training checkpoint, :func:`training_payload`, adds "batch_in_epoch" and "scaler_g"/"scaler_d"; this
 module is the one place that writes and reads that layout). Writing is atomic and follows the umask
-(:func:`mhtma_model.output_files.atomic_path`): a crash at any point leaves either the old file or the new
+(:func:`mhtma_model.output_files.write_atomic`): a crash at any point leaves either the old file or the new
 one, never a torn one.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from .config import Config, ConfigError, build_generator
-from .output_files import atomic_path
+from .output_files import write_atomic
 
 __all__ = ["FORMAT", "VERSION", "CheckpointError", "save_checkpoint", "load_checkpoint", "load_generator",
            "training_payload", "restore_training", "resolve_resume", "check_resumable", "rng_state",
@@ -69,12 +69,12 @@ def _unreadable_reason(path: Path, exc: Exception) -> str:
     except OSError as error:
         return f"cannot be read ({error.strerror or error})"
     if not head:
-        return "the file is empty (0 bytes), not a checkpoint"
+        return "the file is empty, 0 bytes"
     if head != ZIP_MAGIC:
-        return "not a checkpoint file (it is not a PyTorch archive: a text file, an image, ...?)"
+        return "not a PyTorch archive at all: a text file, an image, ...?"
     if "weights_only" in str(exc) or "Unsupported global" in str(exc):
         return "it holds Python objects other than tensors and plain values, which are not loaded for safety"
-    return "the checkpoint is damaged or truncated (its archive cannot be read; was it copied completely?)"
+    return "damaged or truncated: its archive cannot be read; was it copied completely?"
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict) -> Path:
@@ -87,9 +87,7 @@ def save_checkpoint(path: str | os.PathLike, payload: dict) -> Path:
     """
     path = Path(path)
     _check_payload(payload, f"save_checkpoint({path})")
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-    return path
+    return write_atomic(path, lambda fh: torch.save(payload, fh))
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
@@ -101,8 +99,8 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # truncated zip, pickle with non-allowed globals, random bytes ...
-        raise CheckpointError(f"{path}: {_unreadable_reason(path, exc)}; give a checkpoint written by "
-                              f"mhtma-train (runs/NAME/checkpoints/best.pt)") from exc
+        raise CheckpointError(f"{path}: not a readable mhtma checkpoint ({_unreadable_reason(path, exc)}); give "
+                              f"a checkpoint written by mhtma-train (runs/NAME/checkpoints/best.pt)") from exc
     _check_payload(payload, str(path))
     return payload
 

@@ -40,6 +40,7 @@ from .cli_options import command_parser
 from .images import load_mask, load_rgb
 from .inpainter import Inpainter
 from .masks import free_form_mask
+from .output_files import OutputError, atomic_path, check_output_file
 from .networks import composite
 
 DEFAULT_TOLERANCE = 1e-3
@@ -47,6 +48,10 @@ DEFAULT_TOLERANCE = 1e-3
 
 class ExportError(ValueError):
     """The generator cannot be exported as asked (e.g. Triton attention to ONNX); the message says why."""
+
+
+class CheckFailed(Exception):
+    """The exported model's output differs from PyTorch's by more than ``--tolerance``."""
 
 
 class InpaintingGraph(nn.Module):
@@ -96,9 +101,17 @@ def _check_exportable(generator: nn.Module, size: int) -> None:
         raise ExportError("backend='triton' cannot be exported to ONNX (the fused Triton kernels have no ONNX "
                           "equivalent); export with backend='torch' (same weights, same math): "
                           "mhtma_model.export.use_torch_backend(generator)")
+    problem = size_problem(generator, size)
+    if problem:
+        raise ExportError(problem)
+
+
+def size_problem(generator: nn.Module, size: int) -> Optional[str]:
+    """None when ``generator`` can be exported at side ``size``, else why not ("size must be ...")."""
     multiple, min_size = getattr(generator, "multiple", 8), getattr(generator, "min_size", 8)
     if size % multiple or size < min_size:
-        raise ExportError(f"size must be a multiple of {multiple} and at least {min_size}, got {size}")
+        return f"size must be a multiple of {multiple} and at least {min_size}, got {size}"
+    return None
 
 
 def export_program(generator: nn.Module, size: int, batch: int = 2) -> "torch.export.ExportedProgram":
@@ -117,7 +130,8 @@ def export_program(generator: nn.Module, size: int, batch: int = 2) -> "torch.ex
 
 
 def export_onnx(generator: nn.Module, output, size: int) -> Path:
-    """Write ``generator`` as ONNX (dynamo exporter) to ``output``; returns the path.
+    """Write ``generator`` as ONNX (dynamo exporter) to ``output`` (atomically, with the umask's mode); returns
+    the path.
 
     ExportError for what ONNX cannot hold (Triton attention, a size the generator refuses).
     """
@@ -133,10 +147,9 @@ def export_onnx(generator: nn.Module, output, size: int) -> Path:
     names = ["image", "mask", "sketch"][:len(program.graph_signature.user_inputs)]
     onnx_program = torch.onnx.export(program, input_names=names, output_names=["inpainted"], dynamo=True,
                                      verbose=False)
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    onnx_program.save(str(output))
-    return output
+    with atomic_path(output) as tmp:
+        onnx_program.save(str(tmp))
+    return Path(output)
 
 
 def check_onnx(path, generator: nn.Module, inputs: Sequence[torch.Tensor]) -> float:
@@ -177,6 +190,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     if (args.image is None) != (args.mask is None):
         parser.error("--image and --mask go together")
+    if not args.tolerance >= 0:  # NaN too
+        parser.error(f"--tolerance must be a number >= 0 (the largest accepted difference), got {args.tolerance}")
+    try:
+        check_output_file(args.output, example="model.onnx")
+    except OutputError as exc:
+        parser.error(str(exc))
     try:
         import onnx  # noqa: F401
         import onnxruntime  # noqa: F401
@@ -188,6 +207,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error(str(exc))
     generator, config = inpainter.generator, inpainter.config
     size = args.size if args.size is not None else config.data.size
+    if size_problem(generator, size):
+        parser.error(f"--{size_problem(generator, size)}")
     if "triton" in attention_backends(generator):
         print("note: the checkpoint's attention uses backend='triton'; exporting the `torch` backend "
               "(same weights, same math)", file=sys.stderr)
@@ -195,16 +216,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         inputs = (_load_pair(args.image, args.mask, size, generator.sketch) if args.image
                   else example_inputs(generator, size))  # read first: a bad file fails before the export
-        path = export_onnx(generator, args.output, size)
+        with atomic_path(args.output) as tmp:  # in place only once checked: a failed check leaves no file
+            difference = check_onnx(export_onnx(generator, tmp, size), generator, inputs)
+            if not difference <= args.tolerance:
+                raise CheckFailed(difference)
+    except CheckFailed:
+        print(f"mhtma-export: error: the ONNX model differs from PyTorch by {difference:.3g} > --tolerance "
+              f"{args.tolerance:g}; nothing written (raise --tolerance to accept it)", file=sys.stderr)
+        return 1
     except (ExportError, OSError, ValueError) as exc:
         parser.error(str(exc))
-    difference = check_onnx(path, generator, inputs)
-    print(f"wrote {path} (inputs {', '.join(n for n in ('image', 'mask', 'sketch')[:len(inputs)])}, "
+    print(f"wrote {args.output} (inputs {', '.join(n for n in ('image', 'mask', 'sketch')[:len(inputs)])}, "
           f"{size}x{size}, dynamic batch); onnxruntime vs PyTorch max abs difference {difference:.3g}")
-    if not difference <= args.tolerance:
-        print(f"error: the ONNX model differs from PyTorch by {difference:.3g} > tolerance {args.tolerance:g}",
-              file=sys.stderr)
-        return 1
     return 0
 
 
