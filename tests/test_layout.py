@@ -17,7 +17,7 @@ MAX_FUNCTION_LINES = 80
 
 #: mhtma_model's modules by floor (README "Layout"): a module imports only modules on lower floors.
 FLOORS = {
-    "weights_files": -1,  # the weights-file rule that floor-0 metrics share
+    "weights_files": -1, "pixel_range": -1,  # rules that floor-0 modules share
     "images": 0, "device": 0, "precision": 0, "samples": 0, "metrics": 0, "fid": 0, "classical": 0,
     "lpips_metric": 0, "ids": 0,
     "masks": 1, "sketch": 1, "input_files": 1, "evaluator": 1,
