@@ -15,7 +15,7 @@ from mhtma_model.networks import ATTENTION_VARIANTS, ATTENTIONS, KERNEL_BACKENDS
 REPO = Path(__file__).resolve().parents[1]
 MAX_FUNCTION_LINES = 80
 
-#: mhtma_model's modules by floor (README "Layout"): a module imports only modules on lower floors.
+#: mhtma_model's modules by floor (docs/layout.md): a module imports only modules on lower floors.
 FLOORS = {
     "weights_files": -1, "pixel_range": -1,  # rules that floor-0 modules share
     "images": 0, "device": 0, "precision": 0, "samples": 0, "metrics": 0, "fid": 0, "classical": 0,
