@@ -17,7 +17,9 @@ MAX_FUNCTION_LINES = 80
 
 #: mhtma_model's modules by floor (docs/layout.md): a module imports only modules on lower floors.
 FLOORS = {
-    "weights_files": -1, "pixel_range": -1,  # rules that floor-0 modules share
+    "pixel_range": -2,  # the one mapping between 8-bit pixels and the network's range
+    "weights_files": -1,  # the weights-file rule that floor-0 metrics share
+    "image_modes": -1,  # the picture-mode rules that images (floor 0) reads with
     "images": 0, "device": 0, "precision": 0, "samples": 0, "metrics": 0, "fid": 0, "classical": 0,
     "lpips_metric": 0, "ids": 0,
     "masks": 1, "sketch": 1, "input_files": 1, "evaluator": 1,

@@ -7,7 +7,10 @@ This module only parses arguments and reports. The work is done by :class:`mhtma
 used by ``mhtma-ui`` and the export) and :mod:`mhtma_model.inference`, whose docstring states the rules for masks, any image size, large images, bit-identical known pixels and sketches.
 
 Command-line rules
-* **Outputs**: ``OUTPUT/<name>.png`` with the input's size, for input ``<name>.<any ext>``. In folder
+* **Outputs**: ``OUTPUT/<name>.png`` with the input's size, for input ``<name>.<any ext>``, in the input's
+  mode, bit depth, EXIF and ICC profile where PNG holds them; a picture PNG cannot hold (CMYK, float,
+  grey+alpha palette, ...) is converted, with one ``note:`` line per kind of conversion
+  (:mod:`mhtma_model.image_modes`). In folder
   mode images and masks (and sketches) are paired by their path relative to the folder without the
   extension (``photos/a/b.jpg`` ↔ ``masks/a/b.png`` → ``out/a/b.png``); a missing, mismatched (size),
   ambiguous (two files with one name) or unreadable pair is reported and skipped, the rest is still
@@ -31,6 +34,7 @@ from typing import Optional, Sequence
 from tqdm import tqdm
 
 from .options import add_inference_options, apply_inference_options, command_parser
+from ..image_modes import save_image
 from ..input_files import mask_notice, open_inputs, pair_inputs
 from ..inpainter import Inpainter
 
@@ -81,7 +85,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     pairs, problems, inpainter = _setup(args, parser)
     out_dir = Path(args.output)
 
-    written = 0
+    written, conversions = 0, set()
     for key, image_path, mask_path, sketch_path in tqdm(pairs, desc="inpainting", unit="img",
                                                          disable=len(pairs) < 2):
         try:
@@ -92,7 +96,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             result = inpainter(image, mask, sketch)
             target = out_dir / f"{key}.png"
             target.parent.mkdir(parents=True, exist_ok=True)
-            result.save(target)
+            converted = save_image(result, target)
+            if converted and converted not in conversions:  # one line per kind of conversion
+                conversions.add(converted)
+                tqdm.write(f"note: {key}: {converted}", file=sys.stderr)
             written += 1
         except (OSError, ValueError) as exc:
             problems.append((key, str(exc)))

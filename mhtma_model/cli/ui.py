@@ -32,6 +32,7 @@ import numpy as np
 from PIL import Image
 
 from .options import add_inference_options, apply_inference_options
+from ..image_modes import save_image
 from ..images import UnreadableImageError, mask_from_image, open_image, to_rgb
 from ..inpainter import WEIGHTS_NAME, Inpainter
 from ..sketch import load_user_sketch, skeleton
@@ -102,24 +103,38 @@ def _painted(layer: Optional[Image.Image], size: tuple[int, int]) -> Optional[np
     return painted if painted.any() else None
 
 
-def collect_inputs(editor: Optional[dict], mask_file: Any = None, sketch_file: Any = None
+def _page_image(editor: Optional[dict], image_file: Any) -> Image.Image:
+    """The picture to inpaint: the uploaded ``image_file`` in its own mode (with its EXIF and ICC profile),
+    else the editor's background as RGB (transparency on white, like every image the project reads)."""
+    background = None if not editor or editor.get("background") is None else _as_pil(editor["background"],
+                                                                                        "the image")
+    if image_file is None:
+        if background is None:
+            raise UploadError("Please upload an image first.")
+        return to_rgb(check_size(background, "the image"))
+    image = check_size(_as_pil(image_file, "the image file"), "the image file")
+    if background is not None and background.size != image.size:
+        raise UploadError(f"the image file is {image.size[0]}x{image.size[1]} px but the picture in the editor is "
+                          f"{background.size[0]}x{background.size[1]} px: load the same picture in both.")
+    return image
+
+
+def collect_inputs(editor: Optional[dict], mask_file: Any = None, sketch_file: Any = None, image_file: Any = None
                    ) -> tuple[Image.Image, Image.Image, Optional[Image.Image]]:
-    """Turn what the page collected into ``(image RGB, mask L, sketch L or None)``, all the image's size.
+    """Turn what the page collected into ``(image, mask L, sketch L or None)``, all the image's size.
 
     ``editor``: Gradio ImageEditor value ``{"background", "layers", "composite"}``; layer 0 = hole,
-    layer 1 = sketch (painted pixels, any colour). ``mask_file``: optional image, holes by the project's
-    rule (:func:`mhtma_model.images.mask_from_image`: value > 127, brightest channel for colour, alpha for
-    a transparent layer), added to the painted hole. ``sketch_file``: optional drawing, read with
-    :func:`mhtma_model.sketch.load_user_sketch` (dark or light strokes on any background), added to the
-    painted lines. Returned mask and sketch are 0/255 'L' images; UploadError on anything unusable.
+    layer 1 = sketch (painted pixels, any colour). ``image_file``: optional, the picture as a file: it is
+    the image then, in its own mode, bit depth, EXIF and ICC profile (the editor's copy is 8-bit RGBA);
+    else the image is the editor's background as RGB. ``mask_file``: optional image, holes by the
+    project's rule (:func:`mhtma_model.images.mask_from_image`: value > 127, brightest channel for colour,
+    alpha for a transparent layer), added to the painted hole. ``sketch_file``: optional drawing, read
+    with :func:`mhtma_model.sketch.load_user_sketch` (dark or light strokes on any background), added to
+    the painted lines. Returned mask and sketch are 0/255 'L' images; UploadError on anything unusable.
     """
-    if not editor or editor.get("background") is None:
-        raise UploadError("Please upload an image first.")
-    image = _as_pil(editor["background"], "the image")
-    check_size(image, "the image")
-    image = to_rgb(image)  # transparency on white, like every image the project reads
+    image = _page_image(editor, image_file)
     size = image.size
-    layers = [_as_pil(layer, "a layer") for layer in (editor.get("layers") or [])]
+    layers = [_as_pil(layer, "a layer") for layer in ((editor or {}).get("layers") or [])]
 
     hole = _painted(layers[0], size) if layers else None
     if mask_file is not None:
@@ -171,6 +186,14 @@ def run_inpainting(inpainter: Inpainter, image: Image.Image, mask: Image.Image,
     with inpainter.lock:
         result = inpainter(image, mask, sketch)
         return result, head_temperatures(inpainter.generator)
+
+
+def save_download(result: Image.Image, folder: Path, number: int) -> tuple[Path, Optional[str]]:
+    """Write the result the download button hands out: ``folder/inpainted-NNNN.png`` in the result's mode,
+    bit depth, EXIF and ICC profile where PNG holds them (:func:`mhtma_model.image_modes.save_image`)
+    -> (path, None or the one line saying how it was converted)."""
+    path = Path(folder) / f"inpainted-{number:04d}.png"
+    return path, save_image(result, path)
 
 
 def temperature_markdown(temps: dict[str, float]) -> str:
@@ -232,19 +255,19 @@ def build_app(checkpoint: str | os.PathLike, device: str = "cpu", cache: Optiona
     out_dir = Path(tempfile.mkdtemp(prefix="mhtma-ui-"))
     numbers = itertools.count(1)
 
-    def on_run(editor, mask_file, sketch_file, ckpt):
+    def on_run(editor, mask_file, sketch_file, ckpt, image_file=None):
         try:
-            image, mask, sketch = collect_inputs(editor, mask_file, sketch_file)
+            image, mask, sketch = collect_inputs(editor, mask_file, sketch_file, image_file)
             result, temps = run_inpainting(cache.get(ckpt), image, mask, sketch)
+            path, converted = save_download(result, out_dir, next(numbers))
         except (UploadError, ValueError, TypeError) as exc:
             raise gr.Error(str(exc), print_exception=False) from None
-        shown = np.asarray(image).copy()
+        shown = np.array(to_rgb(image))
         shown[np.asarray(mask) > 0] = 255
-        path = out_dir / f"inpainted-{next(numbers):04d}.png"
-        result.save(path)
         note = f"Done: {image.size[0]}x{image.size[1]} px, hole {100 * float(np.mean(np.asarray(mask) > 0)):.1f} %"
         note += ", sketch-guided." if sketch is not None else "."
-        return Image.fromarray(shown), result, gr.DownloadButton(value=str(path), visible=True), \
+        note += f" Download: {converted}." if converted else ""
+        return Image.fromarray(shown), to_rgb(result), gr.DownloadButton(value=str(path), visible=True), \
             temperature_markdown(temps), note
 
     with gr.Blocks(title="mhtma inpainting") as app:
@@ -263,7 +286,11 @@ def build_app(checkpoint: str | os.PathLike, device: str = "cpu", cache: Optiona
                     brush=gr.Brush(default_size=24, colors=["#ffffff", "#ff0000", "#000000"],
                                    default_color="#ffffff", color_mode="defaults"),
                     transforms=(), elem_id="editor")
-                with gr.Accordion("Or upload a mask / sketch file", open=False, elem_id="uploads"):
+                with gr.Accordion("Or upload a mask / sketch file, or the image as a file", open=False,
+                                  elem_id="uploads"):
+                    image_file = gr.File(label="Image file (optional: the download keeps its mode, bit depth, "
+                                         "EXIF and colour profile; paint on the same picture above)",
+                                         file_types=["image"], type="filepath", elem_id="image-file")
                     mask_file = gr.File(label="Mask (white = hole)", file_types=["image"], type="filepath",
                                         elem_id="mask-file")
                     sketch_file = gr.File(label="Sketch (dark or light lines on a plain background)",
@@ -280,7 +307,7 @@ def build_app(checkpoint: str | os.PathLike, device: str = "cpu", cache: Optiona
                 download = gr.DownloadButton("Download result (PNG)", visible=False, elem_id="download")
                 status = gr.Markdown(elem_id="status")
                 temps = gr.Markdown(elem_id="temperatures")
-        run_btn.click(on_run, inputs=[editor, mask_file, sketch_file, ckpt],
+        run_btn.click(on_run, inputs=[editor, mask_file, sketch_file, ckpt, image_file],
                       outputs=[shown, output, download, temps, status], api_name="inpaint")
     return app.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE)
 
