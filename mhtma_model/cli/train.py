@@ -81,6 +81,5 @@ def closing_lines(summary: dict) -> str:
     ])
 
 
-
 if __name__ == "__main__":
     sys.exit(main())
