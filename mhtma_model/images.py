@@ -4,16 +4,17 @@ Every file the project reads (training images, mask files, sketches, ``mhtma-inp
 inputs, uploads to ``mhtma-ui``) is opened by :func:`open_image`: fully decoded, EXIF orientation applied,
 failures raised as :class:`UnreadableImageError` (an ``OSError``) naming the path.
 
-Image modes handled by :func:`load_rgb` / :func:`to_rgb` (every result is 8-bit RGB):
+EXIF orientation: applied to the pixels, and the orientation tag of the picture's EXIF (kept in
+``info["exif"]`` with the ICC profile in ``info["icc_profile"]``) reset to 1, so an output that carries
+the EXIF on is not rotated twice.
 
-- RGB as is; L / 1 / P (palette) / CMYK / YCbCr / LAB / HSV through Pillow's conversion;
-- 16-bit grey (``I;16*``, and ``I`` when its values exceed 255) scaled by 255/65535; float (``F``)
-  taken as [0, 1] when its maximum is <= 1, else as [0, 255];
-- an alpha channel (RGBA, LA, PA, palette or grey with a transparency key) is composited on a
-  **white** background (transparent regions of product shots and logos are usually white).
+:func:`load_rgb` gives the 8-bit RGB view of any mode (:func:`mhtma_model.image_modes.to_rgb`: 16-bit
+and float grey scaled to 8 bits, alpha composited on **white**). How a picture keeps its own mode
+through inpainting and into a file is :mod:`mhtma_model.image_modes`.
 
-Masks (:func:`mask_from_image`, :func:`load_mask`): a pixel is a hole when its value is > 127 (rule in
-:func:`mask_from_image`); convention everywhere: 1 = hole.
+Masks (:func:`mask_from_image`, :func:`load_mask`, :func:`mask_from_array`): a pixel is a hole when its
+value is > 127 (rule in :func:`mask_from_image`); arrays of 0 and 1 and bool arrays mean 1/True = hole
+(:func:`mask_from_array`); convention everywhere: 1 = hole.
 """
 from __future__ import annotations
 
@@ -21,7 +22,9 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image, ImageOps
+
+from .image_modes import has_transparency, to_8bit, to_rgb  # noqa: F401  (the 8-bit view, re-exported)
 
 #: File suffixes treated as images (case-insensitive).
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
@@ -86,46 +89,24 @@ def open_image(path, min_side: int | None = None,
             if min_side is not None and image.format == "JPEG":
                 image.draft(image.mode, (min_side, min_side))
             image.load()
-            return ImageOps.exif_transpose(image)
+            return _upright(image)
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
             raise UnreadableImageError(f"cannot read image {path}: {error}") from error
 
 
+def _upright(image: Image.Image) -> Image.Image:
+    """``image`` with its EXIF orientation applied and the tag reset to 1 (module docstring)."""
+    exif = image.getexif()
+    if exif.get(ExifTags.Base.Orientation, 1) == 1:
+        return image.copy()
+    upright = ImageOps.exif_transpose(image)
+    exif = upright.getexif()
+    exif[ExifTags.Base.Orientation] = 1
+    upright.info["exif"] = exif.tobytes()
+    return upright
+
+
 # ------------------------------------------------------------------------------------------- modes
-
-def has_transparency(img: Image.Image) -> bool:
-    """True for modes with an alpha channel and palette images with a transparent colour."""
-    return img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (img.mode == "P" and "transparency" in img.info)
-
-
-def to_8bit(image: Image.Image) -> Image.Image:
-    """16-bit (``I;16*``, ``I``) and float (``F``) single-channel images -> 8-bit ``L``; others unchanged."""
-    if image.mode.startswith("I;16"):
-        values = np.asarray(image).astype(np.float64) * (255.0 / 65535.0)
-    elif image.mode == "I":
-        values = np.asarray(image).astype(np.float64)
-        if values.max(initial=0) > 255:
-            values = values * (255.0 / 65535.0)
-    elif image.mode == "F":
-        values = np.asarray(image).astype(np.float64)
-        finite = values[np.isfinite(values)]
-        if finite.size and finite.max() <= 1.0:
-            values = values * 255.0
-    else:
-        return image
-    values = np.nan_to_num(values, nan=0.0, posinf=255.0, neginf=0.0)
-    return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L")
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Any Pillow image -> 8-bit RGB (rules in the module docstring)."""
-    if image.mode == "RGB" and "transparency" not in image.info:
-        return image
-    if has_transparency(image) or "transparency" in image.info:
-        rgba = image.convert("RGBA")
-        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
-    return to_8bit(image).convert("RGB")
-
 
 def load_rgb(path, min_side: int | None = None) -> Image.Image:
     """Read ``path`` as an 8-bit RGB PIL image (any mode, see module docstring); raises
@@ -171,6 +152,29 @@ def mask_from_image(mask: Image.Image) -> np.ndarray:
     if mask.mode == "L":
         return np.asarray(mask) > MASK_THRESHOLD
     return np.asarray(mask.convert("RGB")).max(axis=2) > MASK_THRESHOLD
+
+
+def mask_from_array(mask: np.ndarray) -> np.ndarray:
+    """A mask given as a numpy array -> bool ``[H, W]`` (True = hole): the one rule for array masks.
+
+    * bool: True = hole;
+    * any integer or float array whose values are all 0 or 1: 1 = hole (a label mask);
+    * otherwise a uint8 picture, [H, W], [H, W, 3] or [H, W, 4], read like a mask file
+      (:func:`mask_from_image`: value > 127 = hole, so 0/255 masks mean 255 = hole).
+
+    Anything else (other dtypes or shapes, a float or wide-int array with values other than 0 and 1)
+    is a ValueError saying what is accepted.
+    """
+    if not isinstance(mask, np.ndarray):
+        raise TypeError(f"mask must be a numpy array, got {type(mask).__name__}")
+    if not (mask.ndim == 2 or (mask.ndim == 3 and mask.shape[2] in (3, 4))):
+        raise ValueError(f"mask array must have shape [H, W], [H, W, 3] or [H, W, 4], got {list(mask.shape)}")
+    if mask.dtype == np.bool_ or (mask.dtype.kind in "iuf" and np.isin(mask, (0, 1)).all()):
+        mask = (mask != 0).astype(np.uint8) * 255
+    elif mask.dtype != np.uint8:
+        raise ValueError(f"mask array of {mask.dtype} must hold only 0 and 1 (1 = hole); give bool, 0/1, "
+                         "or a uint8 picture (> 127 = hole)")
+    return mask_from_image(Image.fromarray(mask))
 
 
 def load_mask(path, size=None) -> np.ndarray:

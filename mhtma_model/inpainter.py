@@ -8,7 +8,7 @@
     inpainter.save_pretrained("my-model/")          # config.json + model.safetensors
     inpainter = Inpainter.from_pretrained("my-model/")  # or Inpainter.load(file or folder)
 
-The rules for masks, sketches, sizes and modes are those of :mod:`mhtma_model.predict` (which does the
+The rules for masks, sketches, sizes and modes are those of :mod:`mhtma_model.inference` (which does the
 work); the device and precision are resolved once, when the object is made, and held.
 """
 from __future__ import annotations
@@ -27,7 +27,8 @@ from safetensors.torch import load_file, save_file
 from .config import Config, ConfigError, build_generator
 from .device import resolve_device
 from .output_files import atomic_path, check_output_folder, write_json_atomic
-from .predict import generator_uses_sketch, inpaint_images, open_generator, prepare_generator
+from .images import mask_from_array
+from .inference import generator_uses_sketch, inpaint_images, open_generator, prepare_generator
 
 __all__ = ["Inpainter", "CONFIG_NAME", "WEIGHTS_NAME", "PRETRAINED_FORMAT"]
 
@@ -41,17 +42,28 @@ ImageLike = Union[Image.Image, np.ndarray]
 
 
 def _as_image(value: Any, name: str) -> Optional[Image.Image]:
-    """A PIL image, or a uint8 array [H, W], [H, W, 3] or [H, W, 4] as one (bool arrays: True -> 255)."""
+    """A PIL image, or an array as one: uint8 [H, W], [H, W, 3] or [H, W, 4], uint16 or float32 [H, W]
+    (16-bit and float grey); a bool sketch is True = line."""
     if value is None or isinstance(value, Image.Image):
         return value
     if not isinstance(value, np.ndarray):
         raise TypeError(f"{name} must be a PIL image or a numpy array, got {type(value).__name__}")
     if value.dtype == np.bool_:
         value = value.astype(np.uint8) * 255
-    if value.dtype != np.uint8 or not (value.ndim == 2 or (value.ndim == 3 and value.shape[2] in (3, 4))):
-        raise TypeError(f"{name} array must be uint8 (or bool) of shape [H, W], [H, W, 3] or [H, W, 4], "
-                        f"got {value.dtype} {list(value.shape)}")
+    colour = value.dtype == np.uint8 and value.ndim == 3 and value.shape[2] in (3, 4)
+    grey = value.ndim == 2 and value.dtype in (np.uint8, np.uint16, np.float32)
+    if not (colour or grey):
+        raise TypeError(f"{name} array must be uint8 (or bool) [H, W], [H, W, 3] or [H, W, 4], or uint16 / float32 "
+                        f"[H, W], got {value.dtype} {list(value.shape)}")
     return Image.fromarray(value)
+
+
+def _as_mask(value: Any) -> Image.Image:
+    """A PIL mask as it is; an array by the one rule for array masks, :func:`mhtma_model.images.mask_from_array`
+    (bool and 0/1 arrays: 1 = hole; uint8 pictures: > 127 = hole)."""
+    if isinstance(value, np.ndarray):
+        return Image.fromarray(mask_from_array(value).astype(np.uint8) * 255)
+    return value
 
 
 class Inpainter:
@@ -135,16 +147,20 @@ class Inpainter:
         return generator_uses_sketch(self.generator)
 
     def __call__(self, image: ImageLike, mask: ImageLike, sketch: Optional[ImageLike] = None) -> Image.Image:
-        """Inpaint ``image`` where ``mask`` marks holes -> PIL image of the input's size and mode (rules in
-        :mod:`mhtma_model.predict`); known pixels bit-identical. Arrays: uint8 [H, W(, 3|4)]; a bool mask
-        is True = hole."""
+        """Inpaint ``image`` where ``mask`` marks holes -> PIL image of the input's size and mode (every mode:
+        :mod:`mhtma_model.image_modes`; the rest of the rules: :mod:`mhtma_model.inference`); known pixels
+        identical in the input's own values, its ``info`` (EXIF, ICC profile) carried over.
+
+        ``image``: PIL, or an array (uint8 [H, W(, 3|4)], uint16 or float32 [H, W]). ``mask``: PIL (value
+        > 127 = hole) or an array, read by :func:`mhtma_model.images.mask_from_array`: bool True = hole,
+        0/1 arrays 1 = hole, uint8 0/255 pictures 255 = hole; other arrays are a ValueError."""
         return self.batch([image], [mask], None if sketch is None else [sketch])[0]
 
     def batch(self, images: Sequence[ImageLike], masks: Sequence[ImageLike],
               sketches: Optional[Sequence[Optional[ImageLike]]] = None) -> list[Image.Image]:
         """:meth:`__call__` of several images -> a list in order; same-size images share one forward."""
         images = [_as_image(x, "image") for x in images]
-        masks = [_as_image(x, "mask") for x in masks]
+        masks = [_as_mask(x) for x in masks]
         sketches = None if sketches is None else [_as_image(x, "sketch") for x in sketches]
         with self.lock:
             return inpaint_images(self.generator, images, masks, sketches, self.device, self.max_size,

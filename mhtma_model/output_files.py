@@ -4,10 +4,11 @@ user's umask.
 Checks (:func:`check_output_file`, :func:`check_output_folder`) raise :class:`OutputError`, one line naming the
 option, the path and what to do. They create nothing: a run that fails before writing leaves no folder.
 
-Writing (:func:`atomic_path` and the helpers on it) goes to a temporary file beside the target, created with mode
-0666 less the umask (what ``open()`` gives: 0644 under umask 022, unlike ``tempfile.mkstemp``'s 0600), flushed
-and fsync'ed, then ``os.replace``'d over the target: a reader sees the old file or the new one, never a torn one,
-and a failure leaves no temporary file behind.
+Writing (:func:`atomic_path` and the helpers on it; images go through :func:`mhtma_model.image_modes.save_image`,
+which uses them) goes to a temporary file beside the target, created with mode 0666 less the umask (what
+``open()`` gives: 0644 under umask 022, unlike ``tempfile.mkstemp``'s 0600), flushed and fsync'ed, then
+``os.replace``'d over the target: a reader sees the old file or the new one, never a torn one, and a failure
+leaves no temporary file behind.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import json
 import os
 import secrets
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Union
+from typing import Callable, Iterator, Union
 
 PathLike = Union[str, os.PathLike]
 
@@ -140,19 +141,6 @@ def write_json_atomic(path: PathLike, value, indent: int = 2) -> Path:
     return write_text_atomic(path, json.dumps(value, indent=indent) + "\n")
 
 
-def save_image_atomic(image, path: PathLike, format: Optional[str] = None, **params) -> Path:
-    """``image.save`` (PIL) to ``path`` atomically; the format is ``format`` or the one ``path``'s suffix names."""
-    from PIL import Image
-
-    path = Path(path)
-    if format is None:
-        format = Image.registered_extensions().get(path.suffix.lower())
-        if format is None:
-            raise OutputError(f"{path}: unknown image file extension {path.suffix!r}; use .png, .jpg, .webp, "
-                              f".tif or .bmp")
-    return write_atomic(path, lambda fh: image.save(fh, format=format, **params))
-
-
 def remove_stale(folder: Path, names) -> list[Path]:
     """Delete the files ``names`` (relative to ``folder``) that exist -> the ones removed."""
     removed = []
@@ -165,4 +153,4 @@ def remove_stale(folder: Path, names) -> list[Path]:
 
 
 __all__ = ["OutputError", "FILE_MODE", "check_output_folder", "check_output_file", "atomic_path", "write_atomic",
-           "write_text_atomic", "write_json_atomic", "save_image_atomic", "remove_stale"]
+           "write_text_atomic", "write_json_atomic", "remove_stale"]

@@ -52,10 +52,20 @@ def test_odd_size_photo_keeps_size_mode_and_known_pixels(inpainter, mode):
     assert_inpainted(inpainter(image, Image.fromarray(mask.astype(np.uint8) * 255)), image, mask)
 
 
-@pytest.mark.parametrize("mask_kind", ["bool", "uint8"])
+MASK_ARRAYS = {  # the rule: mhtma_model.images.mask_from_array
+    "bool": lambda hole: hole,
+    "uint8-0-1": lambda hole: hole.astype(np.uint8),
+    "uint8-0-255": lambda hole: hole.astype(np.uint8) * 255,
+    "int64-0-1": lambda hole: hole.astype(np.int64),
+    "float32-0-1": lambda hole: hole.astype(np.float32),
+    "uint8-rgb-0-255": lambda hole: np.repeat(hole[..., None].astype(np.uint8) * 255, 3, axis=2),
+}
+
+
+@pytest.mark.parametrize("mask_kind", list(MASK_ARRAYS))
 def test_numpy_arrays_in_give_the_same_image_as_pil(inpainter, mask_kind):
     image, mask = photo(), hole()
-    mask_array = mask if mask_kind == "bool" else mask.astype(np.uint8) * 255
+    mask_array = MASK_ARRAYS[mask_kind](mask)
     from_arrays = inpainter(np.asarray(image), mask_array)
     from_pil = inpainter(image, Image.fromarray(mask.astype(np.uint8) * 255))
     assert_inpainted(from_arrays, image, mask)
@@ -103,6 +113,11 @@ def test_batch_shares_a_forward_per_size_and_matches_single_calls(inpainter):
 @pytest.mark.parametrize("call, match", [
     pytest.param(lambda inp: inp.batch([photo(), photo()], [hole()]), "2 images, 1 masks", id="batch-lengths"),
     pytest.param(lambda inp: inp(np.zeros((47, 61, 3), np.float32), hole()), "uint8 .or bool.", id="float-array"),
+    pytest.param(lambda inp: inp(photo(), hole().astype(np.float32) * 0.5), "must hold only 0 and 1",
+                 id="float-mask-of-halves"),
+    pytest.param(lambda inp: inp(photo(), hole().astype(np.int64) * 255), "must hold only 0 and 1",
+                 id="int64-mask-of-255"),
+    pytest.param(lambda inp: inp(photo(), hole()[None]), "mask array must have shape", id="mask-3d"),
     pytest.param(lambda inp: inp("photo.png", hole()), "image must be a PIL image or a numpy array",
                  id="a-path"),
     pytest.param(lambda inp: inp(photo(), hole(40, 61)), "mask size 61x40 differs", id="mask-size"),
@@ -167,7 +182,7 @@ def test_from_checkpoint_errors_name_the_file(tmp_path):
 # ------------------------------------------------------------------------- the shared command-line options
 
 def _parsers():
-    from mhtma_model import evaluate, inpaint, ui
+    from mhtma_model.cli import evaluate, inpaint, ui
 
     return {"mhtma-inpaint": inpaint.build_parser(), "mhtma-eval": evaluate.build_parser(),
             "mhtma-ui": ui.build_parser()}
@@ -184,7 +199,7 @@ def test_inference_commands_share_options_and_defaults(command):
 
 
 def test_load_takes_a_checkpoint_file_or_a_pretrained_folder(inpainter, checkpoints, tmp_path):
-    from mhtma_model import ui
+    from mhtma_model.cli import ui
 
     folder = inpainter.save_pretrained(tmp_path / "model")
     image, mask = photo(), hole()

@@ -15,21 +15,26 @@ from mhtma_model.networks import ATTENTION_VARIANTS, ATTENTIONS, KERNEL_BACKENDS
 REPO = Path(__file__).resolve().parents[1]
 MAX_FUNCTION_LINES = 80
 
-#: mhtma_model's modules by floor (README "Layout"): a module imports only modules on lower floors.
+#: mhtma_model's modules by floor (docs/layout.md): a module imports only modules on lower floors.
 FLOORS = {
+    "pixel_range": -2,  # the one mapping between 8-bit pixels and the network's range
+    "output_files": -2,  # output checks and atomic writes with the umask, for every writer
+    "progress": -2,  # progress bars on a terminal, plain lines otherwise
     "weights_files": -1,  # the weights-file rule that floor-0 metrics share
+    "image_modes": -1,  # the picture-mode rules that images (floor 0) reads with
     "images": 0, "device": 0, "precision": 0, "samples": 0, "metrics": 0, "fid": 0, "classical": 0,
     "lpips_metric": 0, "ids": 0,
-    "masks": 1, "sketch": 1, "cli_options": 1, "input_files": 1, "evaluator": 1,
+    "masks": 1, "sketch": 1, "input_files": 1, "evaluator": 1,
     "data": 2,
     "networks": 3,
-    "losses": 4,
+    "losses": 4, "onnx_export": 4,
     "config": 5,
     "checkpoint": 6,
-    "gan_step": 7, "predict": 7,
-    "train": 8, "inpainter": 8,
-    "inpaint": 9, "evaluate": 9, "ui": 9, "export": 9, "mask_set": 9,
-    "__main__": 10,
+    "gan_step": 7, "inference": 7,
+    "training": 8, "inpainter": 8,
+    "cli": 9,  # the command lines (mhtma_model/cli/): a package, one floor
+    # `python -m mhtma_model.<command>` entry points, each only a call of its command line's main
+    "train": 10, "evaluate": 10, "inpaint": 10, "ui": 10, "export": 10, "mask_set": 10, "__main__": 10,
 }
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mhtma_model import ui
+from mhtma_model.cli import ui
 from tests.tiny_checkpoint import make_tiny_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -520,8 +520,7 @@ def test_page_under_load_from_concurrent_clients(checkpoints, tmp_path):
                OMP_NUM_THREADS="1", GRADIO_ANALYTICS_ENABLED="False")
     proc = subprocess.Popen([sys.executable, "-m", "mhtma_model.ui", "--checkpoint", str(checkpoints["plain"]),
                              "--port", str(port), "--device", "cpu", "--threads", "1"], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         first = proc.stdout.readline()
         assert first.startswith("mhtma-ui: serving"), first

@@ -17,10 +17,10 @@ Rules (what a user can rely on)
   the image. If that window is still longer than ``--max-size`` it is downscaled (antialiased bicubic;
   the mask so that every pixel touching a hole stays a hole) for the network, and the prediction is
   upscaled back (bicubic). Only hole pixels are replaced, so the rest of a large photo stays sharp.
-* **Known pixels are bit-identical** to the input: the prediction is rounded to 8 bits and written
-  only into the hole of a copy of the input array. The output keeps the input's mode for L, LA, RGB and
-  RGBA (alpha is copied, not inpainted; gray outputs use the prediction's luminance); other modes
-  (P, CMYK, 16-bit, …) are converted to RGB/RGBA first, and the identity holds for that conversion.
+* **Known pixels are bit-identical** to the input, in its own mode and values: the network sees the
+  8-bit view of the image, its prediction is rounded to 8 bits and written only into the hole of a copy
+  of the input, in the input's mode (16-bit and float grey, palette, CMYK, 1-bit, with alpha: the rules
+  are :mod:`mhtma_model.image_modes`; alpha is copied, not inpainted).
 * **Sketch** (guided models, ``model.sketch=true``): lines drawn by the person, read with
   :func:`mhtma_model.sketch.load_user_sketch` (white/coloured lines on a plain background or a
   transparent layer). Giving a sketch to a model trained without sketches is an error; a sketch model
@@ -44,14 +44,14 @@ from PIL import Image
 
 from .checkpoint import CheckpointError, load_generator
 from .device import resolve_device
-from .images import has_transparency, mask_from_image
+from .image_modes import kept, network_rgb, paste_prediction
+from .images import mask_from_image
+from .pixel_range import from_network, to_network, to_uint8
 from .precision import compile_module, inference_dtype, inference_precision
 from .sketch import load_user_sketch, thin_strokes
 
 MAX_SIZE = 512
 CONTEXT_MIN_MARGIN = 32
-
-_NATIVE_MODES = ("L", "LA", "RGB", "RGBA")
 
 
 # ---------------------------------------------------------------------------------------- generator
@@ -93,12 +93,6 @@ def _generator_device(generator) -> Optional[torch.device]:
     for param in generator.parameters():
         return param.device
     return None
-
-
-def _native(image: Image.Image) -> Image.Image:
-    if image.mode in _NATIVE_MODES:
-        return image
-    return image.convert("RGBA" if has_transparency(image) else "RGB")
 
 
 # ---------------------------------------------------------------------------------------- the geometry
@@ -151,7 +145,7 @@ def predict_batch(generator, images: np.ndarray, holes: np.ndarray, sketches: Op
     dev = torch.device(device)
     multiple = int(getattr(generator, "multiple", 8))
     min_size = int(getattr(generator, "min_size", multiple))
-    x = torch.tensor(np.asarray(images, dtype=np.uint8)).permute(0, 3, 1, 2).to(dev, torch.float32) / 127.5 - 1.0
+    x = to_network(np.asarray(images, dtype=np.uint8)).to(dev)
     m = torch.tensor(np.asarray(holes, dtype=np.float32))[:, None].to(dev)
     x, (h, w) = pad_to_multiple(x, multiple, min_size)
     m, _ = pad_to_multiple(m, multiple, min_size)
@@ -161,8 +155,7 @@ def predict_batch(generator, images: np.ndarray, holes: np.ndarray, sketches: Op
         inputs += (pad_to_multiple(sk, multiple, min_size)[0],)
     with inference_precision(precision, dev):
         _coarse, refined = generator(*inputs)
-    out = (refined[:, :, :h, :w].float().clamp(-1, 1) + 1.0) * 127.5
-    return out.permute(0, 2, 3, 1).cpu().numpy()
+    return from_network(refined[:, :, :h, :w])
 
 
 def predict(generator, image: np.ndarray, hole: np.ndarray, sketch: Optional[np.ndarray] = None,
@@ -170,21 +163,6 @@ def predict(generator, image: np.ndarray, hole: np.ndarray, sketch: Optional[np.
     """:func:`predict_batch` for one image: uint8 [h, w, 3], bool [h, w], sketch [h, w] | None -> float32 [h, w, 3]."""
     return predict_batch(generator, image[None], hole[None], None if sketch is None else sketch[None], device,
                          precision)[0]
-
-
-def to_uint8(pred: np.ndarray) -> np.ndarray:
-    """A float prediction in [0, 255] -> uint8 (rounded, clipped)."""
-    return np.clip(np.round(pred), 0, 255).astype(np.uint8)
-
-
-def fill_holes(generator, images: np.ndarray, holes: np.ndarray, sketches: Optional[np.ndarray] = None,
-               device: Union[str, torch.device] = "cpu", precision: str = "auto") -> np.ndarray:
-    """:func:`predict_batch` composited in 8 bits: uint8 [B, h, w, 3] with only the hole pixels replaced
-    by the rounded prediction (known pixels copied)."""
-    pred_u8 = to_uint8(predict_batch(generator, images, holes, sketches, device, precision))
-    outputs = np.array(images, dtype=np.uint8, copy=True)
-    outputs[holes] = pred_u8[holes]
-    return outputs
 
 
 def _check_inputs(generator, image, mask, sketch) -> None:
@@ -222,22 +200,6 @@ def _predict_window(generator, rgb, hole, sketch, net_size, device, precision) -
     return to_uint8(pred)
 
 
-def _paste(source: Image.Image, pred_u8: np.ndarray, hole: np.ndarray, box) -> Image.Image:
-    """Copy of ``source`` whose hole pixels inside ``box`` are taken from ``pred_u8`` (same mode)."""
-    top, bottom, left, right = box
-    out = np.array(source, copy=True)
-    window = out[top:bottom, left:right]
-    if source.mode in ("RGB", "RGBA"):
-        window[..., :3][hole] = pred_u8[hole]
-    else:  # L or LA: ITU-R 601 luminance of the prediction, as PIL's RGB -> L conversion
-        gray = np.asarray(Image.fromarray(pred_u8).convert("L"))
-        if source.mode == "L":
-            window[hole] = gray[hole]
-        else:
-            window[..., 0][hole] = gray[hole]
-    return Image.fromarray(out)
-
-
 @dataclass
 class _Case:
     """One image on its way through the network: the output's source, the hole, the window and its inputs."""
@@ -259,11 +221,11 @@ def _plan(generator, image, mask, sketch, max_size: Optional[int]) -> _Case:
     _check_inputs(generator, image, mask, sketch)
     if max_size is None:
         max_size = getattr(generator, "training_size", None) or MAX_SIZE
-    source = _native(image)
+    source = kept(image)
     hole = mask_from_image(mask)
     if not hole.any():
         return _Case(source, hole)
-    rgb = np.asarray(source.convert("RGB"))
+    rgb = network_rgb(source)
     box, net_size = plan_window(hole, max_size)
     top, bottom, left, right = box
     win_sketch = None
@@ -323,5 +285,5 @@ def inpaint_images(generator, images: Sequence[Image.Image], masks: Sequence[Ima
             preds = to_uint8(predict_batch(generator, np.stack([c.rgb for c in group]),
                                            np.stack([c.hole for c in group]), sk, dev, precision))
         for i, pred in zip(members, preds):
-            results[i] = _paste(cases[i].source, pred, _window_hole(cases[i]), cases[i].box)
+            results[i] = paste_prediction(cases[i].source, pred, _window_hole(cases[i]), cases[i].box)
     return results
