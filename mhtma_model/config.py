@@ -424,8 +424,15 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"override {text!r}: cannot parse the value: {exc}") from None
+        raise ConfigError(f"override {text!r}: cannot parse the value ({_yaml_problem(exc)})") from None
     return parts[0], parts[1], value
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML error in one line: what is wrong and where (PyYAML's own text spans several lines)."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{getattr(exc, 'problem', None) or str(exc).splitlines()[0]}{where}"
 
 
 def load_config(path: str | os.PathLike | None = None, overrides=()) -> Config:
@@ -437,7 +444,10 @@ def load_config(path: str | os.PathLike | None = None, overrides=()) -> Config:
         try:
             data = yaml.safe_load(file.read_text(encoding="utf-8"))
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{file}: not valid YAML: {exc}") from None
+            raise ConfigError(f"{file}: not valid YAML ({_yaml_problem(exc)}); fix the file") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{file}: cannot read this config file ({getattr(exc, 'strerror', None) or exc})") \
+                from None
         _apply_dict(cfg, data or {}, source=str(file))
     if isinstance(overrides, str):
         overrides = [overrides]

@@ -22,11 +22,12 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 import torch
 from PIL import Image
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as save_safetensors
 
 from .config import Config, ConfigError, build_generator
 from .device import resolve_device
-from .output_files import atomic_path, check_output_folder, write_json_atomic
+from .output_files import check_output_folder, write_atomic, write_json_atomic
 from .images import mask_from_array
 from .inference import generator_uses_sketch, inpaint_images, open_generator, prepare_generator
 
@@ -134,8 +135,8 @@ class Inpainter:
                              "from_checkpoint/from_pretrained or pass config=")
         folder = check_output_folder(directory, "save_pretrained:")
         state = {k: v.detach().to("cpu").contiguous() for k, v in self.generator.state_dict().items()}
-        with atomic_path(folder / WEIGHTS_NAME) as tmp:
-            save_file(state, str(tmp), metadata={"format": PRETRAINED_FORMAT})
+        weights = save_safetensors(state, metadata={"format": PRETRAINED_FORMAT})
+        write_atomic(folder / WEIGHTS_NAME, lambda fh: fh.write(weights))
         meta = {"format": PRETRAINED_FORMAT, "version": PRETRAINED_VERSION, "config": self.config.to_dict()}
         write_json_atomic(folder / CONFIG_NAME, meta)
         return folder

@@ -32,9 +32,9 @@ VGG16_ENV = "MHTMA_VGG16"
 #: How to obtain the weights file (on any machine with internet access).
 VGG16_HOWTO = (
     "it must be torchvision's VGG16 ImageNet state dict (VGG16_Weights.IMAGENET1K_V1) saved with torch.save; "
-    "create it on a machine with internet access with\n"
-    "  python -c \"import torch, torchvision; torch.save(torchvision.models.vgg16("
-    "weights=torchvision.models.VGG16_Weights.IMAGENET1K_V1).state_dict(), 'vgg16.pth')\"\n"
+    "create it on a machine with internet access with "
+    "python -c \"import torch, torchvision; torch.save(torchvision.models.vgg16("
+    "weights=torchvision.models.VGG16_Weights.IMAGENET1K_V1).state_dict(), 'vgg16.pth')\" "
     f"and pass its path (the loss section of the config, or the environment variable {VGG16_ENV}); "
     "or set the perceptual-loss weight to 0 to train without it"
 )

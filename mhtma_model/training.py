@@ -211,7 +211,7 @@ def _datasets(cfg: Config, dist: _Distribution):
             raise FileNotFoundError(f"data.root {root} is a file, not a folder; give the folder that holds the "
                                     f"training images")
         if not root.is_dir():
-            raise FileNotFoundError(f"data.root {root} is not a folder of images")
+            raise FileNotFoundError(f"data.root folder not found: {root}")
     paths = list_images(root)
     if not paths:
         raise ConfigError(no_images_found(root, "data.root"))

@@ -521,7 +521,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise
     if not ev.evaluator.records:
         _discard(out_dir, existed)
-        print(f"error: no image could be evaluated ({len(ev.skipped)} skipped)", file=sys.stderr)
+        print(f"mhtma-eval: error: no image could be evaluated ({len(ev.skipped)} skipped, for the reasons above); "
+              f"check --data and --masks", file=sys.stderr)
         return 1
     result = _result(setup, ev)
     _write(out_dir, result, ev.examples)

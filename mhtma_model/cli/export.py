@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
@@ -70,6 +71,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     if (args.image is None) != (args.mask is None):
         parser.error("--image and --mask go together")
+    for option, value in (("--image", args.image), ("--mask", args.mask)):
+        if value is not None and not Path(value).is_file():
+            parser.error(f"{option} file not found: {value}")
     if not args.tolerance >= 0:  # NaN too
         parser.error(f"--tolerance must be a number >= 0 (the largest accepted difference), got {args.tolerance}")
     try:

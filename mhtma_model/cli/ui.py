@@ -227,7 +227,7 @@ class InpainterCache:
                 try:
                     inpainter = Inpainter.load(resolved, self.device, self.precision, self.compile)
                 except ValueError as exc:
-                    raise UploadError(f"cannot load checkpoint {resolved}: {exc.__cause__ or exc}") from exc
+                    raise UploadError(str(exc)) from exc  # it names the checkpoint and the problem
                 self._cache.clear()  # keep one model in memory
                 self._cache[key] = inpainter
             return self._cache[key]
@@ -412,13 +412,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"mhtma-ui: --port must be in 1..65535, got {args.port}", file=sys.stderr)
         return 2
     try:
-        check_listen_address(args.host, args.port)
-    except OSError as exc:
-        print(f"mhtma-ui: {exc}", file=sys.stderr)
-        return 2
-    try:
         device = apply_inference_options(args)
-    except ValueError as exc:
+        check_listen_address(args.host, args.port)
+    except (ValueError, OSError) as exc:
         print(f"mhtma-ui: {exc}", file=sys.stderr)
         return 2
     try:
