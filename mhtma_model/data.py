@@ -8,8 +8,8 @@ next readable image instead of crashing mid-epoch.
 """
 import json
 import os
+import secrets
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -238,7 +238,8 @@ def demo_dataset_root(count: int = 48, size: int = 160, seed: int = 0) -> Path:
     except OutputError as exc:
         raise OutputError(f"{exc} (set MHTMA_CACHE to a writable folder)") from None
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder.parent))
+    tmp = folder.parent / f".tmp-{secrets.token_hex(6)}"
+    tmp.mkdir()  # not tempfile.mkdtemp: the cached folder gets the umask's mode (0755 under 022), not 0700
     try:
         _write_demo(tmp, count, size, seed)
         if folder.exists() and not (folder / "manifest.json").is_file():

@@ -99,10 +99,24 @@ class Case:
     status: int = 2
     prepare: Callable[[Path], None] = lambda work: None  # files the case puts into its folder first
     env: dict = None
+    marks: tuple = ()
 
 
-def C(id, command, argv, *fragments, status=2, prepare=None, env=None) -> Case:
-    return Case(id, command, argv, fragments, status, prepare or (lambda work: None), env)
+def C(id, command, argv, *fragments, status=2, prepare=None, env=None, marks=()) -> Case:
+    return Case(id, command, argv, fragments, status, prepare or (lambda work: None), env, marks)
+
+
+#: Root may write anywhere, so permission cases run only as another user.
+AS_USER = pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0,
+                             reason="running as root: a read-only folder is writable")
+
+
+def _read_only(work: Path) -> None:
+    """A folder ``ro`` (holding one file ``ro/old.onnx``) that the user cannot write into."""
+    (work / "ro").mkdir()
+    (work / "ro" / "old.onnx").write_text("an earlier model")
+    (work / "ro" / "old.onnx").chmod(0o444)
+    (work / "ro").chmod(0o555)
 
 
 def _file(work: Path, name: str = "taken", text: str = "someone's file") -> None:
@@ -343,10 +357,29 @@ UI = [
     C("threads-zero", "ui", U("--threads", "0"), "--threads"),
 ]
 
-CASES = TRAIN + INPAINT + EVAL + MASKS + EXPORT + UI
+READ_ONLY = [
+    C("read-only-output", "inpaint", I(output="ro/out"), "--output", "not writable", prepare=_read_only,
+      marks=(AS_USER,)),
+    C("read-only-output-file", "inpaint", I(output="ro/result.png"), "--output", "not writable",
+      prepare=_read_only, marks=(AS_USER,)),
+    C("read-only-output", "eval", E(output="ro"), "--output", "not writable", prepare=_read_only,
+      marks=(AS_USER,)),
+    C("read-only-output", "masks", M(output="ro/masks"), "--output", "not writable", prepare=_read_only,
+      marks=(AS_USER,)),
+    C("read-only-output-folder", "export", X(output="ro/model.onnx"), "--output", "not writable",
+      prepare=_read_only, marks=(AS_USER,)),
+    C("read-only-output-file", "export", X(output="ro/old.onnx"), "--output", "read-only", prepare=_read_only,
+      marks=(AS_USER,)),
+    C("read-only-run-dir", "train", T(lambda fx, work: f"run.dir={work / 'ro'}"), "run.dir", "not writable",
+      prepare=_read_only, marks=(AS_USER,)),
+    C("read-only-demo-cache", "train", lambda fx, work: [f"run.dir={work / 'run'}", "train.max_steps=1"],
+      "MHTMA_CACHE", prepare=_read_only, env={"MHTMA_CACHE": "{work}/ro/cache"}, marks=(AS_USER,)),
+]
+
+CASES = TRAIN + INPAINT + EVAL + MASKS + EXPORT + UI + READ_ONLY
 
 
-@pytest.mark.parametrize("case", [pytest.param(c, id=f"{c.command}-{c.id}") for c in CASES])
+@pytest.mark.parametrize("case", [pytest.param(c, id=f"{c.command}-{c.id}", marks=c.marks) for c in CASES])
 def test_command_line_refuses_clearly(case: Case, fx, tmp_path, capsys, monkeypatch, one_thread):
     work = tmp_path / "work"
     work.mkdir()
