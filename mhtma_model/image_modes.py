@@ -18,8 +18,9 @@ The rules (one home for each):
   has it, else the 8-bit view: grey to ``L``, alpha to ``RGBA``, the rest to ``RGB``) and
   :func:`save_image` returns the one line saying so. EXIF (orientation reset to 1 by
   :func:`mhtma_model.images.open_image` once it is applied) and the ICC profile are written where the
-  format has them; WebP is written lossless (known pixels stay identical). Pillow reads 16-bit RGB files
-  as 8-bit RGB, so their extra bits are not kept.
+  format has them; WebP is written lossless (known pixels stay identical). 16-bit colour pictures
+  (:mod:`mhtma_model.deep_colour`) keep their 16 bits in PNG (the hole gets the prediction times 257),
+  other formats get their 8-bit picture, with the one line.
 """
 from __future__ import annotations
 
@@ -31,6 +32,8 @@ from typing import Optional
 
 import numpy as np
 from PIL import Image
+
+from . import deep_colour
 
 #: Modes an inpainted picture keeps (module docstring).
 KEPT_MODES = ("1", "L", "LA", "I;16", "I;16L", "I;16B", "I;16N", "I", "F", "P", "PA", "RGB", "RGBA", "CMYK",
@@ -161,7 +164,13 @@ def paste_prediction(source: Image.Image, pred_u8: np.ndarray, hole: np.ndarray,
         window[hole] = pred[hole]
     else:
         window[..., channels][hole] = pred[hole]
-    return _from_array(source, out)
+    result = _from_array(source, out)
+    deep = deep_colour.values_of(source)
+    if deep is not None:  # the 16-bit values too: the prediction in 16-bit steps, the rest copied
+        deep = deep.copy()
+        deep[top:bottom, left:right, :3][hole] = pred_u8[hole].astype(np.uint16) * 257
+        result.info[deep_colour.DEEP_COLOUR] = deep
+    return result
 
 
 # ------------------------------------------------------------------------------------------------ files
@@ -178,6 +187,10 @@ def writable(image: Image.Image, fmt: str) -> tuple[Image.Image, Optional[str]]:
     """``image`` in a mode ``fmt`` writes -> (picture, None) when unchanged, else (converted, the one line
     saying so). Conversion rules: module docstring, "Files"."""
     allowed = FORMAT_MODES.get(fmt)
+    if deep_colour.values_of(image) is not None and fmt != "PNG":
+        out = image.copy()
+        del out.info[deep_colour.DEEP_COLOUR]
+        return out, f"{fmt} cannot hold 16-bit {image.mode} pictures here: written as 8-bit {image.mode} (PNG keeps it)"
     if allowed is None or image.mode in allowed:
         return image, None
     if image.mode == "I" and "I;16" in allowed and 0 <= np.asarray(image).min(initial=0) \
@@ -217,7 +230,10 @@ def save_image(image: Image.Image, path, fmt: Optional[str] = None) -> Optional[
     tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
     try:  # os.open applies the user's umask to 0o666, as any new file gets
         with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as fh:
-            out.save(fh, fmt, **_save_options(out, fmt))
+            if deep_colour.values_of(out) is not None:
+                deep_colour.write_png(out, fh)
+            else:
+                out.save(fh, fmt, **_save_options(out, fmt))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -4,6 +4,9 @@ Every file the project reads (training images, mask files, sketches, ``mhtma-inp
 inputs, uploads to ``mhtma-ui``) is opened by :func:`open_image`: fully decoded, EXIF orientation applied,
 failures raised as :class:`UnreadableImageError` (an ``OSError``) naming the path.
 
+16-bit colour (RGB/RGBA with 16 bits a channel, which Pillow holds in 8): the picture carries its full
+values along (:mod:`mhtma_model.deep_colour`).
+
 EXIF orientation: applied to the pixels, and the orientation tag of the picture's EXIF (kept in
 ``info["exif"]`` with the ICC profile in ``info["icc_profile"]``) reset to 1, so an output that carries
 the EXIF on is not rotated twice.
@@ -24,6 +27,7 @@ from typing import Callable, Optional
 import numpy as np
 from PIL import ExifTags, Image, ImageOps
 
+from .deep_colour import attach, is_deep, read_low_bytes
 from .image_modes import has_transparency, to_8bit, to_rgb  # noqa: F401  (the 8-bit view, re-exported)
 
 #: File suffixes treated as images (case-insensitive).
@@ -88,8 +92,10 @@ def open_image(path, min_side: int | None = None,
         try:
             if min_side is not None and image.format == "JPEG":
                 image.draft(image.mode, (min_side, min_side))
+            low = read_low_bytes(path, image, _upright) if is_deep(image) else None
             image.load()
-            return _upright(image)
+            upright = _upright(image)
+            return upright if low is None else attach(upright, low)
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
             raise UnreadableImageError(f"cannot read image {path}: {error}") from error
 

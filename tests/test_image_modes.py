@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import ExifTags, Image, ImageCms, ImageOps
 
-from mhtma_model import Inpainter, ui
+from mhtma_model import Inpainter, deep_colour, ui
 from mhtma_model.image_modes import paste_prediction, save_image, writable
 from mhtma_model.images import open_image
 from mhtma_model.inpaint import main as inpaint_main
@@ -213,3 +213,79 @@ def test_save_image_refuses_an_unknown_suffix(tmp_path):
         save_image(picture("RGB"), tmp_path / "out.unknown")
     assert list(tmp_path.iterdir()) == []
 
+
+
+# ------------------------------------------------------------------------------------------ 16-bit colour
+DEEP_CASES = [("PNG", 3), ("PNG", 4), ("TIFF", 3)]
+DEEP_IDS = ["png-RGB;16", "png-RGBA;16", "tiff-RGB;16"]
+
+
+def write_deep(folder, fmt: str, channels: int):
+    """A 16-bit colour file (values using both bytes) with its mask -> (path, values)."""
+    values = np.random.default_rng(3).integers(0, 65536, (H, W, channels), dtype=np.uint16)
+    path = folder / f"photo{SUFFIX[fmt]}"
+    if fmt == "PNG":
+        picture16 = deep_colour.from_array(values)
+        picture16.info.update(icc_profile=ICC, exif=_exif_bytes())
+        save_image(picture16, path)
+    else:
+        tifffile = pytest.importorskip("tifffile")
+        tifffile.imwrite(path, values, photometric="rgb")
+    Image.fromarray(HOLE.astype(np.uint8) * 255).save(folder / "photo-mask.png")
+    return path, values
+
+
+def _exif_bytes() -> bytes:
+    exif = Image.Exif()
+    exif[ExifTags.Base.Make] = MAKE
+    return exif.tobytes()
+
+
+def assert_deep_inpainted(result: Image.Image, values: np.ndarray):
+    got = deep_colour.values_of(result)
+    assert got is not None and got.shape == values.shape
+    np.testing.assert_array_equal(got[~HOLE], values[~HOLE])
+    filled = got[HOLE][:, :3]
+    assert (filled % 257 == 0).all() and len(np.unique(filled)) > 1
+    if values.shape[2] == 4:  # alpha copied, not inpainted
+        np.testing.assert_array_equal(got[..., 3], values[..., 3])
+
+
+def test_pillow_decodes_the_16_bit_png_written_here(tmp_path):
+    path, values = write_deep(tmp_path, "PNG", 4)
+    with Image.open(path) as high:
+        np.testing.assert_array_equal(np.asarray(high), values >> 8)
+    np.testing.assert_array_equal(deep_colour.values_of(open_image(path)), values)
+
+
+@pytest.mark.parametrize("surface", ["inpainter", "cli", "page"])
+@pytest.mark.parametrize("fmt, channels", DEEP_CASES, ids=DEEP_IDS)
+def test_16_bit_colour_keeps_its_16_bits(checkpoint, inpainter, tmp_path, fmt, channels, surface):
+    path, values = write_deep(tmp_path, fmt, channels)
+    if surface == "inpainter":
+        result = inpainter(open_image(path), HOLE)
+    elif surface == "cli":
+        assert inpaint_main(["--checkpoint", str(checkpoint), "--image", str(path), "--mask",
+                             str(tmp_path / "photo-mask.png"), "--output", str(tmp_path / "out"),
+                             "--device", "cpu"]) == 0
+        result = open_image(tmp_path / "out" / "photo.png")
+    else:
+        image, mask, sketch = ui.collect_inputs({"background": None, "layers": [], "composite": None},
+                                                str(tmp_path / "photo-mask.png"), None, str(path))
+        download, note = ui.save_download(ui.run_inpainting(inpainter, image, mask, sketch)[0], tmp_path, 1)
+        assert note is None
+        result = open_image(download)
+    assert_deep_inpainted(result, values)
+    if fmt == "PNG":
+        assert_metadata_kept(result, "PNG")
+
+
+def test_16_bit_colour_in_an_8_bit_format_says_so(tmp_path):
+    picture16 = deep_colour.from_array(np.full((H, W, 3), 40000, np.uint16))
+    note = save_image(picture16, tmp_path / "out.jpg")
+    assert note and "16-bit RGB" in note and "PNG keeps it" in note
+
+
+def test_the_inpainter_takes_a_16_bit_colour_array(inpainter):
+    values = np.random.default_rng(5).integers(0, 65536, (H, W, 3), dtype=np.uint16)
+    assert_deep_inpainted(inpainter(values, HOLE), values)
