@@ -41,12 +41,12 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "mhtma-train=mhtma_model.train:main",
-            "mhtma-eval=mhtma_model.evaluate:main",
-            "mhtma-inpaint=mhtma_model.inpaint:main",
-            "mhtma-ui=mhtma_model.ui:main",
-            "mhtma-export=mhtma_model.export:main",
-            "mhtma-masks=mhtma_model.mask_set:main",
+            "mhtma-train=mhtma_model.cli.train:main",
+            "mhtma-eval=mhtma_model.cli.evaluate:main",
+            "mhtma-inpaint=mhtma_model.cli.inpaint:main",
+            "mhtma-ui=mhtma_model.cli.ui:main",
+            "mhtma-export=mhtma_model.cli.export:main",
+            "mhtma-masks=mhtma_model.cli.masks:main",
         ]
     },
 )

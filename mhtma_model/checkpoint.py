@@ -111,7 +111,7 @@ def load_generator(path: str | os.PathLike, map_location="cpu"):
     """Rebuild the generator from the checkpoint alone -> ``(generator in eval mode, Config)``.
 
     The generator also carries ``training_size`` (the config's ``data.size``), the scale
-    :func:`mhtma_model.predict.inpaint_image` runs it at by default.
+    :func:`mhtma_model.inference.inpaint_image` runs it at by default.
 
     CheckpointError if the file is unusable or its weights do not fit the network its config describes.
     """

@@ -15,7 +15,7 @@ forwards run under autocast (bf16, or fp16 with one GradScaler per network); the
 (L1, perceptual, hinge/WGAN, gradient penalty) and the spectral norm run in fp32 outside autocast. TF32 is
 set for the process when the step is built (CUDA). ``train.compile`` compiles the generator in place
 (the discriminator stays eager: its spectral norm updates buffers in place every forward). The loop
-around it is :class:`mhtma_model.train.Trainer`.
+around it is :class:`mhtma_model.training.Trainer`.
 """
 from __future__ import annotations
 

@@ -8,7 +8,7 @@
     inpainter.save_pretrained("my-model/")          # config.json + model.safetensors
     inpainter = Inpainter.from_pretrained("my-model/")  # or Inpainter.load(file or folder)
 
-The rules for masks, sketches, sizes and modes are those of :mod:`mhtma_model.predict` (which does the
+The rules for masks, sketches, sizes and modes are those of :mod:`mhtma_model.inference` (which does the
 work); the device and precision are resolved once, when the object is made, and held.
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ from . import deep_colour
 from .config import Config, ConfigError, build_generator
 from .device import resolve_device
 from .images import mask_from_array
-from .predict import generator_uses_sketch, inpaint_images, open_generator, prepare_generator
+from .inference import generator_uses_sketch, inpaint_images, open_generator, prepare_generator
 
 __all__ = ["Inpainter", "CONFIG_NAME", "WEIGHTS_NAME", "PRETRAINED_FORMAT"]
 
@@ -147,12 +147,12 @@ class Inpainter:
 
     def __call__(self, image: ImageLike, mask: ImageLike, sketch: Optional[ImageLike] = None) -> Image.Image:
         """Inpaint ``image`` where ``mask`` marks holes -> PIL image of the input's size and mode (every mode:
-        :mod:`mhtma_model.image_modes`; the rest of the rules: :mod:`mhtma_model.predict`); known pixels
+        :mod:`mhtma_model.image_modes`; the rest of the rules: :mod:`mhtma_model.inference`); known pixels
         identical in the input's own values, its ``info`` (EXIF, ICC profile) carried over.
 
         ``image``: PIL, or an array (uint8 [H, W(, 3|4)], uint16 [H, W(, 3|4)], float32 [H, W]); for 16-bit
-        colour the result's 16-bit values are :func:`mhtma_model.deep_colour.values_of` (result). ``mask``: PIL (value
-        > 127 = hole) or an array, read by :func:`mhtma_model.images.mask_from_array`: bool True = hole,
+        colour the result's 16-bit values are :func:`mhtma_model.deep_colour.values_of` (result).
+        ``mask``: PIL (value > 127 = hole) or an array, read by :func:`mhtma_model.images.mask_from_array`: bool True = hole,
         0/1 arrays 1 = hole, uint8 0/255 pictures 255 = hole; other arrays are a ValueError."""
         return self.batch([image], [mask], None if sketch is None else [sketch])[0]
 

@@ -12,7 +12,7 @@ Training (``train.amp``, ``train.tf32``, ``train.compile``)::
           Set once when training starts (CUDA only: CPUs have no TF32).
 
 Inference (``--precision`` of ``mhtma-inpaint``/``mhtma-eval``/``mhtma-ui``, ``precision=`` of
-:mod:`mhtma_model.predict`), one setting from fast to exact::
+:mod:`mhtma_model.inference`), one setting from fast to exact::
 
     "auto"  bf16 autocast on a CUDA GPU that supports it, else TF32 on CUDA, fp32 on CPU (the default)
     "bf16"  bf16 autocast (CUDA or CPU)      "fp16"  fp16 autocast (CUDA only)

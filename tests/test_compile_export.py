@@ -18,6 +18,7 @@ import torch
 
 from mhtma_kernels import MaskedTemperatureAttention, masked_temperature_attention
 from mhtma_model.networks import InpaintGenerator
+from mhtma_model.onnx_export import InpaintingGraph
 
 from mhtma_kernels.testing import TOLERANCE, assert_close
 
@@ -284,7 +285,7 @@ def test_generator_exports_with_a_dynamic_batch(attention):
 def test_mhtma_export_cli_writes_an_onnx_model_that_onnxruntime_runs(tmp_path, capsys, monkeypatch):
     onnxruntime = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
-    from mhtma_model import export
+    from mhtma_model.cli import export
 
     from .tiny_checkpoint import make_tiny_checkpoint
 
@@ -304,7 +305,7 @@ def test_mhtma_export_cli_writes_an_onnx_model_that_onnxruntime_runs(tmp_path, c
 
     generator, _ = load_generator(checkpoint)
     with torch.no_grad():
-        expected = export.InpaintingGraph(generator)(image, mask)
+        expected = InpaintingGraph(generator)(image, mask)
     assert inpainted.shape == (3, 3, 32, 32)
     assert_close(torch.from_numpy(inpainted), expected.double(), torch.float32, "onnxruntime vs PyTorch")
     known = mask.expand_as(image) == 0
@@ -318,7 +319,7 @@ def test_mhtma_export_cli_writes_an_onnx_model_that_onnxruntime_runs(tmp_path, c
 
 
 def test_triton_backend_to_onnx_is_a_clear_error(tmp_path):
-    from mhtma_model.export import ExportError, export_onnx
+    from mhtma_model.onnx_export import ExportError, export_onnx
 
     generator = InpaintGenerator(base_channels=4, backend="triton").eval()
     with pytest.raises(ExportError, match="backend='triton' cannot be exported to ONNX.*backend='torch'"):
@@ -333,7 +334,7 @@ def test_triton_backend_to_onnx_is_a_clear_error(tmp_path):
     pytest.param(["--checkpoint", "CKPT", "--image", "nope.png", "--mask", "nope.png"], "nope.png", id="missing-image"),
 ])
 def test_mhtma_export_user_errors_exit_2_with_one_line(tmp_path, capsys, argv, message):
-    from mhtma_model import export
+    from mhtma_model.cli import export
 
     from .tiny_checkpoint import make_tiny_checkpoint
 

@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 from skimage import data as skdata
 
-from mhtma_model import evaluate, fid
+from mhtma_model import fid
+from mhtma_model.cli import evaluate
 from mhtma_model.classical import CLASSICAL_METHODS, OPENCV_METHODS, opencv_available
 from mhtma_model.metrics import BUCKETS
 from tests.tiny_checkpoint import make_tiny_checkpoint
@@ -338,7 +339,7 @@ def test_training_validation_and_eval_report_the_same_figures(checkpoint, tmp_pa
 
     from torch.utils.data import DataLoader
 
-    from mhtma_model import train
+    from mhtma_model import training
     from mhtma_model.checkpoint import load_generator
     from mhtma_model.data import InpaintingDataset
     from mhtma_model.images import list_images
@@ -350,8 +351,8 @@ def test_training_validation_and_eval_report_the_same_figures(checkpoint, tmp_pa
         evaluate.resize_center_crop(image, SIZE).save(data / f"{name}.png")  # already S×S: no resampling in either
     dataset = InpaintingDataset(list_images(data), SIZE, train=False, seed=5)
     generator = load_generator(checkpoint)[0].eval()
-    scores = train._validate(generator, DataLoader(dataset, batch_size=2), torch.device("cpu"), nullcontext, None,
-                             train._Distribution())
+    scores = training._validate(generator, DataLoader(dataset, batch_size=2), torch.device("cpu"), nullcontext, None,
+                             training._Distribution())
     result = _run(["--checkpoint", str(checkpoint), "--data", str(data), "--mask-seed", "5", "--examples", "0"],
                   tmp_path / "o")
     assert [r["name"] for r in result["per_image"]] == sorted(SAMPLES[:3])
@@ -362,7 +363,7 @@ def test_training_validation_and_eval_report_the_same_figures(checkpoint, tmp_pa
             if theirs["count"]:
                 assert_close(torch.tensor([ours[key]], dtype=torch.float64),
                              torch.tensor([theirs[key]], dtype=torch.float64), torch.float32, f"{theirs['bucket']} {key}")
-    assert train.validation_l1(scores) == pytest.approx(scores["overall"]["mae_percent"] / 50)
+    assert training.validation_l1(scores) == pytest.approx(scores["overall"]["mae_percent"] / 50)
 
 
 def test_eval_takes_a_saved_inpainter_folder_as_checkpoint(checkpoint, dataset, tmp_path):

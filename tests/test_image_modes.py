@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 from PIL import ExifTags, Image, ImageCms, ImageOps
 
-from mhtma_model import Inpainter, deep_colour, ui
+from mhtma_model import Inpainter, deep_colour
+from mhtma_model.cli import ui
 from mhtma_model.image_modes import paste_prediction, save_image, writable
 from mhtma_model.images import open_image
-from mhtma_model.inpaint import main as inpaint_main
+from mhtma_model.cli.inpaint import main as inpaint_main
 from tests.tiny_checkpoint import make_tiny_checkpoint
 
 H, W = 20, 28

@@ -1,11 +1,12 @@
-"""`mhtma-inpaint` and its library `mhtma_model.predict`: mask rules, padding/window geometry, any size and mode,
+"""`mhtma-inpaint` and its library `mhtma_model.inference`: mask rules, padding/window geometry, any size and mode,
 known-pixel bit-identity, folder mode with broken pairs, checkpoint errors — on a real tiny checkpoint."""
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from mhtma_model import images, inpaint, input_files, predict
+from mhtma_model import images, inference, input_files
+from mhtma_model.cli import inpaint
 from mhtma_model.device import resolve_device
 from tests.tiny_checkpoint import make_tiny_checkpoint
 from mhtma_kernels.testing import assert_close
@@ -79,7 +80,7 @@ def test_mask_rules(mode, make, expected):
 ], ids=["odd", "tiny", "aligned", "below-min-size"])
 def test_pad_to_multiple(shape, min_size, padded_shape, mode):
     x = torch.arange(float(np.prod(shape))).reshape(1, 1, *shape)
-    padded, size = predict.pad_to_multiple(x, 8, min_size)
+    padded, size = inference.pad_to_multiple(x, 8, min_size)
     assert size == shape
     assert tuple(padded.shape[-2:]) == padded_shape
     assert_close(padded[..., :shape[0], :shape[1]], x.double(), torch.float32, "original kept")
@@ -90,16 +91,16 @@ def test_pad_to_multiple(shape, min_size, padded_shape, mode):
 def test_plan_window_small_image_runs_whole():
     hole = np.zeros((217, 301), bool)
     hole[50:60, 70:90] = True
-    assert predict.plan_window(hole, 512) == ((0, 217, 0, 301), (217, 301))
+    assert inference.plan_window(hole, 512) == ((0, 217, 0, 301), (217, 301))
 
 
 def test_plan_window_large_image_crops_around_the_hole_then_resizes():
     hole = np.zeros((1000, 1600), bool)
     hole[400:450, 700:760] = True  # 50 x 60 box -> margin 32
-    box, net = predict.plan_window(hole, 512)
+    box, net = inference.plan_window(hole, 512)
     assert box == (368, 482, 668, 792) and net == (114, 124)
     hole[100:900, 100:1500] = True  # box grows past the limit: window clipped to the image, downscaled
-    box, net = predict.plan_window(hole, 512)
+    box, net = inference.plan_window(hole, 512)
     assert box == (0, 1000, 0, 1600) and max(net) == 512 and net == (320, 512)
 
 
@@ -117,10 +118,10 @@ def test_resolve_device():
 
 def test_inpaint_image_writes_the_rounded_prediction_into_the_hole_only(generator):
     image, mask = _photo(45, 61), _mask(45, 61)
-    result = predict.inpaint_image(generator, image, mask)
+    result = inference.inpaint_image(generator, image, mask)
     _known_identical(result, image, mask)
     hole = np.asarray(mask) > 127
-    pred = predict.predict(generator, np.asarray(image), hole)
+    pred = inference.predict(generator, np.asarray(image), hole)
     expected = np.clip(np.round(pred), 0, 255).astype(np.uint8)
     np.testing.assert_array_equal(np.asarray(result)[hole], expected[hole])
 
@@ -129,15 +130,15 @@ def test_default_max_size_is_the_checkpoint_training_size(generator):
     """load_generator records data.size; without max_size the network runs at that scale."""
     assert generator.training_size == 64
     image, mask = _photo(100, 140, seed=5), _mask(100, 140)
-    default = np.asarray(predict.inpaint_image(generator, image, mask))
-    np.testing.assert_array_equal(default, np.asarray(predict.inpaint_image(generator, image, mask, max_size=64)))
-    assert not np.array_equal(default, np.asarray(predict.inpaint_image(generator, image, mask, max_size=512)))
+    default = np.asarray(inference.inpaint_image(generator, image, mask))
+    np.testing.assert_array_equal(default, np.asarray(inference.inpaint_image(generator, image, mask, max_size=64)))
+    assert not np.array_equal(default, np.asarray(inference.inpaint_image(generator, image, mask, max_size=512)))
 
 
 def test_inpaint_image_large_input_uses_a_window(generator):
     image = _photo(300, 420, seed=3)
     mask = _mask(300, 420, boxes=((0.1, 0.2, 0.1, 0.3), (0.7, 0.8, 0.6, 0.9)))
-    result = predict.inpaint_image(generator, image, mask, max_size=96)
+    result = inference.inpaint_image(generator, image, mask, max_size=96)
     _known_identical(result, image, mask)
     hole = np.asarray(mask) > 127
     assert (np.asarray(result)[hole] != np.asarray(image)[hole]).any()
@@ -146,23 +147,23 @@ def test_inpaint_image_large_input_uses_a_window(generator):
 def test_inpaint_image_rejects_bad_arguments(generator):
     image = _photo(32, 40)
     with pytest.raises(ValueError, match="differs from image size"):
-        predict.inpaint_image(generator, image, _mask(32, 41))
+        inference.inpaint_image(generator, image, _mask(32, 41))
     with pytest.raises(ValueError, match="without sketches"):
-        predict.inpaint_image(generator, image, _mask(32, 40), sketch=Image.new("L", (40, 32)))
+        inference.inpaint_image(generator, image, _mask(32, 40), sketch=Image.new("L", (40, 32)))
     with pytest.raises(TypeError, match="PIL"):
-        predict.inpaint_image(generator, np.zeros((32, 40, 3), np.uint8), _mask(32, 40))
+        inference.inpaint_image(generator, np.zeros((32, 40, 3), np.uint8), _mask(32, 40))
 
 
 def test_images_smaller_than_the_network_minimum_are_padded(generator):
     image = _photo(5, 7, seed=2)
     mask = Image.fromarray(np.pad(np.full((2, 3), 255, np.uint8), ((1, 2), (2, 2))))
-    result = predict.inpaint_image(generator, image, mask)
+    result = inference.inpaint_image(generator, image, mask)
     _known_identical(result, image, mask)
 
 
 def test_empty_mask_returns_the_image_unchanged(generator):
     image = _photo(24, 24)
-    np.testing.assert_array_equal(np.asarray(predict.inpaint_image(generator, image, Image.new("L", (24, 24)))),
+    np.testing.assert_array_equal(np.asarray(inference.inpaint_image(generator, image, Image.new("L", (24, 24)))),
                                   np.asarray(image))
 
 
@@ -297,7 +298,7 @@ def test_the_user_sketch_reaches_the_generator(checkpoints):
         line = np.zeros((40, 56), np.uint8)
         line[20, 5:50] = 255
         for sketch in (Image.fromarray(line), None):
-            _known_identical(predict.inpaint_image(generator, image, mask, sketch=sketch), image, mask)
+            _known_identical(inference.inpaint_image(generator, image, mask, sketch=sketch), image, mask)
     finally:
         handle.remove()
     guided, unguided = seen[0][0, 0, :40, :56].numpy(), seen[1].numpy()

@@ -182,7 +182,7 @@ def test_from_checkpoint_errors_name_the_file(tmp_path):
 # ------------------------------------------------------------------------- the shared command-line options
 
 def _parsers():
-    from mhtma_model import evaluate, inpaint, ui
+    from mhtma_model.cli import evaluate, inpaint, ui
 
     return {"mhtma-inpaint": inpaint.build_parser(), "mhtma-eval": evaluate.build_parser(),
             "mhtma-ui": ui.build_parser()}
@@ -199,7 +199,7 @@ def test_inference_commands_share_options_and_defaults(command):
 
 
 def test_load_takes_a_checkpoint_file_or_a_pretrained_folder(inpainter, checkpoints, tmp_path):
-    from mhtma_model import ui
+    from mhtma_model.cli import ui
 
     folder = inpainter.save_pretrained(tmp_path / "model")
     image, mask = photo(), hole()

@@ -22,16 +22,17 @@ FLOORS = {
     "image_modes": -1,  # the picture-mode rules that images (floor 0) reads with
     "images": 0, "device": 0, "precision": 0, "samples": 0, "metrics": 0, "fid": 0, "classical": 0,
     "lpips_metric": 0, "ids": 0,
-    "masks": 1, "sketch": 1, "cli_options": 1, "input_files": 1, "evaluator": 1,
+    "masks": 1, "sketch": 1, "input_files": 1, "evaluator": 1,
     "data": 2,
     "networks": 3,
-    "losses": 4,
+    "losses": 4, "onnx_export": 4,
     "config": 5,
     "checkpoint": 6,
-    "gan_step": 7, "predict": 7,
-    "train": 8, "inpainter": 8,
-    "inpaint": 9, "evaluate": 9, "ui": 9, "export": 9, "mask_set": 9,
-    "__main__": 10,
+    "gan_step": 7, "inference": 7,
+    "training": 8, "inpainter": 8,
+    "cli": 9,  # the command lines (mhtma_model/cli/): a package, one floor
+    # `python -m mhtma_model.<command>` entry points, each only a call of its command line's main
+    "train": 10, "evaluate": 10, "inpaint": 10, "ui": 10, "export": 10, "mask_set": 10, "__main__": 10,
 }
 
 

@@ -134,7 +134,7 @@ def test_mask_folder(tmp_path):
 
 from scipy import ndimage  # noqa: E402
 
-from mhtma_model import mask_set  # noqa: E402
+from mhtma_model.cli import masks as masks_cli  # noqa: E402
 from mhtma_model.masks import (LAMA_RULES, MASK_PROTOCOLS, MAX_HOLE_RATIO, ProtocolMix, lama_rule,  # noqa: E402
                                protocol_mask, seeded_mask)
 
@@ -211,10 +211,10 @@ def test_protocol_mix_rejects_bad_weights(weights, message):
 
 def test_mask_set_cli_writes_identical_files_and_a_histogram(tmp_path, capsys):
     args = ["--protocol", "lama-medium", "--size", "32", "--count", "6", "--seed", "4"]
-    assert mask_set.main(args + ["--output", str(tmp_path / "a")]) == 0
+    assert masks_cli.main(args + ["--output", str(tmp_path / "a")]) == 0
     out = capsys.readouterr().out
     assert "0.0-0.1" in out and "0.5-0.6" in out and "6 lama-medium masks" in out
-    assert mask_set.main(args + ["--output", str(tmp_path / "b")]) == 0
+    assert masks_cli.main(args + ["--output", str(tmp_path / "b")]) == 0
     files = sorted(p.name for p in (tmp_path / "a").glob("*.png"))
     assert files == [f"{i:05d}.png" for i in range(6)]
     for name in files:
@@ -223,7 +223,7 @@ def test_mask_set_cli_writes_identical_files_and_a_histogram(tmp_path, capsys):
             np.testing.assert_array_equal(load_mask(tmp_path / "a" / name),
                                           seeded_mask("lama-medium", 32, 4, int(name[:5])) > 0.5)
             assert img.mode == "L"
-    manifest = (tmp_path / "a" / mask_set.MANIFEST).read_text()
+    manifest = (tmp_path / "a" / masks_cli.MANIFEST).read_text()
     assert '"seed": 4' in manifest and '"protocol": "lama-medium"' in manifest
 
 
@@ -234,7 +234,7 @@ def test_mask_set_cli_writes_identical_files_and_a_histogram(tmp_path, capsys):
 ])
 def test_mask_set_cli_bad_values_are_one_line_exit_2(tmp_path, capsys, args, message):
     with pytest.raises(SystemExit) as info:
-        mask_set.main(args + ["--output", str(tmp_path / "o")])
+        masks_cli.main(args + ["--output", str(tmp_path / "o")])
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err, err

@@ -13,7 +13,7 @@ from mhtma_model import precision as P
 from mhtma_model.config import Config, load_config
 from mhtma_model.gan_step import GanStep
 from mhtma_model.networks import InpaintGenerator
-from mhtma_model.predict import predict_batch, prepare_generator
+from mhtma_model.inference import predict_batch, prepare_generator
 from mhtma_model.precision import PrecisionError, inference_dtype, inference_precision, training_dtype
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
@@ -128,7 +128,8 @@ def test_gan_step_at_bf16_on_cpu_runs_in_bf16_with_fp32_losses():
 
 
 def test_training_records_precision_settings_and_refuses_fp16_on_cpu(tmp_path, capsys):
-    from mhtma_model.train import main, train
+    from mhtma_model.cli.train import main
+    from mhtma_model.training import train
     from tests.test_train import TINY as TRAIN_TINY
     from tests.test_train import _photos
 
@@ -223,7 +224,7 @@ def test_compiled_inference_matches_eager(aot_eager):
 def test_inpaint_cli_rejects_fp16_on_cpu(tmp_path):
     from PIL import Image
 
-    from mhtma_model.inpaint import main
+    from mhtma_model.cli.inpaint import main
     from tests.tiny_checkpoint import make_tiny_checkpoint
 
     ckpt = make_tiny_checkpoint(tmp_path / "g.pt")
@@ -242,7 +243,7 @@ def test_eval_and_ui_pass_the_precision_through(tmp_path, capsys):
     from PIL import Image
     from skimage import data as skdata
 
-    from mhtma_model import evaluate, ui
+    from mhtma_model.cli import evaluate, ui
     from tests.tiny_checkpoint import make_tiny_checkpoint
 
     ckpt = make_tiny_checkpoint(tmp_path / "g.pt")

@@ -242,8 +242,8 @@ def test_sketch_model_trains_a_few_steps_and_inpaints(tmp_path):
     from mhtma_model.checkpoint import load_generator
     from mhtma_model.config import load_config
     from mhtma_model.data import InpaintingDataset as dataset_cls
-    from mhtma_model.predict import inpaint_image
-    from mhtma_model.train import train
+    from mhtma_model.inference import inpaint_image
+    from mhtma_model.training import train
     from skimage import data
 
     root = tmp_path / "images"

@@ -17,7 +17,8 @@ from PIL import Image
 from mhtma_model.checkpoint import CheckpointError, load_checkpoint, load_generator
 from mhtma_model.config import load_config
 from mhtma_model.networks import composite
-from mhtma_model.train import EarlyStopping, EpochSampler, main, train
+from mhtma_model.cli.train import main
+from mhtma_model.training import EarlyStopping, EpochSampler, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -316,7 +317,7 @@ def test_ddp_two_gloo_processes(tmp_path, photos):
     assert len(list((run / "tb").glob("events.out.tfevents.*"))) == 1
     payload = load_checkpoint(run / "checkpoints" / "last.pt")
     from mhtma_model.config import Config, build_discriminator, build_generator
-    from mhtma_model.train import _weights_digest
+    from mhtma_model.training import _weights_digest
 
     cfg = Config.from_dict(payload["config"])
     g, d = build_generator(cfg.model), build_discriminator(cfg.model, cfg.data.size)
@@ -381,7 +382,7 @@ def test_early_stopping_counts_validations_without_improvement_and_resumes():
 def test_run_epoch_works_without_run(tmp_path, photos):
     """A Trainer advanced epoch by epoch, never calling run(): 6 training images, batch 2 = 3 steps an
     epoch, one validation at each epoch's end, best.pt and the progress bar there from the start."""
-    from mhtma_model.train import Trainer
+    from mhtma_model.training import Trainer
 
     trainer = Trainer(_cfg(tmp_path / "run", photos, "train.val_every=0", "train.max_steps=100"))
     try:
@@ -401,7 +402,7 @@ def test_run_epoch_works_without_run(tmp_path, photos):
                          ids=["improving", "patience-used-up"])
 def test_validation_early_stopping_and_checkpointing_are_separate_steps(tmp_path, photos, values, stopped):
     """update_early_stopping only keeps the books; save_checkpoints writes best.pt only on an improvement."""
-    from mhtma_model.train import Trainer
+    from mhtma_model.training import Trainer
 
     trainer = Trainer(_cfg(tmp_path / "run", photos, "train.patience=2", "train.max_steps=100"))
     try:

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from mhtma_model.checkpoint import load_checkpoint, load_generator
-from mhtma_model.train import main
+from mhtma_model.cli.train import main
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["data.size=32", "data.batch_size=2", "model.base_channels=4", "model.disc_channels=4",

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mhtma_model import ui
+from mhtma_model.cli import ui
 from tests.tiny_checkpoint import make_tiny_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,8 +9,8 @@ import argparse
 
 import torch
 
-from .device import default_cpu_threads, resolve_device, set_cpu_threads
-from .precision import PRECISIONS, inference_dtype
+from ..device import default_cpu_threads, resolve_device, set_cpu_threads
+from ..precision import PRECISIONS, inference_dtype
 
 DEFAULT_DEVICE = "auto"
 DEFAULT_PRECISION = "auto"

@@ -1,0 +1,96 @@
+"""`mhtma-export`: a trained generator as an ONNX model (dynamo exporter), checked with onnxruntime.
+
+    mhtma-export --checkpoint runs/x/checkpoints/best.pt --output model.onnx [--size 256]
+    python -m mhtma_model.export --checkpoint best.pt --output model.onnx
+
+The exported model is :class:`InpaintingGraph`: inputs ``image [N, 3, S, S]`` float32 in [-1, 1] and
+``mask [N, 1, S, S]`` float32 (1 = hole) (and ``sketch [N, 1, S, S]`` in [0, 1] for sketch-guided
+models); output ``inpainted [N, 3, S, S]`` in [-1, 1] (generated pixels in the hole, the input
+elsewhere). The batch N is dynamic, the side S is fixed by ``--size`` (default: the checkpoint's
+training size).
+
+How: ``torch.export`` with a dynamic batch dimension; the attention op (``mhtma::chunked_gemm_attention``, the
+`torch` backend) is decomposed into aten ops (score matrix materialised: ONNX has no fused kernel for
+it) and ``torch.onnx.export(..., dynamo=True)`` writes the file. Afterwards onnxruntime runs it on a
+real photo (scikit-image's astronaut, or ``--image``/``--mask``) and the largest absolute difference
+to PyTorch is printed; above ``--tolerance`` the command fails (exit 1).
+
+The Triton backend cannot go to ONNX (its kernels have no ONNX equivalent): the attention is exported
+with the `torch` backend whatever the checkpoint trained with (same weights, same math).
+
+Exit status: 0 exported and checked, 1 the check failed, 2 usage errors (missing or incompatible
+checkpoint, bad size, onnx/onnxruntime not installed: ``pip install -e ".[export]"``).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..images import load_mask, load_rgb
+from ..inpainter import Inpainter
+from ..onnx_export import (DEFAULT_TOLERANCE, ExportError, attention_backends, check_onnx, example_inputs,
+                           export_onnx, use_torch_backend)
+from .options import command_parser
+
+
+def _load_pair(image_path: str, mask_path: str, size: int, sketch: bool) -> tuple[torch.Tensor, ...]:
+    """The check image and its mask from files (read by mhtma_model.images), resized to size x size."""
+    image = load_rgb(image_path).resize((size, size), Image.Resampling.BICUBIC)
+    hole = load_mask(mask_path, size=(size, size))
+    x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)[None]
+    mask = torch.from_numpy(hole).reshape(1, 1, size, size)
+    return (x, mask, torch.zeros_like(mask)) if sketch else (x, mask)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = command_parser("mhtma-export", __doc__)
+    p.add_argument("--output", required=True, help="the .onnx file to write")
+    p.add_argument("--size", type=int, default=None,
+                   help="square input side of the exported model (default: the checkpoint's training size)")
+    p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
+                   help=f"largest accepted |onnxruntime - PyTorch| on the check image (default {DEFAULT_TOLERANCE})")
+    p.add_argument("--image", default=None, help="check image (default: scikit-image's astronaut photo)")
+    p.add_argument("--mask", default=None, help="mask for --image (pixel > 127 = hole)")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if (args.image is None) != (args.mask is None):
+        parser.error("--image and --mask go together")
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError as exc:
+        parser.error(f"ONNX export needs onnx and onnxruntime ({exc}); pip install -e \".[export]\"")
+    try:  # the export traces on the CPU in fp32
+        inpainter = Inpainter.load(args.checkpoint, device="cpu", precision="fp32")
+    except ValueError as exc:
+        parser.error(str(exc))
+    generator, config = inpainter.generator, inpainter.config
+    size = args.size if args.size is not None else config.data.size
+    if "triton" in attention_backends(generator):
+        print("note: the checkpoint's attention uses backend='triton'; exporting the `torch` backend "
+              "(same weights, same math)", file=sys.stderr)
+    use_torch_backend(generator)
+    try:
+        inputs = (_load_pair(args.image, args.mask, size, generator.sketch) if args.image
+                  else example_inputs(generator, size))  # read first: a bad file fails before the export
+        path = export_onnx(generator, args.output, size)
+    except (ExportError, OSError, ValueError) as exc:
+        parser.error(str(exc))
+    difference = check_onnx(path, generator, inputs)
+    print(f"wrote {path} (inputs {', '.join(n for n in ('image', 'mask', 'sketch')[:len(inputs)])}, "
+          f"{size}x{size}, dynamic batch); onnxruntime vs PyTorch max abs difference {difference:.3g}")
+    if not difference <= args.tolerance:
+        print(f"error: the ONNX model differs from PyTorch by {difference:.3g} > tolerance {args.tolerance:g}",
+              file=sys.stderr)
+        return 1
+    return 0
+
