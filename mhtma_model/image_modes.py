@@ -119,14 +119,40 @@ def _colour_channels(image: Image.Image) -> slice | None:
     return None if len(image.getbands()) == 1 else slice(None)
 
 
-def _in_mode(source: Image.Image, pred_u8: np.ndarray) -> np.ndarray:
-    """The 8-bit RGB prediction ``[h, w, 3]`` as ``source``'s colour values ([h, w] or [h, w, c])."""
+def _palette_entries(source: Image.Image) -> tuple[np.ndarray, np.ndarray]:
+    """A palette picture's entries -> (RGB uint8 [n, 3], alpha uint8 [n]: its palette's alpha or
+    transparency, 255 where it has none)."""
+    channels = len(source.palette.mode)
+    entries = np.frombuffer(source.palette.tobytes(), np.uint8).reshape(-1, channels)
+    alpha = entries[:, 3].copy() if channels == 4 else np.full(len(entries), 255, np.uint8)
+    key = source.info.get("transparency")
+    if isinstance(key, int) and key < len(alpha):
+        alpha[key] = 0
+    elif isinstance(key, bytes):
+        alpha[:len(key)] = np.frombuffer(key, np.uint8)[:len(alpha)]
+    return entries[:, :3], alpha
+
+
+def _nearest_entries(source: Image.Image, pred_u8: np.ndarray, window: np.ndarray) -> np.ndarray:
+    """Indices of ``source``'s palette nearest to the prediction: only opaque entries are used, and pixels
+    whose own entry is (partly) transparent keep it, so the picture's transparency does not change."""
+    rgb, alpha = _palette_entries(source)
+    opaque = np.nonzero(alpha == 255)[0] if source.mode == "P" else np.arange(len(rgb))
+    opaque = opaque if len(opaque) else np.arange(len(rgb))
+    palette = Image.new("P", (1, 1))
+    palette.putpalette(rgb[opaque].tobytes())
+    lookup = np.concatenate([opaque, np.full(256 - len(opaque), opaque[0])]).astype(np.uint8)  # padding entries
+    index = lookup[np.asarray(Image.fromarray(pred_u8).quantize(palette=palette, dither=Image.Dither.NONE))]
+    return np.where(alpha[window] < 255, window, index) if source.mode == "P" else index
+
+
+def _in_mode(source: Image.Image, pred_u8: np.ndarray, window: np.ndarray) -> np.ndarray:
+    """The 8-bit RGB prediction ``[h, w, 3]`` as ``source``'s colour values ([h, w] or [h, w, c]);
+    ``window``: ``source``'s values where it goes."""
     pred = Image.fromarray(pred_u8)
     mode = source.mode
     if mode in ("P", "PA"):
-        palette = Image.new("P", (1, 1))
-        palette.putpalette(source.palette.tobytes(), source.palette.mode)
-        return np.asarray(pred.quantize(palette=palette, dither=Image.Dither.NONE))
+        return _nearest_entries(source, pred_u8, window if mode == "P" else window[..., 0])
     if mode in ("RGB", "RGBA") or len(source.getbands()) > 2:
         return np.asarray(pred if mode in ("RGB", "RGBA") else pred.convert(mode))
     grey = np.asarray(pred.convert("L"))
@@ -156,7 +182,7 @@ def paste_prediction(source: Image.Image, pred_u8: np.ndarray, hole: np.ndarray,
     top, bottom, left, right = box
     out = np.array(source, copy=True)
     window = out[top:bottom, left:right]
-    pred = _in_mode(source, pred_u8)
+    pred = _in_mode(source, pred_u8, window)
     channels = _colour_channels(source)
     if channels is not None and pred.ndim == 2:
         pred = pred[..., None]

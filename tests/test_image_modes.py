@@ -290,3 +290,16 @@ def test_16_bit_colour_in_an_8_bit_format_says_so(tmp_path):
 def test_the_inpainter_takes_a_16_bit_colour_array(inpainter):
     values = np.random.default_rng(5).integers(0, 65536, (H, W, 3), dtype=np.uint16)
     assert_deep_inpainted(inpainter(values, HOLE), values)
+
+
+def test_paste_keeps_a_palette_pictures_transparency():
+    """A palette picture with a transparent entry: hole pixels that were transparent stay so, the others get
+    opaque colours only (never the transparent entry, whatever its colour)."""
+    source = picture("P")
+    clear = int(np.asarray(source)[0, 0])
+    source.info["transparency"] = clear
+    pred = np.broadcast_to(np.array(source.getpalette()[3 * clear:3 * clear + 3], np.uint8), (H, W, 3)).copy()
+    result = np.asarray(paste_prediction(source, pred, HOLE, (0, H, 0, W)))
+    was_clear = np.asarray(source) == clear
+    assert (result[HOLE & was_clear] == clear).all() and (result[HOLE & ~was_clear] != clear).all()
+    assert (HOLE & was_clear).any() and (HOLE & ~was_clear).any()
