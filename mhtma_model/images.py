@@ -74,13 +74,16 @@ def files_by_key(root: Path) -> dict[str, list[Path]]:
 
 
 def open_image(path, min_side: int | None = None,
-               check_header: Optional[Callable[[Image.Image], object]] = None) -> Image.Image:
+               check_header: Optional[Callable[[Image.Image], object]] = None,
+               full_depth: bool = True) -> Image.Image:
     """Open and fully decode ``path`` with EXIF orientation applied; UnreadableImageError on failure.
 
     ``min_side``: JPEGs are decoded at the smallest DCT scale (1/2, 1/4, 1/8) that keeps both sides
     >= ``min_side`` (much faster for large photos that are resized down anyway); other formats ignore it.
     ``check_header``: called with the opened, not yet decoded image (size and mode known) before the
     pixels are decoded; its exceptions propagate unchanged (the UI refuses huge uploads this way).
+    ``full_depth``: a 16-bit colour file carries its 16-bit values (:mod:`mhtma_model.deep_colour`; a
+    second decode); False when only the 8-bit picture is wanted.
     """
     try:
         image = Image.open(path)
@@ -92,7 +95,7 @@ def open_image(path, min_side: int | None = None,
         try:
             if min_side is not None and image.format == "JPEG":
                 image.draft(image.mode, (min_side, min_side))
-            low = read_low_bytes(path, image, _upright) if is_deep(image) else None
+            low = read_low_bytes(path, image, _upright) if full_depth and is_deep(image) else None
             image.load()
             upright = _upright(image)
             return upright if low is None else attach(upright, low)
@@ -118,7 +121,7 @@ def load_rgb(path, min_side: int | None = None) -> Image.Image:
     """Read ``path`` as an 8-bit RGB PIL image (any mode, see module docstring); raises
     :class:`UnreadableImageError` naming the path if it cannot be decoded. ``min_side``: see
     :func:`open_image` (reduced-size JPEG decoding; the result keeps both sides >= min_side)."""
-    image = open_image(path, min_side)
+    image = open_image(path, min_side, full_depth=False)
     try:
         return to_rgb(image)
     except (OSError, ValueError) as error:

@@ -152,8 +152,8 @@ class Inpainter:
 
         ``image``: PIL, or an array (uint8 [H, W(, 3|4)], uint16 [H, W(, 3|4)], float32 [H, W]); for 16-bit
         colour the result's 16-bit values are :func:`mhtma_model.deep_colour.values_of` (result).
-        ``mask``: PIL (value > 127 = hole) or an array, read by :func:`mhtma_model.images.mask_from_array`: bool True = hole,
-        0/1 arrays 1 = hole, uint8 0/255 pictures 255 = hole; other arrays are a ValueError."""
+        ``mask``: PIL (value > 127 = hole) or an array, read by :func:`mhtma_model.images.mask_from_array`:
+        bool True = hole, 0/1 arrays 1 = hole, uint8 0/255 pictures 255 = hole; other arrays are a ValueError."""
         return self.batch([image], [mask], None if sketch is None else [sketch])[0]
 
     def batch(self, images: Sequence[ImageLike], masks: Sequence[ImageLike],
