@@ -11,6 +11,7 @@ profile. How inpainting and saving use it: :mod:`mhtma_model.image_modes`.
 from __future__ import annotations
 
 import struct
+import warnings
 import zlib
 from typing import BinaryIO, Callable, Optional
 
@@ -34,18 +35,24 @@ def is_deep(image: Image.Image) -> bool:
     return len(image.tile) > 0 and all(_raw_mode(tile) in _SWAP for tile in image.tile)
 
 
-def read_low_bytes(source, opened: Image.Image, finish: Callable[[Image.Image], Image.Image]) -> Image.Image:
+def read_low_bytes(source, opened: Image.Image,
+                   finish: Callable[[Image.Image], Image.Image]) -> Optional[Image.Image]:
     """The low byte of each value of the 16-bit colour picture ``opened`` (not yet decoded), decoded again
     from ``source`` (the path or file it was opened from) with the byte order swapped, then given to
-    ``finish`` (the reader's last step, e.g. its orientation) while the file is open."""
-    if hasattr(source, "seek"):
-        source.seek(0)
+    ``finish`` (the reader's last step, e.g. its orientation) while the file is open; None, with a
+    warning, when that second decode fails."""
     tiles = list(opened.tile)
-    with Image.open(source) as again:
-        again.tile = [tile._replace(args=_SWAP[_raw_mode(tile)] if isinstance(tile.args, str)
-                                    else (_SWAP[_raw_mode(tile)],) + tuple(tile.args[1:])) for tile in tiles]
-        again.load()
-        return finish(again)
+    try:
+        if hasattr(source, "seek"):
+            source.seek(0)
+        with Image.open(source) as again:
+            again.tile = [tile._replace(args=_SWAP[_raw_mode(tile)] if isinstance(tile.args, str)
+                                        else (_SWAP[_raw_mode(tile)],) + tuple(tile.args[1:])) for tile in tiles]
+            again.load()
+            return finish(again)
+    except (OSError, ValueError, SyntaxError) as error:  # the 8-bit picture is still good: use it, and say so
+        warnings.warn(f"{getattr(source, 'name', source)}: its 16-bit colour is read as 8-bit ({error})", stacklevel=3)
+        return None
 
 
 def attach(high: Image.Image, low: Image.Image) -> Image.Image:
