@@ -303,3 +303,23 @@ def test_paste_keeps_a_palette_pictures_transparency():
     was_clear = np.asarray(source) == clear
     assert (result[HOLE & was_clear] == clear).all() and (result[HOLE & ~was_clear] != clear).all()
     assert (HOLE & was_clear).any() and (HOLE & ~was_clear).any()
+
+
+def test_cli_says_a_conversion_once_for_a_folder(checkpoint, tmp_path, capsys):
+    for folder in ("photos", "masks"):
+        (tmp_path / folder).mkdir()
+    for name in ("a", "b", "c"):
+        picture("CMYK").save(tmp_path / "photos" / f"{name}.jpg")
+        Image.fromarray(HOLE.astype(np.uint8) * 255).save(tmp_path / "masks" / f"{name}.png")
+    assert inpaint_main(["--checkpoint", str(checkpoint), "--image", str(tmp_path / "photos"), "--mask",
+                         str(tmp_path / "masks"), "--output", str(tmp_path / "out"), "--device", "cpu"]) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if "cannot hold" in line]
+    assert notes == ["note: a: PNG cannot hold CMYK pictures: written as RGB (TIFF keeps it)"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "b.png", "c.png"]
+
+
+def test_inpainter_warns_once_for_a_mode_it_does_not_keep(inpainter):
+    premultiplied = picture("RGBA").convert("RGBa")
+    with pytest.warns(UserWarning, match="RGBa pictures are inpainted as RGBA"):
+        result = inpainter(premultiplied, HOLE)
+    assert result.mode == "RGBA"
