@@ -30,6 +30,9 @@ CASES = [("PNG", m) for m in ("1", "L", "LA", "I;16", "P", "RGB", "RGBA")] \
     + [("TIFF", m) for m in ("1", "L", "LA", "I;16", "I", "F", "P", "PA", "RGB", "RGBA", "CMYK")] \
     + [("BMP", m) for m in ("1", "L", "P", "RGB")]
 CASE_IDS = [f"{fmt.lower()}-{mode}" for fmt, mode in CASES]
+#: The mode each input mode has in a PNG download / mhtma-inpaint output (a change comes with one note).
+PNG_WRITES = {"1": "1", "L": "L", "LA": "LA", "I;16": "I;16", "I": "I;16", "F": "L", "P": "P", "PA": "RGBA",
+              "RGB": "RGB", "RGBA": "RGBA", "CMYK": "RGB"}
 
 
 def picture(mode: str, seed: int = 0) -> Image.Image:
@@ -122,6 +125,7 @@ def test_cli_writes_the_mode_or_one_note(checkpoint, tmp_path, capsys, umask_022
     expected, note = writable(open_image(path), "PNG")
     written = tmp_path / "out" / "photo.png"
     with Image.open(written) as result:
+        assert result.mode == PNG_WRITES[mode]
         assert_known_identical(result, expected)
         assert_metadata_kept(result, fmt)
     notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]
@@ -139,8 +143,9 @@ def test_page_download_keeps_the_uploaded_file(inpainter, tmp_path, umask_022, f
     result, _ = ui.run_inpainting(inpainter, image, mask, sketch)
     download, note = ui.save_download(result, tmp_path, 1)
     expected, expected_note = writable(open_image(path), "PNG")
-    assert note == expected_note
+    assert note == expected_note and (note is None) == (PNG_WRITES[mode] == mode)
     with Image.open(download) as got:
+        assert got.mode == PNG_WRITES[mode]
         assert_known_identical(got, expected)
         assert_metadata_kept(got, fmt)
     assert download.stat().st_mode & 0o777 == 0o644
