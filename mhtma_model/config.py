@@ -13,7 +13,7 @@ Overrides are ``section.key=value`` strings; the value is parsed with ``yaml.saf
 Unknown sections or keys and bad values raise :class:`ConfigError` (a ``ValueError``) listing what
 is valid.
 
-Why not OmegaConf structured configs (tried for issue 19): with these dataclasses as the schema it saved
+Why not OmegaConf structured configs (tried): with these dataclasses as the schema it saved
 41 of 440 lines, but only after keeping a third of the coercion (integral floats and "1e3" for ints,
 ints for ``Union[str, float]``, the legacy booleans of ``train.amp`` — OmegaConf turns ``off`` into the
 string ``'False'``), the key walk with its lists of valid keys, and a translation of its multi-line

@@ -19,6 +19,7 @@ from PIL import Image
 
 from .images import UnreadableImageError, list_images, load_rgb, open_image
 from .masks import MaskFolder, ProtocolMix, free_form_mask
+from .pixel_range import to_network
 from .sketch import make_sketch
 
 # The image readers moved to mhtma_model.images; importable from here as before.
@@ -155,7 +156,7 @@ class InpaintingDataset(torch.utils.data.Dataset):
             image = resize_crop(image, self.size, None)
         pixels = np.asarray(image, dtype=np.uint8)
         item = {
-            "image": torch.from_numpy(pixels.astype(np.float32) / 127.5 - 1.0).permute(2, 0, 1).contiguous(),
+            "image": to_network(pixels),
             "mask": torch.from_numpy(self._mask(index))[None],
             "index": index,
         }

@@ -34,6 +34,7 @@ import numpy as np
 from PIL import Image
 
 from . import deep_colour
+from .pixel_range import to_uint8
 
 #: Modes an inpainted picture keeps (module docstring).
 KEPT_MODES = ("1", "L", "LA", "I;16", "I;16L", "I;16B", "I;16N", "I", "F", "P", "PA", "RGB", "RGBA", "CMYK",
@@ -79,7 +80,7 @@ def to_8bit(image: Image.Image) -> Image.Image:
         return image
     values = np.asarray(image).astype(np.float64) / value_scale(image)
     values = np.nan_to_num(values, nan=0.0, posinf=255.0, neginf=0.0)
-    return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8))
+    return Image.fromarray(to_uint8(values))
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -55,18 +55,13 @@ def hinge_d_loss(real_scores: torch.Tensor, fake_scores: torch.Tensor) -> torch.
 
 
 def hinge_g_loss(fake_scores: torch.Tensor) -> torch.Tensor:
-    """``-mean(fake)`` (generator hinge loss, paper Eq. 5)."""
+    """``-mean(fake)`` (generator hinge loss, paper Eq. 5; the WGAN generator loss is the same)."""
     return -fake_scores.mean()
 
 
 def wgan_d_loss(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
     """``mean(fake) - mean(real)`` (critic loss; add :func:`gradient_penalty`)."""
     return fake.mean() - real.mean()
-
-
-def wgan_g_loss(fake: torch.Tensor) -> torch.Tensor:
-    """``-mean(fake)``."""
-    return -fake.mean()
 
 
 def gradient_penalty(discriminator: nn.Module, real: torch.Tensor, fake: torch.Tensor, mask: torch.Tensor,

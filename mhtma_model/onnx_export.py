@@ -31,6 +31,7 @@ from mhtma_kernels.ops.library import EXPORT_DECOMPOSITIONS
 
 from .masks import free_form_mask
 from .networks import composite
+from .pixel_range import to_network
 
 DEFAULT_TOLERANCE = 1e-3
 
@@ -71,7 +72,7 @@ def example_inputs(generator: nn.Module, size: int, batch: int = 1, seed: int = 
     from skimage import data
 
     photo = Image.fromarray(data.astronaut()).resize((size, size), Image.Resampling.BICUBIC)
-    image = torch.from_numpy(np.asarray(photo, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)
+    image = to_network(np.asarray(photo))
     rng = np.random.default_rng(seed)
     masks = [torch.from_numpy(free_form_mask(size, size, rng).astype(np.float32)) for _ in range(batch)]
     image = image[None].expand(batch, -1, -1, -1).contiguous()

@@ -50,8 +50,9 @@ from .gan_step import GanStep
 from .images import list_images, no_images_found
 from .losses import PerceptualLoss
 from .masks import MaskFolder, ProtocolMix, parse_protocol_mix
-from .evaluator import Evaluator, images_to_uint8, network_output_to_255
+from .evaluator import Evaluator
 from .networks import composite
+from .pixel_range import from_network, to_uint8
 from .samples import save_sample_grid
 
 __all__ = ["train", "Trainer", "EarlyStopping", "EpochSampler", "TrainingInterrupted"]
@@ -252,8 +253,8 @@ def _validate(generator, loader, device, amp_ctx, max_batches, dist: _Distributi
         with amp_ctx():
             _, refined = generator(image, mask, sketch)
         names = [paths[int(j)].stem if paths is not None else str(int(j)) for j in batch["index"]]
-        evaluator.add(names, images_to_uint8(batch["image"]), batch["mask"][:, 0].numpy() > 0.5,
-                      network_output_to_255(refined))
+        evaluator.add(names, to_uint8(from_network(batch["image"])), batch["mask"][:, 0].numpy() > 0.5,
+                      from_network(refined))
     generator.train(was_training)
     if not dist.enabled:
         return evaluator.summary()

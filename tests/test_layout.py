@@ -15,8 +15,9 @@ from mhtma_model.networks import ATTENTION_VARIANTS, ATTENTIONS, KERNEL_BACKENDS
 REPO = Path(__file__).resolve().parents[1]
 MAX_FUNCTION_LINES = 80
 
-#: mhtma_model's modules by floor (README "Layout"): a module imports only modules on lower floors.
+#: mhtma_model's modules by floor (docs/layout.md): a module imports only modules on lower floors.
 FLOORS = {
+    "pixel_range": -2,  # the one mapping between 8-bit pixels and the network's range
     "weights_files": -1,  # the weights-file rule that floor-0 metrics share
     "deep_colour": -2,  # 16-bit colour, which image_modes keeps
     "image_modes": -1,  # the picture-mode rules that images (floor 0) reads with

@@ -33,6 +33,7 @@ from PIL import Image
 
 from ..images import load_mask, load_rgb
 from ..inpainter import Inpainter
+from ..pixel_range import to_network
 from ..onnx_export import (DEFAULT_TOLERANCE, ExportError, attention_backends, check_onnx, example_inputs,
                            export_onnx, use_torch_backend)
 from .options import command_parser
@@ -42,7 +43,7 @@ def _load_pair(image_path: str, mask_path: str, size: int, sketch: bool) -> tupl
     """The check image and its mask from files (read by mhtma_model.images), resized to size x size."""
     image = load_rgb(image_path).resize((size, size), Image.Resampling.BICUBIC)
     hole = load_mask(mask_path, size=(size, size))
-    x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)[None]
+    x = to_network(np.asarray(image))[None]
     mask = torch.from_numpy(hole).reshape(1, 1, size, size)
     return (x, mask, torch.zeros_like(mask)) if sketch else (x, mask)
 
@@ -94,3 +95,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 1
     return 0
 
+
+if __name__ == "__main__":
+    sys.exit(main())

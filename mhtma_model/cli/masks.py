@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from ..masks import MASK_PROTOCOLS, seeded_mask
+from ..masks import MASK_PROTOCOLS, hole_ratio, seeded_mask
 from ..metrics import BUCKETS, bucket_label
 
 MANIFEST = "manifest.json"
@@ -96,7 +96,7 @@ def write_mask_set(protocol: str, size: int, count: int, seed: int, output: Path
         mask = seeded_mask(protocol, size, seed, i) > 0.5
         name = f"{i:0{digits}d}.png"
         Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(output / name)
-        ratios.append(float(mask.mean()))
+        ratios.append(hole_ratio(mask))
         files.append({"file": name, "hole_ratio": ratios[-1]})
     manifest = {"protocol": protocol, "size": size, "count": count, "seed": seed,
                 "rule": "mask i = mhtma_model.masks.seeded_mask(protocol, size, seed, i); hole = 255",

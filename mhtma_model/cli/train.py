@@ -80,3 +80,6 @@ def closing_lines(summary: dict) -> str:
         f"  evaluate     mhtma-eval --checkpoint {best} --data YOUR_TEST_IMAGES/ --output eval/",
     ])
 
+
+if __name__ == "__main__":
+    sys.exit(main())
