@@ -222,21 +222,21 @@ def test_save_image_refuses_an_unknown_suffix(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ 16-bit colour
-DEEP_CASES = [("PNG", 3), ("PNG", 4), ("TIFF", 3)]
-DEEP_IDS = ["png-RGB;16", "png-RGBA;16", "tiff-RGB;16"]
+DEEP_CASES = [("PNG", 3), ("PNG", 4), ("TIFF", 3), ("TIFF-deflate", 3)]
+DEEP_IDS = ["png-RGB;16", "png-RGBA;16", "tiff-RGB;16", "tiff-deflate-RGB;16"]
 
 
 def write_deep(folder, fmt: str, channels: int):
     """A 16-bit colour file (values using both bytes) with its mask -> (path, values)."""
     values = np.random.default_rng(3).integers(0, 65536, (H, W, channels), dtype=np.uint16)
-    path = folder / f"photo{SUFFIX[fmt]}"
+    path = folder / f"photo{SUFFIX[fmt.split('-')[0]]}"
     if fmt == "PNG":
         picture16 = deep_colour.from_array(values)
         picture16.info.update(icc_profile=ICC, exif=_exif_bytes())
         save_image(picture16, path)
     else:
         tifffile = pytest.importorskip("tifffile")
-        tifffile.imwrite(path, values, photometric="rgb")
+        tifffile.imwrite(path, values, photometric="rgb", compression="zlib" if "deflate" in fmt else None)
     Image.fromarray(HOLE.astype(np.uint8) * 255).save(folder / "photo-mask.png")
     return path, values
 
