@@ -248,6 +248,14 @@ def _save_options(image: Image.Image, fmt: str) -> dict:
     return options
 
 
+def _write(image: Image.Image, fmt: str, fh) -> None:
+    """``image`` (already :func:`writable`) into the open binary file ``fh``."""
+    if deep_colour.values_of(image) is not None:
+        deep_colour.write_png(image, fh)
+    else:
+        image.save(fh, fmt, **_save_options(image, fmt))
+
+
 def save_image(image: Image.Image, path, fmt: Optional[str] = None) -> Optional[str]:
     """Write ``image`` to ``path`` atomically (the user's umask applies) in ``fmt`` (default: from the
     suffix) -> None, or the one line saying how it was converted (:func:`writable`)."""
@@ -257,10 +265,7 @@ def save_image(image: Image.Image, path, fmt: Optional[str] = None) -> Optional[
     tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
     try:  # os.open applies the user's umask to 0o666, as any new file gets
         with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as fh:
-            if deep_colour.values_of(out) is not None:
-                deep_colour.write_png(out, fh)
-            else:
-                out.save(fh, fmt, **_save_options(out, fmt))
+            _write(out, fmt, fh)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
