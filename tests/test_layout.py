@@ -99,6 +99,59 @@ def test_every_model_module_has_a_floor():
     assert {p.relative_to(REPO / "mhtma_model").parts[0].removesuffix(".py") for p in MODEL} <= set(FLOORS)
 
 
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph(paths: list[Path]) -> dict[str, set[str]]:
+    """{module: the project modules it imports (also inside functions)}: `from P import x` is an edge to
+    the submodule P.x where there is one, else to P."""
+    modules = {_module_name(p): p for p in paths}
+    graph = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        edges = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                edges.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                base = package.split(".")[:len(package.split(".")) - node.level + 1] if node.level else []
+                source = ".".join(base + ([node.module] if node.module else []))
+                edges.update(f"{source}.{a.name}" if f"{source}.{a.name}" in modules else source for a in node.names)
+        graph[name] = {e for e in edges if e in modules and e != name}
+    return graph
+
+
+def import_circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every module that can reach itself through imports, with one such path."""
+    circles = []
+    for start in sorted(graph):
+        paths, seen = [[start]], {start}
+        while paths:
+            path = paths.pop()
+            for nxt in sorted(graph[path[-1]]):
+                if nxt == start:
+                    circles.append(path + [start])
+                    paths = []
+                    break
+                if nxt not in seen:
+                    seen.add(nxt)
+                    paths.append(path + [nxt])
+    return circles
+
+
+def test_circle_finder_finds_a_module_imported_back():
+    assert import_circles({"a": {"b"}, "b": {"a"}, "c": {"a"}}) == [["a", "b", "a"], ["b", "a", "b"]]
+    assert import_circles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_circles():
+    """No module imports one that imports it back (directly or through others), lazy imports included."""
+    paths = _sources("mhtma_kernels") + _sources("mhtma_model") + _sources("benchmarks")
+    assert not import_circles(import_graph(paths))
+
+
 def _is_triton_kernel(node: ast.AST) -> bool:
     """A ``@triton.jit`` function (possibly under ``@triton.autotune`` / ``@triton.heuristics``)."""
     return any("jit" in ast.unparse(d) for d in node.decorator_list)
