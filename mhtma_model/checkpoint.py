@@ -9,21 +9,21 @@ Payload (a dict of tensors and plain Python values only)::
      "step": int, "epoch": int, "rng": dict | None, "early_stop": dict | None, "metrics": dict}
 
 (a training checkpoint, :func:`training_payload`, adds "batch_in_epoch" and "scaler_g"/"scaler_d"; this
-module is the one place that writes and reads that layout). Writing goes to a temporary file in the
-target's folder, is flushed and fsync'ed, then ``os.replace``'d over the target, so a crash at any
-point leaves either the old file or the new one, never a torn one.
+module is the one place that writes and reads that layout). Writing is atomic and follows the umask
+(:func:`mhtma_model.output_files.write_atomic`): a crash at any point leaves either the old file or the new
+one, never a torn one.
 """
 from __future__ import annotations
 
 import os
 import random
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .config import Config, ConfigError, build_generator
+from .output_files import write_atomic
 
 __all__ = ["FORMAT", "VERSION", "CheckpointError", "save_checkpoint", "load_checkpoint", "load_generator",
            "training_payload", "restore_training", "resolve_resume", "check_resumable", "rng_state",
@@ -57,8 +57,28 @@ def _check_payload(payload, where: str) -> None:
                               f"{type(payload['config']).__name__}")
 
 
+#: How every file torch.save writes begins (a zip archive).
+ZIP_MAGIC = b"PK\x03\x04"
+
+
+def _unreadable_reason(path: Path, exc: Exception) -> str:
+    """What is wrong with a file torch.load refused, in words (torch's own message is about its internals)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(len(ZIP_MAGIC))
+    except OSError as error:
+        return f"cannot be read ({error.strerror or error})"
+    if not head:
+        return "the file is empty, 0 bytes"
+    if head != ZIP_MAGIC:
+        return "not a PyTorch archive at all: a text file, an image, ...?"
+    if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+        return "it holds Python objects other than tensors and plain values, which are not loaded for safety"
+    return "damaged or truncated: its archive cannot be read; was it copied completely?"
+
+
 def save_checkpoint(path: str | os.PathLike, payload: dict) -> Path:
-    """Write ``payload`` to ``path`` atomically (temp file in the same folder, fsync, ``os.replace``).
+    """Write ``payload`` to ``path`` atomically, with the umask's mode (:mod:`mhtma_model.output_files`).
 
     ``payload`` must carry "format": "mhtma", "version": 1, "config" (plain dict) and "generator"
     (state dict); everything in it must be tensors or plain Python values (checked by loading it back
@@ -67,29 +87,7 @@ def save_checkpoint(path: str | os.PathLike, payload: dict) -> Path:
     """
     path = Path(path)
     _check_payload(payload, f"save_checkpoint({path})")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
-    return path
+    return write_atomic(path, lambda fh: torch.save(payload, fh))
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
@@ -101,8 +99,8 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # truncated zip, pickle with non-allowed globals, random bytes ...
-        raise CheckpointError(f"{path}: not a readable mhtma checkpoint ({type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
+        raise CheckpointError(f"{path}: not a readable mhtma checkpoint ({_unreadable_reason(path, exc)}); give "
+                              f"a checkpoint written by mhtma-train (runs/NAME/checkpoints/best.pt)") from exc
     _check_payload(payload, str(path))
     return payload
 

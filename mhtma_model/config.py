@@ -13,7 +13,7 @@ Overrides are ``section.key=value`` strings; the value is parsed with ``yaml.saf
 Unknown sections or keys and bad values raise :class:`ConfigError` (a ``ValueError``) listing what
 is valid.
 
-Why not OmegaConf structured configs (tried for issue 19): with these dataclasses as the schema it saved
+Why not OmegaConf structured configs (tried): with these dataclasses as the schema it saved
 41 of 440 lines, but only after keeping a third of the coercion (integral floats and "1e3" for ints,
 ints for ``Union[str, float]``, the legacy booleans of ``train.amp`` — OmegaConf turns ``off`` into the
 string ``'False'``), the key walk with its lists of valid keys, and a translation of its multi-line
@@ -36,6 +36,7 @@ from mhtma_kernels.ops import BACKENDS, check_backend, check_device, check_lambd
 
 from .masks import parse_protocol_mix
 from .networks import ATTENTION_VARIANTS, ATTENTIONS, GlobalLocalDiscriminator, InpaintGenerator, attention_min_size
+from .output_files import write_text_atomic
 from .precision import AMP_SETTINGS, LEGACY_AMP
 
 __all__ = ["ConfigError", "RunConfig", "DataConfig", "ModelConfig", "LossConfig", "TrainConfig", "Config",
@@ -351,13 +352,8 @@ class Config:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the resolved config as YAML (atomically: temp file + os.replace)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        tmp.write_text(self.to_yaml(), encoding="utf-8")
-        os.replace(tmp, path)
-        return path
+        """Write the resolved config as YAML (atomically, with the umask's mode)."""
+        return write_text_atomic(path, self.to_yaml())
 
 
 def _valid_keys_text() -> str:
@@ -428,8 +424,15 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"override {text!r}: cannot parse the value: {exc}") from None
+        raise ConfigError(f"override {text!r}: cannot parse the value ({_yaml_problem(exc)})") from None
     return parts[0], parts[1], value
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML error in one line: what is wrong and where (PyYAML's own text spans several lines)."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{getattr(exc, 'problem', None) or str(exc).splitlines()[0]}{where}"
 
 
 def load_config(path: str | os.PathLike | None = None, overrides=()) -> Config:
@@ -441,7 +444,10 @@ def load_config(path: str | os.PathLike | None = None, overrides=()) -> Config:
         try:
             data = yaml.safe_load(file.read_text(encoding="utf-8"))
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{file}: not valid YAML: {exc}") from None
+            raise ConfigError(f"{file}: not valid YAML ({_yaml_problem(exc)}); fix the file") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{file}: cannot read this config file ({getattr(exc, 'strerror', None) or exc})") \
+                from None
         _apply_dict(cfg, data or {}, source=str(file))
     if isinstance(overrides, str):
         overrides = [overrides]

@@ -8,8 +8,8 @@ next readable image instead of crashing mid-epoch.
 """
 import json
 import os
+import secrets
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -19,6 +19,8 @@ from PIL import Image
 
 from .images import UnreadableImageError, list_images, load_rgb, open_image
 from .masks import MaskFolder, ProtocolMix, free_form_mask
+from .output_files import OutputError, check_output_folder
+from .pixel_range import to_network
 from .sketch import make_sketch
 
 # The image readers moved to mhtma_model.images; importable from here as before.
@@ -155,7 +157,7 @@ class InpaintingDataset(torch.utils.data.Dataset):
             image = resize_crop(image, self.size, None)
         pixels = np.asarray(image, dtype=np.uint8)
         item = {
-            "image": torch.from_numpy(pixels.astype(np.float32) / 127.5 - 1.0).permute(2, 0, 1).contiguous(),
+            "image": to_network(pixels),
             "mask": torch.from_numpy(self._mask(index))[None],
             "index": index,
         }
@@ -231,8 +233,13 @@ def demo_dataset_root(count: int = 48, size: int = 160, seed: int = 0) -> Path:
     folder = cache_root() / "demo" / f"skimage-{count}x{size}px-seed{seed}"
     if (folder / "manifest.json").is_file():
         return folder
+    try:
+        check_output_folder(folder.parent, "the demo data's cache")
+    except OutputError as exc:
+        raise OutputError(f"{exc} (set MHTMA_CACHE to a writable folder)") from None
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder.parent))
+    tmp = folder.parent / f".tmp-{secrets.token_hex(6)}"
+    tmp.mkdir()  # not tempfile.mkdtemp: the cached folder gets the umask's mode (0755 under 022), not 0700
     try:
         _write_demo(tmp, count, size, seed)
         if folder.exists() and not (folder / "manifest.json").is_file():

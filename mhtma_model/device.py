@@ -31,7 +31,7 @@ def default_cpu_threads() -> int:
     the CPUs this process may use, at least 1 and at most :data:`MAX_DEFAULT_THREADS`.
 
     Why not torch's default (every core): OpenMP threads that wait for a busy core spin. On a shared
-    2-core machine one 256 px image took 1.05 s with torch's default and 0.03 s with one thread (issue 15);
+    2-core machine one 256 px image took 1.05 s with torch's default and 0.03 s with one thread;
     leaving half the cores free keeps a busy machine usable, and ``--threads N`` overrides it.
     """
     env = os.environ.get("OMP_NUM_THREADS", "").strip()

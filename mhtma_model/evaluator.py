@@ -4,7 +4,7 @@ images, masks and predictions.
 
 Per batch, :meth:`Evaluator.add` takes the ground truths (uint8 ``[B, S, S, 3]``), the holes (bool
 ``[B, S, S]``) and the predictions (float in [0, 255] or uint8, ``[B, S, S, 3]``; e.g. a generator's
-refined output through :func:`network_output_to_255`), and
+refined output through :func:`mhtma_model.pixel_range.from_network`), and
 
 1. composites in 8 bits (:func:`composite_8bit`): hole pixels = the rounded, clipped prediction, known
    pixels copied from the ground truth;
@@ -27,17 +27,7 @@ import torch
 from . import fid as fidmod
 from . import ids as idsmod
 from . import metrics as M
-
-
-def network_output_to_255(refined: torch.Tensor) -> np.ndarray:
-    """A generator output ``[B, 3, H, W]`` in [-1, 1] -> float32 numpy ``[B, H, W, 3]`` in [0, 255] (clamped)."""
-    out = (refined.detach().float().clamp(-1, 1) + 1.0) * 127.5
-    return out.permute(0, 2, 3, 1).cpu().numpy()
-
-
-def images_to_uint8(images: torch.Tensor) -> np.ndarray:
-    """Network-range images ``[B, 3, H, W]`` in [-1, 1] (made from 8-bit pixels) -> uint8 ``[B, H, W, 3]``."""
-    return network_output_to_255(images).round().astype(np.uint8)
+from .pixel_range import to_uint8
 
 
 def composite_8bit(prediction: np.ndarray, truth: np.ndarray, holes: np.ndarray) -> np.ndarray:
@@ -49,7 +39,7 @@ def composite_8bit(prediction: np.ndarray, truth: np.ndarray, holes: np.ndarray)
         raise ValueError(f"prediction {list(prediction.shape)}, truth {list(truth.shape)} and holes "
                          f"{list(holes.shape)} must agree ([B, H, W, 3] and [B, H, W])")
     if prediction.dtype != np.uint8:
-        prediction = np.clip(np.round(prediction.astype(np.float64)), 0, 255).astype(np.uint8)
+        prediction = to_uint8(prediction)
     out = truth.copy()
     out[holes] = prediction[holes]
     return out
@@ -116,4 +106,4 @@ class Evaluator:
         return M.summarise(self.records, fid_fn=fid_fn, set_fn=set_fn)
 
 
-__all__ = ["Evaluator", "composite_8bit", "network_output_to_255", "images_to_uint8"]
+__all__ = ["Evaluator", "composite_8bit"]

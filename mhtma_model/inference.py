@@ -46,6 +46,7 @@ from .checkpoint import CheckpointError, load_generator
 from .device import resolve_device
 from .image_modes import kept, network_rgb, paste_prediction
 from .images import mask_from_image
+from .pixel_range import from_network, to_network, to_uint8
 from .precision import compile_module, inference_dtype, inference_precision
 from .sketch import load_user_sketch, thin_strokes
 
@@ -63,7 +64,9 @@ def open_generator(path) -> tuple:
         raise ValueError(f"checkpoint not found: {ckpt}")
     try:
         return load_generator(ckpt, map_location="cpu")
-    except (CheckpointError, ValueError, KeyError, RuntimeError, OSError) as exc:
+    except CheckpointError as exc:  # its message starts with the path
+        raise ValueError(f"cannot use checkpoint {exc}") from exc
+    except (ValueError, KeyError, RuntimeError, OSError) as exc:
         raise ValueError(f"cannot use checkpoint {ckpt}: {exc}") from exc
 
 
@@ -142,7 +145,7 @@ def predict_batch(generator, images: np.ndarray, holes: np.ndarray, sketches: Op
     dev = torch.device(device)
     multiple = int(getattr(generator, "multiple", 8))
     min_size = int(getattr(generator, "min_size", multiple))
-    x = torch.tensor(np.asarray(images, dtype=np.uint8)).permute(0, 3, 1, 2).to(dev, torch.float32) / 127.5 - 1.0
+    x = to_network(np.asarray(images, dtype=np.uint8)).to(dev)
     m = torch.tensor(np.asarray(holes, dtype=np.float32))[:, None].to(dev)
     x, (h, w) = pad_to_multiple(x, multiple, min_size)
     m, _ = pad_to_multiple(m, multiple, min_size)
@@ -152,8 +155,7 @@ def predict_batch(generator, images: np.ndarray, holes: np.ndarray, sketches: Op
         inputs += (pad_to_multiple(sk, multiple, min_size)[0],)
     with inference_precision(precision, dev):
         _coarse, refined = generator(*inputs)
-    out = (refined[:, :, :h, :w].float().clamp(-1, 1) + 1.0) * 127.5
-    return out.permute(0, 2, 3, 1).cpu().numpy()
+    return from_network(refined[:, :, :h, :w])
 
 
 def predict(generator, image: np.ndarray, hole: np.ndarray, sketch: Optional[np.ndarray] = None,
@@ -161,21 +163,6 @@ def predict(generator, image: np.ndarray, hole: np.ndarray, sketch: Optional[np.
     """:func:`predict_batch` for one image: uint8 [h, w, 3], bool [h, w], sketch [h, w] | None -> float32 [h, w, 3]."""
     return predict_batch(generator, image[None], hole[None], None if sketch is None else sketch[None], device,
                          precision)[0]
-
-
-def to_uint8(pred: np.ndarray) -> np.ndarray:
-    """A float prediction in [0, 255] -> uint8 (rounded, clipped)."""
-    return np.clip(np.round(pred), 0, 255).astype(np.uint8)
-
-
-def fill_holes(generator, images: np.ndarray, holes: np.ndarray, sketches: Optional[np.ndarray] = None,
-               device: Union[str, torch.device] = "cpu", precision: str = "auto") -> np.ndarray:
-    """:func:`predict_batch` composited in 8 bits: uint8 [B, h, w, 3] with only the hole pixels replaced
-    by the rounded prediction (known pixels copied)."""
-    pred_u8 = to_uint8(predict_batch(generator, images, holes, sketches, device, precision))
-    outputs = np.array(images, dtype=np.uint8, copy=True)
-    outputs[holes] = pred_u8[holes]
-    return outputs
 
 
 def _check_inputs(generator, image, mask, sketch) -> None:

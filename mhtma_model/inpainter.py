@@ -22,10 +22,13 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 import torch
 from PIL import Image
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as save_safetensors
 
+from . import deep_colour
 from .config import Config, ConfigError, build_generator
 from .device import resolve_device
+from .output_files import check_output_folder, write_atomic, write_json_atomic
 from .images import mask_from_array
 from .inference import generator_uses_sketch, inpaint_images, open_generator, prepare_generator
 
@@ -42,19 +45,20 @@ ImageLike = Union[Image.Image, np.ndarray]
 
 def _as_image(value: Any, name: str) -> Optional[Image.Image]:
     """A PIL image, or an array as one: uint8 [H, W], [H, W, 3] or [H, W, 4], uint16 or float32 [H, W]
-    (16-bit and float grey); a bool sketch is True = line."""
+    (16-bit and float grey), uint16 [H, W, 3|4] (16-bit colour, :mod:`mhtma_model.deep_colour`); a bool
+    sketch is True = line."""
     if value is None or isinstance(value, Image.Image):
         return value
     if not isinstance(value, np.ndarray):
         raise TypeError(f"{name} must be a PIL image or a numpy array, got {type(value).__name__}")
     if value.dtype == np.bool_:
         value = value.astype(np.uint8) * 255
-    colour = value.dtype == np.uint8 and value.ndim == 3 and value.shape[2] in (3, 4)
+    colour = value.dtype in (np.uint8, np.uint16) and value.ndim == 3 and value.shape[2] in (3, 4)
     grey = value.ndim == 2 and value.dtype in (np.uint8, np.uint16, np.float32)
     if not (colour or grey):
-        raise TypeError(f"{name} array must be uint8 (or bool) [H, W], [H, W, 3] or [H, W, 4], or uint16 / float32 "
-                        f"[H, W], got {value.dtype} {list(value.shape)}")
-    return Image.fromarray(value)
+        raise TypeError(f"{name} array must be uint8 (or bool) [H, W], [H, W, 3] or [H, W, 4], uint16 [H, W(, 3|4)] "
+                        f"or float32 [H, W], got {value.dtype} {list(value.shape)}")
+    return deep_colour.from_array(value) if colour and value.dtype == np.uint16 else Image.fromarray(value)
 
 
 def _as_mask(value: Any) -> Image.Image:
@@ -125,16 +129,18 @@ class Inpainter:
 
     def save_pretrained(self, directory: Union[str, os.PathLike]) -> Path:
         """Write ``config.json`` (the run's config) and ``model.safetensors`` (the generator's weights) into
-        ``directory`` (made if needed) -> the folder. ValueError when this Inpainter has no config."""
+        ``directory`` (made if needed; atomic writes with the umask's mode) -> the folder. ValueError when this
+        Inpainter has no config or ``directory`` cannot be written (:class:`mhtma_model.output_files.OutputError`,
+        checked before anything is written)."""
         if self.config is None:
             raise ValueError("save_pretrained needs the generator's config: make the Inpainter with "
                              "from_checkpoint/from_pretrained or pass config=")
-        folder = Path(directory).expanduser()
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = check_output_folder(directory, "save_pretrained:")
         state = {k: v.detach().to("cpu").contiguous() for k, v in self.generator.state_dict().items()}
-        save_file(state, str(folder / WEIGHTS_NAME), metadata={"format": PRETRAINED_FORMAT})
+        weights = save_safetensors(state, metadata={"format": PRETRAINED_FORMAT})
+        write_atomic(folder / WEIGHTS_NAME, lambda fh: fh.write(weights))
         meta = {"format": PRETRAINED_FORMAT, "version": PRETRAINED_VERSION, "config": self.config.to_dict()}
-        (folder / CONFIG_NAME).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        write_json_atomic(folder / CONFIG_NAME, meta)
         return folder
 
     # ------------------------------------------------------------------------------------ inpainting
@@ -148,9 +154,10 @@ class Inpainter:
         :mod:`mhtma_model.image_modes`; the rest of the rules: :mod:`mhtma_model.inference`); known pixels
         identical in the input's own values, its ``info`` (EXIF, ICC profile) carried over.
 
-        ``image``: PIL, or an array (uint8 [H, W(, 3|4)], uint16 or float32 [H, W]). ``mask``: PIL (value
-        > 127 = hole) or an array, read by :func:`mhtma_model.images.mask_from_array`: bool True = hole,
-        0/1 arrays 1 = hole, uint8 0/255 pictures 255 = hole; other arrays are a ValueError."""
+        ``image``: PIL, or an array (uint8 [H, W(, 3|4)], uint16 [H, W(, 3|4)], float32 [H, W]); for 16-bit
+        colour the result's 16-bit values are :func:`mhtma_model.deep_colour.values_of` (result).
+        ``mask``: PIL (value > 127 = hole) or an array, read by :func:`mhtma_model.images.mask_from_array`:
+        bool True = hole, 0/1 arrays 1 = hole, uint8 0/255 pictures 255 = hole; other arrays are a ValueError."""
         return self.batch([image], [mask], None if sketch is None else [sketch])[0]
 
     def batch(self, images: Sequence[ImageLike], masks: Sequence[ImageLike],

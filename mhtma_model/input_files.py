@@ -29,7 +29,7 @@ def open_inputs(image_path: Path, mask_path: Path, sketch_path: Optional[Path] =
     sketch = open_image(sketch_path) if sketch_path is not None else None
     if mask.size != image.size:
         raise ValueError(f"mask {mask_path.name} is {mask.size[0]}x{mask.size[1]} but image "
-                         f"{image_path.name} is {image.size[0]}x{image.size[1]}")
+                         f"{image_path.name} is {image.size[0]}x{image.size[1]}; give a mask of the image's size")
     return image, mask, sketch
 
 
@@ -37,17 +37,19 @@ def pair_inputs(image: Path, mask: Path, sketch: Optional[Path] = None):
     """-> (pairs [(key, image_path, mask_path, sketch_path | None)], problems [(key, reason)]); ValueError for
     a usage error (file/folder mix-up, missing path, an image folder holding no images)."""
     if image.is_file():
-        if not mask.is_file():
-            raise ValueError(f"--image is a file, so --mask must be a file too: {mask}")
-        if sketch is not None and not sketch.is_file():
-            raise ValueError(f"--image is a file, so --sketch must be a file too: {sketch}")
+        for option, path in (("--mask", mask), ("--sketch", sketch)):
+            if path is not None and not path.exists():
+                raise ValueError(f"{option} file not found: {path}")
+            if path is not None and not path.is_file():
+                raise ValueError(f"--image is a file, so {option} must be a file too, but {path} is a folder")
         return [(image.stem, image, mask, sketch)], []
     if not image.is_dir():
         raise ValueError(f"--image not found: {image}")
-    if not mask.is_dir():
-        raise ValueError(f"--image is a folder, so --mask must be a folder too: {mask}")
-    if sketch is not None and not sketch.is_dir():
-        raise ValueError(f"--image is a folder, so --sketch must be a folder too: {sketch}")
+    for option, path in (("--mask", mask), ("--sketch", sketch)):
+        if path is not None and not path.exists():
+            raise ValueError(f"{option} folder not found: {path}")
+        if path is not None and not path.is_dir():
+            raise ValueError(f"--image is a folder, so {option} must be a folder too, but {path} is a file")
     images, masks = files_by_key(image), files_by_key(mask)
     if not images:
         raise ValueError(no_images_found(image, "--image folder"))

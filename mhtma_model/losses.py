@@ -32,9 +32,9 @@ VGG16_ENV = "MHTMA_VGG16"
 #: How to obtain the weights file (on any machine with internet access).
 VGG16_HOWTO = (
     "it must be torchvision's VGG16 ImageNet state dict (VGG16_Weights.IMAGENET1K_V1) saved with torch.save; "
-    "create it on a machine with internet access with\n"
-    "  python -c \"import torch, torchvision; torch.save(torchvision.models.vgg16("
-    "weights=torchvision.models.VGG16_Weights.IMAGENET1K_V1).state_dict(), 'vgg16.pth')\"\n"
+    "create it on a machine with internet access with "
+    "python -c \"import torch, torchvision; torch.save(torchvision.models.vgg16("
+    "weights=torchvision.models.VGG16_Weights.IMAGENET1K_V1).state_dict(), 'vgg16.pth')\" "
     f"and pass its path (the loss section of the config, or the environment variable {VGG16_ENV}); "
     "or set the perceptual-loss weight to 0 to train without it"
 )
@@ -55,18 +55,13 @@ def hinge_d_loss(real_scores: torch.Tensor, fake_scores: torch.Tensor) -> torch.
 
 
 def hinge_g_loss(fake_scores: torch.Tensor) -> torch.Tensor:
-    """``-mean(fake)`` (generator hinge loss, paper Eq. 5)."""
+    """``-mean(fake)`` (generator hinge loss, paper Eq. 5; the WGAN generator loss is the same)."""
     return -fake_scores.mean()
 
 
 def wgan_d_loss(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
     """``mean(fake) - mean(real)`` (critic loss; add :func:`gradient_penalty`)."""
     return fake.mean() - real.mean()
-
-
-def wgan_g_loss(fake: torch.Tensor) -> torch.Tensor:
-    """``-mean(fake)``."""
-    return -fake.mean()
 
 
 def gradient_penalty(discriminator: nn.Module, real: torch.Tensor, fake: torch.Tensor, mask: torch.Tensor,

@@ -30,7 +30,9 @@ from mhtma_kernels import MaskedTemperatureAttention
 from mhtma_kernels.ops import EXPORT_DECOMPOSITIONS
 
 from .masks import free_form_mask
+from .output_files import atomic_path
 from .networks import composite
+from .pixel_range import to_network
 
 DEFAULT_TOLERANCE = 1e-3
 
@@ -71,7 +73,7 @@ def example_inputs(generator: nn.Module, size: int, batch: int = 1, seed: int = 
     from skimage import data
 
     photo = Image.fromarray(data.astronaut()).resize((size, size), Image.Resampling.BICUBIC)
-    image = torch.from_numpy(np.asarray(photo, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)
+    image = to_network(np.asarray(photo))
     rng = np.random.default_rng(seed)
     masks = [torch.from_numpy(free_form_mask(size, size, rng).astype(np.float32)) for _ in range(batch)]
     image = image[None].expand(batch, -1, -1, -1).contiguous()
@@ -86,9 +88,17 @@ def _check_exportable(generator: nn.Module, size: int) -> None:
         raise ExportError("backend='triton' cannot be exported to ONNX (the fused Triton kernels have no ONNX "
                           "equivalent); export with backend='torch' (same weights, same math): "
                           "mhtma_model.onnx_export.use_torch_backend(generator)")
+    problem = size_problem(generator, size)
+    if problem:
+        raise ExportError(problem)
+
+
+def size_problem(generator: nn.Module, size: int) -> Optional[str]:
+    """None when ``generator`` can be exported at side ``size``, else why not ("size must be ...")."""
     multiple, min_size = getattr(generator, "multiple", 8), getattr(generator, "min_size", 8)
     if size % multiple or size < min_size:
-        raise ExportError(f"size must be a multiple of {multiple} and at least {min_size}, got {size}")
+        return f"size must be a multiple of {multiple} and at least {min_size}, got {size}"
+    return None
 
 
 def export_program(generator: nn.Module, size: int, batch: int = 2) -> "torch.export.ExportedProgram":
@@ -107,7 +117,8 @@ def export_program(generator: nn.Module, size: int, batch: int = 2) -> "torch.ex
 
 
 def export_onnx(generator: nn.Module, output, size: int) -> Path:
-    """Write ``generator`` as ONNX (dynamo exporter) to ``output``; returns the path.
+    """Write ``generator`` as ONNX (dynamo exporter) to ``output`` (atomically, with the umask's mode); returns
+    the path.
 
     ExportError for what ONNX cannot hold (Triton attention, a size the generator refuses).
     """
@@ -123,10 +134,9 @@ def export_onnx(generator: nn.Module, output, size: int) -> Path:
     names = ["image", "mask", "sketch"][:len(program.graph_signature.user_inputs)]
     onnx_program = torch.onnx.export(program, input_names=names, output_names=["inpainted"], dynamo=True,
                                      verbose=False)
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    onnx_program.save(str(output))
-    return output
+    with atomic_path(output) as tmp:
+        onnx_program.save(str(tmp))
+    return Path(output)
 
 
 def check_onnx(path, generator: nn.Module, inputs: Sequence[torch.Tensor]) -> float:

@@ -1,17 +1,13 @@
 """Sample grids a training run writes to ``run.dir/samples/`` (one PNG per sample step)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw, ImageFont
 
-
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """``[B, 3, H, W]`` in [-1, 1] -> ``[B, H, W, 3]`` uint8."""
-    return ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+from .image_modes import save_image
+from .pixel_range import from_network, to_uint8
 
 
 #: The columns of a sample grid, left to right, as labelled in its header.
@@ -48,7 +44,7 @@ def save_sample_grid(path: Path, image, mask, coarse, output) -> Path:
     """PNG grid, one row per image, columns: input (holes white) | coarse | output | truth, under a header
     band naming them (:data:`SAMPLE_COLUMNS`); written atomically."""
     shown_input = image * (1 - mask) + mask  # holes drawn white
-    cols = [to_uint8(t) for t in (shown_input, coarse, output, image)]
+    cols = [to_uint8(from_network(t)) for t in (shown_input, coarse, output, image)]
     b, h, w, _ = cols[0].shape
     gap = GAP
     header = label_band(SAMPLE_COLUMNS, w)
@@ -58,8 +54,5 @@ def save_sample_grid(path: Path, image, mask, coarse, output) -> Path:
     for i in range(b):
         for j, col in enumerate(cols):
             grid[top + i * (h + gap):top + i * (h + gap) + h, j * (w + gap):j * (w + gap) + w] = col[i]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(grid).save(tmp, format="PNG")
-    os.replace(tmp, path)
-    return path
+    save_image(Image.fromarray(grid), path, "PNG")
+    return Path(path)

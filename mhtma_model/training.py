@@ -39,7 +39,6 @@ import torch
 import torch.distributed
 from torch.utils.data import DataLoader, Sampler
 from torch.utils.tensorboard import SummaryWriter
-from tqdm import tqdm
 
 from .checkpoint import (check_resumable, load_checkpoint, resolve_resume, restore_training,
                          save_checkpoint, training_payload)
@@ -50,8 +49,11 @@ from .gan_step import GanStep
 from .images import list_images, no_images_found
 from .losses import PerceptualLoss
 from .masks import MaskFolder, ProtocolMix, parse_protocol_mix
-from .evaluator import Evaluator, images_to_uint8, network_output_to_255
+from .evaluator import Evaluator
 from .networks import composite
+from .output_files import check_output_folder
+from .pixel_range import from_network, to_uint8
+from .progress import progress
 from .samples import save_sample_grid
 
 __all__ = ["train", "Trainer", "EarlyStopping", "EpochSampler", "TrainingInterrupted"]
@@ -205,8 +207,11 @@ def _datasets(cfg: Config, dist: _Distribution):
             torch.distributed.barrier()
     else:
         root = Path(cfg.data.root).expanduser()
+        if root.is_file():
+            raise FileNotFoundError(f"data.root {root} is a file, not a folder; give the folder that holds the "
+                                    f"training images")
         if not root.is_dir():
-            raise FileNotFoundError(f"data.root {root} is not a folder of images")
+            raise FileNotFoundError(f"data.root folder not found: {root}")
     paths = list_images(root)
     if not paths:
         raise ConfigError(no_images_found(root, "data.root"))
@@ -252,8 +257,8 @@ def _validate(generator, loader, device, amp_ctx, max_batches, dist: _Distributi
         with amp_ctx():
             _, refined = generator(image, mask, sketch)
         names = [paths[int(j)].stem if paths is not None else str(int(j)) for j in batch["index"]]
-        evaluator.add(names, images_to_uint8(batch["image"]), batch["mask"][:, 0].numpy() > 0.5,
-                      network_output_to_255(refined))
+        evaluator.add(names, to_uint8(from_network(batch["image"])), batch["mask"][:, 0].numpy() > 0.5,
+                      from_network(refined))
     generator.train(was_training)
     if not dist.enabled:
         return evaluator.summary()
@@ -354,9 +359,14 @@ class Trainer:
         self.device = _device(self.cfg, self.dist)
 
     def _setup_run_dir(self) -> None:
-        """Where the run writes (nothing is created yet: a run that fails at start leaves no folder)."""
+        """Where the run writes, checked (OutputError) but not created: a run that fails at start leaves no
+        folder, and one that cannot write fails before any work."""
         self.run_dir = Path(self.cfg.run.dir).expanduser()
         self.ckpt_dir = self.run_dir / "checkpoints"
+        if self.dist.main:
+            check_output_folder(self.run_dir, "run.dir")
+            for part in (self.ckpt_dir, self.run_dir / "samples", self.run_dir / "tb"):
+                check_output_folder(part, "run.dir's")
 
     def _read_resume(self) -> dict | None:
         """The checkpoint ``train.resume`` names (checked against this config), or None for a new run."""
@@ -396,8 +406,8 @@ class Trainer:
             self.writer = self._open_run_dir()
             self.sample_batch = next(iter(DataLoader(self.val_ds, batch_size=min(4, len(self.val_ds)),
                                                      shuffle=False)))
-        self.pbar = tqdm(total=self.cfg.train.max_steps, initial=self.step, disable=not self.dist.main,
-                         dynamic_ncols=True, desc="mhtma-train", unit="step", file=sys.stderr)
+        self.pbar = progress(total=self.cfg.train.max_steps, initial=self.step, disable=not self.dist.main,
+                             desc="mhtma-train", unit="step", file=sys.stderr, dynamic_ncols=True)
 
     def _open_run_dir(self) -> SummaryWriter:
         """config.yaml, the TensorBoard writer and the start line (rank 0)."""

@@ -8,6 +8,7 @@ The Triton op runs under TRITON_INTERPRET=1 here (conftest); it is an opaque ``t
 """
 import os
 import re
+import shutil
 import subprocess
 import sys
 import warnings
@@ -282,6 +283,12 @@ def test_generator_exports_with_a_dynamic_batch(attention):
         assert_close(a, e.double(), torch.float32, name)
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def test_mhtma_export_cli_writes_an_onnx_model_that_onnxruntime_runs(tmp_path, capsys, monkeypatch):
     onnxruntime = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
@@ -311,11 +318,15 @@ def test_mhtma_export_cli_writes_an_onnx_model_that_onnxruntime_runs(tmp_path, c
     known = mask.expand_as(image) == 0
     assert torch.equal(torch.from_numpy(inpainted)[known], image[known])  # known pixels pass through
 
-    # Above the tolerance the command fails loudly (exit 1), after writing the file (reused here, not re-exported).
-    monkeypatch.setattr(export, "export_onnx", lambda generator, path, size: output)
-    assert export.main(["--checkpoint", str(checkpoint), "--output", str(output), "--size", "32",
+    # Above the tolerance the command fails loudly (exit 1) and leaves no file (the model is reused here, not
+    # re-exported).
+    monkeypatch.setattr(export, "export_onnx", lambda generator, path, size: Path(shutil.copyfile(output, path)))
+    refused = tmp_path / "refused.onnx"
+    assert export.main(["--checkpoint", str(checkpoint), "--output", str(refused), "--size", "32",
                         "--tolerance", "0"]) == 1
     assert "differs from PyTorch" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "tiny.pt"]
+    assert oct(output.stat().st_mode & 0o777) == oct(0o666 & ~_umask())
 
 
 def test_triton_backend_to_onnx_is_a_clear_error(tmp_path):

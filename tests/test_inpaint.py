@@ -401,14 +401,14 @@ def test_cli_default_threads_are_not_torchs_every_core(checkpoints, tmp_path, ca
 def test_cli_output_that_is_a_file_is_a_one_line_usage_error(checkpoints, tmp_path, capsys, where):
     _photo(24, 24).save(tmp_path / "i.png")
     _mask(24, 24).save(tmp_path / "m.png")
-    (tmp_path / "taken.png").write_bytes(b"someone's file")
-    output = tmp_path / "taken.png" if where == "existing-file" else tmp_path / "taken.png" / "out"
+    (tmp_path / "taken").write_bytes(b"someone's file")  # no image suffix: --output names a folder
+    output = tmp_path / "taken" if where == "existing-file" else tmp_path / "taken" / "out"
     err = _run_expecting_usage_error(["--checkpoint", str(checkpoints["plain"]), "--image", str(tmp_path / "i.png"),
                                       "--mask", str(tmp_path / "m.png"), "--output", str(output),
                                       "--device", "cpu"], capsys)
     errors = [line for line in err.splitlines() if "error:" in line]  # after argparse's usage lines
     assert len(errors) == 1 and "--output" in errors[0] and "Traceback" not in err, err
-    assert (tmp_path / "taken.png").read_bytes() == b"someone's file"
+    assert (tmp_path / "taken").read_bytes() == b"someone's file"
 
 
 def test_cli_takes_a_save_pretrained_folder_as_checkpoint(checkpoints, tmp_path):

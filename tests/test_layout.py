@@ -15,9 +15,13 @@ from mhtma_model.networks import ATTENTION_VARIANTS, ATTENTIONS, KERNEL_BACKENDS
 REPO = Path(__file__).resolve().parents[1]
 MAX_FUNCTION_LINES = 80
 
-#: mhtma_model's modules by floor (README "Layout"): a module imports only modules on lower floors.
+#: mhtma_model's modules by floor (docs/layout.md): a module imports only modules on lower floors.
 FLOORS = {
+    "pixel_range": -2,  # the one mapping between 8-bit pixels and the network's range
+    "output_files": -2,  # output checks and atomic writes with the umask, for every writer
+    "progress": -2,  # progress bars on a terminal, plain lines otherwise
     "weights_files": -1,  # the weights-file rule that floor-0 metrics share
+    "deep_colour": -2,  # 16-bit colour, which image_modes keeps
     "image_modes": -1,  # the picture-mode rules that images (floor 0) reads with
     "images": 0, "device": 0, "precision": 0, "samples": 0, "metrics": 0, "fid": 0, "classical": 0,
     "lpips_metric": 0, "ids": 0,

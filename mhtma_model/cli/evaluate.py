@@ -47,7 +47,8 @@ OpenCV missing for telea/navier-stokes, CUDA requested but absent).
 from __future__ import annotations
 
 import argparse
-import json
+import os
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,7 +58,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-from tqdm import tqdm
 
 from .. import fid as fidmod
 from .. import ids as idsmod
@@ -69,7 +69,10 @@ from ..device import resolve_device, set_cpu_threads
 from ..evaluator import Evaluator
 from ..images import files_by_key, list_images, load_mask, load_rgb, no_images_found, pair_key
 from ..masks import MASK_PROTOCOLS, seeded_mask
+from ..image_modes import save_image
 from ..inpainter import Inpainter
+from ..output_files import check_output_folder, remove_stale, write_json_atomic, write_text_atomic
+from ..progress import progress
 from ..inference import predict_batch
 from ..sketch import make_sketch
 
@@ -223,13 +226,20 @@ class Setup:
         return "predictions" if self.pred_root is not None else self.args.method
 
 
+def _not_a_folder(root: Path, option: str) -> str:
+    """The message for a folder option naming a file or nothing."""
+    if root.exists():
+        return f"{option} {root} is a file, not a folder; give the folder that holds the images"
+    return f"{option} folder not found: {root}"
+
+
 def _folder(parser, value, option: str) -> Optional[Path]:
     """``value`` as a folder that holds images (None stays None); parser.error otherwise."""
     if value is None:
         return None
     root = Path(value)
     if not root.is_dir():
-        parser.error(f"{option} folder not found: {root}")
+        parser.error(_not_a_folder(root, option))
     if not list_images(root):
         parser.error(no_images_found(root, f"{option} folder"))
     return root
@@ -251,11 +261,12 @@ def _check_args(args, parser) -> Setup:
     try:
         device = resolve_device(args.device)
         set_cpu_threads(args.threads)
+        check_output_folder(args.output)
     except ValueError as exc:
         parser.error(str(exc))
     data_root = Path(args.data)
     if not data_root.is_dir():
-        parser.error(f"--data folder not found: {data_root}")
+        parser.error(_not_a_folder(data_root, "--data"))
     mask_root = _folder(parser, args.masks, "--masks")
     pred_root = _folder(parser, args.predictions, "--predictions")
     if args.method in OPENCV_METHODS:
@@ -371,7 +382,7 @@ def _score_batch(setup: Setup, batch: list[tuple], ev: Evaluation) -> None:
     outputs = ev.evaluator.add(keys, truth, holes, _predict(setup, truth, holes, [b[3] for b in batch]))
     if setup.args.save_outputs:
         for key, output in zip(keys, outputs):
-            target = Path(setup.args.output) / OUTPUTS_DIR / f"{key}.png"
+            target = staging_folder(Path(setup.args.output)) / f"{key}.png"
             target.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(output).save(target)
     for i in range(min(len(batch), setup.args.examples - len(ev.examples))):
@@ -388,14 +399,14 @@ def _evaluate(setup: Setup, paths: list[Path]) -> Evaluation:
     ev = Evaluation(Evaluator(lpips=setup.lpips, inception=setup.extractor, device=setup.device))
     files = _paired_files(setup)
     batch: list[tuple] = []
-    with tqdm(total=len(paths), desc=f"evaluating ({setup.method})", unit="img") as bar:
+    with progress(total=len(paths), desc=f"evaluating ({setup.method})", unit="img") as bar:
         for index, path in enumerate(paths):
             key = pair_key(path, setup.data_root)
             try:
                 batch.append((key, *_load_case(setup, index, path, files)))
             except (OSError, ValueError) as exc:
                 ev.skipped.append({"name": key, "reason": str(exc)})
-                tqdm.write(f"skipped {key}: {exc}", file=sys.stderr)
+                bar.write(f"skipped {key}: {exc}", file=sys.stderr)
                 bar.update(1)
                 continue
             if len(batch) == setup.args.batch_size:
@@ -456,12 +467,31 @@ def _result(setup: Setup, ev: Evaluation) -> dict:
     }
 
 
+def staging_folder(out_dir: Path) -> Path:
+    """Where ``--save-outputs`` writes during the run; renamed to ``OUTPUTS_DIR`` by :func:`_write` once the
+    evaluation succeeded (a failed run leaves no partial outputs folder)."""
+    return out_dir / f".{OUTPUTS_DIR}.partial"
+
+
 def _write(out_dir: Path, result: dict, examples: list) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "metrics.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    (out_dir / "metrics.md").write_text(markdown_table(result), encoding="utf-8")
+    """metrics.json, metrics.md, examples.png and outputs/ of this run, replacing an earlier run's (an earlier
+    examples.png or outputs/ that this run does not write is removed: nothing stale)."""
+    write_json_atomic(out_dir / "metrics.json", result)
+    write_text_atomic(out_dir / "metrics.md", markdown_table(result))
     if examples:
-        _grid(examples).save(out_dir / "examples.png")
+        save_image(_grid(examples), out_dir / "examples.png")
+    else:
+        remove_stale(out_dir, ["examples.png"])
+    shutil.rmtree(out_dir / OUTPUTS_DIR, ignore_errors=True)
+    if staging_folder(out_dir).is_dir():
+        os.replace(staging_folder(out_dir), out_dir / OUTPUTS_DIR)
+
+
+def _discard(out_dir: Path, existed: bool) -> None:
+    """Undo a failed run's traces: its staged outputs, and the output folder when this run made it."""
+    shutil.rmtree(staging_folder(out_dir), ignore_errors=True)
+    if not existed and out_dir.is_dir() and not any(out_dir.iterdir()):
+        out_dir.rmdir()
 
 
 def summary_line(result: dict, out_dir: Path) -> str:
@@ -482,12 +512,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not paths:
         parser.error(no_images_found(setup.data_root, "--data folder"))
     _load_models(setup, parser)
-    ev = _evaluate(setup, paths)
+    out_dir = Path(setup.args.output)
+    existed = out_dir.exists()
+    try:
+        ev = _evaluate(setup, paths)
+    except BaseException:
+        _discard(out_dir, existed)
+        raise
     if not ev.evaluator.records:
-        print(f"error: no image could be evaluated ({len(ev.skipped)} skipped)", file=sys.stderr)
+        _discard(out_dir, existed)
+        print(f"mhtma-eval: error: no image could be evaluated ({len(ev.skipped)} skipped, for the reasons above); "
+              f"check --data and --masks", file=sys.stderr)
         return 1
     result = _result(setup, ev)
-    out_dir = Path(setup.args.output)
     _write(out_dir, result, ev.examples)
     print(summary_line(result, out_dir))
     return 0

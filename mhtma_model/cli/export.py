@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
@@ -33,16 +34,22 @@ from PIL import Image
 
 from ..images import load_mask, load_rgb
 from ..inpainter import Inpainter
+from ..pixel_range import to_network
 from ..onnx_export import (DEFAULT_TOLERANCE, ExportError, attention_backends, check_onnx, example_inputs,
-                           export_onnx, use_torch_backend)
+                           export_onnx, size_problem, use_torch_backend)
+from ..output_files import OutputError, atomic_path, check_output_file
 from .options import command_parser
+
+
+class CheckFailed(Exception):
+    """The exported model's output differs from PyTorch's by more than ``--tolerance``."""
 
 
 def _load_pair(image_path: str, mask_path: str, size: int, sketch: bool) -> tuple[torch.Tensor, ...]:
     """The check image and its mask from files (read by mhtma_model.images), resized to size x size."""
     image = load_rgb(image_path).resize((size, size), Image.Resampling.BICUBIC)
     hole = load_mask(mask_path, size=(size, size))
-    x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)[None]
+    x = to_network(np.asarray(image))[None]
     mask = torch.from_numpy(hole).reshape(1, 1, size, size)
     return (x, mask, torch.zeros_like(mask)) if sketch else (x, mask)
 
@@ -64,6 +71,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     if (args.image is None) != (args.mask is None):
         parser.error("--image and --mask go together")
+    for option, value in (("--image", args.image), ("--mask", args.mask)):
+        if value is not None and not Path(value).is_file():
+            parser.error(f"{option} file not found: {value}")
+    if not args.tolerance >= 0:  # NaN too
+        parser.error(f"--tolerance must be a number >= 0 (the largest accepted difference), got {args.tolerance}")
+    try:
+        check_output_file(args.output, example="model.onnx")
+    except OutputError as exc:
+        parser.error(str(exc))
     try:
         import onnx  # noqa: F401
         import onnxruntime  # noqa: F401
@@ -75,6 +91,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error(str(exc))
     generator, config = inpainter.generator, inpainter.config
     size = args.size if args.size is not None else config.data.size
+    if size_problem(generator, size):
+        parser.error(f"--{size_problem(generator, size)}")
     if "triton" in attention_backends(generator):
         print("note: the checkpoint's attention uses backend='triton'; exporting the `torch` backend "
               "(same weights, same math)", file=sys.stderr)
@@ -82,15 +100,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         inputs = (_load_pair(args.image, args.mask, size, generator.sketch) if args.image
                   else example_inputs(generator, size))  # read first: a bad file fails before the export
-        path = export_onnx(generator, args.output, size)
+        with atomic_path(args.output) as tmp:  # in place only once checked: a failed check leaves no file
+            difference = check_onnx(export_onnx(generator, tmp, size), generator, inputs)
+            if not difference <= args.tolerance:
+                raise CheckFailed(difference)
+    except CheckFailed:
+        print(f"mhtma-export: error: the ONNX model differs from PyTorch by {difference:.3g} > --tolerance "
+              f"{args.tolerance:g}; nothing written (raise --tolerance to accept it)", file=sys.stderr)
+        return 1
     except (ExportError, OSError, ValueError) as exc:
         parser.error(str(exc))
-    difference = check_onnx(path, generator, inputs)
-    print(f"wrote {path} (inputs {', '.join(n for n in ('image', 'mask', 'sketch')[:len(inputs)])}, "
+    print(f"wrote {args.output} (inputs {', '.join(n for n in ('image', 'mask', 'sketch')[:len(inputs)])}, "
           f"{size}x{size}, dynamic batch); onnxruntime vs PyTorch max abs difference {difference:.3g}")
-    if not difference <= args.tolerance:
-        print(f"error: the ONNX model differs from PyTorch by {difference:.3g} > tolerance {args.tolerance:g}",
-              file=sys.stderr)
-        return 1
     return 0
 
+
+if __name__ == "__main__":
+    sys.exit(main())

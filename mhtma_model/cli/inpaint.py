@@ -10,7 +10,9 @@ Command-line rules
 * **Outputs**: ``OUTPUT/<name>.png`` with the input's size, for input ``<name>.<any ext>``, in the input's
   mode, bit depth, EXIF and ICC profile where PNG holds them; a picture PNG cannot hold (CMYK, float,
   grey+alpha palette, ...) is converted, with one ``note:`` line per kind of conversion
-  (:mod:`mhtma_model.image_modes`). In folder
+  (:mod:`mhtma_model.image_modes`). With one ``--image`` file, ``--output`` may also name the file itself
+  (``result.png``, ``result.tif``). ``--output`` is checked before any work; files are written atomically with
+  the user's umask, and a run that writes nothing creates no folder. In folder
   mode images and masks (and sketches) are paired by their path relative to the folder without the
   extension (``photos/a/b.jpg`` ↔ ``masks/a/b.png`` → ``out/a/b.png``); a missing, mismatched (size),
   ambiguous (two files with one name) or unreadable pair is reported and skipped, the rest is still
@@ -29,21 +31,24 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
-from tqdm import tqdm
+from PIL import Image
 
 from .options import add_inference_options, apply_inference_options, command_parser
 from ..image_modes import save_image
 from ..input_files import mask_notice, open_inputs, pair_inputs
 from ..inpainter import Inpainter
+from ..output_files import OutputError, check_output_file, check_output_folder
+from ..progress import progress
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = command_parser("mhtma-inpaint", __doc__)
     p.add_argument("--image", required=True, help="an image file or a folder of images")
     p.add_argument("--mask", required=True, help="a mask file or a folder of masks (pixel > 127 = hole)")
-    p.add_argument("--output", required=True, help="folder for the inpainted PNGs")
+    p.add_argument("--output", required=True,
+                   help="folder for the inpainted PNGs; with one --image file, also a file name (result.png)")
     p.add_argument("--sketch", default=None, help="optional sketch file or folder (sketch-guided models)")
     p.add_argument("--max-size", type=int, default=None,
                    help="longest side the network sees; larger inputs use the window/resize strategy "
@@ -69,41 +74,50 @@ def _setup(args, parser: argparse.ArgumentParser) -> tuple[list, list, Inpainter
     if inpainter.uses_sketch and not args.sketch:
         print("note: this is a sketch-guided model and no --sketch was given; running without guidance",
               file=sys.stderr)
-    output = Path(args.output)
-    if output.exists() and not output.is_dir():
-        parser.error(f"--output must be a folder, but {output} is an existing file")
-    try:
-        output.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:  # e.g. a parent of it is a file
-        parser.error(f"cannot make the --output folder {output}: {exc.strerror or exc}")
     return pairs, problems, inpainter
+
+
+def output_targets(args, parser: argparse.ArgumentParser) -> Callable[[str], Path]:
+    """Check ``--output`` before any work (nothing is created) -> where the result of input ``key`` goes:
+    ``--output`` itself when it names an image file (one ``--image`` file), else ``OUTPUT/<key>.png``."""
+    output = Path(args.output).expanduser()
+    as_file = output.suffix.lower() in Image.registered_extensions() and not output.is_dir()
+    try:
+        if as_file and Path(args.image).is_dir():
+            raise OutputError(f"--output {output} names a file, but --image is a folder; give a folder for "
+                              f"the results")
+        if as_file:
+            check_output_file(output)
+            return lambda key: output
+        check_output_folder(output)
+    except OutputError as exc:
+        parser.error(str(exc))
+    return lambda key: output / f"{key}.png"
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    target_of = output_targets(args, parser)
     pairs, problems, inpainter = _setup(args, parser)
     out_dir = Path(args.output)
 
     written, conversions = 0, set()
-    for key, image_path, mask_path, sketch_path in tqdm(pairs, desc="inpainting", unit="img",
-                                                         disable=len(pairs) < 2):
+    bar = progress(pairs, desc="inpainting", unit="img", disable=len(pairs) < 2)
+    for key, image_path, mask_path, sketch_path in bar:
         try:
             image, mask, sketch = open_inputs(image_path, mask_path, sketch_path)
             notice = mask_notice(mask)
             if notice:
-                tqdm.write(f"note: {key}: {notice}", file=sys.stderr)
+                bar.write(f"note: {key}: {notice}", file=sys.stderr)
             result = inpainter(image, mask, sketch)
-            target = out_dir / f"{key}.png"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            converted = save_image(result, target)
+            converted = save_image(result, target_of(key))
             if converted and converted not in conversions:  # one line per kind of conversion
                 conversions.add(converted)
-                tqdm.write(f"note: {key}: {converted}", file=sys.stderr)
+                bar.write(f"note: {key}: {converted}", file=sys.stderr)
             written += 1
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError) as exc:  # reported once, in the list below
             problems.append((key, str(exc)))
-            tqdm.write(f"skipped {key}: {exc}", file=sys.stderr)
     print(f"wrote {written} image(s) to {out_dir}")
     if problems:
         print(f"{len(problems)} problem(s):", file=sys.stderr)

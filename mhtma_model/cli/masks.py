@@ -16,18 +16,23 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
-from ..masks import MASK_PROTOCOLS, seeded_mask
+from ..masks import MASK_PROTOCOLS, hole_ratio, seeded_mask
+from ..image_modes import save_image
 from ..metrics import BUCKETS, bucket_label
+from ..output_files import OutputError, check_output_folder, remove_stale, write_json_atomic
+from ..progress import progress
 
 MANIFEST = "manifest.json"
+#: How the mask files are named (their index, zero-padded to at least 5 digits).
+MASK_NAME = re.compile(r"[0-9]{5,}\.png")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -66,9 +71,10 @@ def _check(args, parser) -> None:
         parser.error(f"--count must be at least 1, got {args.count}")
     if args.seed < 0:
         parser.error(f"--seed must be ≥ 0, got {args.seed}")
-    out = Path(args.output)
-    if out.exists() and not out.is_dir():
-        parser.error(f"--output {out} exists and is not a folder")
+    try:
+        check_output_folder(args.output)
+    except OutputError as exc:
+        parser.error(str(exc))
 
 
 def histogram(ratios: Sequence[float]) -> list[tuple[str, int]]:
@@ -87,21 +93,33 @@ def histogram_lines(ratios: Sequence[float], width: int = 40) -> list[str]:
             for label, n in rows]
 
 
+def owned_files(output: Path) -> set[str]:
+    """The files of an earlier set in ``output``: those its manifest lists and those named like mask files."""
+    names = {p.name for p in output.glob("*.png") if MASK_NAME.fullmatch(p.name)} if output.is_dir() else set()
+    try:
+        names |= {entry["file"] for entry in json.loads((output / MANIFEST).read_text(encoding="utf-8"))["masks"]}
+    except (OSError, ValueError, KeyError, TypeError):  # no manifest, or not one of ours
+        pass
+    return {name for name in names if "/" not in name and "\\" not in name}
+
+
 def write_mask_set(protocol: str, size: int, count: int, seed: int, output: Path) -> list[float]:
-    """Write the set (module docstring) -> the hole ratio of every mask, in file order."""
-    output.mkdir(parents=True, exist_ok=True)
+    """Write the set (module docstring) -> the hole ratio of every mask, in file order. An earlier set in
+    ``output`` is replaced: its masks that this set does not write are removed."""
+    earlier = owned_files(output)
     digits = max(5, len(str(count - 1)))
     ratios, files = [], []
-    for i in tqdm(range(count), desc=f"masks ({protocol}, {size} px)", unit="mask"):
+    for i in progress(range(count), desc=f"masks ({protocol}, {size} px)", unit="mask"):
         mask = seeded_mask(protocol, size, seed, i) > 0.5
         name = f"{i:0{digits}d}.png"
-        Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(output / name)
-        ratios.append(float(mask.mean()))
+        save_image(Image.fromarray(mask.astype(np.uint8) * 255, mode="L"), output / name, "PNG")
+        ratios.append(hole_ratio(mask))
         files.append({"file": name, "hole_ratio": ratios[-1]})
     manifest = {"protocol": protocol, "size": size, "count": count, "seed": seed,
                 "rule": "mask i = mhtma_model.masks.seeded_mask(protocol, size, seed, i); hole = 255",
                 "histogram": dict(histogram(ratios)), "masks": files}
-    (output / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    remove_stale(output, sorted(earlier - {f["file"] for f in files}))
+    write_json_atomic(output / MANIFEST, manifest, indent=1)
     return ratios
 
 

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from ..checkpoint import CheckpointError
+from ..output_files import OutputError
 from ..config import ConfigError, load_config, packaged_config_names
 from ..precision import PrecisionError
 from ..samples import SAMPLE_COLUMNS
@@ -50,7 +51,7 @@ def main(argv=None) -> int:
         parser.error(str(exc))
     try:
         summary = train(cfg)
-    except (FileNotFoundError, CheckpointError, ConfigError, PrecisionError) as exc:
+    except (FileNotFoundError, CheckpointError, ConfigError, PrecisionError, OutputError) as exc:
         print(f"mhtma-train: error: {exc}", file=sys.stderr)
         return 2
     except TrainingInterrupted as exc:
@@ -80,3 +81,6 @@ def closing_lines(summary: dict) -> str:
         f"  evaluate     mhtma-eval --checkpoint {best} --data YOUR_TEST_IMAGES/ --output eval/",
     ])
 
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -19,8 +19,11 @@ Gradio is an optional dependency (``pip install 'mhtma[ui]'``); nothing here con
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import os
+import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -224,7 +227,7 @@ class InpainterCache:
                 try:
                     inpainter = Inpainter.load(resolved, self.device, self.precision, self.compile)
                 except ValueError as exc:
-                    raise UploadError(f"cannot load checkpoint {resolved}: {exc.__cause__ or exc}") from exc
+                    raise UploadError(str(exc)) from exc  # it names the checkpoint and the problem
                 self._cache.clear()  # keep one model in memory
                 self._cache[key] = inpainter
             return self._cache[key]
@@ -327,15 +330,61 @@ def launch(app, host: str = "127.0.0.1", port: int = 7860, block: bool = True):
     return app
 
 
-def serve_until_interrupted(app) -> None:
-    """Block until Ctrl+C (or the server stops), then close the server with one line of output."""
+#: Signals that stop the server: Ctrl+C and a service manager's stop.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def stop_signals():
+    """While inside (main thread only), SIGINT and SIGTERM append their number to the yielded list instead of
+    raising. Installing handlers also undoes an inherited "ignore SIGINT" (a background job of a
+    non-interactive shell starts that way), so Ctrl+C / ``kill -INT`` always stops the server."""
+    received: list[int] = []
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {s: signal.signal(s, lambda signum, frame: received.append(signum)) for s in STOP_SIGNALS}
     try:
-        while app.is_running:
-            time.sleep(0.1)
-    except KeyboardInterrupt:
-        print("mhtma-ui: stopped (Ctrl+C)", flush=True)
+        yield received
     finally:
-        app.close()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def serve_until_interrupted(app, received: Optional[list] = None) -> None:
+    """Block until SIGINT/SIGTERM (recorded in ``received`` by :func:`stop_signals`, installed here when not
+    given) or until the server stops, then close the server with one line of output."""
+    if received is None:
+        with stop_signals() as received:
+            return serve_until_interrupted(app, received)
+    try:
+        while app.is_running and not received:
+            time.sleep(0.1)
+    except KeyboardInterrupt:  # handlers not installed (not the main thread)
+        received.append(signal.SIGINT)
+    finally:
+        app.close(verbose=False)
+    if received:
+        how = "Ctrl+C" if received[0] == signal.SIGINT else signal.Signals(received[0]).name
+        print(f"mhtma-ui: stopped ({how})", flush=True)
+
+
+def check_listen_address(host: str, port: int) -> None:
+    """OSError (one line, naming ``--host``/``--port``) unless this machine can listen on ``host:port``: checked
+    here, before the server starts, so the user sees one line instead of the web server's log."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise OSError(f"--host {host!r} is not a known name or address ({exc}); use 127.0.0.1 (this machine "
+                      f"only) or 0.0.0.0 (every interface)") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            what = (f"port {port} is in use; pick another --port" if exc.errno == 98 else
+                    f"{exc.strerror or exc}; use an address of this machine (127.0.0.1, 0.0.0.0) or another --port")
+            raise OSError(f"cannot listen on {host}:{port}: {what}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -364,7 +413,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     try:
         device = apply_inference_options(args)
-    except ValueError as exc:
+        check_listen_address(args.host, args.port)
+    except (ValueError, OSError) as exc:
         print(f"mhtma-ui: {exc}", file=sys.stderr)
         return 2
     try:
@@ -374,14 +424,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (UploadError, ImportError) as exc:
         print(f"mhtma-ui: {exc}", file=sys.stderr)
         return 2
-    try:
-        launch(app, args.host, args.port, block=False)
-    except OSError as exc:  # Gradio: "Cannot find empty port ..." when the port is taken
-        print(f"mhtma-ui: cannot listen on {args.host}:{args.port} ({str(exc).split('. ')[0]}); "
-              "pick another --port", file=sys.stderr)
-        return 2
-    print(f"mhtma-ui: serving {path} on http://{args.host}:{args.port} (Ctrl+C to stop)", flush=True)
-    serve_until_interrupted(app)
+    with stop_signals() as received:
+        try:
+            launch(app, args.host, args.port, block=False)
+        except OSError as exc:  # Gradio: "Cannot find empty port ..." when the port is taken
+            print(f"mhtma-ui: cannot listen on {args.host}:{args.port} ({str(exc).split('. ')[0]}); "
+                  "pick another --port", file=sys.stderr)
+            return 2
+        print(f"mhtma-ui: serving {path} on http://{args.host}:{args.port} (Ctrl+C to stop)", flush=True)
+        serve_until_interrupted(app, received)
     return 0
 
 
