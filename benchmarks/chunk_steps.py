@@ -21,7 +21,7 @@ import sys
 
 import torch
 
-from mhtma_kernels.ops import chunked
+from mhtma_kernels.ops.chunked import gemm as chunked
 from mhtma_kernels.testing import TOLERANCE, assert_close
 
 from .cases import DTYPES
@@ -50,8 +50,8 @@ def step_call(step: str, variant: str, mode: str, x: dict, operand: torch.dtype)
     fn = chunked._step(step, x["s"].device, torch.float32)
     work = {k: torch.empty_like(x[k]) for k in ("s", "dp")}
     base2 = variant == "base 2"
-    scale = x["scale"] * chunked._LOG2E if base2 else x["scale"]
-    fill = -LAMBDA_M * (chunked._LOG2E if base2 else 1.0)
+    scale = x["scale"] * chunked.LOG2E if base2 else x["scale"]
+    fill = -LAMBDA_M * (chunked.LOG2E if base2 else 1.0)
     m_fixed = torch.where(x["invalid"].all(-1, keepdim=True), torch.full_like(scale, fill), scale)
     m = chunked._forward_rows_eager(x["s"].clone(), scale, x["invalid"], fill, None, torch.float32)[1]
 
@@ -120,7 +120,7 @@ def main(argv=None) -> int:
     args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if args.smoke:
         if not torch.cuda.is_available():
-            os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton's first import (chunked_kernels)
+            os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton's first import (ops/chunked/row_kernels.py)
         args.batch, args.heads, args.nk, args.nq = 1, 2, 24, 8
     elif not torch.cuda.is_available():
         parser.error("needs a CUDA GPU (or --smoke)")

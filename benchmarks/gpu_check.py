@@ -121,6 +121,20 @@ def slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-") or "unknown"
 
 
+def device_model(cuda: bool) -> dict | None:
+    """What the triton launcher sizes its tiles for on this GPU (its device model and tile family), None
+    without a GPU or triton: the forward rows time that family's candidates."""
+    if not cuda:
+        return None
+    try:
+        from mhtma_kernels.ops.triton import device, tile_table
+    except ImportError:
+        return None
+    gpu = device.current()
+    return {"name": gpu.name, "arch": gpu.arch, "shared_bytes": gpu.shared_bytes, "sms": gpu.sms,
+            "tile_family": tile_table.family(gpu.arch)}
+
+
 def header_record(args, name: str) -> dict:
     import torch
 
@@ -135,6 +149,7 @@ def header_record(args, name: str) -> dict:
         "level": "header", "gpu": name, "torch": torch.__version__, "triton": triton_version,
         "cuda": torch.version.cuda, "python": platform.python_version(),
         "capability": list(torch.cuda.get_device_capability(0)) if cuda else None,
+        "device_model": device_model(cuda),
         "gpu_memory_gb": round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1) if cuda else None,
         "started_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"), "argv": sys.argv[1:],
         "smoke": args.smoke, "budget_s": args.budget, "parts": args.only,
@@ -364,7 +379,9 @@ def table_problems(records: list[dict]) -> list[str]:
 
 def print_table(recorder: Recorder) -> None:
     header, records = recorder.records[0], recorder.measurements
-    lines = [f"=== gpu_check: {header['gpu']} | torch {header['torch']} | triton {header['triton']} | "
+    model = header.get("device_model")
+    tiles = f" | sm_{model['arch']}, tiles {model['tile_family']}" if model else ""
+    lines = [f"=== gpu_check: {header['gpu']}{tiles} | torch {header['torch']} | triton {header['triton']} | "
              f"cuda {header['cuda']} | {header['started_utc']}"]
     for part, fn in (("warmup", table_warmup), ("correct", table_correct), ("op", table_op), ("layer", table_layer),
                      ("model", table_model)):

@@ -311,19 +311,19 @@ def op_case(setup: Setup, row: OpRow) -> dict:
     result["tflops"] = op_flops(setup, row.d, row.mode) / (result["ms"] * 1e-3) / 1e12
     result.update(dispatch_choices(row))
     if row.provider == "triton":  # which forward tile the autotuner ran (None: fixed choice, no tuning)
-        from mhtma_kernels.ops import triton_launcher
+        from mhtma_kernels.ops.triton import launcher
 
-        result["autotuned_fwd"] = triton_launcher.autotuned_choice("fwd")
+        result["autotuned_fwd"] = launcher.autotuned_choice("fwd")
     return result
 
 
 def _with_forward_tile(tile):
-    """The triton op with every forward launch at `tile` (triton_launcher.forward_tile); the backward as usual."""
-    from mhtma_kernels.ops import triton_launcher
+    """The triton op with every forward launch at `tile` (benchmarks.forward_tile); the backward as usual."""
+    from .forward_tile import forward_tile
 
     def run(q, k, v, key_valid, temperature, lambda_m):
         run_op = op_provider("triton", q.device.type, "fwdbwd")  # raises Unavailable where triton cannot run
-        with triton_launcher.forward_tile(tile):
+        with forward_tile(tile):
             return run_op(q, k, v, key_valid, temperature, lambda_m)
 
     return run
@@ -335,7 +335,7 @@ def forward_version_rows(setup: Setup) -> list[OpRow]:
     its other tiles as "triton-v3-alt" / "triton-v2-alt" (fwd; the table shows the first, the JSON all).
     Each record names its tile (``forward_tile``); the "triton" rows record the autotuner's pick."""
     try:
-        from mhtma_kernels.ops import triton_launcher
+        from mhtma_kernels.ops.triton import launcher as triton_launcher
 
         per_d = {d: triton_launcher.candidates("fwd", d, d, torch.bfloat16) for d in setup.dims}
     except (ImportError, AttributeError, TypeError):  # no triton: the "triton" rows say why

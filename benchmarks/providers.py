@@ -137,10 +137,10 @@ def op_provider(provider: str, device_type: str, mode: str, fold_temperature: bo
     if provider == "triton":
         triton_runs_here(device_type)
         try:
-            from mhtma_kernels.ops import triton_launcher  # noqa: F401
+            from mhtma_kernels.ops.rules import triton_import_error
         except ImportError as error:
             raise Unavailable(f"the triton backend is not importable yet: {error}") from error
-        if getattr(triton_launcher, "triton", True) is None:
+        if triton_import_error() is not None:
             raise Unavailable("the triton package is not installed")
         return _mhtma("triton")
     if provider in KERNEL_BACKENDS:

@@ -18,8 +18,9 @@ The rules (one home for each):
   has it, else the 8-bit view: grey to ``L``, alpha to ``RGBA``, the rest to ``RGB``) and
   :func:`save_image` returns the one line saying so. EXIF (orientation reset to 1 by
   :func:`mhtma_model.images.open_image` once it is applied) and the ICC profile are written where the
-  format has them; WebP is written lossless (known pixels stay identical). Pillow reads 16-bit RGB files
-  as 8-bit RGB, so their extra bits are not kept.
+  format has them; WebP is written lossless (known pixels stay identical). 16-bit colour pictures
+  (:mod:`mhtma_model.deep_colour`) keep their 16 bits in PNG (the hole gets the prediction times 257),
+  other formats get their 8-bit picture, with the one line.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from typing import Optional
 import numpy as np
 from PIL import Image
 
+from . import deep_colour
 from .output_files import write_atomic
 from .pixel_range import to_uint8
 
@@ -117,14 +119,40 @@ def _colour_channels(image: Image.Image) -> slice | None:
     return None if len(image.getbands()) == 1 else slice(None)
 
 
-def _in_mode(source: Image.Image, pred_u8: np.ndarray) -> np.ndarray:
-    """The 8-bit RGB prediction ``[h, w, 3]`` as ``source``'s colour values ([h, w] or [h, w, c])."""
+def _palette_entries(source: Image.Image) -> tuple[np.ndarray, np.ndarray]:
+    """A palette picture's entries -> (RGB uint8 [n, 3], alpha uint8 [n]: its palette's alpha or
+    transparency, 255 where it has none)."""
+    channels = len(source.palette.mode)
+    entries = np.frombuffer(source.palette.tobytes(), np.uint8).reshape(-1, channels)
+    alpha = entries[:, 3].copy() if channels == 4 else np.full(len(entries), 255, np.uint8)
+    key = source.info.get("transparency")
+    if isinstance(key, int) and key < len(alpha):
+        alpha[key] = 0
+    elif isinstance(key, bytes):
+        alpha[:len(key)] = np.frombuffer(key, np.uint8)[:len(alpha)]
+    return entries[:, :3], alpha
+
+
+def _nearest_entries(source: Image.Image, pred_u8: np.ndarray, window: np.ndarray) -> np.ndarray:
+    """Indices of ``source``'s palette nearest to the prediction: only opaque entries are used, and pixels
+    whose own entry is (partly) transparent keep it, so the picture's transparency does not change."""
+    rgb, alpha = _palette_entries(source)
+    opaque = np.nonzero(alpha == 255)[0] if source.mode == "P" else np.arange(len(rgb))
+    opaque = opaque if len(opaque) else np.arange(len(rgb))
+    palette = Image.new("P", (1, 1))
+    palette.putpalette(rgb[opaque].tobytes())
+    lookup = np.concatenate([opaque, np.full(256 - len(opaque), opaque[0])]).astype(np.uint8)  # padding entries
+    index = lookup[np.asarray(Image.fromarray(pred_u8).quantize(palette=palette, dither=Image.Dither.NONE))]
+    return np.where(alpha[window] < 255, window, index) if source.mode == "P" else index
+
+
+def _in_mode(source: Image.Image, pred_u8: np.ndarray, window: np.ndarray) -> np.ndarray:
+    """The 8-bit RGB prediction ``[h, w, 3]`` as ``source``'s colour values ([h, w] or [h, w, c]);
+    ``window``: ``source``'s values where it goes."""
     pred = Image.fromarray(pred_u8)
     mode = source.mode
     if mode in ("P", "PA"):
-        palette = Image.new("P", (1, 1))
-        palette.putpalette(source.palette.tobytes(), source.palette.mode)
-        return np.asarray(pred.quantize(palette=palette, dither=Image.Dither.NONE))
+        return _nearest_entries(source, pred_u8, window if mode == "P" else window[..., 0])
     if mode in ("RGB", "RGBA") or len(source.getbands()) > 2:
         return np.asarray(pred if mode in ("RGB", "RGBA") else pred.convert(mode))
     grey = np.asarray(pred.convert("L"))
@@ -154,7 +182,7 @@ def paste_prediction(source: Image.Image, pred_u8: np.ndarray, hole: np.ndarray,
     top, bottom, left, right = box
     out = np.array(source, copy=True)
     window = out[top:bottom, left:right]
-    pred = _in_mode(source, pred_u8)
+    pred = _in_mode(source, pred_u8, window)
     channels = _colour_channels(source)
     if channels is not None and pred.ndim == 2:
         pred = pred[..., None]
@@ -162,7 +190,13 @@ def paste_prediction(source: Image.Image, pred_u8: np.ndarray, hole: np.ndarray,
         window[hole] = pred[hole]
     else:
         window[..., channels][hole] = pred[hole]
-    return _from_array(source, out)
+    result = _from_array(source, out)
+    deep = deep_colour.values_of(source)
+    if deep is not None:  # the 16-bit values too: the prediction in 16-bit steps, the rest copied
+        deep = deep.copy()
+        deep[top:bottom, left:right, :3][hole] = pred_u8[hole].astype(np.uint16) * 257
+        result.info[deep_colour.DEEP_COLOUR] = deep
+    return result
 
 
 # ------------------------------------------------------------------------------------------------ files
@@ -179,6 +213,10 @@ def writable(image: Image.Image, fmt: str) -> tuple[Image.Image, Optional[str]]:
     """``image`` in a mode ``fmt`` writes -> (picture, None) when unchanged, else (converted, the one line
     saying so). Conversion rules: module docstring, "Files"."""
     allowed = FORMAT_MODES.get(fmt)
+    if deep_colour.values_of(image) is not None and fmt != "PNG":
+        out = image.copy()
+        del out.info[deep_colour.DEEP_COLOUR]
+        return out, f"{fmt} cannot hold 16-bit {image.mode} pictures here: written as 8-bit {image.mode} (PNG keeps it)"
     if allowed is None or image.mode in allowed:
         return image, None
     if image.mode == "I" and "I;16" in allowed and 0 <= np.asarray(image).min(initial=0) \
@@ -209,11 +247,19 @@ def _save_options(image: Image.Image, fmt: str) -> dict:
     return options
 
 
+def _write(image: Image.Image, fmt: str, fh) -> None:
+    """``image`` (already :func:`writable`) into the open binary file ``fh``."""
+    if deep_colour.values_of(image) is not None:
+        deep_colour.write_png(image, fh)
+    else:
+        image.save(fh, fmt, **_save_options(image, fmt))
+
+
 def save_image(image: Image.Image, path, fmt: Optional[str] = None) -> Optional[str]:
     """Write ``image`` to ``path`` atomically (the user's umask applies) in ``fmt`` (default: from the
     suffix) -> None, or the one line saying how it was converted (:func:`writable`)."""
     path = Path(path)
     fmt = fmt or format_of(path)
     out, note = writable(image, fmt)
-    write_atomic(path, lambda fh: out.save(fh, fmt, **_save_options(out, fmt)))
+    write_atomic(path, lambda fh: _write(out, fmt, fh))
     return note

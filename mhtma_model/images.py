@@ -4,6 +4,9 @@ Every file the project reads (training images, mask files, sketches, ``mhtma-inp
 inputs, uploads to ``mhtma-ui``) is opened by :func:`open_image`: fully decoded, EXIF orientation applied,
 failures raised as :class:`UnreadableImageError` (an ``OSError``) naming the path.
 
+16-bit colour (RGB/RGBA with 16 bits a channel, which Pillow holds in 8): the picture carries its full
+values along (:mod:`mhtma_model.deep_colour`).
+
 EXIF orientation: applied to the pixels, and the orientation tag of the picture's EXIF (kept in
 ``info["exif"]`` with the ICC profile in ``info["icc_profile"]``) reset to 1, so an output that carries
 the EXIF on is not rotated twice.
@@ -24,6 +27,7 @@ from typing import Callable, Optional
 import numpy as np
 from PIL import ExifTags, Image, ImageOps
 
+from .deep_colour import attach, is_deep, read_low_bytes
 from .image_modes import has_transparency, to_8bit, to_rgb  # noqa: F401  (the 8-bit view, re-exported)
 
 #: File suffixes treated as images (case-insensitive).
@@ -70,13 +74,16 @@ def files_by_key(root: Path) -> dict[str, list[Path]]:
 
 
 def open_image(path, min_side: int | None = None,
-               check_header: Optional[Callable[[Image.Image], object]] = None) -> Image.Image:
+               check_header: Optional[Callable[[Image.Image], object]] = None,
+               full_depth: bool = True) -> Image.Image:
     """Open and fully decode ``path`` with EXIF orientation applied; UnreadableImageError on failure.
 
     ``min_side``: JPEGs are decoded at the smallest DCT scale (1/2, 1/4, 1/8) that keeps both sides
     >= ``min_side`` (much faster for large photos that are resized down anyway); other formats ignore it.
     ``check_header``: called with the opened, not yet decoded image (size and mode known) before the
     pixels are decoded; its exceptions propagate unchanged (the UI refuses huge uploads this way).
+    ``full_depth``: a 16-bit colour file carries its 16-bit values (:mod:`mhtma_model.deep_colour`; a
+    second decode); False when only the 8-bit picture is wanted.
     """
     try:
         image = Image.open(path)
@@ -88,8 +95,10 @@ def open_image(path, min_side: int | None = None,
         try:
             if min_side is not None and image.format == "JPEG":
                 image.draft(image.mode, (min_side, min_side))
+            low = read_low_bytes(path, image, _upright) if full_depth and is_deep(image) else None
             image.load()
-            return _upright(image)
+            upright = _upright(image)
+            return upright if low is None else attach(upright, low)
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
             raise UnreadableImageError(f"cannot read image {path}: {error}") from error
 
@@ -112,7 +121,7 @@ def load_rgb(path, min_side: int | None = None) -> Image.Image:
     """Read ``path`` as an 8-bit RGB PIL image (any mode, see module docstring); raises
     :class:`UnreadableImageError` naming the path if it cannot be decoded. ``min_side``: see
     :func:`open_image` (reduced-size JPEG decoding; the result keeps both sides >= min_side)."""
-    image = open_image(path, min_side)
+    image = open_image(path, min_side, full_depth=False)
     try:
         return to_rgb(image)
     except (OSError, ValueError) as error:

@@ -25,6 +25,7 @@ from PIL import Image
 from safetensors.torch import load_file
 from safetensors.torch import save as save_safetensors
 
+from . import deep_colour
 from .config import Config, ConfigError, build_generator
 from .device import resolve_device
 from .output_files import check_output_folder, write_atomic, write_json_atomic
@@ -44,19 +45,20 @@ ImageLike = Union[Image.Image, np.ndarray]
 
 def _as_image(value: Any, name: str) -> Optional[Image.Image]:
     """A PIL image, or an array as one: uint8 [H, W], [H, W, 3] or [H, W, 4], uint16 or float32 [H, W]
-    (16-bit and float grey); a bool sketch is True = line."""
+    (16-bit and float grey), uint16 [H, W, 3|4] (16-bit colour, :mod:`mhtma_model.deep_colour`); a bool
+    sketch is True = line."""
     if value is None or isinstance(value, Image.Image):
         return value
     if not isinstance(value, np.ndarray):
         raise TypeError(f"{name} must be a PIL image or a numpy array, got {type(value).__name__}")
     if value.dtype == np.bool_:
         value = value.astype(np.uint8) * 255
-    colour = value.dtype == np.uint8 and value.ndim == 3 and value.shape[2] in (3, 4)
+    colour = value.dtype in (np.uint8, np.uint16) and value.ndim == 3 and value.shape[2] in (3, 4)
     grey = value.ndim == 2 and value.dtype in (np.uint8, np.uint16, np.float32)
     if not (colour or grey):
-        raise TypeError(f"{name} array must be uint8 (or bool) [H, W], [H, W, 3] or [H, W, 4], or uint16 / float32 "
-                        f"[H, W], got {value.dtype} {list(value.shape)}")
-    return Image.fromarray(value)
+        raise TypeError(f"{name} array must be uint8 (or bool) [H, W], [H, W, 3] or [H, W, 4], uint16 [H, W(, 3|4)] "
+                        f"or float32 [H, W], got {value.dtype} {list(value.shape)}")
+    return deep_colour.from_array(value) if colour and value.dtype == np.uint16 else Image.fromarray(value)
 
 
 def _as_mask(value: Any) -> Image.Image:
@@ -152,9 +154,10 @@ class Inpainter:
         :mod:`mhtma_model.image_modes`; the rest of the rules: :mod:`mhtma_model.inference`); known pixels
         identical in the input's own values, its ``info`` (EXIF, ICC profile) carried over.
 
-        ``image``: PIL, or an array (uint8 [H, W(, 3|4)], uint16 or float32 [H, W]). ``mask``: PIL (value
-        > 127 = hole) or an array, read by :func:`mhtma_model.images.mask_from_array`: bool True = hole,
-        0/1 arrays 1 = hole, uint8 0/255 pictures 255 = hole; other arrays are a ValueError."""
+        ``image``: PIL, or an array (uint8 [H, W(, 3|4)], uint16 [H, W(, 3|4)], float32 [H, W]); for 16-bit
+        colour the result's 16-bit values are :func:`mhtma_model.deep_colour.values_of` (result).
+        ``mask``: PIL (value > 127 = hole) or an array, read by :func:`mhtma_model.images.mask_from_array`:
+        bool True = hole, 0/1 arrays 1 = hole, uint8 0/255 pictures 255 = hole; other arrays are a ValueError."""
         return self.batch([image], [mask], None if sketch is None else [sketch])[0]
 
     def batch(self, images: Sequence[ImageLike], masks: Sequence[ImageLike],

@@ -27,7 +27,7 @@ from PIL import Image
 from torch import nn
 
 from mhtma_kernels import MaskedTemperatureAttention
-from mhtma_kernels.ops.library import EXPORT_DECOMPOSITIONS
+from mhtma_kernels.ops import EXPORT_DECOMPOSITIONS
 
 from .masks import free_form_mask
 from .output_files import atomic_path

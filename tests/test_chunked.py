@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from mhtma_kernels import masked_temperature_attention
-from mhtma_kernels.ops import backends, chunked, dispatch_report
-from mhtma_kernels.ops.dispatch import AUTO, Dispatcher
+from mhtma_kernels.ops import backends, dispatch_report, rules
+from mhtma_kernels.ops.chunked import gemm as chunked
+from mhtma_kernels.ops.timed_choice import AUTO, Dispatcher
 from mhtma_kernels.ops.reference import l2_normalize
 from mhtma_kernels.testing import assert_close
 from tests.test_op import NAMES, forward_and_grads, make_inputs
@@ -150,7 +151,7 @@ def test_chunk_budget_keyword_beats_env_and_sizes_the_chunks(monkeypatch):
     assert chunked.chunk_budget_mb(torch.device("cpu"), chunk_mb=3) == 3.0
     assert chunked.chunk_budget_mb(torch.device("cpu")) == 1.0
     monkeypatch.delenv("MHTMA_CHUNK_MB")
-    assert chunked.chunk_budget_mb(torch.device("cpu")) == chunked.DEFAULT_CHUNK_MB["cpu"]
+    assert chunked.chunk_budget_mb(torch.device("cpu")) == rules.DEFAULT_CHUNK_MB["cpu"]
     assert chunked.chunk_rows(4, 100, 50, 4, 1e-9) == 1
     assert chunked.chunk_rows(4, 100, 50, 4, 1e4) == 100
     assert chunked.chunk_rows(4, 100, 50, 4, 4 * 50 * 4 * 7 / 2 ** 20) == 7
@@ -332,8 +333,8 @@ def test_auto_compiles_fullgraph_and_matches_eager(fresh_auto):
 
 def _triton_or_skip():
     pytest.importorskip("triton")
-    from mhtma_kernels.ops import triton_launcher
-    if not torch.cuda.is_available() and not triton_launcher._interpreting():
+    from mhtma_kernels.ops.triton import launcher as triton_launcher
+    if not torch.cuda.is_available() and not triton_launcher.interpreting():
         pytest.skip("triton on CPU needs TRITON_INTERPRET=1 before triton is imported")
     return "cuda" if torch.cuda.is_available() else "cpu"
 

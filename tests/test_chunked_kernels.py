@@ -1,4 +1,4 @@
-"""The Triton row steps of the chunked GEMM path (ops/chunked_kernels.py) against their eager twins in
+"""The Triton row steps of the chunked GEMM path (ops/chunked/row_kernels.py) against their eager twins in
 ops/chunked.py, and the whole chunked forward + backward with them forced (MHTMA_CHUNK_STEPS=triton) against
 the float64 oracle. Under TRITON_INTERPRET=1 without a GPU (conftest); tiny shapes."""
 import json
@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from mhtma_kernels.ops import chunked
+from mhtma_kernels.ops.chunked import gemm as chunked
 from mhtma_kernels.testing import assert_close
 from tests.test_chunked import TRITON_CASES, cuda_like_gemms, only_chunked  # noqa: F401 - the fixtures
 from tests.test_chunked import check_16bit_gemm_path
@@ -15,7 +15,7 @@ from tests.test_chunked import dt_errors
 from tests.test_op import NAMES, forward_and_grads, make_inputs
 
 pytest.importorskip("triton")
-from mhtma_kernels.ops import chunked_kernels  # noqa: E402
+from mhtma_kernels.ops.chunked import row_kernels as chunked_kernels  # noqa: E402
 
 LAMBDA_M = 1e4
 # one temperature per bh row of every problem below: the steps' whole range
@@ -86,7 +86,7 @@ def test_forward_step_matches_its_eager_twin(compute, rounded, use_fixed, rows, 
 @pytest.mark.parametrize("rows,nk,blocks", GEOMETRY)
 def test_backward_step_matches_its_eager_twin(compute, rounded, base2, rows, nk, blocks):
     s, dp, scale, invalid = chunk(rows, nk, compute, seed=1)
-    log2e = chunked._LOG2E if base2 else 1.0
+    log2e = chunked.LOG2E if base2 else 1.0
     scale, fill = scale * log2e, -LAMBDA_M * log2e
     _, m, _ = chunked._forward_rows_eager(s.clone(), scale, invalid, fill, None, compute)  # the saved maxima
     w, g, gs = chunked._backward_rows_eager(s.clone(), dp.clone(), scale, invalid, fill, m, base2, rounded)
@@ -248,7 +248,6 @@ def test_steps_env_forces_a_mode(monkeypatch, value):
 @pytest.mark.parametrize("env,value,match", [
     pytest.param("MHTMA_CHUNK_STEPS", "fused", "MHTMA_CHUNK_STEPS must be one of triton, compile, eager, got 'fused'",
                  id="unknown-mode"),
-    pytest.param("MHTMA_CHUNK_FUSED", "1", "MHTMA_CHUNK_FUSED was replaced by MHTMA_CHUNK_STEPS", id="old-env"),
 ])
 def test_bad_steps_env_is_named(only_chunked, monkeypatch, env, value, match):  # noqa: F811
     monkeypatch.setenv(env, value)

@@ -1,5 +1,5 @@
-"""The compile report (mhtma_kernels.ops.compile_report): what ptxas makes of the kernels as the launcher
-launches them on sm_90. The compile runs in a subprocess (this process interprets the kernels)."""
+"""The compile report (benchmarks.compile_report): what ptxas makes of the kernels as the launcher
+launches them on sm_90 (and, with --arch, other GPUs). The compile runs in a subprocess (this process interprets the kernels)."""
 import json
 import os
 import subprocess
@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("triton")
 
-from mhtma_kernels.ops import compile_report  # noqa: E402
+from benchmarks import compile_report  # noqa: E402
 
 TTGIR = """
     %a = tt.load %p0 : tensor<64x32x!tt.ptr<bf16>, #blocked>
@@ -42,13 +42,13 @@ def test_sass_instructions_counted_by_family():
 
 
 def report_rows(tmp_path, *arguments: str) -> list[dict]:
-    """Rows of ``python -m mhtma_kernels.ops.compile_report ARGUMENTS --json`` run in a fresh process with its own
+    """Rows of ``python -m benchmarks.compile_report ARGUMENTS --json`` run in a fresh process with its own
     Triton cache and without the interpreter; skips where the toolchain ships no sm_90 assembler."""
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
     env["TRITON_CACHE_DIR"] = str(tmp_path)
     root = Path(__file__).resolve().parents[1]
     env["PYTHONPATH"] = os.pathsep.join([str(root)] + [p for p in [env.get("PYTHONPATH")] if p])
-    command = [sys.executable, "-m", "mhtma_kernels.ops.compile_report", *arguments, "--json"]
+    command = [sys.executable, "-m", "benchmarks.compile_report", *arguments, "--json"]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     if result.returncode != 0 and "ships no" in result.stderr:
         pytest.skip(result.stderr.strip().splitlines()[-1])
@@ -69,6 +69,17 @@ def test_report_of_one_small_forward_as_launched(tmp_path):
         assert 0 < row["smem"] <= 227 * 1024, row
 
 
+def test_report_for_an_rtx_3090_uses_its_tiles_and_mma_sync(tmp_path):
+    """--arch 86: the driver stub reports an sm_86 GPU with 99 KB per block; the launcher sizes for it and the
+    forward compiles to mma.sync (no wgmma on sm_86) within its shared memory."""
+    rows = report_rows(tmp_path, "--arch", "86", "--d", "48", "--batch", "1", "--heads", "1", "--nq", "64", "--nk", "48",
+                       "--forward-only")
+    assert rows and all(r["arch"] == 86 for r in rows), rows
+    for row in rows:
+        assert row["stack"] == 0 and row["HMMA"] > 0 and row["HGMMA"] == 0, row
+        assert 0 < row["smem"] <= 101376, row
+
+
 @pytest.mark.parametrize("dtype, d, launches", [("fp16", 576, 1), ("fp32", 288, 2)], ids=["fp16-D576", "fp32-D288"])
 def test_forward_fixed_choice_that_once_spilled_compiles_without_stack(dtype, d, launches, tmp_path):
     """Forward v3 as launched at the benchmark's Nq, Nk where it used to spill on sm_90 (fp16 D = 576: 352 B, the
@@ -84,9 +95,9 @@ def test_forward_fixed_choice_that_once_spilled_compiles_without_stack(dtype, d,
 
 def test_under_the_interpreter_the_report_refuses_in_one_line(capsys):
     """This process interprets the kernels (conftest, without a GPU): nothing to compile, a usage error (exit 2)."""
-    from mhtma_kernels.ops import triton_launcher
+    from mhtma_kernels.ops.triton import launcher
 
-    if not triton_launcher._interpreting():
+    if not launcher.interpreting():
         pytest.skip("the kernels are compiled in this process (a GPU is present)")
     with pytest.raises(SystemExit) as exit_info:
         compile_report.main(["--d", "48", "--forward-only"])

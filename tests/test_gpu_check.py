@@ -49,6 +49,7 @@ def test_header_and_required_fields(smoke):
     header, rest = records[0], records[1:]
     assert header["level"] == "header" and header["smoke"] is True
     assert header["torch"] and header["triton"] and header["gpu"].startswith("cpu")
+    assert header["capability"] is None and header["device_model"] is None  # no GPU: nothing sized for one
     assert {r["level"] for r in rest} == {"warmup", "correct", "op", "layer", "model"}
     for r in rest:
         assert all(key in r for key in REQUIRED), r

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import ExifTags, Image, ImageCms, ImageOps
 
-from mhtma_model import Inpainter
+from mhtma_model import Inpainter, deep_colour
 from mhtma_model.cli import ui
 from mhtma_model.image_modes import paste_prediction, save_image, writable
 from mhtma_model.images import open_image
@@ -30,6 +30,9 @@ CASES = [("PNG", m) for m in ("1", "L", "LA", "I;16", "P", "RGB", "RGBA")] \
     + [("TIFF", m) for m in ("1", "L", "LA", "I;16", "I", "F", "P", "PA", "RGB", "RGBA", "CMYK")] \
     + [("BMP", m) for m in ("1", "L", "P", "RGB")]
 CASE_IDS = [f"{fmt.lower()}-{mode}" for fmt, mode in CASES]
+#: The mode each input mode has in a PNG download / mhtma-inpaint output (a change comes with one note).
+PNG_WRITES = {"1": "1", "L": "L", "LA": "LA", "I;16": "I;16", "I": "I;16", "F": "L", "P": "P", "PA": "RGBA",
+              "RGB": "RGB", "RGBA": "RGBA", "CMYK": "RGB"}
 
 
 def picture(mode: str, seed: int = 0) -> Image.Image:
@@ -122,6 +125,7 @@ def test_cli_writes_the_mode_or_one_note(checkpoint, tmp_path, capsys, umask_022
     expected, note = writable(open_image(path), "PNG")
     written = tmp_path / "out" / "photo.png"
     with Image.open(written) as result:
+        assert result.mode == PNG_WRITES[mode]
         assert_known_identical(result, expected)
         assert_metadata_kept(result, fmt)
     notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]
@@ -139,8 +143,9 @@ def test_page_download_keeps_the_uploaded_file(inpainter, tmp_path, umask_022, f
     result, _ = ui.run_inpainting(inpainter, image, mask, sketch)
     download, note = ui.save_download(result, tmp_path, 1)
     expected, expected_note = writable(open_image(path), "PNG")
-    assert note == expected_note
+    assert note == expected_note and (note is None) == (PNG_WRITES[mode] == mode)
     with Image.open(download) as got:
+        assert got.mode == PNG_WRITES[mode]
         assert_known_identical(got, expected)
         assert_metadata_kept(got, fmt)
     assert download.stat().st_mode & 0o777 == 0o644
@@ -214,3 +219,112 @@ def test_save_image_refuses_an_unknown_suffix(tmp_path):
         save_image(picture("RGB"), tmp_path / "out.unknown")
     assert list(tmp_path.iterdir()) == []
 
+
+
+# ------------------------------------------------------------------------------------------ 16-bit colour
+DEEP_CASES = [("PNG", 3), ("PNG", 4), ("TIFF", 3), ("TIFF-deflate", 3)]
+DEEP_IDS = ["png-RGB;16", "png-RGBA;16", "tiff-RGB;16", "tiff-deflate-RGB;16"]
+
+
+def write_deep(folder, fmt: str, channels: int):
+    """A 16-bit colour file (values using both bytes) with its mask -> (path, values)."""
+    values = np.random.default_rng(3).integers(0, 65536, (H, W, channels), dtype=np.uint16)
+    path = folder / f"photo{SUFFIX[fmt.split('-')[0]]}"
+    if fmt == "PNG":
+        picture16 = deep_colour.from_array(values)
+        picture16.info.update(icc_profile=ICC, exif=_exif_bytes())
+        save_image(picture16, path)
+    else:
+        tifffile = pytest.importorskip("tifffile")
+        tifffile.imwrite(path, values, photometric="rgb", compression="zlib" if "deflate" in fmt else None)
+    Image.fromarray(HOLE.astype(np.uint8) * 255).save(folder / "photo-mask.png")
+    return path, values
+
+
+def _exif_bytes() -> bytes:
+    exif = Image.Exif()
+    exif[ExifTags.Base.Make] = MAKE
+    return exif.tobytes()
+
+
+def assert_deep_inpainted(result: Image.Image, values: np.ndarray):
+    got = deep_colour.values_of(result)
+    assert got is not None and got.shape == values.shape
+    np.testing.assert_array_equal(got[~HOLE], values[~HOLE])
+    filled = got[HOLE][:, :3]
+    assert (filled % 257 == 0).all() and len(np.unique(filled)) > 1
+    if values.shape[2] == 4:  # alpha copied, not inpainted
+        np.testing.assert_array_equal(got[..., 3], values[..., 3])
+
+
+def test_pillow_decodes_the_16_bit_png_written_here(tmp_path):
+    path, values = write_deep(tmp_path, "PNG", 4)
+    with Image.open(path) as high:
+        np.testing.assert_array_equal(np.asarray(high), values >> 8)
+    np.testing.assert_array_equal(deep_colour.values_of(open_image(path)), values)
+
+
+@pytest.mark.parametrize("surface", ["inpainter", "cli", "page"])
+@pytest.mark.parametrize("fmt, channels", DEEP_CASES, ids=DEEP_IDS)
+def test_16_bit_colour_keeps_its_16_bits(checkpoint, inpainter, tmp_path, fmt, channels, surface):
+    path, values = write_deep(tmp_path, fmt, channels)
+    if surface == "inpainter":
+        result = inpainter(open_image(path), HOLE)
+    elif surface == "cli":
+        assert inpaint_main(["--checkpoint", str(checkpoint), "--image", str(path), "--mask",
+                             str(tmp_path / "photo-mask.png"), "--output", str(tmp_path / "out"),
+                             "--device", "cpu"]) == 0
+        result = open_image(tmp_path / "out" / "photo.png")
+    else:
+        image, mask, sketch = ui.collect_inputs({"background": None, "layers": [], "composite": None},
+                                                str(tmp_path / "photo-mask.png"), None, str(path))
+        download, note = ui.save_download(ui.run_inpainting(inpainter, image, mask, sketch)[0], tmp_path, 1)
+        assert note is None
+        result = open_image(download)
+    assert_deep_inpainted(result, values)
+    if fmt == "PNG":
+        assert_metadata_kept(result, "PNG")
+
+
+def test_16_bit_colour_in_an_8_bit_format_says_so(tmp_path):
+    picture16 = deep_colour.from_array(np.full((H, W, 3), 40000, np.uint16))
+    note = save_image(picture16, tmp_path / "out.jpg")
+    assert note and "16-bit RGB" in note and "PNG keeps it" in note
+
+
+def test_the_inpainter_takes_a_16_bit_colour_array(inpainter):
+    values = np.random.default_rng(5).integers(0, 65536, (H, W, 3), dtype=np.uint16)
+    assert_deep_inpainted(inpainter(values, HOLE), values)
+
+
+def test_paste_keeps_a_palette_pictures_transparency():
+    """A palette picture with a transparent entry: hole pixels that were transparent stay so, the others get
+    opaque colours only (never the transparent entry, whatever its colour)."""
+    source = picture("P")
+    clear = int(np.asarray(source)[0, 0])
+    source.info["transparency"] = clear
+    pred = np.broadcast_to(np.array(source.getpalette()[3 * clear:3 * clear + 3], np.uint8), (H, W, 3)).copy()
+    result = np.asarray(paste_prediction(source, pred, HOLE, (0, H, 0, W)))
+    was_clear = np.asarray(source) == clear
+    assert (result[HOLE & was_clear] == clear).all() and (result[HOLE & ~was_clear] != clear).all()
+    assert (HOLE & was_clear).any() and (HOLE & ~was_clear).any()
+
+
+def test_cli_says_a_conversion_once_for_a_folder(checkpoint, tmp_path, capsys):
+    for folder in ("photos", "masks"):
+        (tmp_path / folder).mkdir()
+    for name in ("a", "b", "c"):
+        picture("CMYK").save(tmp_path / "photos" / f"{name}.jpg")
+        Image.fromarray(HOLE.astype(np.uint8) * 255).save(tmp_path / "masks" / f"{name}.png")
+    assert inpaint_main(["--checkpoint", str(checkpoint), "--image", str(tmp_path / "photos"), "--mask",
+                         str(tmp_path / "masks"), "--output", str(tmp_path / "out"), "--device", "cpu"]) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if "cannot hold" in line]
+    assert notes == ["note: a: PNG cannot hold CMYK pictures: written as RGB (TIFF keeps it)"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "b.png", "c.png"]
+
+
+def test_inpainter_warns_once_for_a_mode_it_does_not_keep(inpainter):
+    premultiplied = picture("RGBA").convert("RGBa")
+    with pytest.warns(UserWarning, match="RGBa pictures are inpainted as RGBA"):
+        result = inpainter(premultiplied, HOLE)
+    assert result.mode == "RGBA"

@@ -21,6 +21,7 @@ FLOORS = {
     "output_files": -2,  # output checks and atomic writes with the umask, for every writer
     "progress": -2,  # progress bars on a terminal, plain lines otherwise
     "weights_files": -1,  # the weights-file rule that floor-0 metrics share
+    "deep_colour": -2,  # 16-bit colour, which image_modes keeps
     "image_modes": -1,  # the picture-mode rules that images (floor 0) reads with
     "images": 0, "device": 0, "precision": 0, "samples": 0, "metrics": 0, "fid": 0, "classical": 0,
     "lpips_metric": 0, "ids": 0,
@@ -96,6 +97,59 @@ def test_model_imports_only_lower_floors(path):
 
 def test_every_model_module_has_a_floor():
     assert {p.relative_to(REPO / "mhtma_model").parts[0].removesuffix(".py") for p in MODEL} <= set(FLOORS)
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph(paths: list[Path]) -> dict[str, set[str]]:
+    """{module: the project modules it imports (also inside functions)}: `from P import x` is an edge to
+    the submodule P.x where there is one, else to P."""
+    modules = {_module_name(p): p for p in paths}
+    graph = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        edges = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                edges.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                base = package.split(".")[:len(package.split(".")) - node.level + 1] if node.level else []
+                source = ".".join(base + ([node.module] if node.module else []))
+                edges.update(f"{source}.{a.name}" if f"{source}.{a.name}" in modules else source for a in node.names)
+        graph[name] = {e for e in edges if e in modules and e != name}
+    return graph
+
+
+def import_circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every module that can reach itself through imports, with one such path."""
+    circles = []
+    for start in sorted(graph):
+        paths, seen = [[start]], {start}
+        while paths:
+            path = paths.pop()
+            for nxt in sorted(graph[path[-1]]):
+                if nxt == start:
+                    circles.append(path + [start])
+                    paths = []
+                    break
+                if nxt not in seen:
+                    seen.add(nxt)
+                    paths.append(path + [nxt])
+    return circles
+
+
+def test_circle_finder_finds_a_module_imported_back():
+    assert import_circles({"a": {"b"}, "b": {"a"}, "c": {"a"}}) == [["a", "b", "a"], ["b", "a", "b"]]
+    assert import_circles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_circles():
+    """No module imports one that imports it back (directly or through others), lazy imports included."""
+    paths = _sources("mhtma_kernels") + _sources("mhtma_model") + _sources("benchmarks")
+    assert not import_circles(import_graph(paths))
 
 
 def _is_triton_kernel(node: ast.AST) -> bool:

@@ -16,8 +16,9 @@ import torch
 pytest.importorskip("triton")
 
 from mhtma_kernels import masked_temperature_attention, masked_temperature_attention_reference  # noqa: E402
-from mhtma_kernels.ops import triton_launcher  # noqa: E402
-from mhtma_kernels.ops.triton_launcher import KernelConfig, TileConfig  # noqa: E402
+from benchmarks.compile_report import emulated_devices as gpu_devices  # noqa: E402
+from mhtma_kernels.ops.triton import launcher as triton_launcher  # noqa: E402
+from mhtma_kernels.ops.triton.launcher import KernelConfig, TileConfig  # noqa: E402
 
 from mhtma_kernels.testing import TOLERANCE, assert_close  # noqa: E402
 
@@ -161,7 +162,7 @@ def test_backward_saves_no_score_matrix():
                              for x in make_inputs(B, H, Nq, Nk, D, Dv, 0.1, "random"))
     out = masked_temperature_attention(q, k, v, key_valid, t, backend="triton")
     node = out.grad_fn
-    assert "triton_attention" in type(node).__name__  # the mhtma::triton_attention custom op (ops/triton_library.py)
+    assert "triton_attention" in type(node).__name__  # the mhtma::triton_attention custom op (ops/triton/op.py)
     saved = node.saved_tensors
     assert len(saved) > 0
     largest = max(s.numel() for s in saved if s is not None)
@@ -178,8 +179,8 @@ def test_output_is_saved_in_the_input_dtype_with_a_rounding_residual(dtype):
     q, k, v, key_valid, t = make_inputs(1, 2, 20, 18, 8, 6, 0.2, "random", dtype=dtype)
     q, k = torch.nn.functional.normalize(q, dim=-1), torch.nn.functional.normalize(k, dim=-1)
     valid_u8, temp = key_valid.view(torch.uint8), t.float()
-    out, (row_max2, row_log2sum, out_lo) = triton_launcher._forward(q, k, v, valid_u8, temp, 1e4, None)
-    out32, _ = triton_launcher._forward(q.float(), k.float(), v.float(), valid_u8, temp, 1e4, None)
+    out, (row_max2, row_log2sum, out_lo) = triton_launcher.launch_forward(q, k, v, valid_u8, temp, 1e4, None)
+    out32, _ = triton_launcher.launch_forward(q.float(), k.float(), v.float(), valid_u8, temp, 1e4, None)
     assert out.dtype == dtype and row_max2.dtype == row_log2sum.dtype == torch.float32
     if dtype == torch.float32:
         assert out_lo is None
@@ -258,7 +259,7 @@ def test_float64_is_refused_with_a_clear_error():
 
 
 def test_cpu_tensors_without_interpreter_are_refused(monkeypatch):
-    monkeypatch.setattr(triton_launcher, "_interpreting", lambda: False)
+    monkeypatch.setattr(triton_launcher, "interpreting", lambda: False)
     q, k, v, key_valid, t = make_inputs(1, 1, 4, 4, 3, 2, 0.2, "random", device="cpu")
     with pytest.raises(ValueError, match=r"backend='triton' needs CUDA tensors.*backend='torch'"):
         masked_temperature_attention(q, k, v, key_valid, t, backend="triton")
@@ -276,7 +277,7 @@ def test_gpu_kernels_compile_for_sm90_without_a_gpu(tmp_path):
     interprets the kernels."""
     script = (
         "import torch\n"
-        "from mhtma_kernels.ops.triton_launcher import compile_for_gpu, resource_usage\n"
+        "from benchmarks.compile_report import compile_for_gpu, resource_usage\n"
         "torch.backends.cuda.matmul.allow_tf32 = True  # fp32 as TF32 (IEEE fp32 dots are the slow exact path)\n"
         "for d in (45, 576):\n"
         "    for dtype in (torch.float16, torch.bfloat16, torch.float32):\n"
@@ -307,7 +308,7 @@ def test_autotuner_measures_the_shapes_candidates_and_runs_the_fastest(fastest, 
     its launches, and its result is right. The kernels themselves run in the interpreter."""
     d, dv, dtype = 40, 24, torch.float32
     expected_tiles = triton_launcher.candidates("fwd", d, dv, dtype)
-    tuner = triton_launcher._autotuned("fwd")
+    tuner = triton_launcher._autotuned("fwd", triton_launcher.devices.current())
     timed, runs = [], []
 
     def stand_in_timer(*args, config, **meta):
@@ -322,7 +323,7 @@ def test_autotuner_measures_the_shapes_candidates_and_runs_the_fastest(fastest, 
     nq = 20 + fastest % 7  # a shape of its own: the tuner caches per shape
     q, k, v, key_valid, temp = make_inputs(2, 1, nq, 17, d, dv, 0.2, "random", dtype=dtype)
     q, k = torch.nn.functional.normalize(q, dim=-1), torch.nn.functional.normalize(k, dim=-1)
-    out, _ = triton_launcher._forward(q, k, v, key_valid.view(torch.uint8), temp.float(), 1e4, None, bounded=True)
+    out, _ = triton_launcher.launch_forward(q, k, v, key_valid.view(torch.uint8), temp.float(), 1e4, None, bounded=True)
 
     assert [t.constexprs() for t in expected_tiles] == timed  # each candidate of the shape, once
     chosen = expected_tiles[fastest].constexprs()
@@ -335,9 +336,9 @@ def test_fixed_tiles_without_autotuning(autotune, monkeypatch):
     """As on a GPU (the launcher told it does not interpret): MHTMA_AUTOTUNE=0 launches the fixed first
     candidate without timing anything, MHTMA_AUTOTUNE=1 times the candidates; the result is right either way."""
     d, dv, dtype = 40, 24, torch.float32
-    monkeypatch.setattr(triton_launcher, "_interpreting", lambda: False)
+    monkeypatch.setattr(triton_launcher, "interpreting", lambda: False)
     monkeypatch.setenv("MHTMA_AUTOTUNE", autotune)
-    tuner = triton_launcher._autotuned("fwd")
+    tuner = triton_launcher._autotuned("fwd", triton_launcher.devices.current())
     timed, launched = [], []
     monkeypatch.setattr(tuner, "_bench", lambda *a, config, **kw: timed.append(config) or [1.0])
     kernel = triton_launcher._kernel("fwd")
@@ -345,7 +346,7 @@ def test_fixed_tiles_without_autotuning(autotune, monkeypatch):
     monkeypatch.setattr(kernel, "run", lambda *a, **kw: launched.append(kw) or original_run(*a, **kw))
     q, k, v, key_valid, temp = make_inputs(1, 2, 23 + int(autotune), 17, d, dv, 0.2, "random", dtype=dtype)
     q, k = torch.nn.functional.normalize(q, dim=-1), torch.nn.functional.normalize(k, dim=-1)
-    out, _ = triton_launcher._forward(q, k, v, key_valid.view(torch.uint8), temp.float(), 1e4, None, bounded=True)
+    out, _ = triton_launcher.launch_forward(q, k, v, key_valid.view(torch.uint8), temp.float(), 1e4, None, bounded=True)
     first = triton_launcher.candidates("fwd", d, dv, dtype)[0].constexprs()
     assert bool(timed) == (autotune == "1")
     if autotune == "0":
@@ -370,14 +371,14 @@ def test_bound_of_unit_vectors_replaces_the_running_max(dtype, t):
     q, k, v, key_valid, temp = make_inputs(2, 2, 21, 19, 10, 6, t, "image1-all-invalid", dtype=dtype)
     q, k = torch.nn.functional.normalize(q, dim=-1), torch.nn.functional.normalize(k, dim=-1)
     valid_u8, temp = key_valid.view(torch.uint8), temp.float()
-    fixed_out, (row_max2, row_log2sum, _) = triton_launcher._forward(q, k, v, valid_u8, temp, 1e4, None, bounded=True)
-    online_out, (m2_online, l2_online, _) = triton_launcher._forward(q, k, v, valid_u8, temp, 1e4, None, bounded=False)
-    scale2 = triton_launcher._LOG2E / temp  # [B, H]
+    fixed_out, (row_max2, row_log2sum, _) = triton_launcher.launch_forward(q, k, v, valid_u8, temp, 1e4, None, bounded=True)
+    online_out, (m2_online, l2_online, _) = triton_launcher.launch_forward(q, k, v, valid_u8, temp, 1e4, None, bounded=False)
+    scale2 = triton_launcher.LOG2E / temp  # [B, H]
     uses_bound = dtype != torch.float16 and bool((scale2 <= triton_launcher.FIXED_MAX_LIMIT).all())
     assert uses_bound == (t == 0.1 and dtype != torch.float16)
     if uses_bound:
         torch.testing.assert_close(row_max2[0], scale2[0, :, None].expand_as(row_max2[0]), rtol=1e-6, atol=0)
-        assert (row_max2[1] == -1e4 * triton_launcher._LOG2E).all()  # image 1 has no valid key
+        assert (row_max2[1] == -1e4 * triton_launcher.LOG2E).all()  # image 1 has no valid key
     else:
         assert torch.equal(row_max2, m2_online)
     assert (m2_online[0] < scale2[0, :, None] - 1e-3).all()  # a running max sits below the bound
@@ -386,7 +387,7 @@ def test_bound_of_unit_vectors_replaces_the_running_max(dtype, t):
     torch.testing.assert_close(fixed_out.double(), online_out.double(), atol=atol, rtol=rtol)
 
 
-# ---- forward version 3 (ops/triton_forward.py): every candidate family and the small-tile paths ----
+# ---- forward version 3 (ops/triton/forward.py): every candidate family and the small-tile paths ----
 
 # (B, H, Nq, Nk, D, Dv, temperature, key-validity rule). With normalize=True the launcher runs the fixed-max
 # pass for heads with log2(e)/t <= FIXED_MAX_LIMIT (t >= 0.036) and the running-max pass for the others:
@@ -403,10 +404,13 @@ V3_CASES = [
 
 
 def v3_tiles(d, dv, dtype):
-    """The GPU candidates of the shape (v3 families) and small tiles: 16 x 16 (several query and key tiles),
-    column splits over the grid, TMA descriptors where the row strides allow them."""
-    tiles = {f"gpu{t.block_m}x{t.block_n}{'-tma' if t.tma else ''}-s{t.splits}": t
-             for t in triton_launcher.forward_v3_candidates(d, dv, dtype)}
+    """The GPU candidates of the shape (v3 rows of every architecture's family, the sm_90 ones first) and small
+    tiles: 16 x 16 (several query and key tiles), column splits over the grid, TMA descriptors where the row
+    strides allow them."""
+    tiles = {}
+    for arch, device in sorted(gpu_devices().items(), key=lambda item: item[0] != 90):
+        for t in triton_launcher.forward_v3_candidates(d, dv, dtype, device):
+            tiles.setdefault(f"gpu{t.block_m}x{t.block_n}{'-tma' if t.tma else ''}-s{t.splits}-w{t.num_warps}", t)
     tiles["16x16"] = triton_launcher.ForwardTile(d, dv, 16, 16)
     tiles["16x16-split3"] = triton_launcher.ForwardTile(d, dv, 16, 16, splits=3)
     tiles["16x32-tma"] = triton_launcher.ForwardTile(d, dv, 16, 32, tma=True)  # falls back to cp.async when unaligned
@@ -433,7 +437,7 @@ def test_forward_v3_matches_float64_reference(case, dtype, bounded):
     d, dv = case[4], case[5]
     for name, tile in v3_tiles(d, dv, dtype).items():
         config = KernelConfig(fwd=tile, dkdv=SMALL_TILES.dkdv, dq=SMALL_TILES.dq)
-        out, (row_max2, row_log2sum, out_lo) = triton_launcher._forward(
+        out, (row_max2, row_log2sum, out_lo) = triton_launcher.launch_forward(
             q, k, v, key_valid.view(torch.uint8), temp.float(), 1e4, config, bounded=bounded)
         assert out.dtype == dtype and torch.isfinite(out).all(), name
         full = out.double() + (0 if out_lo is None else out_lo.double())
@@ -449,14 +453,16 @@ V3_GRADIENT_CASES = [(V3_CASES[i], dtype) for i in (0, 2, 3, 5) for dtype in (to
 
 @pytest.mark.parametrize("case, dtype", V3_GRADIENT_CASES,
                          ids=[f"{c.id}-{str(t)[6:]}" for c, t in V3_GRADIENT_CASES])
-@pytest.mark.parametrize("tile", ["gpu-first", "16x16-split3"])
+@pytest.mark.parametrize("tile", ["gpu-first", "gpu-last", "16x16-split3"])
 def test_forward_v3_gradients_match_float64_reference(case, dtype, tile, monkeypatch):
     """Through the public function (normalize=True): the output and every gradient, the backward reading
-    the statistics of a v3 forward (the backward at the interpreter's fixed tiles)."""
+    the statistics of a v3 forward (the backward at the interpreter's fixed tiles); gpu-first is sm_90's
+    first tile, gpu-last the last v3 row of the other families' (the smallest)."""
     case = case.values[0]
     d, dv = case[4], case[5]
     tiles = v3_tiles(d, dv, dtype)
-    fwd = next(iter(tiles.values())) if tile == "gpu-first" else tiles[tile]
+    gpu = [t for name, t in tiles.items() if name.startswith("gpu")] or list(tiles.values())[:1]  # none: 16 x 16
+    fwd = {"gpu-first": gpu[0], "gpu-last": gpu[-1]}.get(tile) or tiles[tile]
     base = triton_launcher.choose_config
     monkeypatch.setattr(triton_launcher, "choose_config", lambda *args: dataclasses.replace(base(*args), fwd=fwd))
     check_against_float64(case, dtype)
@@ -471,9 +477,9 @@ def test_forward_v3_row_statistics_and_paths(dtype):
     temp = torch.tensor([[0.02, 0.1], [0.5, 0.03]], device=q.device)  # fixed max for log2(e)/t <= 40: t >= 0.036
     valid_u8 = key_valid.view(torch.uint8)
     config = KernelConfig(fwd=triton_launcher.ForwardTile(48, 16, 16, 16, splits=1), dkdv=SMALL_TILES.dkdv, dq=SMALL_TILES.dq)
-    _, (row_max2, row_log2sum, _) = triton_launcher._forward(q, k, v, valid_u8, temp, 1e4, config, bounded=True)
-    _, (m2_online, l2_online, _) = triton_launcher._forward(q, k, v, valid_u8, temp, 1e4, config, bounded=False)
-    scale2 = triton_launcher._LOG2E / temp  # [B, H]
+    _, (row_max2, row_log2sum, _) = triton_launcher.launch_forward(q, k, v, valid_u8, temp, 1e4, config, bounded=True)
+    _, (m2_online, l2_online, _) = triton_launcher.launch_forward(q, k, v, valid_u8, temp, 1e4, config, bounded=False)
+    scale2 = triton_launcher.LOG2E / temp  # [B, H]
     fixed = scale2 <= triton_launcher.FIXED_MAX_LIMIT
     assert fixed.any() and (~fixed).any(), "the case should mix both paths"
     for b in range(2):
@@ -481,7 +487,7 @@ def test_forward_v3_row_statistics_and_paths(dtype):
             if not fixed[b, h]:
                 assert torch.equal(row_max2[b, h], m2_online[b, h])
             elif b == 1:  # no valid key in image 1
-                assert (row_max2[b, h] == -1e4 * triton_launcher._LOG2E).all()
+                assert (row_max2[b, h] == -1e4 * triton_launcher.LOG2E).all()
             else:
                 torch.testing.assert_close(row_max2[b, h], scale2[b, h].expand_as(row_max2[b, h]), rtol=1e-6, atol=0)
     torch.testing.assert_close(row_max2 + row_log2sum, m2_online + l2_online, rtol=1e-5, atol=1e-4)
@@ -491,7 +497,7 @@ def test_forward_tile_for_other_head_dims_is_refused():
     q, k, v, key_valid, t = make_inputs(1, 1, 4, 4, 8, 8, 0.2, "random")
     config = KernelConfig(fwd=triton_launcher.ForwardTile(16, 8, 16, 16), dkdv=SMALL_TILES.dkdv, dq=SMALL_TILES.dq)
     with pytest.raises(ValueError, match=r"forward tile built for D=16, Dv=8 used with D=8, Dv=8"):
-        triton_launcher._forward(q, k, v, key_valid.view(torch.uint8), t.float(), 1e4, config)
+        triton_launcher.launch_forward(q, k, v, key_valid.view(torch.uint8), t.float(), 1e4, config)
 
 
 @pytest.mark.parametrize("width, cap, grain, expected", [
@@ -510,12 +516,12 @@ def test_power_of_two_pieces_cover_the_head_dim(width, cap, grain, expected):
 def test_forward_v3_candidates_fit_an_sm90_block(d, dtype):
     """By count: shared memory within 227 KB, accumulators within the register budget; TMA only with 16-byte
     aligned rows; every dtype defaults to v3 wherever a v3 tile fits (fp16 too since its spill was fixed)."""
-    tiles = triton_launcher.forward_v3_candidates(d, d, dtype)
+    tiles = triton_launcher.forward_v3_candidates(d, d, dtype, gpu_devices()[90])
     for tile in tiles:
-        assert tile.shared_bytes(dtype.itemsize) <= triton_launcher.SHARED_BYTES, tile
+        assert tile.shared_bytes(dtype.itemsize) <= 227 * 1024, tile
         assert tile.accumulator_registers() <= 144, tile
         assert not tile.tma or triton_launcher.tma_allowed(d, d, dtype), tile
-    first = triton_launcher.candidates("fwd", d, d, dtype)[0]
+    first = triton_launcher.candidates("fwd", d, d, dtype, gpu_devices()[90])[0]
     assert isinstance(first, triton_launcher.ForwardTile) == bool(tiles)
     if dtype != torch.float32:
         assert tiles, "16-bit inputs have a v3 tile at every benchmark D"
@@ -524,13 +530,15 @@ def test_forward_v3_candidates_fit_an_sm90_block(d, dtype):
 
 
 def test_forward_tile_overrides_the_forward_choice_only():
-    """Inside triton_launcher.forward_tile(tile) the forward runs that tile (here one built for other head dims,
+    """Inside benchmarks.forward_tile.forward_tile(tile) the forward runs that tile (here one built for other head dims,
     which the launcher refuses), the backward keeps its own choice; outside, the usual choice again."""
+    from benchmarks.forward_tile import forward_tile
+
     q, k, v, key_valid, t = make_inputs(1, 1, 9, 7, 8, 8, 0.2, "random")
-    with triton_launcher.forward_tile(triton_launcher.ForwardTile(16, 8, 16, 16)):
+    with forward_tile(triton_launcher.ForwardTile(16, 8, 16, 16)):
         with pytest.raises(ValueError, match=r"forward tile built for D=16, Dv=8 used with D=8, Dv=8"):
             masked_temperature_attention(q, k, v, key_valid, t, backend="triton")
-    with triton_launcher.forward_tile(triton_launcher.ForwardTile(8, 8, 16, 16, splits=2)):
+    with forward_tile(triton_launcher.ForwardTile(8, 8, 16, 16, splits=2)):
         inside = masked_temperature_attention(q, k, v, key_valid, t, backend="triton")
     outside = masked_temperature_attention(q, k, v, key_valid, t, backend="triton")
     expected = masked_temperature_attention_reference(q.double(), k.double(), v.double(), key_valid, t.double())

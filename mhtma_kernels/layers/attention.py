@@ -79,13 +79,9 @@ class MaskedTemperatureAttention(nn.Module):
     def _resolve_op_backend(self) -> None:
         """Fix, once, what each forward hands the op: at construction, on ``.to()`` / ``.cuda()`` and when
         ``backend`` is assigned, never per forward. An explicit backend goes as given; "auto" becomes
-        ``MHTMA_BACKEND`` when that is set, else stays "auto" (the op chooses per call). ``_renormalize``:
-        the unit patches go with normalize=True where the op runs or may run triton (the triton backend, or
-        "auto" on a CUDA device): the kernel then knows every logit is at most 1/t (see :meth:`attend`)."""
+        ``MHTMA_BACKEND`` when that is set, else stays "auto" (the op chooses per call)."""
         op_backend = self._backend if self._backend != "auto" else (backend_from_env() or "auto")
-        on_cuda = self.embed.weight.device.type == "cuda"
         self._op_backend = op_backend
-        self._renormalize = op_backend == "triton" or (op_backend == "auto" and on_cuda)
 
     def _apply(self, fn, *args, **kwargs):
         module = super()._apply(fn, *args, **kwargs)
@@ -111,13 +107,11 @@ class MaskedTemperatureAttention(nn.Module):
         key_valid [B,Nk], t [B,K] -> [B,K,Nq,D]. t keeps its dtype: under autocast the patches are
         bf16/fp16 but the learned scale stays fp32.
 
-        Where the op runs or may run triton (``_renormalize``: the triton backend, or "auto" on CUDA) it
-        normalises the (unit) patches once more: an O(N*D) pass, small next to the O(Nq*Nk*D) attention on
-        a GPU, after which the kernel knows every logit is at most 1/t and can skip the running max
-        (docs/kernel-notes.md). Elsewhere the patches go in as they are. Backend and flag are settled
-        once (:meth:`_resolve_op_backend`), not here."""
-        return masked_temperature_attention(qn, kn, v, key_valid, t, lambda_m=self.lambda_m,
-                                            normalize=self._renormalize, backend=self._op_backend)
+        The patches are unit vectors, so the op gets normalize=False with unit_norm=True: the fused kernels
+        then know every logit is at most 1/t and may skip the running max (docs/kernel-notes.md) without
+        normalising a second time. The backend is settled once (:meth:`_resolve_op_backend`), not here."""
+        return masked_temperature_attention(qn, kn, v, key_valid, t, lambda_m=self.lambda_m, normalize=False,
+                                            backend=self._op_backend, unit_norm=True)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``x [B, C, H, W]``, ``mask [B, 1, H0, W0]`` (1 = hole) -> refined ``[B, C, H, W]``."""

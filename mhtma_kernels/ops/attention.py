@@ -70,16 +70,16 @@ def _check_temperature_values(temperature: torch.Tensor) -> None:
         torch._assert_async((torch.isfinite(temperature) & (temperature > 0)).all(), _TEMPERATURE_MESSAGE)
 
 
-def resolve_backend(backend: str, device: torch.device | None = None) -> str:
+def resolve_backend(backend: str) -> str:
     """The backend a call runs: an explicit name as given; 'auto' -> $MHTMA_BACKEND if set, else 'auto'
-    (chosen per shape by measurement, see :mod:`.backends`). ``device`` is accepted for callers that
-    pass it; the answer does not depend on it."""
+    (chosen per shape by measurement, see :mod:`.backends`)."""
     if backend != "auto":
         return backend
     return backend_from_env() or "auto"
 
 
-def masked_temperature_attention(q, k, v, key_valid, temperature, lambda_m=1e4, normalize=True, backend="auto"):
+def masked_temperature_attention(q, k, v, key_valid, temperature, lambda_m=1e4, normalize=True, backend="auto",
+                                 unit_norm=False):
     r"""Masked temperature attention (MHTMA, paper Eq. 7-11).
 
     Args:
@@ -91,6 +91,10 @@ def masked_temperature_attention(q, k, v, key_valid, temperature, lambda_m=1e4, 
         lambda_m: mask penalty given to invalid keys. 1e4 makes exp(-lambda_m) underflow to exactly 0
             next to any valid key (valid logits lie in [-1/t, 1/t]), yet stays finite in fp16/bf16.
         normalize: L2-normalise q and k (eps 1e-6) first; False gives a plain scaled dot product.
+        unit_norm: the caller states that the rows of q and k have norm at most 1 (it normalised them):
+            with normalize=False the fused kernels and the chunked path may then use the bound 1/t of
+            the logits as the row max, as they do after normalising here. Not checked; a false claim
+            costs accuracy where logits exceed 1/t.
         backend: ``"reference"`` (materialised oracle), ``"torch"`` (SDPA's fused CPU kernel where it
             applies, else the query-chunked GEMM path; O(Nq*Nk) never held), ``"triton"`` (fused
             kernels) or ``"auto"`` (the fastest exact candidate for the shape, measured on the first
@@ -111,7 +115,7 @@ def masked_temperature_attention(q, k, v, key_valid, temperature, lambda_m=1e4, 
     dtype and accumulation stays fp32. The output is then in the autocast dtype.
 
     torch.compile / torch.export: the `torch` and `triton` backends are ``torch.library`` custom ops
-    (``mhtma::chunked_gemm_attention``, ``mhtma::triton_attention``, see :mod:`.library`), so
+    (``mhtma::chunked_gemm_attention``, ``mhtma::triton_attention``, see :mod:`.chunked.op`, :mod:`.triton.op`), so
     ``torch.compile(..., fullgraph=True)`` and ``torch.export`` trace through them. Checks of the
     temperature's values run in eager mode; compiled on CPU they become a runtime assertion
     (RuntimeError); compiled on CUDA or exported they are skipped (see ``_check_temperature_values``).
@@ -121,14 +125,14 @@ def masked_temperature_attention(q, k, v, key_valid, temperature, lambda_m=1e4, 
         ``[B, H, Nq, Dv]`` in the dtype of ``v``.
     """
     _validate(q, k, v, key_valid, temperature, lambda_m, backend)
-    backend = resolve_backend(backend, q.device)
+    backend = resolve_backend(backend)
     lambda_m = float(lambda_m)
     low_precision = autocast_dtype(q.device)
     if low_precision is None:
-        return _dispatch(q, k, v, key_valid, temperature, lambda_m, normalize, backend)
+        return _dispatch(q, k, v, key_valid, temperature, lambda_m, normalize, backend, bool(unit_norm))
     q, k, v = cast_for_autocast(low_precision, q, k, v)
     with torch.autocast(q.device.type, enabled=False):  # the op's fp32 accumulation is not re-cast
-        return _dispatch(q, k, v, key_valid, temperature, lambda_m, normalize, backend)
+        return _dispatch(q, k, v, key_valid, temperature, lambda_m, normalize, backend, bool(unit_norm))
 
 
 def _empty_result(q, k, v, temperature):
@@ -139,7 +143,7 @@ def _empty_result(q, k, v, temperature):
     return v.new_zeros(B, H, Nq, v.shape[3]) + 0 * link
 
 
-def _dispatch(q, k, v, key_valid, temperature, lambda_m: float, normalize: bool, backend: str):
+def _dispatch(q, k, v, key_valid, temperature, lambda_m: float, normalize: bool, backend: str, unit_norm: bool):
     if q.shape[0] * q.shape[1] * q.shape[2] * v.shape[3] == 0:
         return _empty_result(q, k, v, temperature)
     if backend == "reference":
@@ -149,7 +153,7 @@ def _dispatch(q, k, v, key_valid, temperature, lambda_m: float, normalize: bool,
     # stay identical for normalize=True/False, and may use the bound |<q_i, k_j>| <= 1); the CPU flash
     # path folds it into its operands so that no normalised copy of k is held.
     if backend == "torch":
-        return torch_backend(q, k, v, key_valid, temperature, lambda_m, normalize)
+        return torch_backend(q, k, v, key_valid, temperature, lambda_m, normalize, unit_norm)
     if backend == "auto":
-        return auto_backend(q, k, v, key_valid, temperature, lambda_m, normalize)
-    return triton_backend(q, k, v, key_valid, temperature, lambda_m, normalize)
+        return auto_backend(q, k, v, key_valid, temperature, lambda_m, normalize, unit_norm)
+    return triton_backend(q, k, v, key_valid, temperature, lambda_m, normalize, unit_norm)

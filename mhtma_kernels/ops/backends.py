@@ -1,7 +1,8 @@
 """The implementations behind the op's backends, on raw q, k and the ``normalize`` flag (the public function
 validated the inputs and handled empty problems), and the measured choice of ``backend="auto"``. triton
-and chunked get q, k L2-normalised here (and ``bounded = normalize``: |<q_i, k_j>| <= 1); sdpa normalises
-inside its CPU op (see :mod:`.flash_cpu`).
+and chunked get q, k L2-normalised here (and ``bounded = normalize or unit_norm``: |<q_i, k_j>| <= 1, which
+the caller's ``unit_norm`` states for rows it normalised itself); sdpa normalises
+inside its CPU op (see :mod:`.sdpa.flash_cpu`).
 
     name       what                                                   where
     triton     the fused Triton op (``mhtma::triton_attention``)      CUDA (or the interpreter, forced)
@@ -10,7 +11,7 @@ inside its CPU op (see :mod:`.flash_cpu`).
 
 ``backend="torch"``: on CPU ``sdpa`` where its fused kernel takes the inputs, else ``chunked``; on CUDA
 ``chunked``. ``backend="auto"``: every applicable candidate is timed on the first call per (device,
-dtype, shape bucket, grad or not) by :data:`.dispatch.AUTO`; env ``MHTMA_AUTO_CANDIDATES`` (comma-separated
+dtype, shape bucket, grad or not) by :data:`.timed_choice.AUTO`; env ``MHTMA_AUTO_CANDIDATES`` (comma-separated
 names) restricts the candidates. While a graph is traced (torch.compile, torch.export) nothing is
 timed: the fixed default is taken (triton on CUDA, sdpa on CPU where it applies, chunked otherwise; chunked under export,
 whose ATen graph would otherwise hold SDPA's math decomposition).
@@ -19,10 +20,11 @@ import os
 
 import torch
 
-from .dispatch import AUTO, bucket
-from .library import chunked_attention
+from .chunked.op import chunked_attention
 from .reference import l2_normalize
-from .sdpa import sdpa_applies, sdpa_masked_attention, sdpa_takes
+from .rules import MAX_BATCH_HEADS, triton_import_error
+from .sdpa.bias import sdpa_applies, sdpa_masked_attention, sdpa_takes
+from .timed_choice import AUTO, LOGGER, shape_key
 from .tracing import is_exporting, is_tracing
 
 CANDIDATES = ("triton", "chunked", "sdpa")
@@ -33,31 +35,42 @@ def _normalized(q, k, normalize: bool):
     return (l2_normalize(q), l2_normalize(k)) if normalize else (q, k)
 
 
-def triton_backend(q, k, v, key_valid, temperature, lambda_m, normalize):
-    from .triton_library import triton_attention  # imported lazily: triton is optional on CPU
+def triton_backend(q, k, v, key_valid, temperature, lambda_m, normalize, unit_norm=False):
+    from .triton.op import triton_attention  # imported lazily: triton is optional on CPU
 
     q, k = _normalized(q, k, normalize)
-    return triton_attention(q, k, v, key_valid, temperature, lambda_m, bounded=normalize)
+    return triton_attention(q, k, v, key_valid, temperature, lambda_m, bounded=normalize or unit_norm)
 
 
-def _chunked(q, k, v, key_valid, temperature, lambda_m, normalize):
+def _chunked(q, k, v, key_valid, temperature, lambda_m, normalize, unit_norm=False):
     q, k = _normalized(q, k, normalize)
-    return chunked_attention(q, k, v, key_valid, temperature, lambda_m, normalize)
+    return chunked_attention(q, k, v, key_valid, temperature, lambda_m, normalize or unit_norm)
 
 
-def _sdpa(q, k, v, key_valid, temperature, lambda_m, normalize):
+def _sdpa(q, k, v, key_valid, temperature, lambda_m, normalize, unit_norm=False):
     return sdpa_masked_attention(q, k, v, key_valid, temperature, lambda_m, normalize)
 
 
 IMPLEMENTATIONS = {"triton": triton_backend, "chunked": _chunked, "sdpa": _sdpa}
 
 
-def _triton_available() -> bool:
-    try:
-        from . import triton_launcher
-    except ImportError:  # pragma: no cover - triton_launcher itself guards the triton import
+_TRITON_REFUSED: dict = {}  # (device kind, D, Dv, dtype) -> why triton has no tile that fits, or None
+
+
+def triton_applies(q, v) -> bool:
+    """Whether the triton candidate may run on these inputs: dtype, B*H, triton importable, and a tile of
+    every kernel that fits the GPU (else it is left out, with one INFO line per GPU kind, D, Dv and dtype)."""
+    if q.dtype not in _TRITON_DTYPES or q.shape[0] * q.shape[1] > MAX_BATCH_HEADS or triton_import_error() is not None:
         return False
-    return triton_launcher._IMPORT_ERROR is None
+    from .triton import device, launcher
+
+    gpu = device.current(q)
+    key = (gpu.kind, q.shape[-1], v.shape[-1], q.dtype)
+    if key not in _TRITON_REFUSED:
+        _TRITON_REFUSED[key] = launcher.refusal(q.shape[-1], v.shape[-1], q.dtype, gpu)
+        if _TRITON_REFUSED[key] is not None:
+            LOGGER.info("auto backend: triton left out (%s)", _TRITON_REFUSED[key])
+    return _TRITON_REFUSED[key] is None
 
 
 def _restriction() -> tuple[str, ...] | None:
@@ -77,8 +90,7 @@ def applicable(q, k, v) -> list[str]:
     if q.device.type == "cpu":
         names = ["sdpa", "chunked"] if sdpa else ["chunked"]
     else:
-        triton = (q.device.type == "cuda" and q.dtype in _TRITON_DTYPES and q.shape[0] * q.shape[1] <= 65535
-                  and _triton_available())
+        triton = q.device.type == "cuda" and triton_applies(q, v)
         names = ["triton"] * triton + ["chunked"] + ["sdpa"] * sdpa
     only = _restriction()
     if only is not None:
@@ -89,19 +101,13 @@ def applicable(q, k, v) -> list[str]:
     return names
 
 
-def torch_backend(q, k, v, key_valid, temperature, lambda_m, normalize):
+def torch_backend(q, k, v, key_valid, temperature, lambda_m, normalize, unit_norm=False):
     """``backend="torch"``: SDPA's fused CPU kernel where it takes the inputs, the chunked GEMM path otherwise."""
     if q.device.type == "cpu" and sdpa_applies(q, v) and not is_exporting():
         out = sdpa_masked_attention(q, k, v, key_valid, temperature, lambda_m, normalize)
         if out is not None:
             return out
-    return _chunked(q, k, v, key_valid, temperature, lambda_m, normalize)
-
-
-def dispatch_key(q, k, v, bounded: bool, grad: bool) -> tuple:
-    """(B*H, Nq, Nk bucketed; D, Dv exact; bounded; grad): the shapes that share one choice."""
-    B, H, Nq, D = q.shape
-    return (bucket(B * H), bucket(Nq), bucket(k.shape[2]), D, v.shape[3], bool(bounded), bool(grad))
+    return _chunked(q, k, v, key_valid, temperature, lambda_m, normalize, unit_norm)
 
 
 def _trial(name, args, grad: bool):
@@ -120,18 +126,17 @@ def _trial(name, args, grad: bool):
     return run
 
 
-def auto_backend(q, k, v, key_valid, temperature, lambda_m, normalize):
+def auto_backend(q, k, v, key_valid, temperature, lambda_m, normalize, unit_norm=False):
     """``backend="auto"``: the measured choice among the applicable candidates (see the module docstring)."""
     names = applicable(q, k, v)
-    args = (q, k, v, key_valid, temperature, lambda_m, normalize)
+    args = (q, k, v, key_valid, temperature, lambda_m, normalize, unit_norm)
     grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v, temperature))
     if is_tracing(q, k, v, temperature):
         name = "chunked" if is_exporting() else names[0]
     elif len(names) == 1:
         name = names[0]
     else:
-        key = dispatch_key(q, k, v, normalize, grad)
-        full_key = (str(q.device), str(q.dtype).replace("torch.", "")) + key
-        name = AUTO.choose(full_key, q.device, q.dtype, {n: _trial(n, args, grad) for n in names})
+        key = shape_key(q, k, v, bool(normalize or unit_norm), bool(grad))
+        name = AUTO.choose(key, q.device, q.dtype, {n: _trial(n, args, grad) for n in names})
     out = IMPLEMENTATIONS[name](*args)
     return out if out is not None else _chunked(*args)

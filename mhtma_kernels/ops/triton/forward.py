@@ -1,6 +1,6 @@
 """Forward kernel, version 3: the q row block resident, the key loop innermost, every tile load pipelined.
 
-Same contract and math as version 2 (the other branch of the entry kernel; `triton_kernels`' module docstring
+Same contract and math as version 2 (the other branch of the entry kernel; `tiles`' module docstring
 defines z2, row_max2, row_log2sum, the padding and the invalid-key constant); what changes is the loop structure:
 
 * the head dims are compile-time constants (HEAD_D, HEAD_DV), so the D and Dv axes are cut into static
@@ -21,8 +21,51 @@ constexprs, so that one `triton.autotune` measures both versions' candidates.
 import triton
 import triton.language as tl
 
-from .triton_kernels import _accumulate as _accumulate_v2
-from .triton_kernels import _logits2, _store_out_block, _tile_logits2, _zero_blocks
+from .tiles import _dot_abt, _dot_block, _logits2, _store_block, _zero_blocks
+
+
+@triton.jit
+def _store_out_block(o_base, lo_base, tile, offs_r, r_mask, col0, stride_r, NCOLS,
+                     BLOCK_C: tl.constexpr, HAS_LO: tl.constexpr):
+    """out[block] = tile rounded to out's dtype; with HAS_LO also out_lo[block] = tile - that rounding."""
+    rounded = tile.to(o_base.dtype.element_ty)  # [R, BLOCK_C]
+    _store_block(o_base, rounded, offs_r, r_mask, col0, stride_r, NCOLS, BLOCK_C)
+    if HAS_LO:
+        _store_block(lo_base, tile - rounded.to(tl.float32), offs_r, r_mask, col0, stride_r, NCOLS, BLOCK_C)
+
+
+@triton.jit
+def _tile_logits2(q_base, k_base, VALID, b, offs_m, m_mask, offs_n, NK, D, stride_qn, stride_kn, scale2, neg_lambda2,
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                  UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """Base-2 logits of one tile: query rows offs_m x key rows offs_n -> [BLOCK_M, BLOCK_N] fp32."""
+    n_mask = offs_n < NK
+    valid = tl.load(VALID + b * NK + offs_n, mask=n_mask, other=0) != 0  # [BLOCK_N]
+    s = _dot_abt(q_base, k_base, offs_m, offs_n, m_mask, n_mask, stride_qn, stride_kn, D,
+                 BLOCK_M, BLOCK_N, BLOCK_D, UPCAST, DOT_PRECISION)  # [BLOCK_M, BLOCK_N]
+    return _logits2(s, valid, n_mask, scale2, neg_lambda2)
+
+
+@triton.jit
+def _accumulate_v2(accs, alpha, p, v_base, offs_n, NK, col0, stride_vn, DV,
+                BLOCK_C: tl.constexpr, NUM_CB: tl.constexpr, RESCALE: tl.constexpr, UPCAST: tl.constexpr,
+                DOT_PRECISION: tl.constexpr):
+    """accs[c] <- accs[c] * alpha (RESCALE) + p @ v[offs_n, block c] for the program's NUM_CB column blocks.
+
+    p [BLOCK_M, BLOCK_N] fp32 weights; alpha [BLOCK_M, 1]; accs a tuple of NUM_CB [BLOCK_M, BLOCK_C] fp32."""
+    n_mask = offs_n < NK
+    if UPCAST:
+        pv = p  # [BLOCK_M, BLOCK_N] fp32
+    else:
+        pv = p.to(v_base.dtype.element_ty)  # [BLOCK_M, BLOCK_N]
+    out = ()
+    for c in tl.static_range(NUM_CB):
+        acc = accs[c]  # [BLOCK_M, BLOCK_C]
+        if RESCALE:
+            acc = acc * alpha
+        out = out + (_dot_block(acc, pv, v_base, offs_n, n_mask, col0 + c * BLOCK_C, stride_vn, DV, BLOCK_C, UPCAST,
+                                DOT_PRECISION),)
+    return out
 
 
 @triton.jit

@@ -9,16 +9,9 @@ Ops (namespace ``mhtma``; q, k already L2-normalised, as for every backend below
         -> (dq, dk, dv, dtemperature)
 
 row_max and log_sum are the per-row softmax statistics (natural base, compute dtype: fp32, or fp64 for
-fp64 inputs) of :func:`.chunked.chunked_forward`; the backward needs only row_max (it renormalises the
-weights per row, see :func:`.chunked.chunked_backward`). The ops call those plain functions.
+fp64 inputs) of :func:`.gemm.chunked_forward`; the backward needs only row_max (it renormalises the
+weights per row, see :func:`.gemm.chunked_backward`). The ops call those plain functions.
 ``bounded``: q and k rows have norm <= 1, so the forward may use the fixed bound 1/t as the row max.
-
-The CPU flash path (:mod:`.flash_cpu`; raw q, k: it normalises them itself when ``normalize``):
-
-    mhtma::sdpa_cpu_attention(q, k, v, key_valid, temperature, float lambda_m, bool normalize)
-        -> (out [B,H,Nq,D], lse [B,H,Nq]) in the compute dtype
-    mhtma::sdpa_cpu_attention_backward(q, k, v, key_valid, temperature, out, lse, dout, float lambda_m,
-                                       bool normalize) -> (dq, dk, dv, dtemperature)
 
 For ONNX (or any consumer of aten-only graphs), :data:`EXPORT_DECOMPOSITIONS` maps the forward op to
 :func:`decompose_chunked_attention`, the same math with the score matrix materialised
@@ -26,10 +19,8 @@ For ONNX (or any consumer of aten-only graphs), :data:`EXPORT_DECOMPOSITIONS` ma
 """
 import torch
 
-from .chunked import RowStats, chunked_backward, chunked_forward, compute_dtype
-from .flash_cpu import flash_cpu_backward, flash_cpu_forward
-
-NAMESPACE = "mhtma"
+from ..rules import NAMESPACE, compute_dtype
+from .gemm import RowStats, chunked_backward, chunked_forward
 
 
 @torch.library.custom_op(f"{NAMESPACE}::chunked_gemm_attention", mutates_args=())
@@ -79,57 +70,6 @@ chunked_attention_forward.register_autograd(_backward, setup_context=_setup_cont
 def chunked_attention(q, k, v, key_valid, temperature, lambda_m: float, bounded: bool = False) -> torch.Tensor:
     """The query-chunked GEMM path on normalised q, k as one traceable op -> ``[B, H, Nq, Dv]`` in v's dtype."""
     return chunked_attention_forward(q, k, v, key_valid, temperature, float(lambda_m), bool(bounded))[0]
-
-
-@torch.library.custom_op(f"{NAMESPACE}::sdpa_cpu_attention", mutates_args=())
-def sdpa_cpu_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_valid: torch.Tensor,
-                               temperature: torch.Tensor, lambda_m: float, normalize: bool
-                               ) -> tuple[torch.Tensor, torch.Tensor]:
-    out, lse = flash_cpu_forward(q, k, v, key_valid, temperature, lambda_m, normalize)
-    return out.contiguous(), lse.contiguous()  # the fake's layout
-
-
-@sdpa_cpu_attention_forward.register_fake
-def _(q, k, v, key_valid, temperature, lambda_m, normalize):
-    B, H, Nq, _ = q.shape
-    dtype = compute_dtype(q.dtype)
-    return v.new_empty(B, H, Nq, v.shape[3], dtype=dtype), q.new_empty(B, H, Nq, dtype=dtype)
-
-
-@torch.library.custom_op(f"{NAMESPACE}::sdpa_cpu_attention_backward", mutates_args=())
-def sdpa_cpu_attention_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_valid: torch.Tensor,
-                                temperature: torch.Tensor, out: torch.Tensor, lse: torch.Tensor, dout: torch.Tensor,
-                                lambda_m: float, normalize: bool
-                                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    grads = flash_cpu_backward(q, k, v, key_valid, temperature, lambda_m, normalize, out, lse, dout)
-    return tuple(x.contiguous() for x in grads)  # the fake's layout
-
-
-@sdpa_cpu_attention_backward.register_fake
-def _(q, k, v, key_valid, temperature, out, lse, dout, lambda_m, normalize):
-    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), temperature.new_empty(temperature.shape)
-
-
-def _sdpa_setup_context(ctx, inputs, output):
-    q, k, v, key_valid, temperature, lambda_m, normalize = inputs
-    ctx.save_for_backward(q, k, v, key_valid, temperature, *output)
-    ctx.lambda_m, ctx.normalize = lambda_m, normalize
-
-
-def _sdpa_backward(ctx, dout, _d_lse):
-    q, k, v, key_valid, temperature, out, lse = ctx.saved_tensors
-    dq, dk, dv, dt = sdpa_cpu_attention_backward(q, k, v, key_valid, temperature, out, lse, dout, ctx.lambda_m,
-                                                 ctx.normalize)
-    return dq, dk, dv, None, dt, None, None
-
-
-sdpa_cpu_attention_forward.register_autograd(_sdpa_backward, setup_context=_sdpa_setup_context)
-
-
-def sdpa_cpu_attention(q, k, v, key_valid, temperature, lambda_m: float, normalize: bool) -> torch.Tensor:
-    """The CPU flash path on raw q, k as one traceable op -> ``[B, H, Nq, D]`` in v's dtype."""
-    out = sdpa_cpu_attention_forward(q, k, v, key_valid, temperature, float(lambda_m), bool(normalize))[0]
-    return out.to(v.dtype)
 
 
 def decompose_chunked_attention(q, k, v, key_valid, temperature, lambda_m, bounded=False):

@@ -10,15 +10,15 @@ Ops (namespace ``mhtma``; q, k already L2-normalised):
                                      float lambda_m, bool need_dq, bool need_dkdv, bool need_dt)
         -> (dq | empty, dk | empty, dv | empty, dtemperature [B,H] fp32 | empty)
 
-The forward kernel is launched by ``triton_launcher._forward``; block sizes are autotuned there on a GPU (the
+The forward kernel is launched by ``launcher.launch_forward``; block sizes are autotuned there on a GPU (the
 fixed ``choose_config`` under the interpreter or with MHTMA_AUTOTUNE=0).
 
-The backward has two implementations, chosen per shape (:data:`.dispatch.TRITON_BACKWARD`, the first
+The backward has two implementations, chosen per shape (:data:`..timed_choice.TRITON_BACKWARD`, the first
 call per (device, dtype, shape bucket, needed gradients) times both):
 
-* ``fused``: the backward kernels (``triton_launcher._backward``); dL/dt = -(1/t) sum_i <dq_i, q_i> from fp32
+* ``fused``: the backward kernels (``launcher.launch_backward``); dL/dt = -(1/t) sum_i <dq_i, q_i> from fp32
   partial sums in the dq kernel;
-* ``chunked``: the query-chunked GEMM backward (:func:`.chunked.chunked_backward`), recomputing the
+* ``chunked``: the query-chunked GEMM backward (:func:`..chunked.gemm.chunked_backward`), recomputing the
   weights from the forward's base-2 row maxima row_max2 and renormalising them per row (whole rows per chunk).
 
 Env ``MHTMA_TRITON_BACKWARD`` = ``fused`` | ``chunked`` forces one (``auto``, the default, measures;
@@ -26,27 +26,28 @@ under the CPU interpreter the default is ``fused``, nothing is timed). The choic
 backward op's implementation, which runs outside any compiled graph.
 
 ``bounded``: q and k rows have norm <= 1 (normalised by the public function), so the forward kernel may
-use the bound of the logits instead of a running max (triton_launcher.FIXED_MAX_LIMIT).
+use the bound of the logits instead of a running max (rules.FIXED_MAX_LIMIT).
 """
 import os
 
 import torch
 
-from . import triton_launcher
-from .chunked import RowStats, chunked_backward
-from .dispatch import TRITON_BACKWARD, bucket
-from .library import NAMESPACE
+from ..chunked.gemm import RowStats, chunked_backward
+from ..rules import MAX_BATCH_HEADS, NAMESPACE, triton_import_error
+from ..timed_choice import TRITON_BACKWARD, shape_key
+from . import launcher
 
 
 def _require_triton() -> None:
-    if triton_launcher._IMPORT_ERROR is not None:
+    error = triton_import_error()
+    if error is not None:
         raise ImportError(
             "backend='triton' needs the `triton` package, which could not be imported "
-            f"({triton_launcher._IMPORT_ERROR}); install triton or use backend='torch'"
-        ) from triton_launcher._IMPORT_ERROR
+            f"({error}); install triton or use backend='torch'"
+        ) from error
 
 
-_require_triton()  # at import: the backward's default asks triton_launcher whether it interprets
+_require_triton()  # at import: the backward's default asks the launcher whether it interprets
 
 
 def _register(name: str):
@@ -65,7 +66,7 @@ def triton_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
                              temperature: torch.Tensor, lambda_m: float, bounded: bool
                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     q, k, v, valid_u8, temp = _prepare(q, k, v, key_valid, temperature)
-    out, (row_max2, row_log2sum, out_lo) = triton_launcher._forward(q, k, v, valid_u8, temp, lambda_m, None, bounded)
+    out, (row_max2, row_log2sum, out_lo) = launcher.launch_forward(q, k, v, valid_u8, temp, lambda_m, None, bounded)
     return out, (out.new_empty(0) if out_lo is None else out_lo), row_max2, row_log2sum
 
 
@@ -86,7 +87,7 @@ def _fused_backward(q, k, v, key_valid, temperature, out, out_lo, row_max2, row_
     q, k, v, valid_u8, temp = _prepare(q, k, v, key_valid, temperature)
     stats = (row_max2, row_log2sum, out_lo if out_lo.numel() else None)
     need_dq, need_dkdv, need_dt = needs
-    return triton_launcher._backward(q, k, v, valid_u8, temp, lambda_m, None, out, stats, dout.contiguous(),
+    return launcher.launch_backward(q, k, v, valid_u8, temp, lambda_m, None, out, stats, dout.contiguous(),
                                need_dq=need_dq, need_dkdv=need_dkdv, need_dt=need_dt)
 
 
@@ -109,11 +110,10 @@ def backward_choice(*args) -> str:
         raise ValueError(f"MHTMA_TRITON_BACKWARD must be one of {('auto',) + tuple(BACKWARDS)}, got {forced!r}")
     if forced != "auto":
         return forced
-    if triton_launcher._interpreting():
+    if launcher.interpreting():
         return "fused"
     q, k, v = args[:3]
-    key = (str(q.device), str(q.dtype).replace("torch.", ""), bucket(q.shape[0] * q.shape[1]), bucket(q.shape[2]),
-           bucket(k.shape[2]), q.shape[3], v.shape[3], args[-1])
+    key = shape_key(q, k, v, args[-1])
     trials = {name: (lambda fn=fn: fn(*args)) for name, fn in BACKWARDS.items()}
     return TRITON_BACKWARD.choose(key, q.device, q.dtype, trials)
 
@@ -163,9 +163,10 @@ def triton_attention(q, k, v, key_valid, temperature, lambda_m: float, bounded: 
     public function handles empty problems before it gets here.
     """
     _require_triton()
-    triton_launcher._check_inputs(q, k, v, temperature)
+    launcher.check_inputs(q, k, v, temperature)
     B, H = q.shape[:2]
-    if B * H > 65535:  # CUDA limit of grid axis 1
-        raise ValueError(f"backend='triton' supports at most 65535 batch*heads, got B*H = {B * H}; split the batch")
-    lambda_m = min(float(lambda_m), triton_launcher._LAMBDA_CAP)
+    if B * H > MAX_BATCH_HEADS:  # CUDA limit of grid axis 1
+        raise ValueError(f"backend='triton' supports at most {MAX_BATCH_HEADS} batch*heads, got B*H = {B * H}; "
+                         "split the batch")
+    lambda_m = min(float(lambda_m), launcher.LAMBDA_CAP)
     return triton_attention_forward(q, k, v, key_valid, temperature, lambda_m, bool(bounded))[0]

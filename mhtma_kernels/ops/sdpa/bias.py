@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend
 
-from .chunked import compute_dtype
-from .library import sdpa_cpu_attention
-from .reference import l2_normalize
+from ..reference import l2_normalize
+from ..rules import compute_dtype
+from .op import sdpa_cpu_attention
 
 
 def _fused_kernel_takes(q, k, v, bias) -> bool:

@@ -17,15 +17,15 @@ Backward, from flash's own backward (dqn, dks, dv) and the row dots r_j = <ks_j,
     dq_i  = (dqn_i - [|q_i| >= eps] <qn_i, dqn_i> qn_i) / c_i
 
 Memory. The work runs over groups of (image, head) slices, as many per group as fit the chunk budget of
-:func:`.chunked.chunk_budget_mb` (``MHTMA_CHUNK_MB``; at least one slice): a group's qn and ks (and in the
+:func:`..rules.chunk_budget_mb` (``MHTMA_CHUNK_MB``; at least one slice): a group's qn and ks (and in the
 backward flash's gradients of the group) are the only copies; the forward holds out next to the inputs,
 the backward recomputes qn and ks per group from q and k instead of saving them and works in place in
 flash's gradient buffers. Computes in float32 (float64 for float64 inputs).
 """
 import torch
 
-from .chunked import chunk_budget_mb, compute_dtype
-from .reference import EPS
+from ..reference import EPS
+from ..rules import chunk_budget_mb, compute_dtype
 
 _FLASH = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 _FLASH_BACKWARD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward

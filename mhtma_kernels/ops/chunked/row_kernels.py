@@ -1,6 +1,6 @@
-"""Triton kernels for the elementwise row steps of the query-chunked GEMM path (:mod:`.chunked`): the work
+"""Triton kernels for the elementwise row steps of the query-chunked GEMM path (:mod:`.gemm`): the work
 between its GEMMs, one chunk of query rows at a time. They compute exactly what the eager steps
-``chunked._forward_rows_eager`` and ``chunked._backward_rows_eager`` compute, in one or two reads of the
+``gemm._forward_rows_eager`` and ``gemm._backward_rows_eager`` compute, in one or two reads of the
 chunk's scores instead of several torch kernels.
 
 Shapes (per chunk of c query rows, flattened over batch*heads "bh"): s, dp [BH, c, Nk] in the compute dtype
@@ -245,7 +245,7 @@ def _fill(value: float, like: torch.Tensor) -> torch.Tensor:
 
 
 def forward_rows(s, scale, invalid, fill: float, m_fixed, p_dtype, blocks=None):
-    """The forward row step (``chunked._forward_rows_eager``'s twin) -> (e [BH, c, Nk] in p_dtype, m, sum_j e
+    """The forward row step (``gemm._forward_rows_eager``'s twin) -> (e [BH, c, Nk] in p_dtype, m, sum_j e
     [BH, c, 1] in s's dtype); consumes s. blocks: (BLOCK_M, BLOCK_N), default :func:`row_blocks`'s choice."""
     _check(s, invalid, scale, *([] if m_fixed is None else [m_fixed]))
     _check_rounding(s, p_dtype)
@@ -269,7 +269,7 @@ def forward_rows(s, scale, invalid, fill: float, m_fixed, p_dtype, blocks=None):
 
 
 def backward_rows(s, dp, scale, invalid, fill: float, m, base2: bool, op_dtype, blocks=None):
-    """The backward row step (``chunked._backward_rows_eager``'s twin) -> (w, g [BH, c, Nk] in op_dtype,
+    """The backward row step (``gemm._backward_rows_eager``'s twin) -> (w, g [BH, c, Nk] in op_dtype,
     sum_ij g_ij s_ij [BH] in s's dtype); consumes s and dp. m [BH, c, 1] the saved row maxima (base 2 with
     ``base2``, scale and fill then pre-multiplied by log2(e)). blocks as in :func:`forward_rows`."""
     _check(s, invalid, scale, dp, m)

@@ -36,7 +36,7 @@ softmax works on fp32 s; p and g are rounded to the input dtype only as operands
 as the fused kernel does. The elementwise steps between the GEMMs (scale, mask, exp and row sums; w,
 delta, g and sum g*s) run, per env ``MHTMA_CHUNK_STEPS`` (see :func:`steps_mode`, :func:`_step`):
 
-* ``triton`` (CUDA's default for fp32 compute): two Triton kernels of ours (:mod:`.chunked_kernels`),
+* ``triton`` (CUDA's default for fp32 compute): two Triton kernels of ours (:mod:`.row_kernels`),
   one read of s in the forward with the fixed bound (two with the row's own max), two reads of s and dp in
   the backward, e / w / g written once in the GEMM operand dtype; no compile step beyond Triton's JIT;
 * ``eager`` (CPU's default; fp64 on CUDA): in-place torch ops on the chunk's buffers;
@@ -46,53 +46,25 @@ All three compute the same values (tests/test_chunked_kernels.py). A Triton kern
 that fails warns once and that step runs eagerly. The GEMMs stay cuBLAS/MKL calls.
 
 Chunks: the rows per chunk are chosen so that the chunk's buffers stay within a memory budget,
-``chunk_mb`` (keyword) > env ``MHTMA_CHUNK_MB`` > :data:`DEFAULT_CHUNK_MB` for the device (CUDA: large
+``chunk_mb`` (keyword) > env ``MHTMA_CHUNK_MB`` > :data:`..rules.DEFAULT_CHUNK_MB` for the device (CUDA: large
 chunks, a few big GEMMs; CPU: about the size of a last-level cache). A value that is not a positive
 number is a ValueError naming it. The backward splits the budget: half for the fp32 dk, dv accumulators
 of a group of heads (processed one group after the other), half for one chunk of that group's rows, so
 that beyond the inputs and the gradients themselves it holds about one budget.
 """
 import dataclasses
-import importlib.util
-import math
 import os
 import warnings
 from dataclasses import dataclass
 
 import torch
 
-_LOG2E = 1.4426950408889634
-#: Default budget (MiB) for one chunk's buffers, per device type (predictions, not measurements: large
-#: enough for full-speed GEMMs, small next to the [B, H, Nq, Nk] matrix at 64x64 maps).
-DEFAULT_CHUNK_MB = {"cuda": 256.0, "cpu": 8.0}
-# Largest 1/t (natural units) for which the fixed bound m = 1/t replaces the chunk max: every valid
-# weight exp(z - 1/t) >= exp(-2/t) >= 2^-80 (same limit as the Triton forward, in base 2: 40).
-FIXED_MAX_LIMIT = 40.0 / _LOG2E
+from ..rules import FIXED_MAX_LIMIT as _FIXED_MAX_LIMIT2
+from ..rules import LOG2E, chunk_budget_mb, compute_dtype, triton_import_error
 
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The elementwise work and accumulation run in float64 for float64 inputs and float32 otherwise."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _positive_mb(value, name: str) -> float:
-    try:
-        mb = float(value)
-    except (TypeError, ValueError):
-        mb = math.nan
-    if isinstance(value, bool) or not 0 < mb < math.inf:
-        raise ValueError(f"{name} must be a positive number of MiB, got {value!r}")
-    return mb
-
-
-def chunk_budget_mb(device: torch.device, chunk_mb=None) -> float:
-    """The chunk budget in MiB: the keyword, else env MHTMA_CHUNK_MB, else DEFAULT_CHUNK_MB[device type]."""
-    if chunk_mb is not None:
-        return _positive_mb(chunk_mb, "chunk_mb")
-    env = os.environ.get("MHTMA_CHUNK_MB", "").strip()
-    if env:
-        return _positive_mb(env, "MHTMA_CHUNK_MB")
-    return DEFAULT_CHUNK_MB.get(device.type, DEFAULT_CHUNK_MB["cuda"])
+# Largest 1/t (natural units) for which the fixed bound m = 1/t replaces the chunk max (the Triton forward's
+# limit, which is in base 2).
+FIXED_MAX_LIMIT = _FIXED_MAX_LIMIT2 / LOG2E
 
 
 def chunk_rows(bh: int, nq: int, nk: int, bytes_per_score: int, budget_mb: float) -> int:
@@ -222,7 +194,7 @@ def _problem(q, k, v, key_valid, temperature, lambda_m) -> _Problem:
 
 # ------------------------------------------------------------------------------ elementwise steps
 # One chunk's elementwise work between the GEMMs, three ways (env MHTMA_CHUNK_STEPS, see :func:`_step`): our
-# Triton kernels (ops/chunked_kernels.py; CUDA's default), in place in the chunk's buffers (eager: CPU, and
+# Triton kernels (ops/chunked/row_kernels.py; CUDA's default), in place in the chunk's buffers (eager: CPU, and
 # every fallback), and pure functions that torch.compile fuses. Shapes: s, dp [BH, c, Nk] in the compute
 # dtype; scale [BH, 1, 1]; invalid [BH, 1, Nk]; m [BH, c, 1] (or m_fixed [BH, 1, 1]).
 
@@ -267,17 +239,14 @@ _BROKEN: set = set()  # (mode, step name) that failed once: eager from then on
 
 
 def _triton_importable() -> bool:
-    return importlib.util.find_spec("triton") is not None
+    return triton_import_error() is None
 
 
 def steps_mode(device: torch.device, dtype: torch.dtype) -> str:
     """How the row steps run for ``device`` and compute ``dtype``: env MHTMA_CHUNK_STEPS (triton | compile |
     eager), else "triton" on CUDA for fp32 where triton is importable, else "eager" (CPU; fp64 on CUDA,
     whose Triton steps are checked under the interpreter only). "triton" on CPU tensors needs
-    TRITON_INTERPRET=1. A bad value, or the replaced MHTMA_CHUNK_FUSED, is a ValueError naming it."""
-    if os.environ.get("MHTMA_CHUNK_FUSED", "").strip():
-        raise ValueError("MHTMA_CHUNK_FUSED was replaced by MHTMA_CHUNK_STEPS=triton|compile|eager "
-                         "(compile is the old MHTMA_CHUNK_FUSED=1, eager the old 0): unset it")
+    TRITON_INTERPRET=1. A bad value is a ValueError naming it."""
     env = os.environ.get("MHTMA_CHUNK_STEPS", "").strip()
     if not env:
         wanted = device.type == "cuda" and dtype == torch.float32 and _triton_importable()
@@ -287,9 +256,9 @@ def steps_mode(device: torch.device, dtype: torch.dtype) -> str:
     if env == "triton" and not _triton_importable():
         raise ValueError("MHTMA_CHUNK_STEPS=triton, but triton is not installed")
     if env == "triton" and device.type != "cuda":
-        from . import chunked_kernels
+        from . import row_kernels
 
-        if not chunked_kernels.interpreting():
+        if not row_kernels.interpreting():
             raise ValueError(f"MHTMA_CHUNK_STEPS=triton on {device.type} tensors needs TRITON_INTERPRET=1 "
                              "(set before triton is imported)")
     return env
@@ -298,9 +267,9 @@ def steps_mode(device: torch.device, dtype: torch.dtype) -> str:
 def _fast_step(mode: str, name: str):
     """The Triton launcher or the torch.compile'd pure function of step ``name``."""
     if mode == "triton":
-        from . import chunked_kernels
+        from . import row_kernels
 
-        return {"forward": chunked_kernels.forward_rows, "backward": chunked_kernels.backward_rows}[name]
+        return {"forward": row_kernels.forward_rows, "backward": row_kernels.backward_rows}[name]
     if name not in _COMPILED:
         fused = {"forward": _forward_rows_fused, "backward": _backward_rows_fused}[name]
         _COMPILED[name] = torch.compile(fused, dynamic=True, fullgraph=True)
@@ -432,7 +401,7 @@ def _backward_heads(p: _Problem, do, m, base2: bool, grads, budget_mb: float) ->
     """One group of heads: fills its dq, dk, dv (``grads``, the outputs' slices) -> sum_ij g_ij s_ij [G]."""
     G, Nq, Nk = p.shape
     dq, dk_out, dv_out = grads
-    scale, fill = (p.inv_t * _LOG2E, -p.lambda_m * _LOG2E) if base2 else (p.inv_t, -p.lambda_m)
+    scale, fill = (p.inv_t * LOG2E, -p.lambda_m * LOG2E) if base2 else (p.inv_t, -p.lambda_m)
     dk = torch.zeros(G, Nk, p.k.shape[-1], dtype=p.acc, device=do.device)
     dv = torch.zeros(G, Nk, p.v.shape[-1], dtype=p.acc, device=do.device)
     g_dot_s = torch.zeros(G, dtype=p.acc, device=do.device)

@@ -1,5 +1,6 @@
 """The `triton` backend: launcher and block-size choice of the fused kernels (the op and its autograd
-formula are registered with torch.library in triton_library).
+formula are registered with torch.library in `op`). Public: launch_forward, launch_backward, candidates,
+choose_config, KernelConfig, TileConfig, ForwardTile, KERNELS.
 
 Inputs are ALREADY L2-normalised (the public function normalises in a PyTorch prepass, so that
 autograd differentiates the norm exactly and the kernels are identical for normalize=True/False):
@@ -7,14 +8,14 @@ autograd differentiates the norm exactly and the kernels are identical for norma
     q [B, H, Nq, D], k [B, H, Nk, D], v [B, H, Nk, Dv], key_valid [B, Nk] bool, temperature [B, H] > 0
     -> out [B, H, Nq, Dv] in v's dtype
 
-Forward: one entry kernel (triton_forward.masked_attention_forward_kernel) running version 3 (q resident,
-the key loop innermost and pipelined; ForwardTile) or version 2 (triton_kernels; TileConfig), whichever
+Forward: one entry kernel (forward.masked_attention_forward_kernel) running version 3 (q resident,
+the key loop innermost and pipelined; ForwardTile) or version 2 (forward; TileConfig), whichever
 tile the autotuner or the fixed choice gives; a bounded forward is two launches (fixed-max pass, then the
 heads whose bound is too large). It returns the output in v's dtype and saves it, plus for fp16/bf16
 the rounding residual out_lo = out_fp32 - out (same dtype), so that delta_i = <dout_i, out_i> in the
 backward keeps fp32 accuracy (an fp16/bf16-rounded delta visibly biases the temperature gradient)
 without an fp32 copy of the output; and per-row base-2 statistics row_max2 (max logit) and row_log2sum (log2 of the
-sum), [B, H, Nq] fp32 each (kept apart, see triton_kernels).
+sum), [B, H, Nq] fp32 each (kept apart, see tiles).
 Backward: delta (small kernel), one kernel for dk and dv (program per key block), one for dq (program
 per query block) that also writes per-program partial sums for the temperature gradient; nothing of
 size Nq x Nk is ever stored. With g_ij = dL/dz_ij (zero on invalid keys) and z_ij = s_ij / t,
@@ -31,31 +32,31 @@ small candidate list (`candidates`) on a GPU; set MHTMA_AUTOTUNE=0 to use the fi
 `choose_config` instead (no tuning runs on the first call). Under TRITON_INTERPRET=1 the fixed
 interpreter choice is always used.
 """
-import contextlib
 import dataclasses
 import os
 from dataclasses import dataclass
 
 import torch
 
-try:
+from ..rules import FIXED_MAX_LIMIT, LOG2E, triton_import_error
+from . import device as devices
+from . import tile_table
+from .device import Device
+
+if triton_import_error() is None:
     import triton
 
-    from . import triton_forward, triton_kernels
-except ImportError as error:  # pragma: no cover - exercised only where triton is missing
-    triton = None
-    triton_kernels = triton_forward = None
-    _IMPORT_ERROR = error
-else:
-    _IMPORT_ERROR = None
+    from . import backward as backward_kernels
+    from . import forward as forward_kernels
+else:  # pragma: no cover - exercised only where triton is missing
+    triton = backward_kernels = forward_kernels = None
 
 _SUPPORTED = (torch.float16, torch.bfloat16, torch.float32)
-_LOG2E = 1.4426950408889634
 # exp2(-lambda_m * log2(e) - m) is exactly 0 in fp32 next to any valid logit (|z| <= 1/t) once
 # lambda_m exceeds ~150 + 1/t; capping the constant keeps it finite in fp32 without changing results.
-_LAMBDA_CAP = 1e30
+LAMBDA_CAP = 1e30
 KERNELS = ("fwd", "dkdv", "dq")
-# Column blocks (accumulators) one program of each kernel can hold, as written out in triton_kernels.
+# Column blocks (accumulators) one program of each kernel can hold, as written out in the kernels.
 MAX_COL_BLOCKS = {"fwd": 8, "dkdv": 4, "dq": 8}
 
 
@@ -95,6 +96,17 @@ class TileConfig:
     def launch_options(self) -> dict:
         return dict(num_warps=self.num_warps, num_stages=self.num_stages)
 
+    def shared_bytes(self, kernel: str, d: int, dv: int, itemsize: int) -> int:
+        """Shared memory by count (see `shared_memory_needed`)."""
+        if self.resident:  # held rows (keys of k and v in dkdv, queries of q and dout in dq) + streamed buffers
+            cols = (triton.cdiv(d, self.block_c) + triton.cdiv(dv, self.block_c)) * self.block_c
+            held, streamed = (self.block_n, self.block_m) if kernel == "dkdv" else (self.block_m, self.block_n)
+            return (held + self.num_stages * streamed) * cols * itemsize
+        staged = self.num_stages * (self.block_m + self.block_n) * (self.block_d + self.block_e)
+        weights = self.block_m * self.block_n  # p or dz on their way to the next dot
+        values = self.block_n * self.block_c if kernel == "fwd" else 0
+        return (staged + weights + values) * itemsize
+
 
 @dataclass(frozen=True)
 class KernelConfig:
@@ -108,10 +120,11 @@ class KernelConfig:
         return getattr(self, kernel)
 
 
-# Shared memory of one sm_90 block (227 KB) and the fp32 accumulator registers per thread that leave room for
-# the scores, the weights and addressing in 255 registers (forward v3; ptxas, docs/kernel-notes.md).
-SHARED_BYTES = 227 * 1024
+# The fp32 accumulator registers per thread that leave room for the scores, the weights and addressing in 255
+# registers (forward v3; ptxas, docs/kernel-notes.md). Every architecture has 255 registers per thread.
 _V3_ACC_REGS = 144
+# Shared memory a resident backward program leaves for the compiler's scratch (its count is the least exact).
+_RESIDENT_MARGIN = 11 * 1024
 
 
 def pieces(width: int, cap: int, grain: int = 16) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -130,7 +143,7 @@ def pieces(width: int, cap: int, grain: int = 16) -> tuple[tuple[int, ...], tupl
 
 @dataclass(frozen=True)
 class ForwardTile:
-    """Launch parameters of forward version 3 (triton_forward) for head dims d, dv.
+    """Launch parameters of forward version 3 (forward) for head dims d, dv.
 
     block_m x block_n   score tile: query rows x key rows (the q rows stay resident over the key loop)
     splits              programs along the output columns, each with cols = round16(cdiv(dv, splits)) of them
@@ -202,41 +215,31 @@ def _fit_columns(ncols: int, block_c: int, max_cb: int) -> int:
     return triton.cdiv(blocks, splits)
 
 
-# Candidate tiles per kernel: (block_m, block_n, block_d, block_e, block_c, num_warps, num_stages, max_cb)
-# with num_cb fitted to the columns up to max_cb; max_cb = 0 means num_cb = 1 fixed. Each fitted family
-# compiles for sm_90 in bf16 without register spills at its max_cb (ptxas via compile_tile, see
-# docs/kernel-notes.md); the num_cb = 1 rows are the best configurations of the old one-column-block
-# kernels measured on an H200 (bf16, D = 576; issue "The fused op at GPU speed"), kept as a floor for
-# the autotuner although they spill. The first row of each kernel is the fixed default (choose_config).
-_FAMILIES = {
-    "fwd": [(64, 32, 64, 0, 64, 8, 2, 7), (64, 64, 64, 0, 64, 8, 2, 5), (64, 64, 64, 0, 32, 8, 2, 8),
-            (128, 64, 64, 0, 128, 8, 3, 0)],
-    # Backward rows (docs/kernel-notes.md, "Backward"): every dot has the program's own rows (keys in dkdv,
-    # queries in dq) as its M, 64 per warpgroup, so sm_90 runs them all on wgmma. A 9th field 1 marks a
-    # resident row (k, v or q, dout loaded once per program), kept only where _resident_fits says so.
-    "dkdv": [(32, 64, 32, 32, 64, 8, 2, 3), (64, 64, 32, 32, 32, 8, 2, 4), (64, 64, 32, 32, 64, 16, 2, 2),
-             (16, 128, 64, 64, 64, 8, 2, 2, 1)],
-    "dq": [(64, 32, 32, 32, 64, 8, 2, 7), (64, 64, 32, 32, 64, 8, 2, 5), (128, 16, 64, 64, 64, 8, 2, 3, 1)],
-}
-# Shared memory a resident backward program may plan for (sm_90 has 227 KB per block; the rest is scratch).
-_RESIDENT_SMEM = 216 * 1024
+def shared_memory_needed(kernel: str, tile, d: int, dv: int, dtype: torch.dtype) -> int:
+    """Shared memory of one program of `tile` by count, in bytes (itemsize = the input dtype's):
+
+        forward v3         itemsize * (block_m * D' + num_stages * block_n * (D' + C'))
+                           (the resident q pieces, num_stages buffers of k and v tiles; D', C' = the pieces of D
+                           and of the program's output columns rounded up to the grain)
+        version 2 and the streaming backward
+                           itemsize * (num_stages * (block_m + block_n) * (block_d + block_e)
+                                       + block_m * block_n  [+ block_n * block_c in the forward])
+                           (num_stages buffers of both operands of the D and Dv contractions, the weights
+                           on their way to the next dot, and one value tile)
+        resident backward  itemsize * (held + num_stages * streamed) * (cdiv(D, block_c) + cdiv(Dv, block_c)) * block_c
+
+    Matches what Triton allocates for the sm_90 fixed choices at D = 576 (forward 216 KB, dk/dv 28 KB) and
+    is an upper bound elsewhere (the compiler may keep an operand in registers)."""
+    if isinstance(tile, ForwardTile):
+        return tile.shared_bytes(dtype.itemsize)
+    return tile.shared_bytes(kernel, d, dv, dtype.itemsize)
 
 
-def _resident_fits(kernel: str, tile: "TileConfig", d: int, dv: int, dtype: torch.dtype) -> bool:
-    """Whether a resident backward program's shared memory fits: its held rows (block_n keys of k and v
-    in dkdv, block_m queries of q and dout in dq) plus num_stages buffers of the streamed tile, all of D
-    and Dv in block_c chunks."""
-    cols = (triton.cdiv(d, tile.block_c) + triton.cdiv(dv, tile.block_c)) * tile.block_c
-    held, streamed = (tile.block_n, tile.block_m) if kernel == "dkdv" else (tile.block_m, tile.block_n)
-    return (held + tile.num_stages * streamed) * cols * dtype.itemsize <= _RESIDENT_SMEM
+def _fits(kernel: str, tile, d: int, dv: int, dtype: torch.dtype, device: Device) -> bool:
+    margin = _RESIDENT_MARGIN if getattr(tile, "resident", False) else 0
+    return shared_memory_needed(kernel, tile, d, dv, dtype) <= device.shared_bytes - margin
 
 
-# Forward v3 candidates: (block_m, block_n, num_warps, num_stages, tma, c_cap); each is kept where it fits by
-# count (ForwardTile.shared_bytes, accumulator_registers), with the fewest column splits that make it fit.
-# 128-row tiles need accumulators of at most 128 columns to compile without spills (ptxas, D = 288);
-# 16-key tiles (_V3_FALLBACK) spill where 32-key tiles fit (D = 576), so they are used only where none does.
-_V3_FAMILIES = [(128, 32, 8, 2, False, 128), (64, 32, 8, 2, False, 256), (64, 32, 8, 2, True, 256)]
-_V3_FALLBACK = (64, 16, 8, 2, False, 128)
 _V3_MAX_SPLITS = 4
 
 
@@ -246,40 +249,48 @@ def tma_allowed(d: int, dv: int, dtype: torch.dtype) -> bool:
     return (d * size) % 16 == 0 and (dv * size) % 16 == 0
 
 
-def _fitted(family, d: int, dv: int, dtype: torch.dtype):
-    """The tile of one v3 family with the fewest column splits that fits an sm_90 block by count, or None."""
-    block_m, block_n, warps, stages, tma, c_cap = family
-    if tma and not tma_allowed(d, dv, dtype):
+def _fitted(row, d: int, dv: int, dtype: torch.dtype, device: Device):
+    """The tile of one v3 row with the fewest column splits that fits the device by count, or None. TMA rows
+    only on sm_90 and later, with 16-byte aligned rows."""
+    block_m, block_n, warps, stages, tma, c_cap = row
+    if tma and (device.arch < 90 or not tma_allowed(d, dv, dtype)):
         return None
-    size = torch.empty(0, dtype=dtype).element_size()
     for splits in range(1, _V3_MAX_SPLITS + 1):
         tile = ForwardTile(d, dv, block_m, block_n, splits, tma, warps, stages, c_cap=c_cap)
-        if tile.shared_bytes(size) <= SHARED_BYTES and tile.accumulator_registers() <= _V3_ACC_REGS:
+        if _fits("fwd", tile, d, dv, dtype, device) and tile.accumulator_registers() <= _V3_ACC_REGS:
             return tile
     return None
 
 
-def forward_v3_candidates(d: int, dv: int, dtype: torch.dtype) -> list[ForwardTile]:
-    """The v3 forward tiles that fit an sm_90 block for head dims d, dv, in the order of preference."""
-    tiles = [tile for tile in (_fitted(family, d, dv, dtype) for family in _V3_FAMILIES) if tile is not None]
-    fallback = None if tiles else _fitted(_V3_FALLBACK, d, dv, dtype)
+def forward_v3_candidates(d: int, dv: int, dtype: torch.dtype, device: Device | None = None) -> list[ForwardTile]:
+    """The v3 forward tiles that fit the device (default: the current one) for head dims d, dv, in the order
+    of preference."""
+    device = device or devices.current()
+    table = tile_table.rows(device.arch)
+    tiles = [tile for tile in (_fitted(row, d, dv, dtype, device) for row in table["fwd_v3"]) if tile is not None]
+    fallback = None if tiles else _fitted(table["fwd_v3_fallback"], d, dv, dtype, device)
     return tiles + ([fallback] if fallback else [])
 
 
-def candidates(kernel: str, d: int, dv: int, dtype: torch.dtype = torch.bfloat16) -> list:
-    """The autotuner's candidate tiles of one kernel for head dims d, dv (fp32: D/Dv chunks of at most 32).
-    The forward's list holds the v3 tiles that fit (ForwardTile) and version 2's (TileConfig); the first
-    one is the fixed choice: v3 wherever a v3 tile fits (every dtype), else version 2."""
+def candidates(kernel: str, d: int, dv: int, dtype: torch.dtype = torch.bfloat16, device: Device | None = None) -> list:
+    """The autotuner's candidate tiles of one kernel for head dims d, dv on `device` (default: the current
+    one; fp32: D/Dv chunks of at most 32): the rows of its family (tile_table) that fit its shared memory by
+    count. The forward's list holds the v3 tiles that fit (ForwardTile) and version 2's (TileConfig); the
+    first one is the fixed choice: v3 wherever a v3 tile fits (every dtype), else version 2. Empty where
+    nothing fits (see `refusal`)."""
+    device = device or devices.current()
+    tiles = _v2_candidates(kernel, d, dv, dtype, device)
     if kernel == "fwd":
-        return forward_v3_candidates(d, dv, dtype) + _v2_candidates(kernel, d, dv, dtype)
-    return _v2_candidates(kernel, d, dv, dtype)
+        tiles = forward_v3_candidates(d, dv, dtype, device) + tiles
+    return [tile for tile in tiles if _fits(kernel, tile, d, dv, dtype, device)]
 
 
-def _v2_candidates(kernel: str, d: int, dv: int, dtype: torch.dtype) -> list[TileConfig]:
+def _v2_tiles(kernel: str, d: int, dv: int, dtype: torch.dtype, rows) -> list[TileConfig]:
+    """The version 2 / backward rows as tiles for head dims d, dv (nothing removed yet)."""
     chunk = 32 if dtype == torch.float32 else 64
     ncols = _output_columns(kernel, d, dv)
     tiles = []
-    for block_m, block_n, block_d, block_e, block_c, warps, stages, max_cb, *resident in _FAMILIES[kernel]:
+    for block_m, block_n, block_d, block_e, block_c, warps, stages, max_cb, *resident in rows:
         resident = bool(resident and resident[0])
         block_c = min(block_c, _pow2(ncols, 16, 128))
         if dtype == torch.float32 and max_cb > 1 and (kernel != "dkdv" or warps > 8):
@@ -293,16 +304,49 @@ def _v2_candidates(kernel: str, d: int, dv: int, dtype: torch.dtype) -> list[Til
         else:
             block_d, block_e = min(block_d, chunk, _pow2(d, 16, 64)), min(block_e, chunk, _pow2(dv, 16, 64))
         tile = TileConfig(block_m, block_n, block_d, block_e, block_c, num_cb, warps, stages, resident)
-        if resident and not _resident_fits(kernel, tile, d, dv, dtype):
-            continue
         if tile not in tiles:
             tiles.append(tile)
     return tiles
 
 
-def choose_config(nq: int, nk: int, d: int, dv: int, dtype: torch.dtype, interpret: bool) -> KernelConfig:
+def _v2_candidates(kernel: str, d: int, dv: int, dtype: torch.dtype, device: Device) -> list[TileConfig]:
+    tiles = _v2_tiles(kernel, d, dv, dtype, tile_table.rows(device.arch)[kernel])
+    return [tile for tile in tiles if _fits(kernel, tile, d, dv, dtype, device)]
+
+
+_REFUSALS: dict = {}
+
+
+def refusal(d: int, dv: int, dtype: torch.dtype, device: Device | None = None) -> str | None:
+    """None where every kernel has a tile that fits the device; else why not, in one line (the GPU, D, Dv,
+    dtype and the shared memory the smallest tile needs vs what a block has). Worked out once per case."""
+    device = device or devices.current()
+    key = (device, d, dv, dtype, id(tile_table.rows(device.arch)))
+    if key not in _REFUSALS:
+        _REFUSALS[key] = _refusal(d, dv, dtype, device)
+    return _REFUSALS[key]
+
+
+def _refusal(d: int, dv: int, dtype: torch.dtype, device: Device) -> str | None:
+    for kernel in KERNELS:
+        if candidates(kernel, d, dv, dtype, device):
+            continue
+        table = tile_table.rows(device.arch)
+        tiles = _v2_tiles(kernel, d, dv, dtype, table[kernel])
+        if kernel == "fwd":
+            tiles += [ForwardTile(d, dv, *row[:2], 1, *row[2:4], c_cap=row[5]) for row in table["fwd_v3"]]
+        need = min(shared_memory_needed(kernel, tile, d, dv, dtype) for tile in tiles)
+        return (f"backend='triton' has no {kernel} tile for {device.describe()}: D={d}, Dv={dv}, "
+                f"{str(dtype).replace('torch.', '')} needs at least {need / 1024:.0f} KB of shared memory, "
+                f"the GPU has {device.shared_bytes / 1024:.0f} KB per block; use backend='torch' or 'auto'")
+    return None
+
+
+def choose_config(nq: int, nk: int, d: int, dv: int, dtype: torch.dtype, interpret: bool,
+                  device: Device | None = None) -> KernelConfig:
     """Fixed block sizes for one problem shape (used under the interpreter, with MHTMA_AUTOTUNE=0,
-    and as the documented default): the first candidate of each kernel on a GPU.
+    and as the documented default): the first candidate of each kernel on a GPU (`device`, default the
+    current one; a RuntimeError saying why where a kernel has no tile that fits it).
 
     Interpreter (CPU): cost grows with the number of tile iterations, not tile size, so tiles are as
     large as the problem (up to 64 rows, 512 columns, one column block; the v3 forward).
@@ -315,12 +359,15 @@ def choose_config(nq: int, nk: int, d: int, dv: int, dtype: torch.dtype, interpr
             dkdv=TileConfig(rows_q, rows_k, cols_d, cols_dv, max(cols_d, cols_dv)),
             dq=TileConfig(rows_q, rows_k, cols_d, cols_dv, cols_d),
         )
-    return KernelConfig(*(candidates(kernel, d, dv, dtype)[0] for kernel in KERNELS))
+    why = refusal(d, dv, dtype, device)
+    if why is not None:
+        raise RuntimeError(why)
+    return KernelConfig(*(candidates(kernel, d, dv, dtype, device)[0] for kernel in KERNELS))
 
 
-def _interpreting() -> bool:
+def interpreting() -> bool:
     """True when the kernels were built for Triton's CPU interpreter (TRITON_INTERPRET=1 at import)."""
-    return type(triton_kernels.masked_attention_bwd_delta_kernel).__name__ == "InterpretedFunction"
+    return type(backward_kernels.masked_attention_bwd_delta_kernel).__name__ == "InterpretedFunction"
 
 
 def _autotune_enabled() -> bool:
@@ -334,7 +381,7 @@ def dot_precision(dtype: torch.dtype) -> str:
     return "tf32"  # TF32 for fp32 inputs; ignored by tl.dot for fp16/bf16 tiles
 
 
-def _check_inputs(q, k, v, temperature):
+def check_inputs(q, k, v, temperature):
     if q.dtype not in _SUPPORTED:
         raise TypeError(
             f"q, k, v must be float16, bfloat16 or float32 for backend='triton', got {q.dtype}; "
@@ -342,7 +389,7 @@ def _check_inputs(q, k, v, temperature):
         )
     if temperature.dtype not in _SUPPORTED + (torch.float64,):
         raise TypeError(f"temperature must be a floating-point tensor, got {temperature.dtype}")
-    if q.device.type != "cuda" and not _interpreting():
+    if q.device.type != "cuda" and not interpreting():
         raise ValueError(
             f"backend='triton' needs CUDA tensors (got tensors on {q.device}); set TRITON_INTERPRET=1 before "
             "importing triton to run the kernels on CPU, or use backend='torch'"
@@ -351,35 +398,38 @@ def _check_inputs(q, k, v, temperature):
 
 def _kernel(kernel: str):
     return {
-        "fwd": triton_forward.masked_attention_forward_kernel,
-        "dkdv": triton_kernels.masked_attention_bwd_dkdv_kernel,
-        "dq": triton_kernels.masked_attention_bwd_dq_kernel,
+        "fwd": forward_kernels.masked_attention_forward_kernel,
+        "dkdv": backward_kernels.masked_attention_bwd_dkdv_kernel,
+        "dq": backward_kernels.masked_attention_bwd_dq_kernel,
     }[kernel]
 
 
 _AUTOTUNED = {}
 
 
-def _autotuned(kernel: str):
-    """`kernel` wrapped in triton.autotune. The candidates depend on D and Dv, so the prune hook builds
-    them for the shape at hand (the static list only holds those of D = Dv = 576, to make tuning run)."""
-    if kernel not in _AUTOTUNED:
+def _autotuned(kernel: str, device: Device):
+    """`kernel` wrapped in triton.autotune, one per device kind (its results are kept apart by device kind
+    too). The candidates depend on D and Dv, so the prune hook builds them for the shape at hand (the
+    static list only holds those of D = Dv = 576, or 64, to make tuning run); tiles that do not fit the
+    device never reach the tuner."""
+    if (kernel, device.kind) not in _AUTOTUNED:
         def as_configs(tiles):
             return [triton.Config(t.constexprs(), **t.launch_options()) for t in tiles]
 
         def prune(configs, named_args, **kwargs):
-            tiles = candidates(kernel, named_args["D"], named_args["DV"], named_args["Q"].dtype)
+            tiles = candidates(kernel, named_args["D"], named_args["DV"], named_args["Q"].dtype, device)
             if kernel == "fwd" and not _tma_aligned(named_args["K"], named_args["V"]):
                 tiles = [tile for tile in tiles if not getattr(tile, "tma", False)]
             return as_configs(tiles)
 
-        _AUTOTUNED[kernel] = triton.autotune(
-            configs=as_configs(candidates(kernel, 576, 576)), key=["NQ", "NK", "D", "DV", "DOT_PRECISION"],
+        static = candidates(kernel, 576, 576, device=device) or candidates(kernel, 64, 64, device=device)
+        _AUTOTUNED[kernel, device.kind] = triton.autotune(
+            configs=as_configs(static), key=["NQ", "NK", "D", "DV", "DOT_PRECISION"],
             prune_configs_by={"early_config_prune": prune},
             # dq programs write one partial temperature-gradient sum each, at slots that depend on the tile.
             reset_to_zero=["DT_PART"] if kernel == "dq" else None,
         )(_kernel(kernel))
-    return _AUTOTUNED[kernel]
+    return _AUTOTUNED[kernel, device.kind]
 
 
 def _tma_aligned(*tensors) -> bool:
@@ -390,39 +440,24 @@ def _tma_aligned(*tensors) -> bool:
 
 def _descriptor_scratch(size: int, alignment: int, stream):
     """Global memory in which TMA kernels build their tensor descriptors (triton.set_allocator)."""
-    return torch.empty(size, dtype=torch.int8, device="cpu" if _interpreting() else "cuda")
-
-
-_FORWARD_TILE = []  # set by forward_tile()
-
-
-@contextlib.contextmanager
-def forward_tile(tile):
-    """Inside, every forward launch uses `tile` (a ForwardTile for the head dims at hand, or a version 2
-    TileConfig) instead of the autotuner's or the fixed choice; the backward is unaffected. For timing
-    the forward candidates side by side (benchmarks.gpu_check)."""
-    _FORWARD_TILE.append(tile)
-    try:
-        yield tile
-    finally:
-        _FORWARD_TILE.pop()
+    return torch.empty(size, dtype=torch.int8, device="cpu" if interpreting() else "cuda")
 
 
 def autotuned_choice(kernel: str) -> str | None:
-    """The tile the autotuner ran last for `kernel` (its Config as text), None if it has not run."""
-    tuner = _AUTOTUNED.get(kernel)
+    """The tile the autotuner ran last for `kernel` on the current device (its Config as text), None if it
+    has not run."""
+    tuner = _AUTOTUNED.get((kernel, devices.current().kind))
     best = getattr(tuner, "best_config", None)
     return None if best is None else str(best)
 
 
-def _launch(kernel: str, rows: int, bh: int, ncols: int, args, flags: dict, config: KernelConfig | None):
+def _launch(kernel: str, rows: int, bh: int, ncols: int, args, flags: dict, config: KernelConfig | None,
+            device: Device):
     """The one place that sizes grids and launches: grid (cdiv(rows, tile rows), B*H, column splits).
 
     rows = Nq for fwd/dq (tile rows block_m), Nk for dkdv (tile rows block_n)."""
     if kernel == "fwd":
         triton.set_allocator(_descriptor_scratch)  # for the v3 forward's TMA candidates
-        if _FORWARD_TILE:
-            config = KernelConfig(fwd=_FORWARD_TILE[-1], dkdv=None, dq=None)
         fwd, d, dv = None if config is None else config.fwd, args[0].shape[3], args[2].shape[3]
         if isinstance(fwd, ForwardTile) and (fwd.d, fwd.dv) != (d, dv):
             raise ValueError(f"forward tile built for D={fwd.d}, Dv={fwd.dv} used with D={d}, Dv={dv}")
@@ -431,7 +466,7 @@ def _launch(kernel: str, rows: int, bh: int, ncols: int, args, flags: dict, conf
         def grid(meta):
             return (triton.cdiv(rows, meta[row_key]), bh, triton.cdiv(max(ncols, 1), meta["BLOCK_C"] * meta["NUM_CB"]))
 
-        _autotuned(kernel)[grid](*args, **flags)
+        _autotuned(kernel, device)[grid](*args, **flags)
         return
     tile = config[kernel]
     if getattr(tile, "tma", False) and not _tma_aligned(args[1], args[2]):
@@ -444,24 +479,24 @@ def _launch(kernel: str, rows: int, bh: int, ncols: int, args, flags: dict, conf
 
 
 def _flags(dtype: torch.dtype) -> dict:
-    return dict(UPCAST=dtype == torch.bfloat16 and _interpreting(),  # Triton 3.8 interpreter: bf16 tl.dot is wrong
+    return dict(UPCAST=dtype == torch.bfloat16 and interpreting(),  # Triton 3.8 interpreter: bf16 tl.dot is wrong
                 DOT_PRECISION=dot_precision(dtype))
 
 
-def _resolve(config: KernelConfig | None, nq, nk, d, dv, dtype) -> KernelConfig | None:
-    """None means "autotune" on a GPU; the fixed choice under the interpreter or with MHTMA_AUTOTUNE=0."""
-    if config is None and (_interpreting() or not _autotune_enabled()):
-        return choose_config(nq, nk, d, dv, dtype, _interpreting())
-    return config
+def _resolve(config: KernelConfig | None, nq, nk, d, dv, dtype, device: Device) -> KernelConfig | None:
+    """None means "autotune" on a GPU; the fixed choice under the interpreter or with MHTMA_AUTOTUNE=0. A
+    RuntimeError saying why where no tile of some kernel fits the device."""
+    if config is not None:
+        return config
+    why = refusal(d, dv, dtype, device)
+    if why is not None:
+        raise RuntimeError(why)
+    if interpreting() or not _autotune_enabled():
+        return choose_config(nq, nk, d, dv, dtype, interpreting(), device)
+    return None
 
 
-# Largest log2(e)/t for which the forward uses the bound of unit-norm logits as its row max: every
-# weight exp2(z2 - log2(e)/t) is then >= 2^-80 (bf16 and fp32 share fp32's exponent range; fp16's is too
-# narrow, so fp16 always keeps the running max). t >= log2(e)/40 = 0.036; learned temperatures start at 0.1.
-FIXED_MAX_LIMIT = 40.0
-
-
-def _forward(q, k, v, key_valid_u8, temp, lambda_m, config, bounded: bool = False):
+def launch_forward(q, k, v, key_valid_u8, temp, lambda_m, config, bounded: bool = False):
     """Launch the forward kernel on contiguous inputs -> (out [B,H,Nq,Dv] in v's dtype, stats).
 
     stats = (row_max2, row_log2sum [B,H,Nq] fp32, out_lo [B,H,Nq,Dv] in v's dtype or None for fp32): what the
@@ -469,7 +504,8 @@ def _forward(q, k, v, key_valid_u8, temp, lambda_m, config, bounded: bool = Fals
     function normalised them), which lets the kernel skip the running max (see the kernel's docstring)."""
     B, H, Nq, D = q.shape
     Nk, Dv = k.shape[2], v.shape[3]
-    config = _resolve(config, Nq, Nk, D, Dv, q.dtype)
+    device = devices.current(q)
+    config = _resolve(config, Nq, Nk, D, Dv, q.dtype, device)
     out = torch.empty(B, H, Nq, Dv, dtype=v.dtype, device=q.device)
     has_lo = v.dtype != torch.float32
     out_lo = torch.empty_like(out) if has_lo else None
@@ -480,11 +516,11 @@ def _forward(q, k, v, key_valid_u8, temp, lambda_m, config, bounded: bool = Fals
     any_valid = (key_valid_u8 != 0).any(dim=1).to(torch.uint8) if fixed_max else key_valid_u8
     args = (q, k, v, key_valid_u8, any_valid, temp, out, out_lo if has_lo else out, row_max2, row_log2sum,
             q.stride(1), q.stride(2), k.stride(1), k.stride(2), v.stride(1), v.stride(2), out.stride(1), out.stride(2),
-            H, Nq, Nk, D, Dv, -lambda_m * _LOG2E, FIXED_MAX_LIMIT if fixed_max else 0.0)
+            H, Nq, Nk, D, Dv, -lambda_m * LOG2E, FIXED_MAX_LIMIT if fixed_max else 0.0)
     flags = dict(HAS_LO=has_lo, **_flags(q.dtype))
-    _launch("fwd", Nq, B * H, Dv, args, dict(flags, FIXED_MAX=fixed_max), config)
-    if fixed_max:  # the heads whose bound is too large for the fixed max (see triton_forward's entry kernel)
-        _launch("fwd", Nq, B * H, Dv, args, dict(flags, FIXED_MAX=False, REST_PASS=True), config)
+    _launch("fwd", Nq, B * H, Dv, args, dict(flags, FIXED_MAX=fixed_max), config, device)
+    if fixed_max:  # the heads whose bound is too large for the fixed max (see forward's entry kernel)
+        _launch("fwd", Nq, B * H, Dv, args, dict(flags, FIXED_MAX=False, REST_PASS=True), config, device)
     return out, (row_max2, row_log2sum, out_lo)
 
 
@@ -493,83 +529,36 @@ def _delta(out, out_lo, dout):
     rows, dv = out.numel() // max(out.shape[-1], 1), out.shape[-1]
     delta = torch.empty(out.shape[:-1], dtype=torch.float32, device=out.device)
     block_r = _pow2(rows, 16, 64)
-    block_e = _pow2(dv, 16, 512 if _interpreting() else 64)
-    triton_kernels.masked_attention_bwd_delta_kernel[(triton.cdiv(rows, block_r),)](
+    block_e = _pow2(dv, 16, 512 if interpreting() else 64)
+    backward_kernels.masked_attention_bwd_delta_kernel[(triton.cdiv(rows, block_r),)](
         out, out if out_lo is None else out_lo, dout, delta, rows, dv,
         HAS_LO=out_lo is not None, BLOCK_R=block_r, BLOCK_E=block_e, num_warps=4)
     return delta
 
 
-def _backward(q, k, v, key_valid_u8, temp, lambda_m, config, out, stats, dout, need_dq, need_dkdv, need_dt):
+def launch_backward(q, k, v, key_valid_u8, temp, lambda_m, config, out, stats, dout, need_dq, need_dkdv, need_dt):
     """Launch the backward kernels -> (dq, dk, dv, dt): each None unless asked for; dq, dk, dv in the inputs'
     dtype, dt [B, H] fp32 (the gradient to the temperature)."""
     B, H, Nq, D = q.shape
     Nk, Dv = k.shape[2], v.shape[3]
-    config = _resolve(config, Nq, Nk, D, Dv, q.dtype)
+    device = devices.current(q)
+    config = _resolve(config, Nq, Nk, D, Dv, q.dtype, device)
     row_max2, row_log2sum, out_lo = stats
     delta = _delta(out, out_lo, dout)
     tail = (q.stride(1), q.stride(2), k.stride(1), k.stride(2), v.stride(1), v.stride(2),
-            dout.stride(1), dout.stride(2), H, Nq, Nk, D, Dv, -lambda_m * _LOG2E)
+            dout.stride(1), dout.stride(2), H, Nq, Nk, D, Dv, -lambda_m * LOG2E)
     flags = _flags(q.dtype)
     dq = dk = dv = dt = None
     if need_dkdv:
         dk, dv = torch.empty_like(k), torch.empty_like(v)
         args = (q, k, v, key_valid_u8, temp, dout, row_max2, row_log2sum, delta, dk, dv) + tail
-        _launch("dkdv", Nk, B * H, max(D, Dv), args, flags, config)
+        _launch("dkdv", Nk, B * H, max(D, Dv), args, flags, config, device)
     if need_dq or need_dt:
         dq = torch.empty_like(q)
         # One partial sum per program, [B*H, programs per (b, h)], sized for 16 x 16 tiles (the smallest).
         dt_part = torch.zeros(B * H, triton.cdiv(Nq, 16) * triton.cdiv(D, 16), dtype=torch.float32, device=q.device)
         args = (q, k, v, key_valid_u8, temp, dout, row_max2, row_log2sum, delta, dq, dt_part) + tail + (dt_part.stride(0),)
-        _launch("dq", Nq, B * H, D, args, flags, config)
+        _launch("dq", Nq, B * H, D, args, flags, config, device)
         if need_dt:
             dt = -dt_part.view(B, H, -1).sum(-1) / temp
     return (dq if need_dq else None), dk, dv, dt
-
-
-def compile_for_gpu(d: int, dv: int, dtype: torch.dtype = torch.float16, arch: int = 90,
-                    config: KernelConfig | None = None, kernels=KERNELS) -> dict:
-    """Compile the kernels for CUDA sm_<arch> without a GPU exactly as the launcher launches them (Nq 4096,
-    Nk 3844; the JIT's own specialisation of the arguments, see compile_report), with `config` or the fixed
-    choice for head dims d, dv; fp32 dots as torch's matmul precision says now.
-
-    Returns {"fwd" | "dkdv" | "dq": triton CompiledKernel} (the forward's first launch: the fixed-max pass
-    for bf16/fp32); `kernel.asm["cubin"]`, `kernel.n_regs`, `kernel.n_spills` and `kernel.metadata.shared`
-    are there to inspect. Needs a process where TRITON_INTERPRET is not set."""
-    if _IMPORT_ERROR is not None:
-        raise ImportError(f"compile_for_gpu needs triton ({_IMPORT_ERROR})") from _IMPORT_ERROR
-    from . import compile_report
-
-    compiled = compile_report.compile_launched(config, d, dv, dtype, forward_only=set(kernels) <= {"fwd"},
-                                               arch=arch)
-    found = {}
-    for name, kernel in compiled:
-        if compile_report.family(name) in kernels:
-            found.setdefault(compile_report.family(name), kernel)
-    return found
-
-
-def compile_tile(kernel: str, tile, dtype: torch.dtype, arch: int = 90, precision: str | None = None,
-                 d: int = 576, dv: int | None = None):
-    """Compile one kernel with one tile configuration for head dims d, dv and sm_<arch> as launched (see
-    compile_for_gpu; the JIT's own hints, constexpr head dims and all); `precision` ("ieee" | "tf32")
-    defaults to what the launcher would use now."""
-    dv = d if dv is None else dv
-    base = choose_config(4096, 3844, d, dv, dtype, interpret=False)
-    config = KernelConfig(**{name: tile if name == kernel else base[name] for name in KERNELS})
-    before = torch.backends.cuda.matmul.allow_tf32
-    try:
-        if precision is not None:
-            torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
-        return compile_for_gpu(d, dv, dtype, arch, config, (kernel,))[kernel]
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = before
-
-
-def resource_usage(compiled) -> dict:
-    """Registers per thread, stack bytes (register spills land there; 0 = none) and shared memory of a
-    kernel from compile_for_gpu / compile_tile, read from its cubin with the cuobjdump Triton ships."""
-    from . import compile_report
-
-    figures = compile_report.summarise(compiled)
-    return {"registers": figures["regs"], "stack_bytes": figures["stack"], "shared_bytes": figures["smem"]}

@@ -14,7 +14,8 @@ of backward (fused kernels or the chunked GEMM backward from the forward's row s
   keeping the fastest (milliseconds, CUDA synchronised around each run).
 - Nothing is timed while a graph is traced (torch.compile / torch.export): the callers then take a
   fixed choice (``ops.backends``), or decide inside a custom op's implementation, which runs outside
-  the graph (the Triton op's backward, ``ops.triton_library``).
+  the graph (the Triton op's backward, ``ops.triton.op``).
+- One key rule for both (:func:`shape_key`): device, dtype, B*H, Nq and Nk bucketed, D and Dv exact.
 """
 import logging
 import math
@@ -31,6 +32,13 @@ REPEATS = 2
 def bucket(n: int) -> int:
     """Shape bucket of a size: the next power of two (0 stays 0)."""
     return 0 if n <= 0 else 1 << (int(n) - 1).bit_length()
+
+
+def shape_key(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *flags) -> tuple:
+    """(device, dtype, B*H, Nq, Nk bucketed; D, Dv exact; flags): the calls that share one choice."""
+    B, H, Nq, D = q.shape
+    return (str(q.device), str(q.dtype).replace("torch.", ""), bucket(B * H), bucket(Nq), bucket(k.shape[2]), D,
+            v.shape[3], *flags)
 
 
 def _synchronize(device: torch.device) -> None:

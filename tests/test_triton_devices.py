@@ -1,0 +1,132 @@
+"""The triton backend's device model: per-architecture candidate tiles that fit the GPU's shared memory by count,
+TMA only on sm_90 and later, sm_90's choice unchanged, and one clear refusal (auto: triton left out) where
+nothing fits. Everything here is sizing: no kernel runs."""
+import logging
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from benchmarks.compile_report import ARCHS, _GpuStub, emulated_devices  # noqa: E402
+from mhtma_kernels import masked_temperature_attention  # noqa: E402
+from mhtma_kernels.ops import backends  # noqa: E402
+from mhtma_kernels.ops.triton import device as devices  # noqa: E402
+from mhtma_kernels.ops.triton import launcher, tile_table  # noqa: E402
+from mhtma_kernels.ops.triton.device import Device  # noqa: E402
+from mhtma_kernels.ops.triton.launcher import ForwardTile, TileConfig  # noqa: E402
+
+DEVICES = emulated_devices()
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+# A GPU with the 99 KB of an RTX 3090 whose tile table (patched in) holds only rows too large for it.
+RTX_99KB = Device("NVIDIA GeForce RTX 3090 (mocked)", 86, 101376, 82)
+TOO_LARGE = dict(fwd_v3=[(128, 64, 8, 3, False, 256)], fwd_v3_fallback=(128, 64, 8, 3, False, 256),
+                 fwd=[(128, 128, 128, 0, 128, 8, 4, 0)], dkdv=[(128, 128, 128, 128, 128, 8, 4, 0)],
+                 dq=[(128, 128, 128, 128, 128, 8, 4, 0)])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=list(DTYPES))
+@pytest.mark.parametrize("d", [45, 288, 432, 576, 864])
+@pytest.mark.parametrize("arch", sorted(ARCHS), ids=lambda a: f"sm{a}")
+def test_every_architecture_has_candidates_that_fit_its_shared_memory(arch, d, dtype):
+    device, dtype = DEVICES[arch], DTYPES[dtype]
+    for kernel in launcher.KERNELS:
+        tiles = launcher.candidates(kernel, d, d, dtype, device)
+        assert tiles, f"no {kernel} tile on sm_{arch} at D={d}"
+        for tile in tiles:
+            need = launcher.shared_memory_needed(kernel, tile, d, d, dtype)
+            assert need <= device.shared_bytes, (kernel, tile, need)
+            assert not getattr(tile, "tma", False) or arch >= 90, tile
+    assert launcher.refusal(d, d, dtype, device) is None
+    assert launcher.choose_config(4096, 3844, d, d, dtype, False, device).fwd == launcher.candidates(
+        "fwd", d, d, dtype, device)[0]
+
+
+@pytest.mark.parametrize("arch, family", [(80, "sm80"), (86, "sm86"), (89, "sm86"), (90, "sm90"), (100, "sm100"),
+                                          (120, "sm86"), (87, "sm80"), (103, "sm100")])
+def test_architecture_families(arch, family):
+    assert tile_table.family(arch) == family
+    assert set(tile_table.rows(arch)) == {"fwd_v3", "fwd_v3_fallback", "fwd", "dkdv", "dq"}
+
+
+def test_sm90_keeps_its_fixed_choice():
+    """The tiles the launcher chose for an H100 before it asked the device (the sm_90 rows)."""
+    h100 = DEVICES[90]
+    bf16 = launcher.choose_config(4096, 3844, 576, 576, torch.bfloat16, False, h100)
+    assert bf16.fwd == ForwardTile(576, 576, 64, 32, 1, False, 8, 2, c_cap=256)
+    assert bf16.dkdv == TileConfig(32, 64, 32, 32, 64, 3, 8, 2)
+    assert bf16.dq == TileConfig(64, 32, 32, 32, 64, 5, 8, 2)
+    assert launcher.choose_config(4096, 3844, 288, 288, torch.bfloat16, False, h100).fwd == ForwardTile(
+        288, 288, 128, 32, 1, False, 8, 2, c_cap=128)
+    assert isinstance(launcher.choose_config(4096, 3844, 576, 576, torch.float32, False, h100).fwd, TileConfig)
+
+
+def test_shared_memory_count_matches_what_triton_allocates_on_sm90():
+    """Triton's own figures for the sm_90 fixed choice at D = 576 bf16 (kernel report): forward 221184 B,
+    dk/dv 28672 B."""
+    config = launcher.choose_config(4096, 3844, 576, 576, torch.bfloat16, False, DEVICES[90])
+    assert launcher.shared_memory_needed("fwd", config.fwd, 576, 576, torch.bfloat16) == 221184
+    assert launcher.shared_memory_needed("dkdv", config.dkdv, 576, 576, torch.bfloat16) == 28672
+
+
+def test_device_model_reads_the_driver(monkeypatch):
+    """Compute capability from the driver's target, shared memory and SMs from its device properties."""
+    from triton.runtime import driver
+
+    previous = driver._active
+    driver.set_active(_GpuStub(86))
+    devices.forget()
+    try:
+        model = devices.current()
+    finally:
+        driver.set_active(previous)
+        devices.forget()
+    assert (model.arch, model.shared_bytes, model.sms) == (86, 101376, 82)
+    assert model.kind != DEVICES[90].kind
+
+
+def test_without_a_driver_the_reference_sizes_apply():
+    devices.forget()
+    assert devices.current() == devices.REFERENCE  # CPU, the interpreter: an H100's tiles
+
+
+@pytest.fixture
+def mocked_99kb_gpu(monkeypatch):
+    monkeypatch.setattr(devices, "current", lambda tensor=None: RTX_99KB)
+    monkeypatch.setitem(tile_table.TILE_ROWS, "sm86", TOO_LARGE)
+    backends._TRITON_REFUSED.clear()
+    yield RTX_99KB
+    backends._TRITON_REFUSED.clear()
+
+
+def _inputs(dtype=torch.float32):
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 20, 24, generator=g).to(dtype) for _ in range(3))
+    return q, k, v, torch.ones(1, 20, dtype=torch.bool), torch.full((1, 2), 0.5)
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp32"])
+def test_triton_where_nothing_fits_says_why_in_one_error(mocked_99kb_gpu, dtype):
+    q, k, v, key_valid, t = _inputs(DTYPES[dtype])
+    with pytest.raises(RuntimeError) as error:
+        masked_temperature_attention(q, k, v, key_valid, t, backend="triton")
+    text = str(error.value)
+    assert "NVIDIA GeForce RTX 3090 (mocked)" in text and "sm_86" in text
+    assert f"D=24, Dv=24, {str(DTYPES[dtype])[6:]}" in text
+    assert "KB of shared memory" in text and "the GPU has 99 KB per block" in text
+    assert "\n" not in text
+
+
+def test_auto_leaves_triton_out_with_one_info_line(mocked_99kb_gpu, caplog):
+    q, k, v, _, _ = _inputs()
+    with caplog.at_level(logging.INFO, logger="mhtma_kernels.dispatch"):
+        assert not backends.triton_applies(q, v)
+        assert not backends.triton_applies(q, v)
+    lines = [r.getMessage() for r in caplog.records if "triton left out" in r.getMessage()]
+    assert len(lines) == 1 and "D=24, Dv=24" in lines[0], lines
+
+
+def test_auto_keeps_triton_where_a_tile_fits():
+    backends._TRITON_REFUSED.clear()
+    q, k, v, _, _ = _inputs()
+    assert backends.triton_applies(q, v)
