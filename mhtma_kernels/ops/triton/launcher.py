@@ -30,7 +30,9 @@ PyTorch's default). float64 is refused with a TypeError (use backend="torch").
 Block sizes: `config=None` lets `triton.autotune` pick per (Nq, Nk, D, Dv, dtype, precision) among a
 small candidate list (`candidates`) on a GPU; set MHTMA_AUTOTUNE=0 to use the fixed heuristic
 `choose_config` instead (no tuning runs on the first call). Under TRITON_INTERPRET=1 the fixed
-interpreter choice is always used.
+interpreter choice is always used. The candidates are the rows of the GPU's family (`tile_table`) that fit
+its shared memory by count (`shared_memory_needed`), as the device model (`device`) reports it; where a
+kernel has none, the launch is refused with one RuntimeError (`refusal`).
 """
 import dataclasses
 import os
