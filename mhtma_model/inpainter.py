@@ -77,6 +77,8 @@ class Inpainter:
     "cuda[:N]") and ``precision`` (:mod:`mhtma_model.precision`) are resolved and checked here, once
     (ValueError, one line). ``max_size``: longest side the network sees (None: the training size).
     Calls are serialised by :attr:`lock` (one forward at a time; safe from several threads).
+    Files opened with :func:`mhtma_model.images.open_image` come upright (EXIF orientation applied, the tag
+    reset) and, for 16-bit colour, with their 16 bits; ``Image.open`` alone gives neither.
     """
 
     def __init__(self, generator: torch.nn.Module, config: Optional[Config] = None, device="auto",

@@ -39,9 +39,8 @@ def _nearest_existing(path: Path) -> Path:
 
 
 def _check_creatable(path: Path, option: str) -> None:
-    """OutputError unless the missing folders up to ``path`` can be made (their closest existing ancestor is a
-    writable folder)."""
-    base = _nearest_existing(path)
+    """OutputError unless ``path`` can be made: its closest existing ancestor is a writable folder."""
+    base = _nearest_existing(path.parent)
     if not base.is_dir():
         raise OutputError(f"{option} {path}: {base} is a file, not a folder; choose a path under a folder")
     if not os.access(base, os.W_OK | os.X_OK):
@@ -73,15 +72,7 @@ def check_output_file(path: PathLike, option: str = "--output", example: str = "
                           f"{path / example}")
     if path.exists() and not os.access(path, os.W_OK):
         raise OutputError(f"{option} {path}: the file is read-only; choose another name or fix its permissions")
-    parent = path.parent
-    if parent.exists():
-        if not parent.is_dir():
-            raise OutputError(f"{option} {path}: {parent} is a file, not a folder")
-        if not os.access(parent, os.W_OK | os.X_OK):
-            raise OutputError(f"{option} {path}: the folder {parent} is not writable; choose another place or "
-                              f"fix its permissions")
-    else:
-        _check_creatable(parent, option)
+    _check_creatable(path, option)
     return path
 
 

@@ -9,6 +9,8 @@ from tqdm import tqdm
 
 #: Plain lines per run when the output is not a terminal (one each time another tenth of the total is done).
 PLAIN_LINES = 10
+#: Without a known total (training by epochs): one plain line every this many updates.
+UNKNOWN_TOTAL_EVERY = 100
 
 
 class PlainProgress:
@@ -21,7 +23,7 @@ class PlainProgress:
         if total is None and iterable is not None and hasattr(iterable, "__len__"):
             total = len(iterable)
         self.total, self.n, self.file, self.postfix = total, initial, file, ""
-        self.every = max(1, (total or 0) // PLAIN_LINES)
+        self.every = max(1, total // PLAIN_LINES) if total else UNKNOWN_TOTAL_EVERY
         self.printed = initial
 
     def __iter__(self):
@@ -73,4 +75,4 @@ def progress(iterable: Optional[Iterable] = None, *, total: Optional[int] = None
     return PlainProgress(iterable, total=total, desc=desc, unit=unit, initial=initial, file=out, disable=disable)
 
 
-__all__ = ["progress", "PlainProgress", "PLAIN_LINES"]
+__all__ = ["progress", "PlainProgress", "PLAIN_LINES", "UNKNOWN_TOTAL_EVERY"]

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mhtma_model.images import (UnreadableImageError, files_by_key, load_mask, open_image, pair_key,
-                                positive_size)
+from mhtma_model.images import (UnreadableImageError, files_by_key, load_mask, mask_from_array, open_image,
+                                pair_key, positive_size)
 
 
 class Refused(Exception):
@@ -50,3 +50,29 @@ def test_positive_size_refuses_bad_sides(size):
     with pytest.raises(ValueError, match="owner: (height|width) must be a positive int"):
         positive_size(*size, "owner")
     assert positive_size(np.int64(3), 4, "owner") == (3, 4)
+
+
+HOLE = np.array([[0, 1, 1], [0, 0, 1]], bool)
+
+
+@pytest.mark.parametrize("array", [
+    pytest.param(HOLE, id="bool"),
+    pytest.param(HOLE.astype(np.uint8), id="uint8-0-1"),
+    pytest.param(HOLE.astype(np.uint8) * 255, id="uint8-0-255"),
+    pytest.param(np.where(HOLE, 200, 100).astype(np.uint8), id="uint8-grey-picture"),
+    pytest.param(HOLE.astype(np.int64), id="int64-0-1"),
+    pytest.param(HOLE.astype(np.float64), id="float64-0-1"),
+    pytest.param(np.repeat(HOLE[..., None].astype(np.uint8) * 255, 3, axis=2), id="uint8-rgb-0-255"),
+])
+def test_mask_arrays_mean_what_they_say(array):
+    np.testing.assert_array_equal(mask_from_array(array), HOLE)
+
+
+@pytest.mark.parametrize("array, match", [
+    pytest.param(HOLE.astype(np.float32) * 0.5, "must hold only 0 and 1", id="float-halves"),
+    pytest.param(HOLE.astype(np.uint16) * 65535, "must hold only 0 and 1", id="uint16-0-65535"),
+    pytest.param(np.stack([HOLE, HOLE], axis=2), "must have shape", id="two-channels"),
+])
+def test_other_mask_arrays_are_a_clear_error(array, match):
+    with pytest.raises(ValueError, match=match):
+        mask_from_array(array)

@@ -417,10 +417,11 @@ def test_page_in_headless_chromium(checkpoints, tmp_path):
 
 
 # ------------------------------------------------------------------------------- the real command
-def test_cli_serves_offline_quietly_and_stops_on_ctrl_c(checkpoints, tmp_path):
+@pytest.mark.parametrize("stop, said", [("SIGINT", "Ctrl+C"), ("SIGTERM", "SIGTERM")], ids=["ctrl-c", "sigterm"])
+def test_cli_serves_offline_quietly_and_stops_on_ctrl_c(checkpoints, tmp_path, stop, said):
     """`python -m mhtma_model.ui` in a real process: one line with the address, the page answers, the log
-    holds no share-link hint (the tool is offline) and Ctrl+C (SIGINT) stops it with exit status 0 -- even
-    when the process starts with SIGINT ignored, as a background job of a non-interactive shell (a CI
+    holds no share-link hint (the tool is offline) and Ctrl+C (SIGINT) or SIGTERM stops it with exit status 0
+    -- even when the process starts with SIGINT ignored, as a background job of a non-interactive shell (a CI
     script) does: Python then installs no KeyboardInterrupt handler and the signal used to do nothing."""
     pytest.importorskip("gradio", reason="Gradio not installed (pip install 'mhtma[ui]')")
     import signal
@@ -440,7 +441,7 @@ def test_cli_serves_offline_quietly_and_stops_on_ctrl_c(checkpoints, tmp_path):
         assert first.startswith("mhtma-ui: serving") and f"http://127.0.0.1:{port}" in first, first
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=60) as response:
             assert response.status == 200 and b"mhtma inpainting" in response.read()
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(getattr(signal, stop))
         rest, _ = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
@@ -450,7 +451,7 @@ def test_cli_serves_offline_quietly_and_stops_on_ctrl_c(checkpoints, tmp_path):
     assert proc.returncode == 0, log
     assert "share" not in log.lower() and "public" not in log.lower(), log
     assert "Traceback" not in log, log
-    assert "mhtma-ui: stopped" in log
+    assert f"mhtma-ui: stopped ({said})" in log
 
 
 def test_cli_refuses_a_port_in_use(checkpoints, capsys):

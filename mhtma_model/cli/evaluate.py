@@ -514,6 +514,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     _load_models(setup, parser)
     out_dir = Path(setup.args.output)
     existed = out_dir.exists()
+    shutil.rmtree(staging_folder(out_dir), ignore_errors=True)  # what a killed run may have left
     try:
         ev = _evaluate(setup, paths)
     except BaseException:

@@ -3,20 +3,8 @@
     mhtma-export --checkpoint runs/x/checkpoints/best.pt --output model.onnx [--size 256]
     python -m mhtma_model.export --checkpoint best.pt --output model.onnx
 
-The exported model is :class:`InpaintingGraph`: inputs ``image [N, 3, S, S]`` float32 in [-1, 1] and
-``mask [N, 1, S, S]`` float32 (1 = hole) (and ``sketch [N, 1, S, S]`` in [0, 1] for sketch-guided
-models); output ``inpainted [N, 3, S, S]`` in [-1, 1] (generated pixels in the hole, the input
-elsewhere). The batch N is dynamic, the side S is fixed by ``--size`` (default: the checkpoint's
-training size).
-
-How: ``torch.export`` with a dynamic batch dimension; the attention op (``mhtma::chunked_gemm_attention``, the
-`torch` backend) is decomposed into aten ops (score matrix materialised: ONNX has no fused kernel for
-it) and ``torch.onnx.export(..., dynamo=True)`` writes the file. Afterwards onnxruntime runs it on a
-real photo (scikit-image's astronaut, or ``--image``/``--mask``) and the largest absolute difference
-to PyTorch is printed; above ``--tolerance`` the command fails (exit 1).
-
-The Triton backend cannot go to ONNX (its kernels have no ONNX equivalent): the attention is exported
-with the `torch` backend whatever the checkpoint trained with (same weights, same math).
+What is exported (inputs, outputs, the dynamic batch), how, and why the attention goes with the `torch`
+backend: :mod:`mhtma_model.onnx_export`.
 
 Exit status: 0 exported and checked, 1 the check failed, 2 usage errors (missing or incompatible
 checkpoint, bad size, onnx/onnxruntime not installed: ``pip install -e ".[export]"``).
