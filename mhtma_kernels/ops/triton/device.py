@@ -29,6 +29,26 @@ class Device:
         """The device kind that candidate lists and autotuning results are kept apart by."""
         return f"sm_{self.arch}:{self.shared_bytes}"
 
+    @property
+    def mma(self) -> str:
+        """The tensor-core instruction Triton compiles dots to: wgmma on sm_90, tcgen05 on sm_100 (sm_100 to
+        sm_119), mma.sync on sm_80/86/89 and the consumer Blackwell sm_120."""
+        if 100 <= self.arch < 120:
+            return "tcgen05"
+        return "wgmma" if 90 <= self.arch < 100 else "mma.sync"
+
+    def kv_buffers(self, num_stages: int) -> int:
+        """The k/v tile buffers a loop pipelined over num_stages keeps in shared memory: Triton's cp.async
+        pipeline for mma.sync keeps num_stages - 1 (the compiler's figures on sm_80/86/89/120), the wgmma and
+        tcgen05 pipelines num_stages."""
+        return num_stages - 1 if self.mma == "mma.sync" else num_stages
+
+    @property
+    def tensor_memory_columns(self) -> int | None:
+        """Columns of 32-bit tensor memory per SM that tcgen05 accumulators live in (128 lanes x 512 columns);
+        None where dots accumulate in registers."""
+        return 512 if self.mma == "tcgen05" else None
+
     def describe(self) -> str:
         return f"{self.name} (sm_{self.arch}, {self.shared_bytes // 1024} KB shared memory per block)"
 

@@ -127,6 +127,9 @@ class KernelConfig:
 _V3_ACC_REGS = 144
 # Shared memory a resident backward program leaves for the compiler's scratch (its count is the least exact).
 _RESIDENT_MARGIN = 11 * 1024
+# Shared memory a forward v3 row not compiled for the device's family leaves for the compiler's scratch (the
+# count was up to 2.3 KB short on small-key fp32 tiles for mma.sync).
+_UNCOMPILED_MARGIN = 2560
 
 
 def pieces(width: int, cap: int, grain: int = 16) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -190,11 +193,18 @@ class ForwardTile:
     def launch_options(self) -> dict:
         return dict(num_warps=self.num_warps, num_stages=self.num_stages)
 
-    def shared_bytes(self, itemsize: int) -> int:
-        """Shared memory by count: the resident q pieces and num_stages buffers of k and v tiles."""
+    def shared_bytes(self, itemsize: int, kv_buffers: int | None = None) -> int:
+        """Shared memory by count: the resident q pieces and kv_buffers (default num_stages) buffers of k and
+        v tiles (see Device.kv_buffers)."""
         d_cols = sum(self.constexprs()["D_WIDTHS"])
         c_cols = sum(self.constexprs()["C_WIDTHS"])
-        return itemsize * (self.block_m * d_cols + self.num_stages * self.block_n * (d_cols + c_cols))
+        buffers = self.num_stages if kv_buffers is None else kv_buffers
+        return itemsize * (self.block_m * d_cols + buffers * self.block_n * (d_cols + c_cols))
+
+    def tensor_memory_columns(self) -> int:
+        """Tensor-memory columns of one program on tcgen05: the fp32 output accumulators, the fp32 scores
+        (block_n) and the 16-bit weights p (block_n / 2); the compiler's figures on sm_100."""
+        return sum(self.constexprs()["C_WIDTHS"]) + self.block_n + self.block_n // 2
 
     def accumulator_registers(self) -> int:
         """fp32 registers per thread that the output accumulators take."""
@@ -217,12 +227,14 @@ def _fit_columns(ncols: int, block_c: int, max_cb: int) -> int:
     return triton.cdiv(blocks, splits)
 
 
-def shared_memory_needed(kernel: str, tile, d: int, dv: int, dtype: torch.dtype) -> int:
-    """Shared memory of one program of `tile` by count, in bytes (itemsize = the input dtype's):
+def shared_memory_needed(kernel: str, tile, d: int, dv: int, dtype: torch.dtype, device: Device | None = None) -> int:
+    """Shared memory of one program of `tile` on `device` (default: the current one) by count, in bytes
+    (itemsize = the input dtype's):
 
-        forward v3         itemsize * (block_m * D' + num_stages * block_n * (D' + C'))
-                           (the resident q pieces, num_stages buffers of k and v tiles; D', C' = the pieces of D
-                           and of the program's output columns rounded up to the grain)
+        forward v3         itemsize * (block_m * D' + buffers * block_n * (D' + C'))
+                           (the resident q pieces, buffers of k and v tiles: num_stages on wgmma/tcgen05,
+                           num_stages - 1 on mma.sync, Device.kv_buffers; D', C' = the pieces of D and of the
+                           program's output columns rounded up to the grain)
         version 2 and the streaming backward
                            itemsize * (num_stages * (block_m + block_n) * (block_d + block_e)
                                        + block_m * block_n  [+ block_n * block_c in the forward])
@@ -230,16 +242,28 @@ def shared_memory_needed(kernel: str, tile, d: int, dv: int, dtype: torch.dtype)
                            on their way to the next dot, and one value tile)
         resident backward  itemsize * (held + num_stages * streamed) * (cdiv(D, block_c) + cdiv(Dv, block_c)) * block_c
 
-    Matches what Triton allocates for the sm_90 fixed choices at D = 576 (forward 216 KB, dk/dv 28 KB) and
-    is an upper bound elsewhere (the compiler may keep an operand in registers)."""
+    The forward v3 count matches what Triton allocates for the sm_90 fixed choices at D = 576 (216 KB) and on
+    118 of 125 rows compiled for mma.sync (the rest: up to 2.3 KB more, scratch of a layout conversion; wgmma
+    and tcgen05 add 64 to 672 B of barriers); the others' count is an upper bound (dk/dv 28 KB on sm_90 at
+    D = 576 exactly; the compiler may keep an operand in registers)."""
     if isinstance(tile, ForwardTile):
-        return tile.shared_bytes(dtype.itemsize)
+        device = device or devices.current()
+        return tile.shared_bytes(dtype.itemsize, device.kv_buffers(tile.num_stages))
     return tile.shared_bytes(kernel, d, dv, dtype.itemsize)
 
 
-def _fits(kernel: str, tile, d: int, dv: int, dtype: torch.dtype, device: Device) -> bool:
-    margin = _RESIDENT_MARGIN if getattr(tile, "resident", False) else 0
-    return shared_memory_needed(kernel, tile, d, dv, dtype) <= device.shared_bytes - margin
+def _fits(kernel: str, tile, d: int, dv: int, dtype: torch.dtype, device: Device, compiled: bool = False) -> bool:
+    """Whether `tile` fits the device by count: shared memory (with a margin for the compiler's scratch unless
+    the row was compiled for the device's family, tile_table) and, on tcgen05, tensor memory (a kernel over
+    it compiles to a trap, not to an error)."""
+    if getattr(tile, "resident", False):
+        margin = _RESIDENT_MARGIN
+    else:
+        margin = 0 if compiled or not isinstance(tile, ForwardTile) else _UNCOMPILED_MARGIN
+    if shared_memory_needed(kernel, tile, d, dv, dtype, device) > device.shared_bytes - margin:
+        return False
+    columns = device.tensor_memory_columns
+    return columns is None or not isinstance(tile, ForwardTile) or tile.tensor_memory_columns() <= columns
 
 
 _V3_MAX_SPLITS = 4
@@ -276,15 +300,38 @@ def forward_v3_candidates(d: int, dv: int, dtype: torch.dtype, device: Device | 
 
 def candidates(kernel: str, d: int, dv: int, dtype: torch.dtype = torch.bfloat16, device: Device | None = None) -> list:
     """The autotuner's candidate tiles of one kernel for head dims d, dv on `device` (default: the current
-    one; fp32: D/Dv chunks of at most 32): the rows of its family (tile_table) that fit its shared memory by
-    count. The forward's list holds the v3 tiles that fit (ForwardTile) and version 2's (TileConfig); the
-    first one is the fixed choice: v3 wherever a v3 tile fits (every dtype), else version 2. Empty where
-    nothing fits (see `refusal`)."""
+    one; fp32: D/Dv chunks of at most 32): the rows of its family (tile_table) that fit it by count, the
+    first one the fixed choice. The rows compiled for the family at the paper's head dims, where they fit,
+    are the whole list; else the generic rows: the v3 tiles that fit (ForwardTile), then version 2's
+    (TileConfig) in the forward, so v3 wherever a v3 tile fits (every dtype). Empty where nothing fits (see
+    `refusal`)."""
     device = device or devices.current()
+    compiled = [tile for tile in _compiled_tiles(kernel, d, dv, dtype, device)
+                if _fits(kernel, tile, d, dv, dtype, device, compiled=True)]
+    if compiled:
+        return compiled
     tiles = _v2_candidates(kernel, d, dv, dtype, device)
     if kernel == "fwd":
         tiles = forward_v3_candidates(d, dv, dtype, device) + tiles
     return [tile for tile in tiles if _fits(kernel, tile, d, dv, dtype, device)]
+
+
+def _compiled_tiles(kernel: str, d: int, dv: int, dtype: torch.dtype, device: Device) -> list:
+    """The family's compiled rows (tile_table.compiled_rows) as tiles, TMA rows only where TMA applies."""
+    group = "32" if dtype == torch.float32 else "16"
+    tiles = []
+    for row in tile_table.compiled_rows(device.arch, kernel, d, dv, group):
+        if kernel != "fwd":
+            block_m, block_n, block_d, block_e, block_c, warps, stages, max_cb = row
+            num_cb = _fit_columns(_output_columns(kernel, d, dv), block_c, max_cb)
+            tiles.append(TileConfig(block_m, block_n, block_d, block_e, block_c, num_cb, warps, stages))
+        elif row[0] == "v2":
+            tiles.append(TileConfig(*row[1:]))
+        else:
+            block_m, block_n, splits, warps, stages, c_cap, tma = row[1:]
+            if not tma or (device.arch >= 90 and tma_allowed(d, dv, dtype)):
+                tiles.append(ForwardTile(d, dv, block_m, block_n, splits, tma, warps, stages, c_cap=c_cap))
+    return tiles
 
 
 def _v2_tiles(kernel: str, d: int, dv: int, dtype: torch.dtype, rows) -> list[TileConfig]:
