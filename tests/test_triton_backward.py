@@ -108,18 +108,28 @@ def test_fused_backward_temperature_gradient_within_twice_a_plain_fp32_implement
 
 def tile_id(tile):
     kind = "resident" if tile.resident else "streamed"
-    return f"{tile.block_m}x{tile.block_n}-c{tile.block_c}x{tile.num_cb}-w{tile.num_warps}-{kind}"
+    return f"{tile.block_m}x{tile.block_n}-d{tile.block_d}-c{tile.block_c}x{tile.num_cb}-w{tile.num_warps}-{kind}"
+
+
+# Rows compiled for one head dim of the paper only (a family's per-D backward rows) run at D = 288 too.
+OTHER_PAPER_DS = (432, 576, 864)
 
 
 def candidate_params():
-    """(kernel, tile, D, dtype) for every backward candidate of every architecture at D = 45 and 288, bf16 and
-    fp32 (each tile once)."""
+    """(kernel, tile, D, dtype) for every backward candidate of every architecture at D = 45 and 288 (at 288
+    also those of the other paper D that are not candidates at 288), bf16 and fp32 (each tile once)."""
     params, seen = [], set()
     for dtype, dtype_id in ((torch.bfloat16, "bf16"), (torch.float32, "fp32")):
         for d in (45, 288):
             for kernel in ("dkdv", "dq"):
                 for device in gpu_devices().values():
-                    for tile in triton_launcher.candidates(kernel, d, d, dtype, device):
+                    tiles = triton_launcher.candidates(kernel, d, d, dtype, device)
+                    if d == 288 and device.arch != 90:
+                        for other in OTHER_PAPER_DS:
+                            tiles += [tile for tile in triton_launcher.candidates(kernel, other, other, dtype, device)
+                                      if (tile.block_m, tile.block_n, tile.block_d) not in
+                                      {(t.block_m, t.block_n, t.block_d) for t in tiles}]
+                    for tile in tiles:
                         if (kernel, tile, d, dtype) not in seen:
                             seen.add((kernel, tile, d, dtype))
                             params.append(pytest.param(kernel, tile, d, dtype,
