@@ -400,6 +400,9 @@ V3_CASES = [
     pytest.param((2, 2, 17, 16, 45, 20, 1e2, "random"), id="D45-t1e2"),
     pytest.param((2, 2, 20, 19, 45, 24, 0.03, "random"), id="D45-t0.03"),
     pytest.param((2, 1, 18, 21, 45, 16, 0.2, "one-valid-key"), id="D45-one-valid-key"),
+    # the other paper head dims: the rows compiled for them (column splits of 3 and 4, 64-column pieces)
+    pytest.param((1, 1, 17, 19, 432, 432, 0.5, "random"), id="D432"),
+    pytest.param((2, 1, 18, 17, 864, 864, 2.0, "image1-all-invalid"), id="D864-image-all-invalid"),
 ]
 
 
@@ -409,8 +412,10 @@ def v3_tiles(d, dv, dtype):
     strides allow them."""
     tiles = {}
     for arch, device in sorted(gpu_devices().items(), key=lambda item: item[0] != 90):
-        for t in triton_launcher.forward_v3_candidates(d, dv, dtype, device):
-            tiles.setdefault(f"gpu{t.block_m}x{t.block_n}{'-tma' if t.tma else ''}-s{t.splits}-w{t.num_warps}", t)
+        for t in triton_launcher.candidates("fwd", d, dv, dtype, device):
+            if isinstance(t, triton_launcher.ForwardTile):
+                name = f"gpu{t.block_m}x{t.block_n}{'-tma' if t.tma else ''}-s{t.splits}-w{t.num_warps}"
+                tiles.setdefault(f"{name}-st{t.num_stages}-c{t.c_cap}", t)
     tiles["16x16"] = triton_launcher.ForwardTile(d, dv, 16, 16)
     tiles["16x16-split3"] = triton_launcher.ForwardTile(d, dv, 16, 16, splits=3)
     tiles["16x32-tma"] = triton_launcher.ForwardTile(d, dv, 16, 32, tma=True)  # falls back to cp.async when unaligned
@@ -466,6 +471,17 @@ def test_forward_v3_gradients_match_float64_reference(case, dtype, tile, monkeyp
     base = triton_launcher.choose_config
     monkeypatch.setattr(triton_launcher, "choose_config", lambda *args: dataclasses.replace(base(*args), fwd=fwd))
     check_against_float64(case, dtype)
+
+
+def test_mma_sync_version_2_row_matches_float64(monkeypatch):
+    """The version 2 forward row compiled for fp32 on the mma.sync GPUs where no v3 row fits (sm_86, D = 576:
+    64 x 32, 32-wide D chunks, 3 column blocks of 64 on 4 warps): the output and every gradient, with
+    two column programs and a partial block."""
+    fwd = triton_launcher.candidates("fwd", 576, 576, torch.float32, gpu_devices()[86])[0]
+    assert isinstance(fwd, triton_launcher.TileConfig) and fwd.num_warps == 4
+    base = triton_launcher.choose_config
+    monkeypatch.setattr(triton_launcher, "choose_config", lambda *args: dataclasses.replace(base(*args), fwd=fwd))
+    check_against_float64((2, 2, 70, 37, 200, 200, 0.3, "image1-all-invalid"), torch.float32)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
