@@ -130,6 +130,17 @@ def test_sm100_leaves_out_tiles_over_its_tensor_memory():
         assert tiles and all(t.tensor_memory_columns() <= 512 for t in tiles if isinstance(t, ForwardTile))
 
 
+@pytest.mark.parametrize("d", [45, 288, 576])
+def test_sm100_offers_no_backward_row_that_spills_there(d):
+    """On sm_100 the 16-warp dk/dv row falls back to mma.sync with spills, the resident rows overflow or spill
+    and the 64x64 dq row spills; sm_90 keeps them."""
+    for kernel in ("dkdv", "dq"):
+        tiles = launcher.candidates(kernel, d, d, torch.bfloat16, DEVICES[100])
+        assert tiles and not any(t.resident or t.num_warps > 8 or (kernel, t.block_m, t.block_n) == ("dq", 64, 64)
+                                 for t in tiles), tiles
+    assert any(t.resident for t in launcher.candidates("dkdv", 288, 288, torch.bfloat16, DEVICES[90]))
+
+
 def test_rows_not_compiled_for_the_device_keep_a_margin():
     """A generic row counted exactly at the 99 KB limit (D = 560, 64x16, 2 splits) is left out for the next
     split count (the count was up to 2.3 KB short where it was not compiled); the compiled sm_86 D = 576 row

@@ -61,23 +61,28 @@ _SM90_BACKWARD = dict(
           (16, 128, 64, 64, 64, 8, 2, 2, 1)],
     dq=[(64, 32, 32, 32, 64, 8, 2, 7), (64, 64, 32, 32, 64, 8, 2, 5), (128, 16, 64, 64, 64, 8, 2, 3, 1)],
 )
+# sm_100: sm_90's streamed rows; its 16-warp dk/dv row falls back to mma.sync with 1.3-1.6 KB of stack, the
+# resident rows overflow shared memory (dk/dv) or spill (dq 40 B), the 64x64 dq row spills 24 B (D = 288)
+_SM100_BACKWARD = dict(dkdv=_SM90_BACKWARD["dkdv"][:2], dq=_SM90_BACKWARD["dq"][:1])
 # mma.sync backward rows (compiled on sm_80/86/89 for bf16/fp16 at every paper D): 128 own rows on 8 warps.
 _MMA_SYNC_BACKWARD = dict(dkdv=[(16, 128, 32, 32, 64, 8, 2, 2), (32, 128, 32, 32, 64, 8, 2, 1)],
                           dq=[(128, 16, 32, 32, 64, 8, 2, 3), (64, 16, 32, 32, 64, 8, 2, 4)])
+# sm_120: the 32 x 128 dk/dv row has 24 B of stack there, 32-wide D chunks in dq 8 B
+_SM120_BACKWARD = dict(dkdv=_MMA_SYNC_BACKWARD["dkdv"][:1], dq=[(128, 16, 16, 16, 64, 8, 2, 3)])
 # the same contractions in 16-wide D chunks, where the 99 KB family's ptxas spills with 32
-_NARROW_BACKWARD = dict(dkdv=[(16, 128, 16, 16, 64, 8, 2, 2)], dq=[(128, 16, 16, 16, 64, 8, 2, 3)])
+_NARROW_BACKWARD = dict(dkdv=[(16, 128, 16, 16, 64, 8, 2, 2)], dq=_SM120_BACKWARD["dq"])
 # version 2 forward on mma.sync: 64 rows on 4 warps, 32-wide D chunks (fp32 where no v3 row holds q)
 _MMA_SYNC_V2 = [(64, 32, 32, 0, 64, 4, 2, 4)]
 
 TILE_ROWS = {
     "sm90": dict(**_SM90_FORWARD, **_SM90_BACKWARD),
-    "sm100": dict(**_SM90_FORWARD, **_SM90_BACKWARD),
+    "sm100": dict(**_SM90_FORWARD, **_SM100_BACKWARD),
     "sm80": dict(fwd_v3=[(128, 32, 8, 2, False, 128), (64, 32, 4, 2, False, 128)],
                  fwd_v3_fallback=(64, 16, 4, 2, False, 128), fwd=_MMA_SYNC_V2, **_MMA_SYNC_BACKWARD),
     "sm86": dict(fwd_v3=[(64, 32, 4, 2, False, 128), (64, 16, 4, 2, False, 128)],
                  fwd_v3_fallback=(32, 16, 2, 2, False, 128), fwd=_MMA_SYNC_V2, **_MMA_SYNC_BACKWARD),
     "sm120": dict(fwd_v3=[(64, 16, 4, 2, False, 128)], fwd_v3_fallback=(32, 16, 2, 2, False, 128),
-                  fwd=_MMA_SYNC_V2, dkdv=_MMA_SYNC_BACKWARD["dkdv"], dq=_NARROW_BACKWARD["dq"]),
+                  fwd=_MMA_SYNC_V2, **_SM120_BACKWARD),
 }
 
 _V2_FP32 = ("v2", 64, 32, 32, 0, 64, 3, 4, 2)
@@ -117,7 +122,7 @@ _FORWARD = {
 _BACKWARD = {
     "sm80": {"16": _MMA_SYNC_BACKWARD, "32": _MMA_SYNC_BACKWARD},  # 32-wide D chunks compile for TF32 too
     "sm86": {"16": _MMA_SYNC_BACKWARD, "32": _NARROW_BACKWARD},  # sm_89 fp32 dk/dv spilled 16 B with 32
-    "sm120": {"16": dict(dkdv=_MMA_SYNC_BACKWARD["dkdv"], dq=_NARROW_BACKWARD["dq"]),
+    "sm120": {"16": _SM120_BACKWARD,
               "32": dict(dkdv=[(16, 64, 16, 16, 32, 4, 2, 2)], dq=[(128, 16, 16, 16, 32, 8, 2, 3)])},
 }
 # family -> (dtype group, D) -> per-D backward rows where the group's row spilled 8 B
