@@ -16,7 +16,8 @@ yields a binary that never runs on the device. Here the active driver is replace
 the GPU would run, with the tiles the launcher picks for that GPU.
 
 Per compiled kernel: registers per thread, stack bytes (spills), shared memory, and SASS instruction
-counts (cuobjdump, shipped with triton): HGMMA (wgmma), HMMA (mma.sync, the slow path on Hopper), LDGSTS
+counts (cuobjdump, shipped with triton): HGMMA (wgmma), HMMA (mma.sync, the slow path on Hopper), UTCHMMA and
+UTCQMMA (tcgen05, sm_100), LDGSTS
 (cp.async), UTMALDG (TMA loads), LDG (synchronous global loads), BAR (barriers); plus the synchronous
 loads of 2-D tiles left inside loops in the TTGIR (``sync_2d_loads_in_loops``: loads the pipeliner did not
 make asynchronous). Needs a process where TRITON_INTERPRET is not set.
@@ -44,7 +45,7 @@ from mhtma_kernels.ops.rules import DEFAULT_CHUNK_MB
 from mhtma_kernels.ops.triton import device as devices
 from mhtma_kernels.ops.triton import launcher as triton_launcher
 
-SASS_OPS = ("HGMMA", "HMMA", "LDGSTS", "UTMALDG", "LDG", "BAR")
+SASS_OPS = ("HGMMA", "HMMA", "UTCHMMA", "UTCQMMA", "LDGSTS", "UTMALDG", "LDG", "BAR")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
@@ -280,8 +281,9 @@ def report(d: int, dv: int | None = None, dtype: torch.dtype = torch.bfloat16, s
                 if only is not None and family(kernel_name) != only:
                     continue
                 # the bounded forward is two launches: #1 the fixed-max pass, #2 the rest (see ops/triton/forward.py)
+                figures = summarise(kernel)
                 yield dict(arch=arch, d=d, dv=dv, dtype=name, kernel=kernel_name, launch=launches[kernel_name], config=label,
-                           **summarise(kernel))
+                           smem_fits=figures["smem"] <= ARCHS[arch][1], **figures)
     finally:
         if previous is None:
             os.environ.pop("MHTMA_AUTOTUNE")
@@ -327,7 +329,7 @@ def chunk_step_report(dtype: torch.dtype = torch.bfloat16, shape: dict | None = 
                    **summarise(kernel), **access_widths(_cuobjdump(kernel.asm["cubin"], "--dump-sass")))
 
 
-_COLUMNS = ("regs", "stack", "smem", "warps", "stages") + SASS_OPS + ("sync_2d_loads_in_loops",)
+_COLUMNS = ("regs", "stack", "smem", "smem_fits", "warps", "stages") + SASS_OPS + ("sync_2d_loads_in_loops",)
 
 
 def _table_line(row: dict) -> str:

@@ -38,7 +38,7 @@ def test_tile_loads_inside_loops_are_told_apart():
 
 def test_sass_instructions_counted_by_family():
     counts = compile_report.sass_counts(SASS)
-    assert counts == dict(HGMMA=2, HMMA=0, LDGSTS=1, UTMALDG=0, LDG=1, BAR=1)
+    assert counts == dict(HGMMA=2, HMMA=0, UTCHMMA=0, UTCQMMA=0, LDGSTS=1, UTMALDG=0, LDG=1, BAR=1)
 
 
 def report_rows(tmp_path, *arguments: str) -> list[dict]:

@@ -243,7 +243,7 @@ def shared_memory_needed(kernel: str, tile, d: int, dv: int, dtype: torch.dtype,
         resident backward  itemsize * (held + num_stages * streamed) * (cdiv(D, block_c) + cdiv(Dv, block_c)) * block_c
 
     The forward v3 count matches what Triton allocates for the sm_90 fixed choices at D = 576 (216 KB) and on
-    118 of 125 rows compiled for mma.sync (the rest: up to 2.3 KB more, scratch of a layout conversion; wgmma
+    all but 7 of 131 kernels compiled for mma.sync (the rest: up to 2.3 KB more, scratch of a layout conversion; wgmma
     and tcgen05 add 64 to 672 B of barriers); the others' count is an upper bound (dk/dv 28 KB on sm_90 at
     D = 576 exactly; the compiler may keep an operand in registers)."""
     if isinstance(tile, ForwardTile):
