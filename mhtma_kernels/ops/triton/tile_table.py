@@ -24,8 +24,8 @@ explicit column splits; where a family has them they are the whole candidate lis
 Each was compiled for its family's architecture as the launcher launches it (benchmark shape B = 16, H = 2,
 Nq 4096, Nk 3844, the fixed choice and each candidate) and kept only with 0 bytes of stack, the shared memory
 within the family's limit, every dot on the family's tensor-core instruction and no synchronous tile load in
-the forward's key loop (`MHTMA_TRITON_BACKWARD=fused python -m benchmarks.compile_report --arch N --d D
---dtype T [--candidates]`, docs/kernel-notes.md, "Per architecture"). On mma.sync, block_m = 16 x num_warps
+the forward's key loop (`python -m benchmarks.compile_report --arch N --d D --dtype T [--candidates]`,
+docs/kernel-notes.md, "Per architecture"). On mma.sync, block_m = 16 x num_warps
 (a taller tile on fewer warps computes every product twice) and at most 288 output columns per program keep
 ptxas at 0 stack; the rest goes to column splits, whose counts the compiler, not the count rule, decided
 (sm_80 D = 432 spills with the 2 splits that fit by count).
