@@ -275,11 +275,16 @@ def tma_allowed(d: int, dv: int, dtype: torch.dtype) -> bool:
     return (d * size) % 16 == 0 and (dv * size) % 16 == 0
 
 
+def _tma_applies(d: int, dv: int, dtype: torch.dtype, device: Device) -> bool:
+    """TMA rows only on sm_90 and later, with 16-byte aligned rows."""
+    return device.arch >= 90 and tma_allowed(d, dv, dtype)
+
+
 def _fitted(row, d: int, dv: int, dtype: torch.dtype, device: Device):
     """The tile of one v3 row with the fewest column splits that fits the device by count, or None. TMA rows
     only on sm_90 and later, with 16-byte aligned rows."""
     block_m, block_n, warps, stages, tma, c_cap = row
-    if tma and (device.arch < 90 or not tma_allowed(d, dv, dtype)):
+    if tma and not _tma_applies(d, dv, dtype, device):
         return None
     for splits in range(1, _V3_MAX_SPLITS + 1):
         tile = ForwardTile(d, dv, block_m, block_n, splits, tma, warps, stages, c_cap=c_cap)
@@ -318,9 +323,8 @@ def candidates(kernel: str, d: int, dv: int, dtype: torch.dtype = torch.bfloat16
 
 def _compiled_tiles(kernel: str, d: int, dv: int, dtype: torch.dtype, device: Device) -> list:
     """The family's compiled rows (tile_table.compiled_rows) as tiles, TMA rows only where TMA applies."""
-    group = "32" if dtype == torch.float32 else "16"
     tiles = []
-    for row in tile_table.compiled_rows(device.arch, kernel, d, dv, group):
+    for row in tile_table.compiled_rows(device.arch, kernel, d, dv, dtype.itemsize):
         if kernel != "fwd":
             block_m, block_n, block_d, block_e, block_c, warps, stages, max_cb = row
             num_cb = _fit_columns(_output_columns(kernel, d, dv), block_c, max_cb)
@@ -329,7 +333,7 @@ def _compiled_tiles(kernel: str, d: int, dv: int, dtype: torch.dtype, device: De
             tiles.append(TileConfig(*row[1:]))
         else:
             block_m, block_n, splits, warps, stages, c_cap, tma = row[1:]
-            if not tma or (device.arch >= 90 and tma_allowed(d, dv, dtype)):
+            if not tma or _tma_applies(d, dv, dtype, device):
                 tiles.append(ForwardTile(d, dv, block_m, block_n, splits, tma, warps, stages, c_cap=c_cap))
     return tiles
 

@@ -152,11 +152,13 @@ def rows(arch: int) -> dict:
     return TILE_ROWS[family(arch)]
 
 
-def compiled_rows(arch: int, kernel: str, d: int, dv: int, group: str) -> list:
-    """The compiled rows of `kernel` for head dims d = dv in the paper's set and dtype group `group` on
-    compute capability `arch` (the family's own, else its fallback family's), [] where there are none."""
+def compiled_rows(arch: int, kernel: str, d: int, dv: int, itemsize: int) -> list:
+    """The compiled rows of `kernel` for head dims d = dv in the paper's set and inputs of `itemsize` bytes
+    (dtype group "16" or "32") on compute capability `arch` (the family's own, else its fallback family's),
+    [] where there are none."""
     if d != dv or d not in PAPER_DS:
         return []
+    group = str(8 * itemsize)
     name = family(arch)
     while name is not None:
         if kernel == "fwd":
