@@ -388,7 +388,7 @@ def _refusal(d: int, dv: int, dtype: torch.dtype, device: Device) -> str | None:
         tiles = _v2_tiles(kernel, d, dv, dtype, table[kernel])
         if kernel == "fwd":
             tiles += [ForwardTile(d, dv, *row[:2], 1, *row[2:4], c_cap=row[5]) for row in table["fwd_v3"]]
-        need = min(shared_memory_needed(kernel, tile, d, dv, dtype) for tile in tiles)
+        need = min(shared_memory_needed(kernel, tile, d, dv, dtype, device) for tile in tiles)
         return (f"backend='triton' has no {kernel} tile for {device.describe()}: D={d}, Dv={dv}, "
                 f"{str(dtype).replace('torch.', '')} needs at least {need / 1024:.0f} KB of shared memory, "
                 f"the GPU has {device.shared_bytes / 1024:.0f} KB per block; use backend='torch' or 'auto'")
