@@ -40,8 +40,8 @@ count (launcher._fitted), a guess the compiler has not checked:
                        num_cb fitted to the columns up to max_cb (0: num_cb = 1); a 9th field 1 marks a
                        resident backward row (its own rows of k, v or q, dout loaded once per program)
 
-The sm90 rows are the ones measured and compiled on sm_90 (docs/kernel-notes.md); sm100 uses them too (they
-compile to tcgen05 where their accumulators fit tensor memory, see launcher._fits).
+The sm90 rows are the ones measured and compiled on sm_90 (docs/kernel-notes.md); sm100 uses its forward rows
+(on tcgen05 where their accumulators fit tensor memory, see launcher._fits) and its streamed backward rows.
 """
 
 PAPER_DS = (288, 432, 576, 864)
