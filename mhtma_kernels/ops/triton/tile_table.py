@@ -71,8 +71,9 @@ _MMA_SYNC_BACKWARD = dict(dkdv=[(16, 128, 32, 32, 64, 8, 2, 2), (32, 128, 32, 32
 _SM120_BACKWARD = dict(dkdv=_MMA_SYNC_BACKWARD["dkdv"][:1], dq=[(128, 16, 16, 16, 64, 8, 2, 3)])
 # the same contractions in 16-wide D chunks, where the 99 KB family's ptxas spills with 32
 _NARROW_BACKWARD = dict(dkdv=[(16, 128, 16, 16, 64, 8, 2, 2)], dq=_SM120_BACKWARD["dq"])
-# version 2 forward on mma.sync: 64 rows on 4 warps, 32-wide D chunks (fp32 where no v3 row holds q)
-_MMA_SYNC_V2 = [(64, 32, 32, 0, 64, 4, 2, 4)]
+# version 2 forward on mma.sync: 64 rows on 4 warps, 32-wide D chunks (where no v3 row holds q; 4 column
+# blocks spill 48 B on sm_120 at D = 1024)
+_MMA_SYNC_V2 = [(64, 32, 32, 0, 64, 4, 2, 3)]
 
 TILE_ROWS = {
     "sm90": dict(**_SM90_FORWARD, **_SM90_BACKWARD),
@@ -82,7 +83,7 @@ TILE_ROWS = {
     "sm86": dict(fwd_v3=[(64, 32, 4, 2, False, 128), (64, 16, 4, 2, False, 128)],
                  fwd_v3_fallback=(32, 16, 2, 2, False, 128), fwd=_MMA_SYNC_V2, **_MMA_SYNC_BACKWARD),
     "sm120": dict(fwd_v3=[(64, 16, 4, 2, False, 128)], fwd_v3_fallback=(32, 16, 2, 2, False, 128),
-                  fwd=_MMA_SYNC_V2, **_SM120_BACKWARD),
+                  fwd=_MMA_SYNC_V2, dkdv=_NARROW_BACKWARD["dkdv"], dq=_SM120_BACKWARD["dq"]),
 }
 
 _V2_FP32 = ("v2", 64, 32, 32, 0, 64, 3, 4, 2)
