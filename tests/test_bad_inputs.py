@@ -48,6 +48,8 @@ def fx(tmp_path_factory):
     Image.fromarray(np.zeros((16, 24), np.uint8)).save(root / "small_mask.png")
     (root / "notes.txt").write_text("not an image\n")
     (root / "fake.png").write_text("not an image\n")
+    (root / "empty.png").write_bytes(b"")
+    (root / "cut.png").write_bytes((root / "photo.png").read_bytes()[:600])
     (root / "empty.pt").write_bytes(b"")
     (root / "truncated.pt").write_bytes(ckpt.read_bytes()[:2000])
     for name in ("images", "masks", "two"):
@@ -236,11 +238,16 @@ INPAINT = [
       prepare=_file),
     C("output-file-for-an-image-folder", "inpaint", I(image="images", mask="masks", output="result.png"),
       "--output", "folder"),
-    C("unreadable-image", "inpaint", I(image="fake.png"), "fake", status=1),
+    C("unreadable-image", "inpaint", I(image="fake.png"), "cannot read image", "fake.png", "give a complete",
+      status=1),
+    C("empty-image", "inpaint", I(image="empty.png"), "empty.png", "the file is empty", "give a complete",
+      status=1),
+    C("truncated-image", "inpaint", I(image="cut.png"), "cut.png", "truncated", "give a complete", status=1),
     C("mask-size-mismatch", "inpaint", I(mask="small_mask.png"), "mask", "image's size", status=1),
     C("mask-size-mismatch-to-file", "inpaint", I(mask="small_mask.png", output="result.png"), "image's size",
       status=1),
-    C("unreadable-mask", "inpaint", I(mask="fake.png"), "fake", status=1),
+    C("unreadable-mask", "inpaint", I(mask="fake.png"), "cannot read mask", "fake.png", "give a complete",
+      status=1),
 ]
 
 
@@ -331,7 +338,7 @@ EXPORT = [
     C("check-mask-missing", "export", X("--image", lambda fx, work: str(fx / "photo.png"), "--mask",
                                         lambda fx, work: str(work / "nope.png")), "--mask", "not found"),
     C("check-image-unreadable", "export", X("--image", lambda fx, work: str(fx / "fake.png"), "--mask",
-                                            lambda fx, work: str(fx / "mask.png")), "fake.png"),
+                                            lambda fx, work: str(fx / "mask.png")), "fake.png", "give a complete"),
     C("checkpoint-missing", "export", X(checkpoint="nope.pt"), "nope.pt"),
     C("checkpoint-text-file", "export", X(checkpoint="notes.txt"), "notes.txt", "not a readable"),
     C("checkpoint-truncated", "export", X(checkpoint="truncated.pt"), "truncated"),
