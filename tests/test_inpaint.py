@@ -306,7 +306,7 @@ def test_the_user_sketch_reaches_the_generator(checkpoints):
     assert guided.sum() == 45 and not unguided.any()
 
 
-# ------------------------------------------------------------- what a new user meets first (issue 15)
+# ------------------------------------------------------------------------ what a new user meets first
 
 def test_cli_empty_input_folders_are_an_error_naming_what_was_searched(checkpoints, tmp_path, capsys):
     images, masks = tmp_path / "images", tmp_path / "masks"
