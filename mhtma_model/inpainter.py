@@ -116,7 +116,10 @@ class Inpainter:
         folder = Path(directory).expanduser()
         for name in (CONFIG_NAME, WEIGHTS_NAME):
             if not (folder / name).is_file():
-                raise ValueError(f"not a saved Inpainter: {folder / name} is missing")
+                run = folder / "checkpoints" / "best.pt"
+                example = run if run.is_file() else "runs/NAME/checkpoints/best.pt"
+                raise ValueError(f"{folder} is not a saved Inpainter ({name} is missing); give a folder written by "
+                                 f"Inpainter.save_pretrained or a checkpoint file such as {example}")
         try:
             meta = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))
             if meta.get("format") != PRETRAINED_FORMAT:

@@ -59,6 +59,8 @@ def fx(tmp_path_factory):
     Image.open(root / "photo.png").save(root / "two" / "first.png")
     Image.open(root / "photo.png").transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(root / "two" / "second.png")
     (root / "empty_dir").mkdir()
+    (root / "run" / "checkpoints").mkdir(parents=True)
+    (root / "run" / "checkpoints" / "best.pt").write_bytes(ckpt.read_bytes())
     (root / "unreadable_data").mkdir()
     (root / "unreadable_data" / "x.png").write_text("not an image")
     (root / "bad.yaml").write_text("data: [1, 2\n")
@@ -215,7 +217,9 @@ INPAINT = [
     C("checkpoint-text-file", "inpaint", _ckpt_swap("notes.txt"), "notes.txt", "not a readable"),
     C("checkpoint-empty-file", "inpaint", _ckpt_swap("empty.pt"), "empty.pt", "empty"),
     C("checkpoint-truncated", "inpaint", _ckpt_swap("truncated.pt"), "truncated.pt", "truncated"),
-    C("checkpoint-folder-without-model", "inpaint", _ckpt_swap("empty_dir"), "config.json"),
+    C("checkpoint-folder-without-model", "inpaint", _ckpt_swap("empty_dir"), "config.json",
+      "runs/NAME/checkpoints/best.pt"),
+    C("checkpoint-a-training-run-folder", "inpaint", _ckpt_swap("run"), "config.json", "run/checkpoints/best.pt"),
     C("image-missing", "inpaint", I(image="nope.png"), "--image", "nope.png"),
     C("mask-missing", "inpaint", I(mask="nope.png"), "--mask", "not found", "nope.png"),
     C("mask-a-folder", "inpaint", I(mask="masks"), "--mask", "folder"),
@@ -236,6 +240,7 @@ INPAINT = [
     C("output-below-a-file", "inpaint", I(output="taken/out"), "--output", "is a file", prepare=_file),
     C("output-file-below-a-file", "inpaint", I(output="taken/result.png"), "--output", "is a file",
       prepare=_file),
+    C("output-unknown-suffix", "inpaint", I(output="result.xyz"), "--output", ".xyz", "end the name with /"),
     C("output-file-for-an-image-folder", "inpaint", I(image="images", mask="masks", output="result.png"),
       "--output", "folder"),
     C("unreadable-image", "inpaint", I(image="fake.png"), "cannot read image", "fake.png", "give a complete",

@@ -411,6 +411,18 @@ def test_cli_output_that_is_a_file_is_a_one_line_usage_error(checkpoints, tmp_pa
     assert (tmp_path / "taken").read_bytes() == b"someone's file"
 
 
+@pytest.mark.parametrize("output, written", [
+    ("result.png", "result.png"), ("result.tif", "result.tif"), ("result.png/", "result.png/i.png"),
+    ("results.v2/", "results.v2/i.png"), ("out", "out/i.png"),
+], ids=["image-suffix-a-file", "tiff-a-file", "slash-a-folder", "dotted-folder-with-slash", "no-suffix-a-folder"])
+def test_cli_output_is_a_file_or_a_folder_as_spelled(checkpoints, tmp_path, output, written):
+    _photo(24, 24).save(tmp_path / "i.png")
+    _mask(24, 24).save(tmp_path / "m.png")
+    assert inpaint.main(["--checkpoint", str(checkpoints["plain"]), "--image", str(tmp_path / "i.png"), "--mask",
+                         str(tmp_path / "m.png"), "--output", f"{tmp_path}/{output}", "--device", "cpu"]) == 0
+    assert (tmp_path / written).is_file()
+
+
 def test_cli_takes_a_save_pretrained_folder_as_checkpoint(checkpoints, tmp_path):
     from mhtma_model import Inpainter
 
