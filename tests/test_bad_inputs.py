@@ -548,6 +548,8 @@ def test_inpainter_api_refuses_clearly(call, error, fragment, fx, tmp_path):
                  "image's size", id="inpaint-runtime"),
     pytest.param("mhtma_model.mask_set", ["--protocol", "box", "--size", "0", "--count", "1", "--output",
                                           "{work}/m"], 2, "--size", id="masks-usage"),
+    pytest.param("mhtma_model.masks", ["--protocol", "box", "--count", "1", "--output", "{work}/m"], 1,
+                 "the command is mhtma-masks", id="masks-library-as-a-command"),
 ])
 def test_real_process_exit_status(module, argv, status, fragment, fx, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
