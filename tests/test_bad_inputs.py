@@ -40,6 +40,7 @@ def fx(tmp_path_factory):
     """Shared read-only inputs: checkpoints good and bad, images, masks, folders and odd files."""
     root = tmp_path_factory.mktemp("bad-inputs")
     ckpt = make_tiny_checkpoint(root / "tiny.pt")
+    make_tiny_checkpoint(root / "sketch.pt", sketch=True)
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / "photo.png")
     hole = np.zeros((32, 32), np.uint8)
@@ -210,6 +211,15 @@ def _ckpt_swap(name):
     return argv
 
 
+def _sketch_model(sketch):
+    """mhtma-inpaint argv with the sketch-guided tiny checkpoint and ``--sketch`` a shared file."""
+    def argv(fx, work):
+        args = I("--sketch", str(fx / sketch))(fx, work)
+        args[1] = str(fx / "sketch.pt")
+        return args
+    return argv
+
+
 INPAINT = [
     C("no-image-option", "inpaint", lambda fx, work: ["--checkpoint", str(fx / "tiny.pt"), "--mask", "m",
                                                       "--output", "o"], "--image"),
@@ -251,6 +261,10 @@ INPAINT = [
     C("mask-size-mismatch", "inpaint", I(mask="small_mask.png"), "mask", "image's size", status=1),
     C("mask-size-mismatch-to-file", "inpaint", I(mask="small_mask.png", output="result.png"), "image's size",
       status=1),
+    C("sketch-size-mismatch", "inpaint", _sketch_model("small_mask.png"), "sketch small_mask.png",
+      "image's size", status=1),
+    C("unreadable-sketch", "inpaint", _sketch_model("fake.png"), "cannot read sketch", "fake.png",
+      "give a complete", status=1),
     C("unreadable-mask", "inpaint", I(mask="fake.png"), "cannot read mask", "fake.png", "give a complete",
       status=1),
 ]
