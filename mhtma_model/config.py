@@ -224,7 +224,7 @@ def _coerce(value, hint, where):
                 pass
         return _as_str(value, where)
     if value is None:
-        raise ConfigError(f"{where}: needs a value, got nothing ({where}= or null); give one, e.g. the default")
+        raise ConfigError(f"{where}: needs a value, got nothing ({where}= or null); give one or leave the override out")
     if hint is int:
         return _as_int(value, where)
     if hint is float:
