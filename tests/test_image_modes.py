@@ -178,7 +178,8 @@ def test_jpeg_orientation_8_is_applied_once_and_its_exif_and_icc_kept(checkpoint
 
 # ------------------------------------------------------------------------------------------ conversions
 @pytest.mark.parametrize("fmt, mode, written", [
-    ("JPEG", "RGB", "RGB"), ("JPEG", "CMYK", "CMYK"), ("TIFF", "F", "F"), ("TIFF", "CMYK", "CMYK"), ("TIFF", "PA", "PA"), ("TIFF", "I", "I"),
+    ("JPEG", "RGB", "RGB"), ("JPEG", "CMYK", "CMYK"),
+    ("TIFF", "F", "F"), ("TIFF", "CMYK", "CMYK"), ("TIFF", "PA", "PA"), ("TIFF", "I", "I"),
     ("PNG", "I", "I;16"), ("PNG", "F", "L"), ("PNG", "CMYK", "RGB"), ("PNG", "PA", "RGBA"),
     ("JPEG", "I;16", "L"), ("JPEG", "RGBA", "RGB"), ("WEBP", "L", "RGB"), ("WEBP", "LA", "RGBA"),
     ("BMP", "RGBA", "RGB"), ("BMP", "LA", "L"),
