@@ -295,6 +295,7 @@ EVAL = [
     C("size-zero", "eval", E("--size", "0"), "--size"),
     C("batch-size-zero", "eval", E("--batch-size", "0"), "--batch-size"),
     C("examples-negative", "eval", E("--examples", "-1"), "--examples"),
+    C("mask-seed-negative", "eval", E("--mask-seed", "-1"), "--mask-seed", "≥ 0"),
     C("method-unknown", "eval", E("--method", "magic"), "--method"),
     C("model-without-checkpoint", "eval", lambda fx, work: E()(fx, work)[2:], "--checkpoint"),
     C("checkpoint-text-file", "eval", lambda fx, work: ["--checkpoint", str(fx / "notes.txt")] + E()(fx, work)[2:],
