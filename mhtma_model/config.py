@@ -223,6 +223,8 @@ def _coerce(value, hint, where):
             except ConfigError:
                 pass
         return _as_str(value, where)
+    if value is None:
+        raise ConfigError(f"{where}: needs a value, got nothing ({where}= or null); give one or leave the override out")
     if hint is int:
         return _as_int(value, where)
     if hint is float:

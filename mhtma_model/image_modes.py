@@ -48,6 +48,8 @@ FORMAT_MODES = {
     "WEBP": ("RGB", "RGBA"),
     "BMP": ("1", "L", "P", "RGB"),
 }
+#: Lossy formats: writing one changes the known pixels too, so :func:`save_image` says so.
+LOSSY_FORMATS = ("JPEG",)
 #: What a converted picture keeps of its ``info``.
 _KEPT_INFO = ("exif", "icc_profile", "dpi")
 #: Formats that carry EXIF and ICC profiles.
@@ -257,9 +259,13 @@ def _write(image: Image.Image, fmt: str, fh) -> None:
 
 def save_image(image: Image.Image, path, fmt: Optional[str] = None) -> Optional[str]:
     """Write ``image`` to ``path`` atomically (the user's umask applies) in ``fmt`` (default: from the
-    suffix) -> None, or the one line saying how it was converted (:func:`writable`)."""
+    suffix) -> None, or the one line saying how it was converted (:func:`writable`) and, for a lossy format,
+    that the known pixels changed too."""
     path = Path(path)
     fmt = fmt or format_of(path)
     out, note = writable(image, fmt)
     write_atomic(path, lambda fh: _write(out, fmt, fh))
+    if fmt in LOSSY_FORMATS:
+        lossy = f"{fmt} is lossy, so the known pixels changed slightly too (.png or .tif keeps them exact)"
+        note = f"{note}; {lossy}" if note else lossy
     return note

@@ -35,8 +35,23 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 MASK_THRESHOLD = 127  # mask files: value (or alpha) > 127 = hole
 
 
+#: What a user can do about a file that does not decode (the end of every unreadable-file message).
+UNREADABLE_HINT = ("give a complete PNG, JPEG, WebP, TIFF or BMP file (if it opens in an image viewer, "
+                   "re-save it from there)")
+
+
 class UnreadableImageError(OSError):
-    """An image file that Pillow cannot decode (message names the path and Pillow's reason)."""
+    """An image file that Pillow cannot decode (message names the path, the reason and what to do)."""
+
+
+def _unreadable(path, error: Exception, what: str) -> UnreadableImageError:
+    """The one message for a file that does not decode: which file, why, and what to do."""
+    if isinstance(error, Image.UnidentifiedImageError):
+        empty = isinstance(path, (str, Path)) and Path(path).is_file() and Path(path).stat().st_size == 0
+        reason = "the file is empty" if empty else "not a picture format Pillow knows"
+    else:
+        reason = str(error) or type(error).__name__
+    return UnreadableImageError(f"cannot read {what} {path}: {reason}; {UNREADABLE_HINT}")
 
 
 # ------------------------------------------------------------------------------------------- files
@@ -75,7 +90,7 @@ def files_by_key(root: Path) -> dict[str, list[Path]]:
 
 def open_image(path, min_side: int | None = None,
                check_header: Optional[Callable[[Image.Image], object]] = None,
-               full_depth: bool = True) -> Image.Image:
+               full_depth: bool = True, what: str = "image") -> Image.Image:
     """Open and fully decode ``path`` with EXIF orientation applied; UnreadableImageError on failure.
 
     ``min_side``: JPEGs are decoded at the smallest DCT scale (1/2, 1/4, 1/8) that keeps both sides
@@ -84,11 +99,12 @@ def open_image(path, min_side: int | None = None,
     pixels are decoded; its exceptions propagate unchanged (the UI refuses huge uploads this way).
     ``full_depth``: a 16-bit colour file carries its 16-bit values (:mod:`mhtma_model.deep_colour`; a
     second decode); False when only the 8-bit picture is wanted.
+    ``what``: the file's role in the error message ("image", "mask", "sketch").
     """
     try:
         image = Image.open(path)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise UnreadableImageError(f"cannot read image {path}: {error}") from error
+        raise _unreadable(path, error, what) from error
     with image:
         if check_header is not None:
             check_header(image)
@@ -100,7 +116,7 @@ def open_image(path, min_side: int | None = None,
             upright = _upright(image)
             return upright if low is None else attach(upright, low)
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-            raise UnreadableImageError(f"cannot read image {path}: {error}") from error
+            raise _unreadable(path, error, what) from error
 
 
 def _upright(image: Image.Image) -> Image.Image:
@@ -196,8 +212,9 @@ def load_mask(path, size=None) -> np.ndarray:
         if not (isinstance(size, (tuple, list)) and len(size) == 2):
             raise ValueError(f"load_mask: size must be (height, width), got {size!r}")
         size = positive_size(size[0], size[1], "load_mask")
+    opened = open_image(path, what="mask")
     try:
-        hole = Image.fromarray(mask_from_image(open_image(path)))
+        hole = Image.fromarray(mask_from_image(opened))
     except (OSError, ValueError) as error:
         raise UnreadableImageError(f"cannot read mask {path}: {error}") from error
     if size is not None and (hole.height, hole.width) != size:

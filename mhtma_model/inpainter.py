@@ -43,6 +43,13 @@ PRETRAINED_VERSION = 1
 ImageLike = Union[Image.Image, np.ndarray]
 
 
+def _not_a_picture(name: str, value: Any) -> str:
+    """The message for an image, mask or sketch of the wrong type; a path gets told how to open it."""
+    hint = (f"; open the file first: {name} = mhtma_model.images.open_image(path)"
+            if isinstance(value, (str, os.PathLike)) else "")
+    return f"{name} must be a PIL image or a numpy array, got {type(value).__name__}{hint}"
+
+
 def _as_image(value: Any, name: str) -> Optional[Image.Image]:
     """A PIL image, or an array as one: uint8 [H, W], [H, W, 3] or [H, W, 4], uint16 or float32 [H, W]
     (16-bit and float grey), uint16 [H, W, 3|4] (16-bit colour, :mod:`mhtma_model.deep_colour`); a bool
@@ -50,7 +57,7 @@ def _as_image(value: Any, name: str) -> Optional[Image.Image]:
     if value is None or isinstance(value, Image.Image):
         return value
     if not isinstance(value, np.ndarray):
-        raise TypeError(f"{name} must be a PIL image or a numpy array, got {type(value).__name__}")
+        raise TypeError(_not_a_picture(name, value))
     if value.dtype == np.bool_:
         value = value.astype(np.uint8) * 255
     colour = value.dtype in (np.uint8, np.uint16) and value.ndim == 3 and value.shape[2] in (3, 4)
@@ -66,6 +73,8 @@ def _as_mask(value: Any) -> Image.Image:
     (bool and 0/1 arrays: 1 = hole; uint8 pictures: > 127 = hole)."""
     if isinstance(value, np.ndarray):
         return Image.fromarray(mask_from_array(value).astype(np.uint8) * 255)
+    if not isinstance(value, Image.Image):
+        raise TypeError(_not_a_picture("mask", value))
     return value
 
 
@@ -116,7 +125,10 @@ class Inpainter:
         folder = Path(directory).expanduser()
         for name in (CONFIG_NAME, WEIGHTS_NAME):
             if not (folder / name).is_file():
-                raise ValueError(f"not a saved Inpainter: {folder / name} is missing")
+                run = folder / "checkpoints" / "best.pt"
+                example = run if run.is_file() else "runs/NAME/checkpoints/best.pt"
+                raise ValueError(f"{folder} is not a saved Inpainter ({name} is missing); give a folder written by "
+                                 f"Inpainter.save_pretrained or a checkpoint file such as {example}")
         try:
             meta = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))
             if meta.get("format") != PRETRAINED_FORMAT:

@@ -24,12 +24,14 @@ def mask_notice(mask: Image.Image) -> Optional[str]:
 
 def open_inputs(image_path: Path, mask_path: Path, sketch_path: Optional[Path] = None):
     """Image, mask and sketch (or None) files as PIL images (:func:`mhtma_model.images.open_image`); OSError
-    or ValueError naming the file when one is unreadable or the mask's size differs from the image's."""
-    image, mask = open_image(image_path), open_image(mask_path)
-    sketch = open_image(sketch_path) if sketch_path is not None else None
-    if mask.size != image.size:
-        raise ValueError(f"mask {mask_path.name} is {mask.size[0]}x{mask.size[1]} but image "
-                         f"{image_path.name} is {image.size[0]}x{image.size[1]}; give a mask of the image's size")
+    or ValueError naming the file when one is unreadable or the mask's or sketch's size differs from the image's."""
+    image, mask = open_image(image_path), open_image(mask_path, what="mask")
+    sketch = open_image(sketch_path, what="sketch") if sketch_path is not None else None
+    for role, picture, path in (("mask", mask, mask_path), ("sketch", sketch, sketch_path)):
+        if picture is not None and picture.size != image.size:
+            raise ValueError(f"{role} {path.name} is {picture.size[0]}x{picture.size[1]} but image "
+                             f"{image_path.name} is {image.size[0]}x{image.size[1]}; give a {role} of the "
+                             f"image's size")
     return image, mask, sketch
 
 

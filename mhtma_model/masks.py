@@ -338,3 +338,8 @@ class ProtocolMix:
         name = self.names[0] if len(self.names) == 1 else self.names[int(rng.choice(len(self.names),
                                                                                      p=self.probabilities))]
         return protocol_mask(name, size, rng)
+
+
+if __name__ == "__main__":  # the library is not the command; say where the command is instead of doing nothing
+    raise SystemExit("mhtma_model.masks is the mask library; the command is mhtma-masks "
+                     "(or python -m mhtma_model.mask_set), e.g. mhtma-masks --protocol box --count 10 --output masks/")

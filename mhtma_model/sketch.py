@@ -305,9 +305,9 @@ def _open_sketch(path_or_image: ImageLike) -> Image.Image:
         if not path.is_file():
             raise FileNotFoundError(f"sketch file not found: {path}")
         try:
-            return open_image(path)
+            return open_image(path, what="sketch")
         except UnreadableImageError as exc:
-            raise ValueError(f"sketch file {path} is not a readable image: {exc}") from exc
+            raise ValueError(str(exc)) from exc
     raise TypeError(f"sketch must be a path, a PIL image or a numpy array, got {type(path_or_image).__name__}")
 
 

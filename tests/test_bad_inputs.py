@@ -40,6 +40,7 @@ def fx(tmp_path_factory):
     """Shared read-only inputs: checkpoints good and bad, images, masks, folders and odd files."""
     root = tmp_path_factory.mktemp("bad-inputs")
     ckpt = make_tiny_checkpoint(root / "tiny.pt")
+    make_tiny_checkpoint(root / "sketch.pt", sketch=True)
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / "photo.png")
     hole = np.zeros((32, 32), np.uint8)
@@ -48,6 +49,8 @@ def fx(tmp_path_factory):
     Image.fromarray(np.zeros((16, 24), np.uint8)).save(root / "small_mask.png")
     (root / "notes.txt").write_text("not an image\n")
     (root / "fake.png").write_text("not an image\n")
+    (root / "empty.png").write_bytes(b"")
+    (root / "cut.png").write_bytes((root / "photo.png").read_bytes()[:600])
     (root / "empty.pt").write_bytes(b"")
     (root / "truncated.pt").write_bytes(ckpt.read_bytes()[:2000])
     for name in ("images", "masks", "two"):
@@ -57,8 +60,13 @@ def fx(tmp_path_factory):
     Image.open(root / "photo.png").save(root / "two" / "first.png")
     Image.open(root / "photo.png").transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(root / "two" / "second.png")
     (root / "empty_dir").mkdir()
+    (root / "run" / "checkpoints").mkdir(parents=True)
+    (root / "run" / "checkpoints" / "best.pt").write_bytes(ckpt.read_bytes())
     (root / "unreadable_data").mkdir()
     (root / "unreadable_data" / "x.png").write_text("not an image")
+    (root / "broken_images").mkdir()
+    for name in ("a.png", "b.jpg", "c.png"):
+        (root / "broken_images" / name).write_text("not an image")
     (root / "bad.yaml").write_text("data: [1, 2\n")
     (root / "list.yaml").write_text("- 1\n- 2\n")
     (root / "unknown.yaml").write_text("train:\n  nope: 1\n")
@@ -149,6 +157,8 @@ TRAIN = [
     C("steps-not-a-number", "train", T("train.max_steps=abc"), "train.max_steps"),
     C("steps-negative", "train", T("train.max_steps=-1"), "train.max_steps"),
     C("size-zero", "train", T("data.size=0"), "data.size"),
+    C("size-empty", "train", T("data.size="), "data.size", "needs a value"),
+    C("run-dir-empty", "train", T("run.dir="), "run.dir", "needs a value"),
     C("size-not-multiple-of-8", "train", T("data.size=33"), "data.size"),
     C("batch-size-zero", "train", T("data.batch_size=0"), "data.batch_size"),
     C("val-fraction-above-one", "train", T("data.val_fraction=2"), "data.val_fraction"),
@@ -164,6 +174,8 @@ TRAIN = [
     C("data-root-a-file", "train", T(lambda fx, work: f"data.root={fx / 'notes.txt'}"), "data.root", "is a file"),
     C("data-root-without-images", "train", T(lambda fx, work: f"data.root={fx / 'empty_dir'}"), "data.root",
       "no images"),
+    C("data-root-every-image-unreadable", "train", T(lambda fx, work: f"data.root={fx / 'broken_images'}"),
+      "data.root", "none of its", "can be read", "give a complete"),
     C("data-root-one-image", "train", T(lambda fx, work: f"data.root={fx / 'images'}"), "at least 2"),
     C("run-dir-a-file", "train", T(lambda fx, work: f"run.dir={work / 'taken'}"), "run.dir", "taken",
       prepare=_file),
@@ -206,6 +218,15 @@ def _ckpt_swap(name):
     return argv
 
 
+def _sketch_model(sketch):
+    """mhtma-inpaint argv with the sketch-guided tiny checkpoint and ``--sketch`` a shared file."""
+    def argv(fx, work):
+        args = I("--sketch", str(fx / sketch))(fx, work)
+        args[1] = str(fx / "sketch.pt")
+        return args
+    return argv
+
+
 INPAINT = [
     C("no-image-option", "inpaint", lambda fx, work: ["--checkpoint", str(fx / "tiny.pt"), "--mask", "m",
                                                       "--output", "o"], "--image"),
@@ -213,7 +234,9 @@ INPAINT = [
     C("checkpoint-text-file", "inpaint", _ckpt_swap("notes.txt"), "notes.txt", "not a readable"),
     C("checkpoint-empty-file", "inpaint", _ckpt_swap("empty.pt"), "empty.pt", "empty"),
     C("checkpoint-truncated", "inpaint", _ckpt_swap("truncated.pt"), "truncated.pt", "truncated"),
-    C("checkpoint-folder-without-model", "inpaint", _ckpt_swap("empty_dir"), "config.json"),
+    C("checkpoint-folder-without-model", "inpaint", _ckpt_swap("empty_dir"), "config.json",
+      "runs/NAME/checkpoints/best.pt"),
+    C("checkpoint-a-training-run-folder", "inpaint", _ckpt_swap("run"), "config.json", "run/checkpoints/best.pt"),
     C("image-missing", "inpaint", I(image="nope.png"), "--image", "nope.png"),
     C("mask-missing", "inpaint", I(mask="nope.png"), "--mask", "not found", "nope.png"),
     C("mask-a-folder", "inpaint", I(mask="masks"), "--mask", "folder"),
@@ -234,13 +257,23 @@ INPAINT = [
     C("output-below-a-file", "inpaint", I(output="taken/out"), "--output", "is a file", prepare=_file),
     C("output-file-below-a-file", "inpaint", I(output="taken/result.png"), "--output", "is a file",
       prepare=_file),
+    C("output-unknown-suffix", "inpaint", I(output="result.xyz"), "--output", ".xyz", "end the name with /"),
     C("output-file-for-an-image-folder", "inpaint", I(image="images", mask="masks", output="result.png"),
       "--output", "folder"),
-    C("unreadable-image", "inpaint", I(image="fake.png"), "fake", status=1),
+    C("unreadable-image", "inpaint", I(image="fake.png"), "cannot read image", "fake.png", "give a complete",
+      status=1),
+    C("empty-image", "inpaint", I(image="empty.png"), "empty.png", "the file is empty", "give a complete",
+      status=1),
+    C("truncated-image", "inpaint", I(image="cut.png"), "cut.png", "truncated", "give a complete", status=1),
     C("mask-size-mismatch", "inpaint", I(mask="small_mask.png"), "mask", "image's size", status=1),
     C("mask-size-mismatch-to-file", "inpaint", I(mask="small_mask.png", output="result.png"), "image's size",
       status=1),
-    C("unreadable-mask", "inpaint", I(mask="fake.png"), "fake", status=1),
+    C("sketch-size-mismatch", "inpaint", _sketch_model("small_mask.png"), "sketch small_mask.png",
+      "image's size", status=1),
+    C("unreadable-sketch", "inpaint", _sketch_model("fake.png"), "cannot read sketch", "fake.png",
+      "give a complete", status=1),
+    C("unreadable-mask", "inpaint", I(mask="fake.png"), "cannot read mask", "fake.png", "give a complete",
+      status=1),
 ]
 
 
@@ -267,6 +300,7 @@ EVAL = [
     C("size-zero", "eval", E("--size", "0"), "--size"),
     C("batch-size-zero", "eval", E("--batch-size", "0"), "--batch-size"),
     C("examples-negative", "eval", E("--examples", "-1"), "--examples"),
+    C("mask-seed-negative", "eval", E("--mask-seed", "-1"), "--mask-seed", "≥ 0"),
     C("method-unknown", "eval", E("--method", "magic"), "--method"),
     C("model-without-checkpoint", "eval", lambda fx, work: E()(fx, work)[2:], "--checkpoint"),
     C("checkpoint-text-file", "eval", lambda fx, work: ["--checkpoint", str(fx / "notes.txt")] + E()(fx, work)[2:],
@@ -331,7 +365,7 @@ EXPORT = [
     C("check-mask-missing", "export", X("--image", lambda fx, work: str(fx / "photo.png"), "--mask",
                                         lambda fx, work: str(work / "nope.png")), "--mask", "not found"),
     C("check-image-unreadable", "export", X("--image", lambda fx, work: str(fx / "fake.png"), "--mask",
-                                            lambda fx, work: str(fx / "mask.png")), "fake.png"),
+                                            lambda fx, work: str(fx / "mask.png")), "fake.png", "give a complete"),
     C("checkpoint-missing", "export", X(checkpoint="nope.pt"), "nope.pt"),
     C("checkpoint-text-file", "export", X(checkpoint="notes.txt"), "notes.txt", "not a readable"),
     C("checkpoint-truncated", "export", X(checkpoint="truncated.pt"), "truncated"),
@@ -465,6 +499,19 @@ def test_training_log_has_plain_progress_lines(fx, tmp_path, capsys, one_thread)
     assert "\r" not in err and "mhtma-train: 3/3 step" in err
 
 
+def test_training_warns_of_an_unreadable_image_in_one_plain_line(fx, tmp_path, capsys, one_thread):
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("first.png", "second.png"):
+        (data / name).write_bytes((fx / "two" / name).read_bytes())
+    (data / "broken.png").write_text("not an image")
+    argv = T("train.max_steps=2", "model.base_channels=4", "model.heads=2", "data.val_fraction=0.4",
+             lambda fx, work: f"data.root={data}")(fx, tmp_path)
+    assert train.main(argv) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if "broken.png" in line]
+    assert warned and all(line.startswith("mhtma-train: warning: skipping unreadable image") for line in warned)
+
+
 # ------------------------------------------------------------------------------ the Inpainter API
 def _inpainter(fx):
     return Inpainter.load(fx / "tiny.pt", device="cpu")
@@ -496,7 +543,12 @@ API_CASES = [
                  "fp16", id="fp16-on-cpu"),
     pytest.param(lambda fx, work: _inpainter(fx)(_photo(), _hole(16, 24)), ValueError, "mask",
                  id="mask-size-mismatch"),
-    pytest.param(lambda fx, work: _inpainter(fx)("photo.png", _hole()), TypeError, "image", id="image-a-path"),
+    pytest.param(lambda fx, work: _inpainter(fx)("photo.png", _hole()), TypeError, "open_image(path)",
+                 id="image-a-path"),
+    pytest.param(lambda fx, work: _inpainter(fx)(_photo(), "mask.png"), TypeError,
+                 "mask = mhtma_model.images.open_image", id="mask-a-path"),
+    pytest.param(lambda fx, work: _inpainter(fx)(_photo(), None), TypeError,
+                 "mask must be a PIL image or a numpy array", id="mask-none"),
     pytest.param(lambda fx, work: _inpainter(fx)(_photo(), np.full((32, 32), 0.5, np.float32)), ValueError,
                  "0 and 1", id="mask-float-array-not-0-1"),
     pytest.param(lambda fx, work: _inpainter(fx)(_photo(), np.zeros((32, 32, 2), np.uint8)), ValueError, "shape",
@@ -531,6 +583,8 @@ def test_inpainter_api_refuses_clearly(call, error, fragment, fx, tmp_path):
                  "image's size", id="inpaint-runtime"),
     pytest.param("mhtma_model.mask_set", ["--protocol", "box", "--size", "0", "--count", "1", "--output",
                                           "{work}/m"], 2, "--size", id="masks-usage"),
+    pytest.param("mhtma_model.masks", ["--protocol", "box", "--count", "1", "--output", "{work}/m"], 1,
+                 "the command is mhtma-masks", id="masks-library-as-a-command"),
 ])
 def test_real_process_exit_status(module, argv, status, fragment, fx, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")

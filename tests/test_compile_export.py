@@ -69,7 +69,7 @@ def test_custom_op_passes_opcheck(backend, dtype):
     if backend == "torch":
         op = torch.ops.mhtma.chunked_gemm_attention.default
     else:
-        from mhtma_kernels.ops.triton import op  # noqa: F401  (registers the op)
+        import mhtma_kernels.ops.triton.op  # noqa: F401  (registers the op)
         op = torch.ops.mhtma.triton_attention.default
     q, k, v, key_valid, t = op_inputs(device=device)
     q, k = torch.nn.functional.normalize(q, dim=-1), torch.nn.functional.normalize(k, dim=-1)

@@ -281,7 +281,7 @@ def test_eval_predictions_of_a_wrong_size_are_skipped_and_nothing_scored_is_exit
                           "--size", str(SIZE)])
     assert code == 1
     err = capsys.readouterr().err
-    assert "no image could be evaluated" in err and f"expected the image's" in err
+    assert "no image could be evaluated" in err and "expected the image's" in err
     assert not (tmp_path / "o").exists()
 
 

@@ -178,6 +178,7 @@ def test_jpeg_orientation_8_is_applied_once_and_its_exif_and_icc_kept(checkpoint
 
 # ------------------------------------------------------------------------------------------ conversions
 @pytest.mark.parametrize("fmt, mode, written", [
+    ("JPEG", "RGB", "RGB"), ("JPEG", "CMYK", "CMYK"),
     ("TIFF", "F", "F"), ("TIFF", "CMYK", "CMYK"), ("TIFF", "PA", "PA"), ("TIFF", "I", "I"),
     ("PNG", "I", "I;16"), ("PNG", "F", "L"), ("PNG", "CMYK", "RGB"), ("PNG", "PA", "RGBA"),
     ("JPEG", "I;16", "L"), ("JPEG", "RGBA", "RGB"), ("WEBP", "L", "RGB"), ("WEBP", "LA", "RGBA"),
@@ -190,9 +191,10 @@ def test_save_image_keeps_the_mode_or_says_how_it_converted(tmp_path, fmt, mode,
     with Image.open(path) as got:
         got.load()
     assert got.mode == written or (written == "I;16" and got.mode.startswith("I;16"))
-    assert (note is None) == (written == mode)
+    assert (note is None) == (written == mode and fmt != "JPEG")
     if note:
-        assert "\n" not in note and f"cannot hold {mode}" in note
+        assert "\n" not in note and (f"cannot hold {mode}" in note) == (written != mode)
+        assert ("lossy" in note) == (fmt == "JPEG")
     if written == mode and fmt != "JPEG":
         np.testing.assert_array_equal(np.asarray(got), np.asarray(image))
 
@@ -308,6 +310,20 @@ def test_paste_keeps_a_palette_pictures_transparency():
     was_clear = np.asarray(source) == clear
     assert (result[HOLE & was_clear] == clear).all() and (result[HOLE & ~was_clear] != clear).all()
     assert (HOLE & was_clear).any() and (HOLE & ~was_clear).any()
+
+
+@pytest.mark.parametrize("name, lossy", [("result.jpg", True), ("result.tif", False), ("result.webp", False)],
+                         ids=["jpeg-says-lossy", "tiff-exact", "webp-exact"])
+def test_cli_output_file_says_when_its_format_changes_known_pixels(checkpoint, tmp_path, capsys, name, lossy):
+    path = write_case(tmp_path, "PNG", "RGB")
+    assert inpaint_main(["--checkpoint", str(checkpoint), "--image", str(path), "--mask",
+                         str(tmp_path / "photo-mask.png"), "--output", str(tmp_path / name), "--device", "cpu"]) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]
+    assert notes == (["note: photo: JPEG is lossy, so the known pixels changed slightly too "
+                      "(.png or .tif keeps them exact)"] if lossy else [])
+    if not lossy:
+        with Image.open(tmp_path / name) as result:
+            assert_known_identical(result, open_image(path))
 
 
 def test_cli_says_a_conversion_once_for_a_folder(checkpoint, tmp_path, capsys):

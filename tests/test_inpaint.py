@@ -306,7 +306,7 @@ def test_the_user_sketch_reaches_the_generator(checkpoints):
     assert guided.sum() == 45 and not unguided.any()
 
 
-# ------------------------------------------------------------- what a new user meets first (issue 15)
+# ------------------------------------------------------------------------ what a new user meets first
 
 def test_cli_empty_input_folders_are_an_error_naming_what_was_searched(checkpoints, tmp_path, capsys):
     images, masks = tmp_path / "images", tmp_path / "masks"
@@ -409,6 +409,18 @@ def test_cli_output_that_is_a_file_is_a_one_line_usage_error(checkpoints, tmp_pa
     errors = [line for line in err.splitlines() if "error:" in line]  # after argparse's usage lines
     assert len(errors) == 1 and "--output" in errors[0] and "Traceback" not in err, err
     assert (tmp_path / "taken").read_bytes() == b"someone's file"
+
+
+@pytest.mark.parametrize("output, written", [
+    ("result.png", "result.png"), ("result.tif", "result.tif"), ("result.png/", "result.png/i.png"),
+    ("results.v2/", "results.v2/i.png"), ("out", "out/i.png"),
+], ids=["image-suffix-a-file", "tiff-a-file", "slash-a-folder", "dotted-folder-with-slash", "no-suffix-a-folder"])
+def test_cli_output_is_a_file_or_a_folder_as_spelled(checkpoints, tmp_path, output, written):
+    _photo(24, 24).save(tmp_path / "i.png")
+    _mask(24, 24).save(tmp_path / "m.png")
+    assert inpaint.main(["--checkpoint", str(checkpoints["plain"]), "--image", str(tmp_path / "i.png"), "--mask",
+                         str(tmp_path / "m.png"), "--output", f"{tmp_path}/{output}", "--device", "cpu"]) == 0
+    assert (tmp_path / written).is_file()
 
 
 def test_cli_takes_a_save_pretrained_folder_as_checkpoint(checkpoints, tmp_path):

@@ -24,7 +24,7 @@ GRADS = ("dq", "dk", "dv", "dtemperature")
 # Three images: random keys, no valid key, exactly one valid key; one temperature per (image, head), the
 # range the op promises, in one launch. dtemperature is compared with the dtype's tolerance where t >= DT_FROM;
 # below it even the materialised op in the same dtype misses that tolerance (fp32, t = 0.01, D = 45: 8.2e-3
-# of 1.78), and the kernels' error must stay within twice the materialised op's (issue 21). The dq kernel's
+# of 1.78), and the kernels' error must stay within twice the materialised op's. The dq kernel's
 # centring term (sum_j dz_ij times sum_j p_ij s_ij, see its docstring) is what keeps it there: without
 # it the fp32 error in a fuzz at t = 0.01 was up to 5.6x the plain op's.
 # The one-valid-key image's temperatures start at 0.3: there dL/dt = 0 exactly.

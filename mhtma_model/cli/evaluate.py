@@ -253,6 +253,8 @@ def _check_args(args, parser) -> Setup:
         parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.examples < 0:
         parser.error(f"--examples must be ≥ 0, got {args.examples}")
+    if args.mask_seed < 0:
+        parser.error(f"--mask-seed must be ≥ 0 (as mhtma-masks --seed), got {args.mask_seed}")
     if args.masks and args.mask_protocol:
         parser.error("--mask-protocol generates the masks; it cannot be combined with --masks")
     args.mask_protocol = args.mask_protocol or "free-form"

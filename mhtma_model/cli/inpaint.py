@@ -29,6 +29,7 @@ Command-line rules
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -81,8 +82,13 @@ def output_targets(args, parser: argparse.ArgumentParser) -> Callable[[str], Pat
     """Check ``--output`` before any work (nothing is created) -> where the result of input ``key`` goes:
     ``--output`` itself when it names an image file (one ``--image`` file), else ``OUTPUT/<key>.png``."""
     output = Path(args.output).expanduser()
-    as_file = output.suffix.lower() in Image.registered_extensions() and not output.is_dir()
+    spelled_as_folder = args.output.endswith(("/", os.sep)) or output.is_dir()
+    as_file = output.suffix.lower() in Image.registered_extensions() and not spelled_as_folder
     try:
+        if output.suffix and not as_file and not spelled_as_folder and Path(args.image).is_file():
+            raise OutputError(f"--output {output}: {output.suffix} is not an image format Pillow writes; for one "
+                              f"result file use .png, .tif, .jpg, .webp or .bmp, for a folder end the name "
+                              f"with / ({output}/)")
         if as_file and Path(args.image).is_dir():
             raise OutputError(f"--output {output} names a file, but --image is a folder; give a folder for "
                               f"the results")

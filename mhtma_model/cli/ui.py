@@ -36,7 +36,7 @@ from PIL import Image
 
 from .options import add_inference_options, apply_inference_options
 from ..image_modes import save_image
-from ..images import UnreadableImageError, mask_from_image, open_image, to_rgb
+from ..images import UNREADABLE_HINT, UnreadableImageError, mask_from_image, open_image, to_rgb
 from ..inpainter import WEIGHTS_NAME, Inpainter
 from ..sketch import load_user_sketch, skeleton
 
@@ -79,8 +79,7 @@ def open_image_file(path: str | os.PathLike, name: str) -> Image.Image:
     except UnreadableImageError as exc:
         if isinstance(exc.__cause__, Image.DecompressionBombError):
             raise UploadError(f"{name} ({path.name}) is too large to open: {exc.__cause__}") from exc
-        cause = type(exc.__cause__ or exc).__name__
-        raise UploadError(f"{name} ({path.name}) is not a readable image file ({cause}).") from exc
+        raise UploadError(f"{name} ({path.name}) is not a readable image file; {UNREADABLE_HINT}.") from exc
 
 
 def _as_pil(value: Any, name: str) -> Optional[Image.Image]:
