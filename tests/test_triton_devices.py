@@ -2,6 +2,7 @@
 TMA only on sm_90 and later, sm_90's choice unchanged, and one clear refusal (auto: triton left out) where
 nothing fits. Everything here is sizing: no kernel runs."""
 import logging
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -85,18 +86,68 @@ def test_device_model_reads_the_driver(monkeypatch):
     assert model.kind != DEVICES[90].kind
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device answers for itself")
 def test_without_a_driver_the_reference_sizes_apply():
     devices.forget()
     assert devices.current() == devices.REFERENCE  # CPU, the interpreter: an H100's tiles
+
+
+class _Properties:
+    """torch.cuda.get_device_properties' answer for an RTX 3090 (the fields the device model reads)."""
+
+    name, major, minor, shared_memory_per_block_optin, multi_processor_count = "NVIDIA GeForce RTX 3090", 8, 6, 101376, 82
+
+
+class _NoDriver:
+    """A Triton driver whose device query fails (an API it does not have)."""
+
+    def get_current_target(self):
+        raise AttributeError("no get_current_target in this triton")
+
+
+@pytest.mark.parametrize("case", ["cuda-tensor", "driver-query-fails"])
+def test_a_cuda_device_is_never_sized_as_the_reference(monkeypatch, case):
+    """With CUDA, the figures come from torch's properties of that one device, not the H100 reference."""
+    from triton.runtime import driver
+
+    asked = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: asked.append(index) or _Properties())
+    previous = driver._active
+    driver.set_active(_NoDriver())
+    devices.forget()
+    try:
+        if case == "cuda-tensor":
+            model = devices.current(SimpleNamespace(device=torch.device("cuda", 1)))  # all it reads of a tensor
+        else:
+            model = devices.current()
+    finally:
+        driver.set_active(previous)
+        devices.forget()
+    assert (model.name, model.arch, model.shared_bytes, model.sms) == ("NVIDIA GeForce RTX 3090", 86, 101376, 82)
+    assert asked == [1]
+
+
+@pytest.mark.parametrize("arch", [70, 75], ids=lambda a: f"sm{a}")
+def test_gpus_before_sm80_are_refused_in_one_error(arch):
+    old_gpu = Device(f"Tesla sm_{arch} (mocked)", arch, 65536, 40)
+    launcher._REFUSALS.clear()
+    why = launcher.refusal(64, 64, torch.float16, old_gpu)
+    assert f"Tesla sm_{arch} (mocked)" in why and f"sm_{arch}" in why and "sm_80 or newer" in why
+    with pytest.raises(RuntimeError, match="sm_80 or newer"):
+        launcher.choose_config(256, 256, 64, 64, torch.float16, False, old_gpu)
 
 
 @pytest.fixture
 def mocked_99kb_gpu(monkeypatch):
     monkeypatch.setattr(devices, "current", lambda tensor=None: RTX_99KB)
     monkeypatch.setitem(tile_table.TILE_ROWS, "sm86", TOO_LARGE)
-    backends._TRITON_REFUSED.clear()
+    launcher._REFUSALS.clear()
+    backends._TRITON_LOGGED.clear()
     yield RTX_99KB
-    backends._TRITON_REFUSED.clear()
+    launcher._REFUSALS.clear()
+    backends._TRITON_LOGGED.clear()
 
 
 def _inputs(dtype=torch.float32):
@@ -127,6 +178,6 @@ def test_auto_leaves_triton_out_with_one_info_line(mocked_99kb_gpu, caplog):
 
 
 def test_auto_keeps_triton_where_a_tile_fits():
-    backends._TRITON_REFUSED.clear()
+    launcher._REFUSALS.clear()
     q, k, v, _, _ = _inputs()
     assert backends.triton_applies(q, v)

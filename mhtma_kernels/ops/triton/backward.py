@@ -3,7 +3,7 @@ partial sums (program per query block). The math and the tiling are in the docst
 import triton
 import triton.language as tl
 
-from .tiles import _dot_abt, _load_rows, _logits2, _store_block, _zero_blocks
+from .tiles import _dot_abt, _load_rows, _log2e_over, _logits2, _store_block, _zero_blocks
 
 
 @triton.jit
@@ -133,7 +133,7 @@ def _head(Q, K, V, GRAD_OUT, TEMP, bh, stride_qbh, stride_kbh, stride_vbh, strid
     bh64 = bh.to(tl.int64)
     t = tl.load(TEMP + bh).to(tl.float32)
     return (bh64, Q + bh64 * stride_qbh, K + bh64 * stride_kbh, V + bh64 * stride_vbh, GRAD_OUT + bh64 * stride_dobh,
-            t, 1.4426950408889634 / t)
+            t, _log2e_over(t))
 
 
 @triton.jit

@@ -21,7 +21,7 @@ constexprs, so that one `triton.autotune` measures both versions' candidates.
 import triton
 import triton.language as tl
 
-from .tiles import _dot_abt, _dot_block, _logits2, _store_block, _zero_blocks
+from .tiles import _dot_abt, _dot_block, _log2e_over, _logits2, _store_block, _zero_blocks
 
 
 @triton.jit
@@ -241,7 +241,7 @@ def _forward_v3(Q, K, V, VALID, ANY_VALID, TEMP, OUT, OUT_LO, ROW_MAX2, ROW_LOG2
     m_mask = offs_m < NQ
     col0 = pid_c * COLS
     SPLIT: tl.constexpr = COLS < HEAD_DV
-    scale2 = 1.4426950408889634 / tl.load(TEMP + bh).to(tl.float32)  # log2(e) / t
+    scale2 = _log2e_over(tl.load(TEMP + bh).to(tl.float32))
     bases = (Q + bh64 * stride_qbh, K + bh64 * stride_kbh, V + bh64 * stride_vbh, OUT + bh64 * stride_obh,
              OUT_LO + bh64 * stride_obh)
     # One path per launch (FIXED_MAX: heads with scale2 <= fixed_limit; else the others, which is every head
@@ -316,7 +316,7 @@ def masked_attention_forward_kernel(
         offs_nb = tl.arange(0, BLOCK_N)  # [BLOCK_N]
         m_mask = offs_m < NQ
         col0 = pid_c * (NUM_CB * BLOCK_C)
-        scale2 = 1.4426950408889634 / tl.load(TEMP + bh).to(tl.float32)  # log2(e) / t
+        scale2 = _log2e_over(tl.load(TEMP + bh).to(tl.float32))
 
         m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)  # [BLOCK_M]
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)  # [BLOCK_M]
