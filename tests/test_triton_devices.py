@@ -2,6 +2,7 @@
 TMA only on sm_90 and later, sm_90's choice unchanged, and one clear refusal (auto: triton left out) where
 nothing fits. Everything here is sizing: no kernel runs."""
 import logging
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -95,7 +96,8 @@ def test_without_a_driver_the_reference_sizes_apply():
 class _Properties:
     """torch.cuda.get_device_properties' answer for an RTX 3090 (the fields the device model reads)."""
 
-    name, major, minor, shared_memory_per_block_optin, multi_processor_count = "NVIDIA GeForce RTX 3090", 8, 6, 101376, 82
+    name, major, minor = "NVIDIA GeForce RTX 3090", 8, 6
+    shared_memory_per_block_optin, multi_processor_count = 101376, 82
 
 
 class _NoDriver:
@@ -166,6 +168,28 @@ def test_triton_where_nothing_fits_says_why_in_one_error(mocked_99kb_gpu, dtype)
     assert f"D=24, Dv=24, {str(DTYPES[dtype])[6:]}" in text
     assert "KB of shared memory" in text and "the GPU has 99 KB per block" in text
     assert "\n" not in text
+
+
+# Small forward and dk/dv rows; dq only one resident row, whose count alone would fit: its margin decides.
+RESIDENT_ONLY = dict(fwd_v3=[(16, 16, 4, 2, False, 64)], fwd_v3_fallback=(16, 16, 4, 2, False, 64),
+                     fwd=[(16, 16, 16, 0, 16, 4, 2, 0)], dkdv=[(16, 16, 16, 16, 16, 4, 2, 0)],
+                     dq=[(64, 32, 64, 64, 64, 8, 2, 0, 1)])
+
+
+@pytest.mark.parametrize("short_by", [1, 512, 5 * 1024], ids=lambda b: f"short-by-{b}B")
+def test_the_refusal_never_reads_as_fitting(monkeypatch, short_by):
+    """The need it names counts what the candidates count (the resident margin too), in KB rounded up,
+    against the GPU's KB rounded down."""
+    monkeypatch.setitem(tile_table.TILE_ROWS, "sm86", RESIDENT_ONLY)
+    launcher._REFUSALS.clear()
+    resident = launcher._v2_tiles("dq", 24, 24, torch.bfloat16, RESIDENT_ONLY["dq"])[0]
+    count = launcher.shared_memory_needed("dq", resident, 24, 24, torch.bfloat16)
+    shared = count + launcher._RESIDENT_MARGIN - short_by
+    gpu = Device("RTX (mocked)", 86, shared, 82)
+    why = launcher.refusal(24, 24, torch.bfloat16, gpu)
+    launcher._REFUSALS.clear()
+    need, has = (int(n) for n in re.search(r"needs at least (\d+) KB .* the GPU has (\d+) KB per block", why).groups())
+    assert "no dq tile" in why and need > has == shared // 1024, why
 
 
 def test_auto_leaves_triton_out_with_one_info_line(mocked_99kb_gpu, caplog):

@@ -202,8 +202,8 @@ def masked_attention_bwd_dkdv_kernel(
         z2t = tl.where(m_mask[None, :], z2t, float("-inf"))  # query rows past Nq contribute nothing
         pt = tl.exp2((z2t - row_max2[None, :]) - row_log2sum[None, :])  # [BLOCK_N, BLOCK_M]
         dzt = tl.where(valid[:, None], pt * (dpt - delta[None, :]), 0.0)  # [BLOCK_N, BLOCK_M]
-        dk = _dot_blocks(dk, _as_operand(dzt, Q, UPCAST), q_own, NUM_CB, KEPT_D, DOT_PRECISION)
-        dv = _dot_blocks(dv, _as_operand(pt, GRAD_OUT, UPCAST), do_own, NUM_CB, KEPT_E, DOT_PRECISION)
+        dk = _dot_blocks(dk, _as_operand(dzt, Q, UPCAST), q_own, NUM_CB, KEPT_D, DOT_PRECISION)  # NUM_CB x [BLOCK_N, BLOCK_C]
+        dv = _dot_blocks(dv, _as_operand(pt, GRAD_OUT, UPCAST), do_own, NUM_CB, KEPT_E, DOT_PRECISION)  # NUM_CB x [BLOCK_N, BLOCK_C]
 
     inv_t = 1.0 / t
     dk_base = GRAD_K + bh64 * stride_kbh
@@ -286,7 +286,7 @@ def masked_attention_bwd_dq_kernel(
         z2 = tl.where(m_mask[:, None], z2, float("-inf"))  # rows past Nq contribute nothing
         p = tl.exp2((z2 - row_max2[:, None]) - row_log2sum[:, None])  # [BLOCK_M, BLOCK_N]
         dz = tl.where(valid[None, :], p * (dp - delta[:, None]), 0.0)  # [BLOCK_M, BLOCK_N]
-        dq = _dot_blocks(dq, _as_operand(dz, K, UPCAST), k_own, NUM_CB, KEPT_D, DOT_PRECISION)
+        dq = _dot_blocks(dq, _as_operand(dz, K, UPCAST), k_own, NUM_CB, KEPT_D, DOT_PRECISION)  # NUM_CB x [BLOCK_M, BLOCK_C]
         dz_sum += tl.sum(dz, axis=1)
         ps_sum += tl.sum(p * s, axis=1)  # p is 0 past Nk and Nq; any per-row constant keeps dt exact
 

@@ -212,7 +212,7 @@ def _v3_rows(q_base, k_base, v_base, o_base, lo_base, VALID, m_ref, scale2, neg_
             m_new = tl.maximum(m_i, tl.max(z2, axis=1))  # [BLOCK_M]; finite from the first tile (key 0)
             alpha = tl.exp2(m_i - m_new)  # [BLOCK_M]
             p = tl.exp2(z2 - m_new[:, None])  # [BLOCK_M, BLOCK_N]
-            l_i = l_i * alpha + tl.sum(p, axis=1)
+            l_i = l_i * alpha + tl.sum(p, axis=1)  # [BLOCK_M]
             m_i = m_new
             accs = _accumulate(accs, alpha[:, None], p, v_base, v_descs, n0, offs_n, n_mask, stride_vn, col0,
                                HEAD_DV, C_STARTS, C_WIDTHS, SPLIT, True, TMA, UPCAST, DOT_PRECISION)
@@ -327,9 +327,10 @@ def masked_attention_forward_kernel(
             for n0 in range(0, NK, BLOCK_N):
                 offs_n = n0 + offs_nb  # [BLOCK_N]
                 z2 = _tile_logits2(q_base, k_base, VALID, b, offs_m, m_mask, offs_n, NK, D, stride_qn, stride_kn,
-                                   scale2, neg_lambda2, BLOCK_M, BLOCK_N, BLOCK_D, UPCAST, DOT_PRECISION)
+                                   scale2, neg_lambda2, BLOCK_M, BLOCK_N, BLOCK_D, UPCAST,
+                                   DOT_PRECISION)  # [BLOCK_M, BLOCK_N]
                 p = tl.exp2(z2 - m_ref)  # [BLOCK_M, BLOCK_N], <= 1 (and >= 2^(-2*fixed_limit) on valid keys)
-                l_i += tl.sum(p, axis=1)
+                l_i += tl.sum(p, axis=1)  # [BLOCK_M]
                 accs = _accumulate_v2(accs, 1.0, p, v_base, offs_n, NK, col0, stride_vn, DV, BLOCK_C, NUM_CB, False,
                                       UPCAST, DOT_PRECISION)
             m_i = tl.zeros([BLOCK_M], dtype=tl.float32) + m_ref
@@ -337,12 +338,13 @@ def masked_attention_forward_kernel(
             for n0 in range(0, NK, BLOCK_N):
                 offs_n = n0 + offs_nb  # [BLOCK_N]
                 z2 = _tile_logits2(q_base, k_base, VALID, b, offs_m, m_mask, offs_n, NK, D, stride_qn, stride_kn,
-                                   scale2, neg_lambda2, BLOCK_M, BLOCK_N, BLOCK_D, UPCAST, DOT_PRECISION)
+                                   scale2, neg_lambda2, BLOCK_M, BLOCK_N, BLOCK_D, UPCAST,
+                                   DOT_PRECISION)  # [BLOCK_M, BLOCK_N]
                 # The first tile always holds key 0 (finite logit), so m_new is finite from then on.
                 m_new = tl.maximum(m_i, tl.max(z2, axis=1))  # [BLOCK_M]
                 alpha = tl.exp2(m_i - m_new)  # [BLOCK_M]
                 p = tl.exp2(z2 - m_new[:, None])  # [BLOCK_M, BLOCK_N]
-                l_i = l_i * alpha + tl.sum(p, axis=1)
+                l_i = l_i * alpha + tl.sum(p, axis=1)  # [BLOCK_M]
                 m_i = m_new
                 accs = _accumulate_v2(accs, alpha[:, None], p, v_base, offs_n, NK, col0, stride_vn, DV, BLOCK_C,
                                       NUM_CB, True, UPCAST, DOT_PRECISION)

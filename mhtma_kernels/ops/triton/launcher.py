@@ -343,10 +343,15 @@ def _least_shared_memory(kernel: str, d: int, dv: int, dtype: torch.dtype, table
     backward tile keeps, over every column split the v3 forward may use."""
     tiles = _v2_tiles(kernel, d, dv, dtype, table[kernel])
     if kernel == "fwd":
+        rows = table["fwd_v3"] + [table["fwd_v3_fallback"]]
         tiles += [ForwardTile(d, dv, *row[:2], splits, *row[2:4], c_cap=row[5])
-                  for row in table["fwd_v3"] + [table["fwd_v3_fallback"]] for splits in range(1, _V3_MAX_SPLITS + 1)]
-    return min(shared_memory_needed(kernel, tile, d, dv, dtype) + (_RESIDENT_MARGIN if getattr(tile, "resident", False)
-                                                                   else 0) for tile in tiles)
+                  for row in rows for splits in range(1, _V3_MAX_SPLITS + 1)]
+
+    def need(tile) -> int:
+        margin = _RESIDENT_MARGIN if getattr(tile, "resident", False) else 0
+        return shared_memory_needed(kernel, tile, d, dv, dtype) + margin
+
+    return min(need(tile) for tile in tiles)
 
 
 def _refusal(d: int, dv: int, dtype: torch.dtype, device: Device) -> str | None:
@@ -557,7 +562,8 @@ def launch_backward(q, k, v, key_valid_u8, temp, lambda_m, config, out, stats, d
     """Launch the backward kernels -> (dq, dk, dv, dt): each None unless asked for; dq, dk, dv in the inputs'
     dtype, dt [B, H] fp32 (the gradient to the temperature)."""
     with _on(q):
-        return _backward(q, k, v, key_valid_u8, temp, lambda_m, config, out, stats, dout, need_dq, need_dkdv, need_dt)
+        return _backward(q, k, v, key_valid_u8, temp, lambda_m, config, out, stats, dout,
+                         need_dq, need_dkdv, need_dt)
 
 
 def _backward(q, k, v, key_valid_u8, temp, lambda_m, config, out, stats, dout, need_dq, need_dkdv, need_dt):
