@@ -7,8 +7,10 @@
     compute_dtype      dtype of the elementwise work and accumulation
     triton_import_error  None where the `triton` package imports, else the ImportError
     triton_interprets  whether Triton kernels run on its CPU interpreter (TRITON_INTERPRET=1)
+    on_device          the tensor's GPU as the current device, around Triton launches
     NAMESPACE          of the torch.library custom ops
 """
+import contextlib
 import math
 import os
 
@@ -64,6 +66,12 @@ def triton_import_error() -> ImportError | None:
         else:
             _TRITON_IMPORT.append(None)
     return _TRITON_IMPORT[0]
+
+
+def on_device(tensor: torch.Tensor):
+    """A context in which `tensor`'s GPU is the current CUDA device (Triton launches on the current device, not
+    on its arguments'), nothing for a CPU tensor."""
+    return torch.cuda.device(tensor.device) if tensor.device.type == "cuda" else contextlib.nullcontext()
 
 
 _INTERPRETS: list = []  # [bool] once read

@@ -59,7 +59,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..rules import FIXED_MAX_LIMIT, LOG2E, MAX_BATCH_HEADS, chunk_budget_mb, compute_dtype, triton_import_error
+from ..rules import FIXED_MAX_LIMIT, LOG2E, MAX_BATCH_HEADS, chunk_budget_mb, compute_dtype, on_device
+from ..rules import triton_import_error
 
 # Largest 1/t for which the fixed bound m = 1/t replaces the chunk max: rules.FIXED_MAX_LIMIT (a limit on
 # log2(e)/t, base 2) in the natural units of this path's scores.
@@ -303,7 +304,8 @@ def _step(name: str, device: torch.device, dtype: torch.dtype):
         if (mode, name) in _BROKEN or (mode == "triton" and s.shape[0] > MAX_BATCH_HEADS):
             return eager(s, *args)
         try:
-            return fast(s, *args)
+            with on_device(s):
+                return fast(s, *args)
         except Exception as error:  # noqa: BLE001 - any compiler or launch failure: the eager step is exact too
             _give_up(mode, name, error)
             return eager(s, *args)

@@ -34,14 +34,13 @@ interpreter choice is always used. The candidates are the rows of the GPU's fami
 its shared memory by count (`shared_memory_needed`), as the device model (`device`) reports it; where a
 kernel has none, the launch is refused with one RuntimeError (`refusal`).
 """
-import contextlib
 import dataclasses
 import os
 from dataclasses import dataclass
 
 import torch
 
-from ..rules import FIXED_MAX_LIMIT, LOG2E, triton_import_error
+from ..rules import FIXED_MAX_LIMIT, LOG2E, on_device, triton_import_error
 from ..rules import triton_interprets as interpreting
 from . import device as devices
 from . import tile_table
@@ -512,11 +511,6 @@ def _resolve(config: KernelConfig | None, nq, nk, d, dv, dtype, device: Device) 
     return None
 
 
-def _on(tensor: torch.Tensor):
-    """Launches, the TMA scratch and the autotuner's timing on `tensor`'s GPU (not Triton's current one)."""
-    return torch.cuda.device(tensor.device) if tensor.device.type == "cuda" else contextlib.nullcontext()
-
-
 def launch_forward(q, k, v, key_valid_u8, temp, lambda_m, config, bounded: bool = False):
     """Launch the forward kernel on contiguous inputs -> (out [B,H,Nq,Dv] in v's dtype, stats).
 
@@ -539,7 +533,7 @@ def launch_forward(q, k, v, key_valid_u8, temp, lambda_m, config, bounded: bool 
             q.stride(1), q.stride(2), k.stride(1), k.stride(2), v.stride(1), v.stride(2), out.stride(1), out.stride(2),
             H, Nq, Nk, D, Dv, -lambda_m * LOG2E, FIXED_MAX_LIMIT if fixed_max else 0.0)
     flags = dict(HAS_LO=has_lo, **_flags(q.dtype))
-    with _on(q):
+    with on_device(q):  # the launches, the TMA scratch and the autotuner's timing
         _launch("fwd", Nq, B * H, Dv, args, dict(flags, FIXED_MAX=fixed_max), config, device)
         if fixed_max:  # the heads whose bound is too large for the fixed max (see forward's entry kernel)
             _launch("fwd", Nq, B * H, Dv, args, dict(flags, FIXED_MAX=False, REST_PASS=True), config, device)
@@ -561,7 +555,7 @@ def _delta(out, out_lo, dout):
 def launch_backward(q, k, v, key_valid_u8, temp, lambda_m, config, out, stats, dout, need_dq, need_dkdv, need_dt):
     """Launch the backward kernels -> (dq, dk, dv, dt): each None unless asked for; dq, dk, dv in the inputs'
     dtype, dt [B, H] fp32 (the gradient to the temperature)."""
-    with _on(q):
+    with on_device(q):
         return _backward(q, k, v, key_valid_u8, temp, lambda_m, config, out, stats, dout,
                          need_dq, need_dkdv, need_dt)
 
