@@ -316,6 +316,19 @@ EVAL = [
 ]
 
 
+def _frames(work: Path, count: int = 4) -> None:
+    """A folder ``masks`` of someone's video frames named like mask files, and no manifest."""
+    (work / "masks").mkdir()
+    for i in range(count):
+        _file(work / "masks", f"{i:05d}.png", f"frame {i}")
+
+
+def _other_manifest(work: Path) -> None:
+    """A folder ``masks`` whose manifest.json is another tool's."""
+    (work / "masks").mkdir()
+    _file(work / "masks", "manifest.json", '{"masks": [{"file": "00000.png"}]}')
+
+
 def M(*extra, output="masks"):
     def argv(fx, work):
         args = ["--protocol", "box", "--size", "32", "--count", "2", "--output", str(work / output)]
@@ -335,6 +348,10 @@ MASKS = [
     C("seed-negative", "masks", M("--seed", "-1"), "--seed"),
     C("output-an-existing-file", "masks", M(output="taken"), "--output", "taken", prepare=_file),
     C("output-below-a-file", "masks", M(output="taken/masks"), "--output", "is a file", prepare=_file),
+    C("output-holds-frames-named-like-masks", "masks", M(), "--output", "00000.png", "no mhtma-masks manifest",
+      prepare=_frames),
+    C("output-holds-another-manifest", "masks", M(), "--output", "manifest.json", "no mhtma-masks manifest",
+      prepare=_other_manifest),
 ]
 
 
@@ -443,6 +460,16 @@ def test_masks_rerun_replaces_the_earlier_set(tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == ["00000.png", "00001.png", "manifest.json"]
     assert [m["file"] for m in json.loads((out / "manifest.json").read_text())["masks"]] == ["00000.png",
                                                                                             "00001.png"]
+
+
+def test_masks_leave_files_they_do_not_write_alone(tmp_path, capsys):
+    out = tmp_path / "m"
+    out.mkdir()
+    _file(out, "00007.png", "frame 7")
+    assert masks.main(["--protocol", "box", "--size", "32", "--count", "5", "--output", str(out)]) == 0
+    assert masks.main(["--protocol", "box", "--size", "32", "--count", "2", "--output", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["00000.png", "00001.png", "00007.png", "manifest.json"]
+    assert (out / "00007.png").read_text() == "frame 7"
 
 
 def test_inpaint_output_file_name_writes_that_file(fx, tmp_path, capsys):
