@@ -46,11 +46,15 @@ from .checkpoint import CheckpointError, load_generator
 from .device import resolve_device
 from .image_modes import kept, network_rgb, paste_prediction
 from .images import mask_from_image
+from .pinned_backend import pinned_backend_problem
 from .pixel_range import from_network, to_network, to_uint8
 from .precision import compile_module, inference_dtype, inference_precision
 from .sketch import load_user_sketch, thin_strokes
 
 MAX_SIZE = 512
+#: What to do about a checkpoint whose attention is pinned to a backend this machine cannot run.
+PINNED_REMEDY = ("no option of the inference commands overrides a checkpoint's backend: run it on a CUDA GPU "
+                 "the kernels fit, or train with model.backend=auto")
 CONTEXT_MIN_MARGIN = 32
 
 
@@ -74,10 +78,12 @@ def prepare_generator(generator, device: Union[str, torch.device], precision: st
                       compile: bool = False):
     """Move ``generator`` to ``device`` in eval mode and compile it in place when ``compile`` -> the generator.
     ValueError (one line) for a precision that cannot run on ``device`` (fp16 on CPU, bf16 on a GPU without
-    it). The precision is not stored on the module: pass it to :func:`predict_batch` and friends (or hold
+    it) and for attention pinned to a backend that cannot run there. The precision is not stored on the module: pass it to :func:`predict_batch` and friends (or hold
     both in a :class:`mhtma_model.Inpainter`)."""
     dev = resolve_device(device)
-    inference_dtype(precision, dev)
+    problem = pinned_backend_problem(generator, dev, inference_dtype(precision, dev), PINNED_REMEDY)
+    if problem:
+        raise ValueError(problem)
     generator.to(dev).eval()
     if compile and not getattr(generator, "compiled_with", None):
         compile_module(generator)

@@ -52,6 +52,7 @@ from .masks import MaskFolder, ProtocolMix, parse_protocol_mix
 from .evaluator import Evaluator
 from .networks import composite
 from .output_files import check_output_folder
+from .pinned_backend import pinned_backend_problem
 from .pixel_range import from_network, to_uint8
 from .progress import progress
 from .samples import save_sample_grid
@@ -389,6 +390,10 @@ class Trainer:
     def _build_networks(self, perceptual) -> None:
         """Generator, discriminator, losses and optimisers (:class:`~mhtma_model.gan_step.GanStep`)."""
         self.gan = GanStep(self.cfg, self.device, perceptual)
+        problem = pinned_backend_problem(self.gan.g_raw, self.device, self.gan.amp_dtype,
+                                         "give model.backend=auto (or torch)")
+        if problem:
+            raise ConfigError(problem)
 
     def _restore(self, payload: dict) -> None:
         state = restore_training(payload, self.cfg, **self.gan.parts())

@@ -19,6 +19,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from mhtma_model import Inpainter
@@ -41,6 +42,7 @@ def fx(tmp_path_factory):
     root = tmp_path_factory.mktemp("bad-inputs")
     ckpt = make_tiny_checkpoint(root / "tiny.pt")
     make_tiny_checkpoint(root / "sketch.pt", sketch=True)
+    make_tiny_checkpoint(root / "triton.pt", backend="triton")
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / "photo.png")
     hole = np.zeros((32, 32), np.uint8)
@@ -446,6 +448,34 @@ def test_command_line_refuses_clearly(case: Case, fx, tmp_path, capsys, monkeypa
     code, _, err = run_main(case.command, case.argv(fx, work), capsys)
     assert_clear_failure(code, err, case.status, case.fragments)
     assert _tree(work) == before, "the failed run left or changed files"
+
+
+def _pinned(argv):
+    """``argv`` with the checkpoint whose attention is pinned to backend='triton'."""
+    return lambda fx, work: [str(fx / "triton.pt") if a == str(fx / "tiny.pt") else a for a in argv(fx, work)]
+
+
+PINNED = [
+    C("checkpoint-pinned-to-triton", "inpaint", _pinned(I()), "backend='triton'", "CUDA GPU", "model.backend"),
+    C("checkpoint-pinned-to-triton", "eval", _pinned(E()), "backend='triton'", "CUDA GPU", "model.backend"),
+    C("checkpoint-pinned-to-triton", "ui", _pinned(U()), "backend='triton'", "CUDA GPU", "model.backend"),
+    C("backend-triton-without-a-gpu", "train", T("model.backend=triton"), "backend='triton'", "CUDA GPU",
+      "model.backend=auto"),
+]
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=f"{c.command}-{c.id}") for c in PINNED])
+def test_backend_that_cannot_run_here_is_one_line(case: Case, fx, tmp_path, capsys, monkeypatch, one_thread):
+    """A machine with neither a GPU nor Triton's interpreter (which the test session turns on without a GPU)."""
+    if torch.cuda.is_available():
+        pytest.skip("a GPU runs the triton backend")
+    from mhtma_kernels.ops.triton import launcher
+    monkeypatch.setattr(launcher, "interpreting", lambda: False)
+    work = tmp_path / "work"
+    work.mkdir()
+    code, _, err = run_main(case.command, case.argv(fx, work), capsys)
+    assert_clear_failure(code, err, case.status, case.fragments)
+    assert _tree(work) == {}, "the failed run left files"
 
 
 def test_enough_cases():
