@@ -543,6 +543,15 @@ def test_eval_rerun_leaves_nothing_stale(fx, tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "metrics.md"]
 
 
+def test_eval_results_that_cannot_be_written_are_one_line_exit_1(fx, tmp_path, capsys):
+    """The whole evaluation runs, then metrics.json cannot be written (a folder holds its name)."""
+    (tmp_path / "eval" / "metrics.json").mkdir(parents=True)
+    before = _tree(tmp_path)
+    code, _, err = run_main("eval", E("--examples", "0", output="eval")(fx, tmp_path), capsys)
+    assert_clear_failure(code, err, 1, ("cannot write", "metrics.json"))
+    assert _tree(tmp_path) == before
+
+
 def test_training_log_has_plain_progress_lines(fx, tmp_path, capsys, one_thread):
     """Not a terminal: a few plain progress lines, no carriage-return updates."""
     argv = T("train.max_steps=3", "train.val_every=3", "model.base_channels=4", "model.heads=2")(fx, tmp_path)
