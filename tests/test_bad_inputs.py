@@ -552,6 +552,13 @@ def test_eval_results_that_cannot_be_written_are_one_line_exit_1(fx, tmp_path, c
     assert _tree(tmp_path) == before
 
 
+def test_train_failure_after_the_start_is_one_line_exit_1(fx, tmp_path, capsys, one_thread):
+    """The run trains, then cannot write last.pt (a folder holds its name): a runtime failure, not usage."""
+    (tmp_path / "run" / "checkpoints" / "last.pt").mkdir(parents=True)
+    code, _, err = run_main("train", T()(fx, tmp_path), capsys)
+    assert_clear_failure(code, err, 1, ("stopped at step", "last.pt"))
+
+
 def test_training_log_has_plain_progress_lines(fx, tmp_path, capsys, one_thread):
     """Not a terminal: a few plain progress lines, no carriage-return updates."""
     argv = T("train.max_steps=3", "train.val_every=3", "model.base_channels=4", "model.heads=2")(fx, tmp_path)
