@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from mhtma_kernels.layers import MaskedTemperatureAttention
+from mhtma_kernels.ops import resolve_backend
 from mhtma_kernels.ops.rules import triton_import_error
 
 
@@ -32,11 +33,17 @@ def _why_not(layers: list, device: torch.device, dtype: Optional[torch.dtype]) -
 
 def pinned_backend_problem(generator: nn.Module, device: torch.device, dtype: Optional[torch.dtype],
                            remedy: str) -> Optional[str]:
-    """One line saying why ``generator``'s layers pinned to backend='triton' cannot run on ``device`` at
-    ``dtype`` (None = fp32) and what to do (``remedy``); None when nothing is pinned to triton or it can run."""
-    layers = [m for m in generator.modules() if isinstance(m, MaskedTemperatureAttention) and m.backend == "triton"]
+    """One line saying why ``generator``'s layers pinned to backend='triton' (by ``model.backend``, or by
+    ``MHTMA_BACKEND`` for layers on 'auto') cannot run on ``device`` at ``dtype`` (None = fp32) and what to do
+    (``remedy``, or unset MHTMA_BACKEND); None when nothing is pinned to triton or it can run there."""
+    layers = [m for m in generator.modules() if isinstance(m, MaskedTemperatureAttention)
+              and m.backend != "reference" and resolve_backend(m.backend) == "triton"]
     if not layers:
         return None
     why = _why_not(layers, torch.device(device), dtype)
-    return None if why is None else f"the model's attention is pinned to backend='triton' (model.backend), " \
-                                    f"which cannot run here: {why}; {remedy}"
+    if why is None:
+        return None
+    if all(m.backend == "auto" for m in layers):
+        return f"MHTMA_BACKEND=triton cannot run here: {why}; unset MHTMA_BACKEND (or set it to torch)"
+    return (f"the model's attention is pinned to backend='triton' (model.backend), which cannot run here: {why}; "
+            f"{remedy}")

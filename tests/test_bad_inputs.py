@@ -461,6 +461,10 @@ PINNED = [
     C("checkpoint-pinned-to-triton", "ui", _pinned(U()), "backend='triton'", "CUDA GPU", "model.backend"),
     C("backend-triton-without-a-gpu", "train", T("model.backend=triton"), "backend='triton'", "CUDA GPU",
       "model.backend=auto"),
+    C("env-backend-triton-without-a-gpu", "inpaint", I(), "MHTMA_BACKEND=triton", "CUDA GPU", "unset",
+      env={"MHTMA_BACKEND": "triton"}),
+    C("env-backend-triton-without-a-gpu", "train", T(), "MHTMA_BACKEND=triton", "CUDA GPU", "unset",
+      env={"MHTMA_BACKEND": "triton"}),
 ]
 
 
@@ -471,6 +475,8 @@ def test_backend_that_cannot_run_here_is_one_line(case: Case, fx, tmp_path, caps
         pytest.skip("a GPU runs the triton backend")
     from mhtma_kernels.ops.triton import launcher
     monkeypatch.setattr(launcher, "interpreting", lambda: False)
+    for name, value in (case.env or {}).items():
+        monkeypatch.setenv(name, value)
     work = tmp_path / "work"
     work.mkdir()
     code, _, err = run_main(case.command, case.argv(fx, work), capsys)
