@@ -121,6 +121,11 @@ class InpaintingDataset(torch.utils.data.Dataset):
             raise ValueError(f"InpaintingDataset.set_epoch: epoch must be an int >= 0, got {epoch!r}")
         self.epoch = epoch
 
+    def check_readable(self) -> None:
+        """UnreadableImageError unless some image decodes (the unreadable ones met first are warned about), so
+        a folder of broken files fails before a run starts rather than at its first batch."""
+        self._readable_image(0)
+
     def _readable_image(self, index: int) -> Image.Image:
         n = len(self.paths)
         for step in range(n):

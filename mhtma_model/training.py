@@ -46,7 +46,7 @@ from .config import Config, ConfigError
 from .data import InpaintingDataset, demo_dataset_root, split_paths
 from .device import resolve_device
 from .gan_step import GanStep
-from .images import list_images, no_images_found
+from .images import UNREADABLE_HINT, UnreadableImageError, list_images, no_images_found
 from .losses import PerceptualLoss
 from .masks import MaskFolder, ProtocolMix, parse_protocol_mix
 from .evaluator import Evaluator
@@ -229,6 +229,12 @@ def _datasets(cfg: Config, dist: _Distribution):
                                  sketch=cfg.model.sketch, protocols=mix)
     val_ds = InpaintingDataset(val_paths, cfg.data.size, masks=masks, train=False, seed=cfg.run.seed,
                                sketch=cfg.model.sketch, protocols=mix)
+    for split, dataset in (("training", train_ds), ("validation", val_ds)):
+        try:
+            dataset.check_readable()
+        except UnreadableImageError as error:
+            raise ConfigError(f"data.root {root}: none of its {len(dataset)} {split} images can be read (first: "
+                              f"{dataset.paths[0].name}); {UNREADABLE_HINT}") from error
     return root, train_ds, val_ds
 
 

@@ -66,6 +66,9 @@ def fx(tmp_path_factory):
     (root / "run" / "checkpoints" / "best.pt").write_bytes(ckpt.read_bytes())
     (root / "unreadable_data").mkdir()
     (root / "unreadable_data" / "x.png").write_text("not an image")
+    (root / "broken_images").mkdir()
+    for name in ("a.png", "b.jpg", "c.png"):
+        (root / "broken_images" / name).write_text("not an image")
     (root / "bad.yaml").write_text("data: [1, 2\n")
     (root / "list.yaml").write_text("- 1\n- 2\n")
     (root / "unknown.yaml").write_text("train:\n  nope: 1\n")
@@ -173,6 +176,8 @@ TRAIN = [
     C("data-root-a-file", "train", T(lambda fx, work: f"data.root={fx / 'notes.txt'}"), "data.root", "is a file"),
     C("data-root-without-images", "train", T(lambda fx, work: f"data.root={fx / 'empty_dir'}"), "data.root",
       "no images"),
+    C("data-root-every-image-unreadable", "train", T(lambda fx, work: f"data.root={fx / 'broken_images'}"),
+      "data.root", "none of its", "can be read", "give a complete"),
     C("data-root-one-image", "train", T(lambda fx, work: f"data.root={fx / 'images'}"), "at least 2"),
     C("run-dir-a-file", "train", T(lambda fx, work: f"run.dir={work / 'taken'}"), "run.dir", "taken",
       prepare=_file),
@@ -571,6 +576,19 @@ def test_training_log_has_plain_progress_lines(fx, tmp_path, capsys, one_thread)
     assert train.main(argv) == 0
     err = capsys.readouterr().err
     assert "\r" not in err and "mhtma-train: 3/3 step" in err
+
+
+def test_training_warns_of_an_unreadable_image_in_one_plain_line(fx, tmp_path, capsys, one_thread):
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("first.png", "second.png"):
+        (data / name).write_bytes((fx / "two" / name).read_bytes())
+    (data / "broken.png").write_text("not an image")
+    argv = T("train.max_steps=2", "model.base_channels=4", "model.heads=2", "data.val_fraction=0.4",
+             lambda fx, work: f"data.root={data}")(fx, tmp_path)
+    assert train.main(argv) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if "broken.png" in line]
+    assert warned and all(line.startswith("mhtma-train: warning: skipping unreadable image") for line in warned)
 
 
 # ------------------------------------------------------------------------------ the Inpainter API

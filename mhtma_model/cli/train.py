@@ -12,11 +12,13 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from ..checkpoint import CheckpointError
 from ..output_files import OutputError
 from ..config import ConfigError, load_config, packaged_config_names
+from ..data import UnreadableImageWarning
 from ..precision import PrecisionError
 from ..samples import SAMPLE_COLUMNS
 from ..training import TrainingFailed, TrainingInterrupted, train
@@ -50,7 +52,9 @@ def main(argv=None) -> int:
     except ConfigError as exc:
         parser.error(str(exc))
     try:
-        summary = train(cfg)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning(warnings.showwarning)
+            summary = train(cfg)
     except (FileNotFoundError, CheckpointError, ConfigError, PrecisionError, OutputError) as exc:
         print(f"mhtma-train: error: {exc}", file=sys.stderr)
         return 2
@@ -65,6 +69,17 @@ def main(argv=None) -> int:
         print(json.dumps({k: v for k, v in summary.items() if k != "losses"}, indent=2))
         print(closing_lines(summary), file=sys.stderr)
     return 0
+
+
+def _show_warning(show):
+    """``show`` (warnings.showwarning) with an unreadable training image as one plain line, not Python's
+    file:line and source line."""
+    def one_line(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, UnreadableImageWarning):
+            print(f"mhtma-train: warning: {message}", file=file or sys.stderr, flush=True)
+        else:
+            show(message, category, filename, lineno, file, line)
+    return one_line
 
 
 def closing_lines(summary: dict) -> str:
