@@ -78,16 +78,23 @@ def prepare_generator(generator, device: Union[str, torch.device], precision: st
                       compile: bool = False):
     """Move ``generator`` to ``device`` in eval mode and compile it in place when ``compile`` -> the generator.
     ValueError (one line) for a precision that cannot run on ``device`` (fp16 on CPU, bf16 on a GPU without
-    it) and for attention pinned to a backend that cannot run there. The precision is not stored on the module: pass it to :func:`predict_batch` and friends (or hold
+    it). The precision is not stored on the module: pass it to :func:`predict_batch` and friends (or hold
     both in a :class:`mhtma_model.Inpainter`)."""
     dev = resolve_device(device)
-    problem = pinned_backend_problem(generator, dev, inference_dtype(precision, dev), PINNED_REMEDY)
-    if problem:
-        raise ValueError(problem)
+    inference_dtype(precision, dev)
     generator.to(dev).eval()
     if compile and not getattr(generator, "compiled_with", None):
         compile_module(generator)
     return generator
+
+
+def check_pinned_backend(generator, device: torch.device, precision: str) -> None:
+    """ValueError (one line) when ``generator``'s attention is pinned to backend='triton' and the kernels cannot
+    run on ``device`` at ``precision``: what the inference command lines check after loading (``mhtma-export``
+    does not: it exports the `torch` backend)."""
+    problem = pinned_backend_problem(generator, device, inference_dtype(precision, device), PINNED_REMEDY)
+    if problem:
+        raise ValueError(problem)
 
 
 def generator_uses_sketch(generator) -> bool:

@@ -489,6 +489,16 @@ def test_backend_that_cannot_run_here_is_one_line(case: Case, fx, tmp_path, caps
     assert _tree(work) == {}, "the failed run left files"
 
 
+def test_export_of_a_pinned_checkpoint_runs_where_triton_cannot(fx, tmp_path, capsys, monkeypatch, one_thread):
+    """mhtma-export exports the `torch` backend: a checkpoint pinned to triton is no obstacle."""
+    pytest.importorskip("onnxruntime")
+    from mhtma_kernels.ops.triton import launcher
+    monkeypatch.setattr(launcher, "interpreting", lambda: False)
+    code, _, err = run_main("export", X(checkpoint="triton.pt")(fx, tmp_path), capsys)
+    assert code == 0, err
+    assert "backend='triton'" in err and (tmp_path / "model.onnx").is_file()
+
+
 def test_enough_cases():
     assert len(CASES) + len(API_CASES) >= 100
 

@@ -73,7 +73,7 @@ from ..image_modes import save_image
 from ..inpainter import Inpainter
 from ..output_files import check_output_folder, remove_stale, write_json_atomic, write_text_atomic
 from ..progress import progress
-from ..inference import predict_batch
+from ..inference import check_pinned_backend, predict_batch
 from ..sketch import make_sketch
 
 METHODS = ("model",) + CLASSICAL_METHODS
@@ -293,6 +293,7 @@ def _load_generator(setup: Setup, parser) -> None:
             parser.error("--checkpoint is required for --method model (classical methods and --predictions need none)")
         try:
             setup.inpainter = Inpainter.load(args.checkpoint, setup.device, args.precision, args.compile)
+            check_pinned_backend(setup.inpainter.generator, setup.inpainter.device, args.precision)
         except ValueError as exc:
             parser.error(str(exc))
     elif args.checkpoint:
