@@ -149,7 +149,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _check(args, parser)
-    out = Path(args.output)
+    out = Path(args.output).expanduser()
     ratios = write_mask_set(args.protocol, args.size, args.count, args.seed, out)
     print(f"{args.count} {args.protocol} masks ({args.size}×{args.size}, seed {args.seed}) -> {out}; "
           f"hole ratio mean {np.mean(ratios):.3f}, min {min(ratios):.3f}, max {max(ratios):.3f}")
