@@ -1,4 +1,4 @@
-"""CPU target of issue 21: the MHTMA layer against the for-loop ContextualAttention, fp32 forward, no_grad.
+"""The CPU speed target: the MHTMA layer against the for-loop ContextualAttention, fp32 forward, no_grad.
 
     PYTHONPATH=. python -m benchmarks.cpu_layer_ratio                  # B=16, 32x32 map, 64 channels
     PYTHONPATH=. python -m benchmarks.cpu_layer_ratio --rounds 3 --batch 2 --size 8   # a quick look

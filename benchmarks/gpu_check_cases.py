@@ -20,7 +20,7 @@ Shapes (GPU; ``--smoke`` shrinks every one of them, see :func:`make_setup`):
   query rows; the gradients of image b depend on image b alone, so the slice is exact), and errors are
   normwise relative ``|a - e| / |e|`` per image (``|a|`` where e is exactly 0): ``case="mixed"`` is
   image 0, ``"all_invalid"`` image 1.
-- the chunked GEMM path and the measured choices (issue 21), op and correctness rows at every D:
+- the chunked GEMM path and the measured choices (the CPU and GPU speed targets), op and correctness rows at every D:
   ``chunked`` (backend="auto" restricted to the chunked GEMM path by MHTMA_AUTO_CANDIDATES; on CUDA
   also what backend="torch" runs), ``auto`` (the measured choice; the record's ``auto_chosen`` and
   ``auto_candidates_ms`` say what it chose and why), ``triton-chunked-bwd`` (the fused forward with the
@@ -311,10 +311,19 @@ def op_case(setup: Setup, row: OpRow) -> dict:
     result["tflops"] = op_flops(setup, row.d, row.mode) / (result["ms"] * 1e-3) / 1e12
     result.update(dispatch_choices(row))
     if row.provider == "triton":  # which forward tile the autotuner ran (None: fixed choice, no tuning)
-        from mhtma_kernels.ops.triton import launcher
-
-        result["autotuned_fwd"] = launcher.autotuned_choice("fwd")
+        result["autotuned_fwd"] = autotuned_choice("fwd")
     return result
+
+
+def autotuned_choice(kernel: str) -> str | None:
+    """The tile the launcher's autotuner ran last for `kernel` on the current GPU (its Config as text), None
+    if it has not run."""
+    from mhtma_kernels.ops.triton import device as devices
+    from mhtma_kernels.ops.triton import launcher
+
+    tuner = launcher._AUTOTUNED.get((kernel, devices.current().kind))
+    best = getattr(tuner, "best_config", None)
+    return None if best is None else str(best)
 
 
 def _with_forward_tile(tile):
@@ -330,7 +339,7 @@ def _with_forward_tile(tile):
 
 
 def forward_version_rows(setup: Setup) -> list[OpRow]:
-    """The forward's autotune candidates side by side, bf16, every D (issue 18): per version (v3 =
+    """The forward's autotune candidates side by side, bf16, every D (so that the fixed order of versions can be checked): per version (v3 =
     ForwardTile, v2 = TileConfig) its first tile as "triton-v3" / "triton-v2" (fwd and fwd+bwd), on a GPU
     its other tiles as "triton-v3-alt" / "triton-v2-alt" (fwd; the table shows the first, the JSON all).
     Each record names its tile (``forward_tile``); the "triton" rows record the autotuner's pick."""

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .pixel_range import to_uint8
+
 CLASSICAL_METHODS = ("telea", "navier-stokes", "biharmonic")
 OPENCV_METHODS = ("telea", "navier-stokes")
 INPAINT_RADIUS = 3
@@ -61,7 +63,7 @@ def classical_inpaint(image: np.ndarray, mask: np.ndarray, method: str) -> np.nd
         if hole.all():
             raise ValueError("biharmonic inpainting needs at least one known pixel; the mask covers the whole image")
         result = inpaint_biharmonic(image.astype(np.float64) / 255.0, hole, channel_axis=-1)
-        filled = np.round(np.clip(result, 0.0, 1.0) * 255.0).astype(np.uint8)
+        filled = to_uint8(result * 255.0)
     out = image.copy()
     out[hole] = filled[hole]
     return out

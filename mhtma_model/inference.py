@@ -46,11 +46,15 @@ from .checkpoint import CheckpointError, load_generator
 from .device import resolve_device
 from .image_modes import kept, network_rgb, paste_prediction
 from .images import mask_from_image
+from .pinned_backend import pinned_backend_problem
 from .pixel_range import from_network, to_network, to_uint8
 from .precision import compile_module, inference_dtype, inference_precision
 from .sketch import load_user_sketch, thin_strokes
 
 MAX_SIZE = 512
+#: What to do about a checkpoint whose attention is pinned to a backend this machine cannot run.
+PINNED_REMEDY = ("no option of the inference commands overrides a checkpoint's backend: run it on a CUDA GPU "
+                 "the kernels fit, or train with model.backend=auto")
 CONTEXT_MIN_MARGIN = 32
 
 
@@ -82,6 +86,15 @@ def prepare_generator(generator, device: Union[str, torch.device], precision: st
     if compile and not getattr(generator, "compiled_with", None):
         compile_module(generator)
     return generator
+
+
+def check_pinned_backend(generator, device: torch.device, precision: str) -> None:
+    """ValueError (one line) when ``generator``'s attention is pinned to backend='triton' and the kernels cannot
+    run on ``device`` at ``precision``: what the inference command lines check after loading (``mhtma-export``
+    does not: it exports the `torch` backend)."""
+    problem = pinned_backend_problem(generator, device, inference_dtype(precision, device), PINNED_REMEDY)
+    if problem:
+        raise ValueError(problem)
 
 
 def generator_uses_sketch(generator) -> bool:

@@ -4,9 +4,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from .image_modes import save_image
+from .networks import composite
 from .pixel_range import from_network, to_uint8
 
 
@@ -43,7 +45,7 @@ def label_band(labels, width: int) -> np.ndarray:
 def save_sample_grid(path: Path, image, mask, coarse, output) -> Path:
     """PNG grid, one row per image, columns: input (holes white) | coarse | output | truth, under a header
     band naming them (:data:`SAMPLE_COLUMNS`); written atomically."""
-    shown_input = image * (1 - mask) + mask  # holes drawn white
+    shown_input = composite(torch.ones_like(image), image, mask)  # holes drawn white
     cols = [to_uint8(from_network(t)) for t in (shown_input, coarse, output, image)]
     b, h, w, _ = cols[0].shape
     gap = GAP

@@ -39,6 +39,7 @@ from PIL import Image
 from torch import nn
 
 from .images import UnreadableImageError, has_transparency, open_image
+from .pixel_range import to_uint8
 from .weights_files import resolve_weights_file
 
 #: Edge-map threshold of the paper (Sec. IV-F, Paris StreetView).
@@ -294,7 +295,7 @@ def _open_sketch(path_or_image: ImageLike) -> Image.Image:
         arr = path_or_image
         if arr.dtype != np.uint8:
             if np.issubdtype(arr.dtype, np.floating) and arr.size and arr.min() >= 0 and arr.max() <= 1:
-                arr = np.round(arr * 255).astype(np.uint8)
+                arr = to_uint8(arr * 255)
             else:
                 raise TypeError(f"sketch array must be uint8 or float in [0, 1], got {arr.dtype}")
         if arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (3, 4)):
@@ -331,7 +332,7 @@ def stroke_map(path_or_image: ImageLike) -> np.ndarray:
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)
         peak = arr.max() if arr.size and arr.max() > 0 else 1.0
-        img = Image.fromarray(np.round(arr / peak * 255).astype(np.uint8))
+        img = Image.fromarray(to_uint8(arr / peak * 255))
     rgb = np.asarray(img.convert("RGB"), dtype=np.float64)
     border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]], axis=0)
     background = np.median(border, axis=0)

@@ -40,7 +40,7 @@ import torch.distributed
 from torch.utils.data import DataLoader, Sampler
 from torch.utils.tensorboard import SummaryWriter
 
-from .checkpoint import (check_resumable, load_checkpoint, resolve_resume, restore_training,
+from .checkpoint import (CheckpointError, check_resumable, load_checkpoint, resolve_resume, restore_training,
                          save_checkpoint, training_payload)
 from .config import Config, ConfigError
 from .data import InpaintingDataset, demo_dataset_root, split_paths
@@ -51,7 +51,8 @@ from .losses import PerceptualLoss
 from .masks import MaskFolder, ProtocolMix, parse_protocol_mix
 from .evaluator import Evaluator
 from .networks import composite
-from .output_files import check_output_folder
+from .output_files import OutputError, check_output_folder
+from .pinned_backend import pinned_backend_problem
 from .pixel_range import from_network, to_uint8
 from .progress import progress
 from .samples import save_sample_grid
@@ -281,6 +282,11 @@ def validation_l1(summary: dict) -> float:
 
 # -------------------------------------------------------------------------------------- stop signals
 
+class TrainingFailed(RuntimeError):
+    """:func:`train` could not write or read a file once the run had started (the message says which, and the
+    step); the checkpoints written so far stay."""
+
+
 class TrainingInterrupted(Exception):
     """:func:`train` stopped on SIGINT (Ctrl+C) or SIGTERM (e.g. a cluster's preemption) after writing
     ``last.pt`` at ``step``; running the same command again resumes from there."""
@@ -395,6 +401,10 @@ class Trainer:
     def _build_networks(self, perceptual) -> None:
         """Generator, discriminator, losses and optimisers (:class:`~mhtma_model.gan_step.GanStep`)."""
         self.gan = GanStep(self.cfg, self.device, perceptual)
+        problem = pinned_backend_problem(self.gan.g_raw, self.device, self.gan.amp_dtype,
+                                         "give model.backend=auto (or torch)")
+        if problem:
+            raise ConfigError(problem)
 
     def _restore(self, payload: dict) -> None:
         state = restore_training(payload, self.cfg, **self.gan.parts())
@@ -615,7 +625,8 @@ def train(config: Config) -> dict:
 
     Files (rank 0 only) in ``config.run.dir``: config.yaml, checkpoints/{last,best}.pt, samples/*.png,
     tb/ (TensorBoard). Raises FileNotFoundError (data folder, VGG16 weights), CheckpointError (resume),
-    ConfigError (a setting that cannot work: no images in data.root, CUDA absent, ...), and
+    ConfigError (a setting that cannot work: no images in data.root, CUDA absent, ...) before any work;
+    TrainingFailed when a file cannot be written or read once the run has started; and
     TrainingInterrupted after SIGINT/SIGTERM (handled while it runs in the main thread; last.pt is written first).
     """
     if not isinstance(config, Config):
@@ -624,7 +635,11 @@ def train(config: Config) -> dict:
     dist = _setup_distributed(cfg)
     try:
         with StopSignals() as signals:
-            return Trainer(cfg, dist, signals).run()
+            trainer = Trainer(cfg, dist, signals)
+            try:
+                return trainer.run()
+            except (OSError, OutputError, CheckpointError) as exc:
+                raise TrainingFailed(f"the run stopped at step {trainer.step}: {exc}") from exc
     finally:
         if dist.owns_group:
             torch.distributed.destroy_process_group()

@@ -19,6 +19,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from mhtma_model import Inpainter
@@ -41,6 +42,7 @@ def fx(tmp_path_factory):
     root = tmp_path_factory.mktemp("bad-inputs")
     ckpt = make_tiny_checkpoint(root / "tiny.pt")
     make_tiny_checkpoint(root / "sketch.pt", sketch=True)
+    make_tiny_checkpoint(root / "triton.pt", backend="triton")
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / "photo.png")
     hole = np.zeros((32, 32), np.uint8)
@@ -321,6 +323,19 @@ EVAL = [
 ]
 
 
+def _frames(work: Path, count: int = 4) -> None:
+    """A folder ``masks`` of someone's video frames named like mask files, and no manifest."""
+    (work / "masks").mkdir()
+    for i in range(count):
+        _file(work / "masks", f"{i:05d}.png", f"frame {i}")
+
+
+def _other_manifest(work: Path) -> None:
+    """A folder ``masks`` whose manifest.json is another tool's."""
+    (work / "masks").mkdir()
+    _file(work / "masks", "manifest.json", '{"masks": [{"file": "00000.png"}]}')
+
+
 def M(*extra, output="masks"):
     def argv(fx, work):
         args = ["--protocol", "box", "--size", "32", "--count", "2", "--output", str(work / output)]
@@ -340,6 +355,10 @@ MASKS = [
     C("seed-negative", "masks", M("--seed", "-1"), "--seed"),
     C("output-an-existing-file", "masks", M(output="taken"), "--output", "taken", prepare=_file),
     C("output-below-a-file", "masks", M(output="taken/masks"), "--output", "is a file", prepare=_file),
+    C("output-holds-frames-named-like-masks", "masks", M(), "--output", "00000.png", "no mhtma-masks manifest",
+      prepare=_frames),
+    C("output-holds-another-manifest", "masks", M(), "--output", "manifest.json", "no mhtma-masks manifest",
+      prepare=_other_manifest),
 ]
 
 
@@ -436,6 +455,50 @@ def test_command_line_refuses_clearly(case: Case, fx, tmp_path, capsys, monkeypa
     assert _tree(work) == before, "the failed run left or changed files"
 
 
+def _pinned(argv):
+    """``argv`` with the checkpoint whose attention is pinned to backend='triton'."""
+    return lambda fx, work: [str(fx / "triton.pt") if a == str(fx / "tiny.pt") else a for a in argv(fx, work)]
+
+
+PINNED = [
+    C("checkpoint-pinned-to-triton", "inpaint", _pinned(I()), "backend='triton'", "CUDA GPU", "model.backend"),
+    C("checkpoint-pinned-to-triton", "eval", _pinned(E()), "backend='triton'", "CUDA GPU", "model.backend"),
+    C("checkpoint-pinned-to-triton", "ui", _pinned(U()), "backend='triton'", "CUDA GPU", "model.backend"),
+    C("backend-triton-without-a-gpu", "train", T("model.backend=triton"), "backend='triton'", "CUDA GPU",
+      "model.backend=auto"),
+    C("env-backend-triton-without-a-gpu", "inpaint", I(), "MHTMA_BACKEND=triton", "CUDA GPU", "unset",
+      env={"MHTMA_BACKEND": "triton"}),
+    C("env-backend-triton-without-a-gpu", "train", T(), "MHTMA_BACKEND=triton", "CUDA GPU", "unset",
+      env={"MHTMA_BACKEND": "triton"}),
+]
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=f"{c.command}-{c.id}") for c in PINNED])
+def test_backend_that_cannot_run_here_is_one_line(case: Case, fx, tmp_path, capsys, monkeypatch, one_thread):
+    """A machine with neither a GPU nor Triton's interpreter (which the test session turns on without a GPU)."""
+    if torch.cuda.is_available():
+        pytest.skip("a GPU runs the triton backend")
+    from mhtma_kernels.ops.triton import launcher
+    monkeypatch.setattr(launcher, "interpreting", lambda: False)
+    for name, value in (case.env or {}).items():
+        monkeypatch.setenv(name, value)
+    work = tmp_path / "work"
+    work.mkdir()
+    code, _, err = run_main(case.command, case.argv(fx, work), capsys)
+    assert_clear_failure(code, err, case.status, case.fragments)
+    assert _tree(work) == {}, "the failed run left files"
+
+
+def test_export_of_a_pinned_checkpoint_runs_where_triton_cannot(fx, tmp_path, capsys, monkeypatch, one_thread):
+    """mhtma-export exports the `torch` backend: a checkpoint pinned to triton is no obstacle."""
+    pytest.importorskip("onnxruntime")
+    from mhtma_kernels.ops.triton import launcher
+    monkeypatch.setattr(launcher, "interpreting", lambda: False)
+    code, _, err = run_main("export", X(checkpoint="triton.pt")(fx, tmp_path), capsys)
+    assert code == 0, err
+    assert "backend='triton'" in err and (tmp_path / "model.onnx").is_file()
+
+
 def test_enough_cases():
     assert len(CASES) + len(API_CASES) >= 100
 
@@ -448,6 +511,16 @@ def test_masks_rerun_replaces_the_earlier_set(tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == ["00000.png", "00001.png", "manifest.json"]
     assert [m["file"] for m in json.loads((out / "manifest.json").read_text())["masks"]] == ["00000.png",
                                                                                             "00001.png"]
+
+
+def test_masks_leave_files_they_do_not_write_alone(tmp_path, capsys):
+    out = tmp_path / "m"
+    out.mkdir()
+    _file(out, "00007.png", "frame 7")
+    assert masks.main(["--protocol", "box", "--size", "32", "--count", "5", "--output", str(out)]) == 0
+    assert masks.main(["--protocol", "box", "--size", "32", "--count", "2", "--output", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["00000.png", "00001.png", "00007.png", "manifest.json"]
+    assert (out / "00007.png").read_text() == "frame 7"
 
 
 def test_inpaint_output_file_name_writes_that_file(fx, tmp_path, capsys):
@@ -489,6 +562,22 @@ def test_eval_rerun_leaves_nothing_stale(fx, tmp_path, capsys):
     assert (out / "examples.png").is_file() and (out / "outputs" / "a.png").is_file()
     assert evaluate.main(E("--examples", "0", output="eval")(fx, tmp_path)) == 0
     assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "metrics.md"]
+
+
+def test_eval_results_that_cannot_be_written_are_one_line_exit_1(fx, tmp_path, capsys):
+    """The whole evaluation runs, then metrics.json cannot be written (a folder holds its name)."""
+    (tmp_path / "eval" / "metrics.json").mkdir(parents=True)
+    before = _tree(tmp_path)
+    code, _, err = run_main("eval", E("--examples", "0", output="eval")(fx, tmp_path), capsys)
+    assert_clear_failure(code, err, 1, ("cannot write", "metrics.json"))
+    assert _tree(tmp_path) == before
+
+
+def test_train_failure_after_the_start_is_one_line_exit_1(fx, tmp_path, capsys, one_thread):
+    """The run trains, then cannot write last.pt (a folder holds its name): a runtime failure, not usage."""
+    (tmp_path / "run" / "checkpoints" / "last.pt").mkdir(parents=True)
+    code, _, err = run_main("train", T()(fx, tmp_path), capsys)
+    assert_clear_failure(code, err, 1, ("stopped at step", "last.pt"))
 
 
 def test_training_log_has_plain_progress_lines(fx, tmp_path, capsys, one_thread):

@@ -115,7 +115,7 @@ def test_chunked_path_with_16bit_gemm_operands_as_on_cuda(only_chunked, cuda_lik
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
 @pytest.mark.parametrize("t", [0.01, 0.05, 0.5], ids=["t0.01", "t0.05", "t0.5"])
 def test_fixed_bound_and_chunk_max_agree(dtype, t):
-    """bounded=True (unit rows) takes m = 1/t for 16-bit inputs where 1/t <= FIXED_MAX_LIMIT (else the
+    """bounded=True (unit rows) takes m = 1/t for 16-bit inputs where 1/t <= FIXED_INV_T_LIMIT (else the
     chunk max, as always for fp32/fp64); the weights are the same either way: m + l agrees."""
     q, k, v, key_valid, temperature = make_inputs(2, 2, 17, 19, 11, 6, t, "image1-all-invalid", dtype)
     q, k = l2_normalize(q), l2_normalize(k)
@@ -124,7 +124,7 @@ def test_fixed_bound_and_chunk_max_agree(dtype, t):
     assert_close(bound, plain.double(), torch.float32, "out")
     assert_close(bound_stats.m + bound_stats.l, (plain_stats.m + plain_stats.l).double(), torch.float32, "m + l")
     inv_t = 1 / temperature.float()
-    uses_bound = dtype == torch.bfloat16 and bool((inv_t <= chunked.FIXED_MAX_LIMIT).all())
+    uses_bound = dtype == torch.bfloat16 and bool((inv_t <= chunked.FIXED_INV_T_LIMIT).all())
     assert torch.equal(bound_stats.m[0], inv_t[0][:, None].expand(-1, 17)) == uses_bound
     assert (bound_stats.m[1] == -1e4).all()  # image 1 has no valid key: its logits are all -lambda_m
 

@@ -227,6 +227,18 @@ def test_a_failing_triton_step_warns_once_and_runs_eagerly(only_chunked, triton_
     assert chunked._BROKEN == {("triton", name)}
 
 
+def test_more_heads_than_the_row_grid_holds_run_the_eager_step(only_chunked, triton_steps, monkeypatch):  # noqa: F811
+    """B*H past the row kernels' grid axis (rules.MAX_BATCH_HEADS, lowered to 1 here) takes the eager step
+    without a launch, a warning or giving the Triton step up."""
+    monkeypatch.setattr(chunked, "MAX_BATCH_HEADS", 1)
+    inputs = [x.to(_device()) for x in make_inputs(2, 1, 7, 6, 5, 4, 0.2, "random", torch.float32)]
+    expected = forward_and_grads("reference", *make_inputs(2, 1, 7, 6, 5, 4, 0.2, "random"))
+    actual = forward_and_grads(only_chunked, *inputs)
+    for label, a, e in zip(NAMES, actual, expected):
+        assert_close(a.cpu(), e, torch.float32, label)
+    assert triton_steps == {"forward": 0, "backward": 0} and not chunked._BROKEN
+
+
 # ------------------------------------------------------------------------------ choosing the steps
 
 @pytest.mark.parametrize("device,dtype,expected", [

@@ -23,12 +23,12 @@ FLOORS = {
     "weights_files": -1,  # the weights-file rule that floor-0 metrics share
     "deep_colour": -2,  # 16-bit colour, which image_modes keeps
     "image_modes": -1,  # the picture-mode rules that images (floor 0) reads with
-    "images": 0, "device": 0, "precision": 0, "samples": 0, "metrics": 0, "fid": 0, "classical": 0,
-    "lpips_metric": 0, "ids": 0,
+    "images": 0, "device": 0, "precision": 0, "metrics": 0, "fid": 0, "classical": 0,
+    "lpips_metric": 0, "ids": 0, "pinned_backend": 0,
     "masks": 1, "sketch": 1, "input_files": 1, "evaluator": 1,
     "data": 2,
     "networks": 3,
-    "losses": 4, "onnx_export": 4,
+    "losses": 4, "onnx_export": 4, "samples": 4,
     "config": 5,
     "checkpoint": 6,
     "gan_step": 7, "inference": 7,

@@ -98,7 +98,7 @@ def assert_small_t_near_plain(actual, expected, plain, bound=SMALL_T_GUARD):
 
 @pytest.mark.parametrize("t", [0.01, 0.02, 0.05, 0.1, 0.5, 2.0], ids=lambda t: f"t{t}")
 def test_fused_backward_temperature_gradient_within_twice_a_plain_fp32_implementation(t, monkeypatch):
-    """Issue 21's bound on the fused backward (fixed tiles, fp32): over tests/test_chunked.py's 3 seeds the
+    """The bound the fused backward is held to (fixed tiles, fp32): over tests/test_chunked.py's 3 seeds the
     dL/dt error is at most twice the materialised fp32 op's (5.6x at t = 0.01 before the dq kernel's
     centring term; 0.1-0.9x after it over 8 seeds)."""
     monkeypatch.setenv("MHTMA_TRITON_BACKWARD", "fused")

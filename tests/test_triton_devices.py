@@ -3,6 +3,8 @@ TMA only on sm_90 and later, sm_90's choice unchanged, and one clear refusal (au
 nothing fits. Everything here is sizing: no kernel runs."""
 import dataclasses
 import logging
+import re
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -189,18 +191,69 @@ def test_device_model_reads_the_driver(monkeypatch):
     assert model.kind != DEVICES[90].kind
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device answers for itself")
 def test_without_a_driver_the_reference_sizes_apply():
     devices.forget()
     assert devices.current() == devices.REFERENCE  # CPU, the interpreter: an H100's tiles
+
+
+class _Properties:
+    """torch.cuda.get_device_properties' answer for an RTX 3090 (the fields the device model reads)."""
+
+    name, major, minor = "NVIDIA GeForce RTX 3090", 8, 6
+    shared_memory_per_block_optin, multi_processor_count = 101376, 82
+
+
+class _NoDriver:
+    """A Triton driver whose device query fails (an API it does not have)."""
+
+    def get_current_target(self):
+        raise AttributeError("no get_current_target in this triton")
+
+
+@pytest.mark.parametrize("case", ["cuda-tensor", "driver-query-fails"])
+def test_a_cuda_device_is_never_sized_as_the_reference(monkeypatch, case):
+    """With CUDA, the figures come from torch's properties of that one device, not the H100 reference."""
+    from triton.runtime import driver
+
+    asked = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: asked.append(index) or _Properties())
+    previous = driver._active
+    driver.set_active(_NoDriver())
+    devices.forget()
+    try:
+        if case == "cuda-tensor":
+            model = devices.current(SimpleNamespace(device=torch.device("cuda", 1)))  # all it reads of a tensor
+        else:
+            model = devices.current()
+    finally:
+        driver.set_active(previous)
+        devices.forget()
+    assert (model.name, model.arch, model.shared_bytes, model.sms) == ("NVIDIA GeForce RTX 3090", 86, 101376, 82)
+    assert asked == [1]
+
+
+@pytest.mark.parametrize("arch", [70, 75], ids=lambda a: f"sm{a}")
+def test_gpus_before_sm80_are_refused_in_one_error(arch):
+    old_gpu = Device(f"Tesla sm_{arch} (mocked)", arch, 65536, 40)
+    launcher._REFUSALS.clear()
+    why = launcher.refusal(64, 64, torch.float16, old_gpu)
+    assert f"Tesla sm_{arch} (mocked)" in why and f"sm_{arch}" in why and "sm_80 or newer" in why
+    with pytest.raises(RuntimeError, match="sm_80 or newer"):
+        launcher.choose_config(256, 256, 64, 64, torch.float16, False, old_gpu)
 
 
 @pytest.fixture
 def mocked_99kb_gpu(monkeypatch):
     monkeypatch.setattr(devices, "current", lambda tensor=None: RTX_99KB)
     monkeypatch.setitem(tile_table.TILE_ROWS, "sm86", TOO_LARGE)
-    backends._TRITON_REFUSED.clear()
+    launcher._REFUSALS.clear()
+    backends._TRITON_LOGGED.clear()
     yield RTX_99KB
-    backends._TRITON_REFUSED.clear()
+    launcher._REFUSALS.clear()
+    backends._TRITON_LOGGED.clear()
 
 
 def _inputs(dtype=torch.float32):
@@ -221,6 +274,28 @@ def test_triton_where_nothing_fits_says_why_in_one_error(mocked_99kb_gpu, dtype)
     assert "\n" not in text
 
 
+# Small forward and dk/dv rows; dq only one resident row, whose count alone would fit: its margin decides.
+RESIDENT_ONLY = dict(fwd_v3=[(16, 16, 4, 2, False, 64)], fwd_v3_fallback=(16, 16, 4, 2, False, 64),
+                     fwd=[(16, 16, 16, 0, 16, 4, 2, 0)], dkdv=[(16, 16, 16, 16, 16, 4, 2, 0)],
+                     dq=[(64, 32, 64, 64, 64, 8, 2, 0, 1)])
+
+
+@pytest.mark.parametrize("short_by", [1, 512, 5 * 1024], ids=lambda b: f"short-by-{b}B")
+def test_the_refusal_never_reads_as_fitting(monkeypatch, short_by):
+    """The need it names counts what the candidates count (the resident margin too), in KB rounded up,
+    against the GPU's KB rounded down."""
+    monkeypatch.setitem(tile_table.TILE_ROWS, "sm86", RESIDENT_ONLY)
+    launcher._REFUSALS.clear()
+    resident = launcher._v2_tiles("dq", 24, 24, torch.bfloat16, RESIDENT_ONLY["dq"])[0]
+    count = launcher.shared_memory_needed("dq", resident, 24, 24, torch.bfloat16)
+    shared = count + launcher._RESIDENT_MARGIN - short_by
+    gpu = Device("RTX (mocked)", 86, shared, 82)
+    why = launcher.refusal(24, 24, torch.bfloat16, gpu)
+    launcher._REFUSALS.clear()
+    need, has = (int(n) for n in re.search(r"needs at least (\d+) KB .* the GPU has (\d+) KB per block", why).groups())
+    assert "no dq tile" in why and need > has == shared // 1024, why
+
+
 def test_auto_leaves_triton_out_with_one_info_line(mocked_99kb_gpu, caplog):
     q, k, v, _, _ = _inputs()
     with caplog.at_level(logging.INFO, logger="mhtma_kernels.dispatch"):
@@ -231,6 +306,6 @@ def test_auto_leaves_triton_out_with_one_info_line(mocked_99kb_gpu, caplog):
 
 
 def test_auto_keeps_triton_where_a_tile_fits():
-    backends._TRITON_REFUSED.clear()
+    launcher._REFUSALS.clear()
     q, k, v, _, _ = _inputs()
     assert backends.triton_applies(q, v)

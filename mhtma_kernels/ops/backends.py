@@ -54,7 +54,7 @@ def _sdpa(q, k, v, key_valid, temperature, lambda_m, normalize, unit_norm=False)
 IMPLEMENTATIONS = {"triton": triton_backend, "chunked": _chunked, "sdpa": _sdpa}
 
 
-_TRITON_REFUSED: dict = {}  # (device kind, D, Dv, dtype) -> why triton has no tile that fits, or None
+_TRITON_LOGGED: dict = {}  # (device kind, D, Dv, dtype) already logged as left out (launcher.refusal keeps the why)
 
 
 def triton_applies(q, v) -> bool:
@@ -65,12 +65,12 @@ def triton_applies(q, v) -> bool:
     from .triton import device, launcher
 
     gpu = device.current(q)
+    why = launcher.refusal(q.shape[-1], v.shape[-1], q.dtype, gpu)
     key = (gpu.kind, q.shape[-1], v.shape[-1], q.dtype)
-    if key not in _TRITON_REFUSED:
-        _TRITON_REFUSED[key] = launcher.refusal(q.shape[-1], v.shape[-1], q.dtype, gpu)
-        if _TRITON_REFUSED[key] is not None:
-            LOGGER.info("auto backend: triton left out (%s)", _TRITON_REFUSED[key])
-    return _TRITON_REFUSED[key] is None
+    if why is not None and key not in _TRITON_LOGGED:
+        _TRITON_LOGGED[key] = True
+        LOGGER.info("auto backend: triton left out (%s)", why)
+    return why is None
 
 
 def _restriction() -> tuple[str, ...] | None:

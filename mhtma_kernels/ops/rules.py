@@ -6,8 +6,11 @@
     chunk_budget_mb    memory budget of one chunk (env MHTMA_CHUNK_MB) of the chunked and CPU flash paths
     compute_dtype      dtype of the elementwise work and accumulation
     triton_import_error  None where the `triton` package imports, else the ImportError
+    triton_interprets  whether Triton kernels run on its CPU interpreter (TRITON_INTERPRET=1)
+    on_device          the tensor's GPU as the current device, around Triton launches
     NAMESPACE          of the torch.library custom ops
 """
+import contextlib
 import math
 import os
 
@@ -63,3 +66,25 @@ def triton_import_error() -> ImportError | None:
         else:
             _TRITON_IMPORT.append(None)
     return _TRITON_IMPORT[0]
+
+
+def on_device(tensor: torch.Tensor):
+    """A context in which `tensor`'s GPU is the current CUDA device (Triton launches on the current device, not
+    on its arguments'), nothing for a CPU tensor."""
+    return torch.cuda.device(tensor.device) if tensor.device.type == "cuda" else contextlib.nullcontext()
+
+
+_INTERPRETS: list = []  # [bool] once read
+
+
+def triton_interprets() -> bool:
+    """True when Triton builds kernels for its CPU interpreter (TRITON_INTERPRET=1, as Triton parses it). Read
+    once, on first use: the kernels read it when they are defined, at import."""
+    if not _INTERPRETS:
+        interprets = False
+        if triton_import_error() is None:
+            from triton import knobs
+
+            interprets = bool(knobs.runtime.interpret)
+        _INTERPRETS.append(interprets)
+    return _INTERPRETS[0]

@@ -41,7 +41,7 @@ Writes ``OUTPUT/metrics.json`` (settings, rows, per-image values keyed by relati
 ``OUTPUT/metrics.md`` (the table), ``OUTPUT/examples.png`` (rows: input with the hole in white | output |
 ground truth) and, with ``--save-outputs``, ``OUTPUT/outputs/<relative path>.png`` (every composited
 output). Exit status 0 on success (even with skipped images, which are listed), 1 when no image could be
-evaluated, 2 for usage errors (bad arguments, missing/incompatible checkpoint, Inception or LPIPS file,
+evaluated or the results cannot be written, 2 for usage errors (bad arguments, missing/incompatible checkpoint, Inception or LPIPS file,
 OpenCV missing for telea/navier-stokes, CUDA requested but absent).
 """
 from __future__ import annotations
@@ -73,7 +73,7 @@ from ..image_modes import save_image
 from ..inpainter import Inpainter
 from ..output_files import check_output_folder, remove_stale, write_json_atomic, write_text_atomic
 from ..progress import progress
-from ..inference import predict_batch
+from ..inference import check_pinned_backend, predict_batch
 from ..sketch import make_sketch
 
 METHODS = ("model",) + CLASSICAL_METHODS
@@ -293,6 +293,7 @@ def _load_generator(setup: Setup, parser) -> None:
             parser.error("--checkpoint is required for --method model (classical methods and --predictions need none)")
         try:
             setup.inpainter = Inpainter.load(args.checkpoint, setup.device, args.precision, args.compile)
+            check_pinned_backend(setup.inpainter.generator, setup.inpainter.device, args.precision)
         except ValueError as exc:
             parser.error(str(exc))
     elif args.checkpoint:
@@ -475,18 +476,34 @@ def staging_folder(out_dir: Path) -> Path:
     return out_dir / f".{OUTPUTS_DIR}.partial"
 
 
+def _replace_outputs(out_dir: Path) -> None:
+    """Put the staged outputs/ in place of an earlier run's (removed when this run staged none). The earlier
+    folder is renamed aside first, so a failure (OSError) leaves either the old folder or the new one."""
+    target, staged, aside = out_dir / OUTPUTS_DIR, staging_folder(out_dir), out_dir / f".{OUTPUTS_DIR}.old"
+    shutil.rmtree(aside, ignore_errors=True)  # what an interrupted run may have left
+    if target.exists():
+        os.replace(target, aside)
+    if staged.is_dir():
+        try:
+            os.replace(staged, target)
+        except OSError:
+            if aside.exists():
+                os.replace(aside, target)
+            raise
+    shutil.rmtree(aside, ignore_errors=True)  # hidden; a leftover goes with the next run
+
+
 def _write(out_dir: Path, result: dict, examples: list) -> None:
-    """metrics.json, metrics.md, examples.png and outputs/ of this run, replacing an earlier run's (an earlier
-    examples.png or outputs/ that this run does not write is removed: nothing stale)."""
-    write_json_atomic(out_dir / "metrics.json", result)
-    write_text_atomic(out_dir / "metrics.md", markdown_table(result))
+    """outputs/, examples.png, metrics.json and metrics.md of this run, replacing an earlier run's (an earlier
+    examples.png or outputs/ that this run does not write is removed: nothing stale). The metrics come last:
+    they never describe outputs that are not there. OSError when a file cannot be written."""
+    _replace_outputs(out_dir)
     if examples:
         save_image(_grid(examples), out_dir / "examples.png")
     else:
         remove_stale(out_dir, ["examples.png"])
-    shutil.rmtree(out_dir / OUTPUTS_DIR, ignore_errors=True)
-    if staging_folder(out_dir).is_dir():
-        os.replace(staging_folder(out_dir), out_dir / OUTPUTS_DIR)
+    write_json_atomic(out_dir / "metrics.json", result)
+    write_text_atomic(out_dir / "metrics.md", markdown_table(result))
 
 
 def _discard(out_dir: Path, existed: bool) -> None:
@@ -528,7 +545,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               f"check --data and --masks", file=sys.stderr)
         return 1
     result = _result(setup, ev)
-    _write(out_dir, result, ev.examples)
+    try:
+        _write(out_dir, result, ev.examples)
+    except OSError as exc:
+        _discard(out_dir, existed)
+        print(f"mhtma-eval: error: cannot write the results to {out_dir}: {exc}", file=sys.stderr)
+        return 1
     print(summary_line(result, out_dir))
     return 0
 

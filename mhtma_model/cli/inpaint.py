@@ -39,6 +39,7 @@ from PIL import Image
 from .options import add_inference_options, apply_inference_options, command_parser
 from ..image_modes import save_image
 from ..input_files import mask_notice, open_inputs, pair_inputs
+from ..inference import check_pinned_backend
 from ..inpainter import Inpainter
 from ..output_files import OutputError, check_output_file, check_output_folder
 from ..progress import progress
@@ -68,6 +69,7 @@ def _setup(args, parser: argparse.ArgumentParser) -> tuple[list, list, Inpainter
         pairs, problems = pair_inputs(Path(args.image), Path(args.mask),
                                       Path(args.sketch) if args.sketch else None)
         inpainter = Inpainter.load(args.checkpoint, device, args.precision, args.compile, args.max_size)
+        check_pinned_backend(inpainter.generator, inpainter.device, inpainter.precision)
     except ValueError as exc:
         parser.error(str(exc))
     if args.sketch and not inpainter.uses_sketch:

@@ -10,13 +10,13 @@ byte-identical files on any machine). ``OUTPUT/manifest.json`` records the argum
 of every file, and the command prints the hole-ratio histogram by bucket (:data:`mhtma_model.metrics.BUCKETS`).
 Protocols and their rules: :mod:`mhtma_model.masks`.
 
-Exit status 0 on success, 2 for a bad argument (one line on stderr).
+A rerun replaces the earlier set (the files its manifest lists); an ``--output`` folder holding other files
+this set would overwrite is refused. Exit status 0 on success, 2 for a bad argument (one line on stderr).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -31,8 +31,6 @@ from ..output_files import OutputError, check_output_folder, remove_stale, write
 from ..progress import progress
 
 MANIFEST = "manifest.json"
-#: How the mask files are named (their index, zero-padded to at least 5 digits).
-MASK_NAME = re.compile(r"[0-9]{5,}\.png")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -75,6 +73,11 @@ def _check(args, parser) -> None:
         check_output_folder(args.output)
     except OutputError as exc:
         parser.error(str(exc))
+    foreign = foreign_files(Path(args.output).expanduser(), args.count)
+    if foreign:
+        parser.error(f"--output {args.output} holds {len(foreign)} file(s) this run would overwrite "
+                     f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}) that no mhtma-masks "
+                     f"manifest lists; choose an empty folder")
 
 
 def histogram(ratios: Sequence[float]) -> list[tuple[str, int]]:
@@ -94,24 +97,43 @@ def histogram_lines(ratios: Sequence[float], width: int = 40) -> list[str]:
 
 
 def owned_files(output: Path) -> set[str]:
-    """The files of an earlier set in ``output``: those its manifest lists and those named like mask files."""
-    names = {p.name for p in output.glob("*.png") if MASK_NAME.fullmatch(p.name)} if output.is_dir() else set()
+    """The files of an earlier set in ``output``: those a manifest of ``mhtma-masks`` lists (none without one)."""
     try:
-        names |= {entry["file"] for entry in json.loads((output / MANIFEST).read_text(encoding="utf-8"))["masks"]}
-    except (OSError, ValueError, KeyError, TypeError):  # no manifest, or not one of ours
-        pass
-    return {name for name in names if "/" not in name and "\\" not in name}
+        manifest = json.loads((output / MANIFEST).read_text(encoding="utf-8"))
+        if not {"rule", "protocol"} <= manifest.keys():
+            return set()
+        names = {entry["file"] for entry in manifest["masks"]}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # no manifest, or not one of ours
+        return set()
+    return {name for name in names if isinstance(name, str) and "/" not in name and "\\" not in name}
+
+
+def mask_names(count: int) -> list[str]:
+    """The file names of a set of ``count`` masks, in order."""
+    digits = max(5, len(str(count - 1)))
+    return [f"{i:0{digits}d}.png" for i in range(count)]
+
+
+def foreign_files(output: Path, count: int) -> list[str]:
+    """The files in ``output`` a set of ``count`` masks would overwrite that are not an earlier set's."""
+    if not output.is_dir():
+        return []
+    ours = owned_files(output)
+    if (output / MANIFEST).exists() and not ours:
+        return [MANIFEST] + [n for n in mask_names(count) if (output / n).exists()]
+    return [n for n in mask_names(count) if (output / n).exists() and n not in ours]
 
 
 def write_mask_set(protocol: str, size: int, count: int, seed: int, output: Path) -> list[float]:
     """Write the set (module docstring) -> the hole ratio of every mask, in file order. An earlier set in
-    ``output`` is replaced: its masks that this set does not write are removed."""
+    ``output`` (the files its manifest lists) is replaced: its masks that this set does not write are removed;
+    other files are left alone (the command line refuses a folder whose files this set would overwrite)."""
     earlier = owned_files(output)
-    digits = max(5, len(str(count - 1)))
     ratios, files = [], []
+    names = mask_names(count)
     for i in progress(range(count), desc=f"masks ({protocol}, {size} px)", unit="mask"):
         mask = seeded_mask(protocol, size, seed, i) > 0.5
-        name = f"{i:0{digits}d}.png"
+        name = names[i]
         save_image(Image.fromarray(mask.astype(np.uint8) * 255, mode="L"), output / name, "PNG")
         ratios.append(hole_ratio(mask))
         files.append({"file": name, "hole_ratio": ratios[-1]})
@@ -127,7 +149,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _check(args, parser)
-    out = Path(args.output)
+    out = Path(args.output).expanduser()
     ratios = write_mask_set(args.protocol, args.size, args.count, args.seed, out)
     print(f"{args.count} {args.protocol} masks ({args.size}×{args.size}, seed {args.seed}) -> {out}; "
           f"hole ratio mean {np.mean(ratios):.3f}, min {min(ratios):.3f}, max {max(ratios):.3f}")

@@ -2,8 +2,9 @@
 
     mhtma-train [--config FILE.yaml | NAME] [section.key=value ...]
 
-Exit status 0 on success, 2 on a bad config or argument (one line), 128 + the signal number after
-SIGINT/SIGTERM (``last.pt`` written first).
+Exit status 0 on success, 2 on a bad config or argument (one line, before any work), 1 when the run fails
+once started (a file it cannot write or read; one line), 128 + the signal number after SIGINT/SIGTERM
+(``last.pt`` written first).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from ..config import ConfigError, load_config, packaged_config_names
 from ..data import UnreadableImageWarning
 from ..precision import PrecisionError
 from ..samples import SAMPLE_COLUMNS
-from ..training import TrainingInterrupted, train
+from ..training import TrainingFailed, TrainingInterrupted, train
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -43,8 +44,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    """CLI entry point (``mhtma-train``); exit status 0 on success, 2 on bad config/arguments (one line each),
-    128 + the signal number after SIGINT/SIGTERM (last.pt written first)."""
+    """CLI entry point (``mhtma-train``); exit status as the module docstring says."""
     parser = _parser()
     args = parser.parse_args(argv)
     try:
@@ -58,6 +58,9 @@ def main(argv=None) -> int:
     except (FileNotFoundError, CheckpointError, ConfigError, PrecisionError, OutputError) as exc:
         print(f"mhtma-train: error: {exc}", file=sys.stderr)
         return 2
+    except TrainingFailed as exc:
+        print(f"mhtma-train: error: {exc}", file=sys.stderr)
+        return 1
     except TrainingInterrupted as exc:
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"mhtma-train: {exc}", file=sys.stderr, flush=True)

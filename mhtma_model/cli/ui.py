@@ -37,6 +37,7 @@ from PIL import Image
 from .options import add_inference_options, apply_inference_options
 from ..image_modes import save_image
 from ..images import UNREADABLE_HINT, UnreadableImageError, mask_from_image, open_image, to_rgb
+from ..inference import check_pinned_backend
 from ..inpainter import WEIGHTS_NAME, Inpainter
 from ..sketch import load_user_sketch, skeleton
 
@@ -225,6 +226,7 @@ class InpainterCache:
             if key not in self._cache:
                 try:
                     inpainter = Inpainter.load(resolved, self.device, self.precision, self.compile)
+                    check_pinned_backend(inpainter.generator, inpainter.device, self.precision)
                 except ValueError as exc:
                     raise UploadError(str(exc)) from exc  # it names the checkpoint and the problem
                 self._cache.clear()  # keep one model in memory

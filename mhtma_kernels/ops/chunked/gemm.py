@@ -59,12 +59,12 @@ from dataclasses import dataclass
 
 import torch
 
-from ..rules import FIXED_MAX_LIMIT as _FIXED_MAX_LIMIT2
-from ..rules import LOG2E, chunk_budget_mb, compute_dtype, triton_import_error
+from ..rules import FIXED_MAX_LIMIT, LOG2E, MAX_BATCH_HEADS, chunk_budget_mb, compute_dtype, on_device
+from ..rules import triton_import_error
 
-# Largest 1/t (natural units) for which the fixed bound m = 1/t replaces the chunk max (the Triton forward's
-# limit, which is in base 2).
-FIXED_MAX_LIMIT = _FIXED_MAX_LIMIT2 / LOG2E
+# Largest 1/t for which the fixed bound m = 1/t replaces the chunk max: rules.FIXED_MAX_LIMIT (a limit on
+# log2(e)/t, base 2) in the natural units of this path's scores.
+FIXED_INV_T_LIMIT = FIXED_MAX_LIMIT / LOG2E
 
 
 def chunk_rows(bh: int, nq: int, nk: int, bytes_per_score: int, budget_mb: float) -> int:
@@ -299,21 +299,23 @@ def _step(name: str, device: torch.device, dtype: torch.dtype):
         _give_up(mode, name, error)
         return eager
 
-    def run(*args):
-        if (mode, name) in _BROKEN:
-            return eager(*args)
+    def run(s, *args):
+        # the row kernels' grid holds B*H on axis 1 (MAX_BATCH_HEADS programs); more is a plain eager step
+        if (mode, name) in _BROKEN or (mode == "triton" and s.shape[0] > MAX_BATCH_HEADS):
+            return eager(s, *args)
         try:
-            return fast(*args)
+            with on_device(s):
+                return fast(s, *args)
         except Exception as error:  # noqa: BLE001 - any compiler or launch failure: the eager step is exact too
             _give_up(mode, name, error)
-            return eager(*args)
+            return eager(s, *args)
 
     return run
 
 
 def _fixed_bound(p: _Problem, bounded: bool, dtype: torch.dtype):
     """[BH, 1, 1] row max to use instead of the chunk max, or None: 1/t where |s| <= 1 holds, the inputs
-    are 16-bit and 1/t is small enough (FIXED_MAX_LIMIT); -lambda_m for images without a valid key. One
+    are 16-bit and 1/t is small enough (FIXED_INV_T_LIMIT); -lambda_m for images without a valid key. One
     host read per call.
 
     Not for fp32/fp64 inputs: the backward recomputes ln p = (z - m) - l, and with m = 1/t the top key's
@@ -327,7 +329,7 @@ def _fixed_bound(p: _Problem, bounded: bool, dtype: torch.dtype):
     has fp32's exponent range; fp16 inputs on CPU multiply fp32 operands."""
     if not bounded or dtype not in (torch.float16, torch.bfloat16) or p.v.dtype == torch.float16:
         return None
-    if not bool((p.inv_t <= FIXED_MAX_LIMIT).all()):
+    if not bool((p.inv_t <= FIXED_INV_T_LIMIT).all()):
         return None
     any_valid = ~p.invalid.all(dim=-1, keepdim=True)  # [BH, 1, 1]
     return torch.where(any_valid, p.inv_t, torch.full_like(p.inv_t, -p.lambda_m))

@@ -44,6 +44,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ..rules import triton_interprets as interpreting
+
 
 @triton.jit
 def _row_logits(s_rows, inv_rows, offs_n, r_mask, NK, stride_sn, stride_in, scale, fill):
@@ -186,11 +188,6 @@ MIN_PROGRAMS = 1024
 #: Tile elements per warp (4 fp32 per thread: one 16-byte vector) and the most warps per program.
 WARP_ELEMENTS = 128
 MAX_WARPS = 4
-
-
-def interpreting() -> bool:
-    """True when these kernels were built for Triton's CPU interpreter (TRITON_INTERPRET=1 at import)."""
-    return type(chunk_forward_rows_kernel).__name__ == "InterpretedFunction"
 
 
 def row_blocks(bh: int, rows: int, nk: int, blocks=None, min_programs: int | None = None) -> tuple[int, int, int]:

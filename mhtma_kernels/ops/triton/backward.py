@@ -3,7 +3,7 @@ partial sums (program per query block). The math and the tiling are in the docst
 import triton
 import triton.language as tl
 
-from .tiles import _dot_abt, _load_rows, _logits2, _store_block, _zero_blocks
+from .tiles import _dot_abt, _load_rows, _log2e_over, _logits2, _store_block, _zero_blocks
 
 
 @triton.jit
@@ -133,7 +133,7 @@ def _head(Q, K, V, GRAD_OUT, TEMP, bh, stride_qbh, stride_kbh, stride_vbh, strid
     bh64 = bh.to(tl.int64)
     t = tl.load(TEMP + bh).to(tl.float32)
     return (bh64, Q + bh64 * stride_qbh, K + bh64 * stride_kbh, V + bh64 * stride_vbh, GRAD_OUT + bh64 * stride_dobh,
-            t, 1.4426950408889634 / t)
+            t, _log2e_over(t))
 
 
 @triton.jit
@@ -202,8 +202,8 @@ def masked_attention_bwd_dkdv_kernel(
         z2t = tl.where(m_mask[None, :], z2t, float("-inf"))  # query rows past Nq contribute nothing
         pt = tl.exp2((z2t - row_max2[None, :]) - row_log2sum[None, :])  # [BLOCK_N, BLOCK_M]
         dzt = tl.where(valid[:, None], pt * (dpt - delta[None, :]), 0.0)  # [BLOCK_N, BLOCK_M]
-        dk = _dot_blocks(dk, _as_operand(dzt, Q, UPCAST), q_own, NUM_CB, KEPT_D, DOT_PRECISION)
-        dv = _dot_blocks(dv, _as_operand(pt, GRAD_OUT, UPCAST), do_own, NUM_CB, KEPT_E, DOT_PRECISION)
+        dk = _dot_blocks(dk, _as_operand(dzt, Q, UPCAST), q_own, NUM_CB, KEPT_D, DOT_PRECISION)  # NUM_CB x [BLOCK_N, BLOCK_C]
+        dv = _dot_blocks(dv, _as_operand(pt, GRAD_OUT, UPCAST), do_own, NUM_CB, KEPT_E, DOT_PRECISION)  # NUM_CB x [BLOCK_N, BLOCK_C]
 
     inv_t = 1.0 / t
     dk_base = GRAD_K + bh64 * stride_kbh
@@ -286,7 +286,7 @@ def masked_attention_bwd_dq_kernel(
         z2 = tl.where(m_mask[:, None], z2, float("-inf"))  # rows past Nq contribute nothing
         p = tl.exp2((z2 - row_max2[:, None]) - row_log2sum[:, None])  # [BLOCK_M, BLOCK_N]
         dz = tl.where(valid[None, :], p * (dp - delta[:, None]), 0.0)  # [BLOCK_M, BLOCK_N]
-        dq = _dot_blocks(dq, _as_operand(dz, K, UPCAST), k_own, NUM_CB, KEPT_D, DOT_PRECISION)
+        dq = _dot_blocks(dq, _as_operand(dz, K, UPCAST), k_own, NUM_CB, KEPT_D, DOT_PRECISION)  # NUM_CB x [BLOCK_M, BLOCK_C]
         dz_sum += tl.sum(dz, axis=1)
         ps_sum += tl.sum(p * s, axis=1)  # p is 0 past Nk and Nq; any per-row constant keeps dt exact
 

@@ -1,14 +1,19 @@
-"""What the launcher knows about the GPU it launches on: learned once per device from Triton's driver.
+"""What the launcher knows about the GPU it launches on: learned once per device.
 
-    compute capability   driver.active.get_current_target().arch   (90 for sm_90)
-    shared memory        driver.active.utils.get_device_properties(index)["max_shared_mem"]: what one block
-                         may opt in to (227 KB on sm_90/sm_100, 163 KB on sm_80, 99 KB on sm_86/89/120)
-    SM count             the same properties' "multiprocessor_count"
-    name                 torch.cuda.get_device_name(index), or "sm_<arch>" where torch cannot say
+For a CUDA tensor, from torch.cuda.get_device_properties(its device index), so that every figure is of that
+one device:
 
-Every sizing decision of the launcher (candidate tiles, the fixed choice, resident backward rows, TMA) reads
-a `Device`. Where no driver answers (CPU, Triton's interpreter) the model is `REFERENCE`, the sm_90 GPU the
-kernels were first sized for, so that the candidate lists on CPU are those of an H100.
+    compute capability   major * 10 + minor   (90 for sm_90)
+    shared memory        shared_memory_per_block_optin: what one block may opt in to (227 KB on sm_90/sm_100,
+                         163 KB on sm_80, 99 KB on sm_86/89/120)
+    SM count             multi_processor_count
+    name                 name
+
+Without a CUDA tensor, from Triton's active driver (its current target and device properties: how the compile
+report emulates other GPUs), else torch's current CUDA device. Every sizing decision of the launcher
+(candidate tiles, the fixed choice, resident backward rows, TMA, the refusal) reads a `Device`. Only where
+there is no CUDA device at all (CPU, Triton's interpreter) the model is `REFERENCE`, the sm_90 GPU the kernels
+were first sized for, so that the candidate lists on CPU are those of an H100.
 """
 from dataclasses import dataclass
 
@@ -57,33 +62,42 @@ REFERENCE = Device("sm_90 (no device: the reference sizes)", 90, 232448, 132)
 _KNOWN: dict = {}
 
 
-def _ask(index: int) -> Device:
+def _from_torch(index: int) -> Device:
+    """CUDA device `index` as torch reports it (capability, shared memory and SMs all of that one device)."""
+    properties = torch.cuda.get_device_properties(index)
+    return Device(properties.name, properties.major * 10 + properties.minor,
+                  int(properties.shared_memory_per_block_optin), int(properties.multi_processor_count))
+
+
+def _from_driver() -> Device:
+    """The current device of Triton's active driver (a real one, or an emulated GPU of the compile report)."""
     from triton.runtime import driver
 
     active = driver.active
     arch = int(active.get_current_target().arch)
-    properties = active.utils.get_device_properties(index)
-    try:
-        name = torch.cuda.get_device_name(index)
-    except (AssertionError, RuntimeError):  # a driver without torch's CUDA (an emulated GPU)
-        name = f"sm_{arch}"
-    return Device(name, arch, int(properties["max_shared_mem"]), int(properties["multiprocessor_count"]))
+    properties = active.utils.get_device_properties(active.get_current_device())
+    return Device(f"sm_{arch}", arch, int(properties["max_shared_mem"]), int(properties["multiprocessor_count"]))
 
 
 def current(tensor: torch.Tensor | None = None) -> Device:
-    """The device model of `tensor`'s GPU (the driver's current device when None or not on CUDA), learned on
-    the first call per device index; `REFERENCE` where no driver answers."""
-    index = tensor.device.index if tensor is not None and tensor.device.type == "cuda" else None
-    if index not in _KNOWN:
-        try:
-            from triton.runtime import driver
+    """The device model of `tensor`'s GPU, learned on the first call per device and kept.
 
-            _KNOWN[index] = _ask(driver.active.get_current_device() if index is None else index)
-        except Exception:  # noqa: BLE001 - no CUDA driver, the interpreter, no triton: the reference sizes
-            _KNOWN[index] = REFERENCE
-    return _KNOWN[index]
+    A CUDA tensor: its own device as torch reports it. Otherwise Triton's active driver's current device
+    (emulated GPUs answer there); where that driver does not answer, torch's current CUDA device, and only
+    where there is no CUDA at all (CPU, the interpreter) `REFERENCE`."""
+    if tensor is not None and tensor.device.type == "cuda":
+        index = tensor.device.index if tensor.device.index is not None else torch.cuda.current_device()
+        if index not in _KNOWN:
+            _KNOWN[index] = _from_torch(index)
+        return _KNOWN[index]
+    if None not in _KNOWN:
+        try:
+            _KNOWN[None] = _from_driver()
+        except Exception:  # noqa: BLE001 - no CUDA driver, the interpreter, a driver API triton changed
+            _KNOWN[None] = _from_torch(torch.cuda.current_device()) if torch.cuda.is_available() else REFERENCE
+    return _KNOWN[None]
 
 
 def forget() -> None:
-    """Ask the driver again on the next call (for tools that swap Triton's driver)."""
+    """Ask again on the next call (for the compile report, which swaps Triton's driver, and its tests)."""
     _KNOWN.clear()

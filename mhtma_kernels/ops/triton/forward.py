@@ -21,7 +21,7 @@ constexprs, so that one `triton.autotune` measures both versions' candidates.
 import triton
 import triton.language as tl
 
-from .tiles import _dot_abt, _dot_block, _logits2, _store_block, _zero_blocks
+from .tiles import _dot_abt, _dot_block, _log2e_over, _logits2, _store_block, _zero_blocks
 
 
 @triton.jit
@@ -212,7 +212,7 @@ def _v3_rows(q_base, k_base, v_base, o_base, lo_base, VALID, m_ref, scale2, neg_
             m_new = tl.maximum(m_i, tl.max(z2, axis=1))  # [BLOCK_M]; finite from the first tile (key 0)
             alpha = tl.exp2(m_i - m_new)  # [BLOCK_M]
             p = tl.exp2(z2 - m_new[:, None])  # [BLOCK_M, BLOCK_N]
-            l_i = l_i * alpha + tl.sum(p, axis=1)
+            l_i = l_i * alpha + tl.sum(p, axis=1)  # [BLOCK_M]
             m_i = m_new
             accs = _accumulate(accs, alpha[:, None], p, v_base, v_descs, n0, offs_n, n_mask, stride_vn, col0,
                                HEAD_DV, C_STARTS, C_WIDTHS, SPLIT, True, TMA, UPCAST, DOT_PRECISION)
@@ -241,7 +241,7 @@ def _forward_v3(Q, K, V, VALID, ANY_VALID, TEMP, OUT, OUT_LO, ROW_MAX2, ROW_LOG2
     m_mask = offs_m < NQ
     col0 = pid_c * COLS
     SPLIT: tl.constexpr = COLS < HEAD_DV
-    scale2 = 1.4426950408889634 / tl.load(TEMP + bh).to(tl.float32)  # log2(e) / t
+    scale2 = _log2e_over(tl.load(TEMP + bh).to(tl.float32))
     bases = (Q + bh64 * stride_qbh, K + bh64 * stride_kbh, V + bh64 * stride_vbh, OUT + bh64 * stride_obh,
              OUT_LO + bh64 * stride_obh)
     # One path per launch (FIXED_MAX: heads with scale2 <= fixed_limit; else the others, which is every head
@@ -316,7 +316,7 @@ def masked_attention_forward_kernel(
         offs_nb = tl.arange(0, BLOCK_N)  # [BLOCK_N]
         m_mask = offs_m < NQ
         col0 = pid_c * (NUM_CB * BLOCK_C)
-        scale2 = 1.4426950408889634 / tl.load(TEMP + bh).to(tl.float32)  # log2(e) / t
+        scale2 = _log2e_over(tl.load(TEMP + bh).to(tl.float32))
 
         m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)  # [BLOCK_M]
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)  # [BLOCK_M]
@@ -327,9 +327,10 @@ def masked_attention_forward_kernel(
             for n0 in range(0, NK, BLOCK_N):
                 offs_n = n0 + offs_nb  # [BLOCK_N]
                 z2 = _tile_logits2(q_base, k_base, VALID, b, offs_m, m_mask, offs_n, NK, D, stride_qn, stride_kn,
-                                   scale2, neg_lambda2, BLOCK_M, BLOCK_N, BLOCK_D, UPCAST, DOT_PRECISION)
+                                   scale2, neg_lambda2, BLOCK_M, BLOCK_N, BLOCK_D, UPCAST,
+                                   DOT_PRECISION)  # [BLOCK_M, BLOCK_N]
                 p = tl.exp2(z2 - m_ref)  # [BLOCK_M, BLOCK_N], <= 1 (and >= 2^(-2*fixed_limit) on valid keys)
-                l_i += tl.sum(p, axis=1)
+                l_i += tl.sum(p, axis=1)  # [BLOCK_M]
                 accs = _accumulate_v2(accs, 1.0, p, v_base, offs_n, NK, col0, stride_vn, DV, BLOCK_C, NUM_CB, False,
                                       UPCAST, DOT_PRECISION)
             m_i = tl.zeros([BLOCK_M], dtype=tl.float32) + m_ref
@@ -337,12 +338,13 @@ def masked_attention_forward_kernel(
             for n0 in range(0, NK, BLOCK_N):
                 offs_n = n0 + offs_nb  # [BLOCK_N]
                 z2 = _tile_logits2(q_base, k_base, VALID, b, offs_m, m_mask, offs_n, NK, D, stride_qn, stride_kn,
-                                   scale2, neg_lambda2, BLOCK_M, BLOCK_N, BLOCK_D, UPCAST, DOT_PRECISION)
+                                   scale2, neg_lambda2, BLOCK_M, BLOCK_N, BLOCK_D, UPCAST,
+                                   DOT_PRECISION)  # [BLOCK_M, BLOCK_N]
                 # The first tile always holds key 0 (finite logit), so m_new is finite from then on.
                 m_new = tl.maximum(m_i, tl.max(z2, axis=1))  # [BLOCK_M]
                 alpha = tl.exp2(m_i - m_new)  # [BLOCK_M]
                 p = tl.exp2(z2 - m_new[:, None])  # [BLOCK_M, BLOCK_N]
-                l_i = l_i * alpha + tl.sum(p, axis=1)
+                l_i = l_i * alpha + tl.sum(p, axis=1)  # [BLOCK_M]
                 m_i = m_new
                 accs = _accumulate_v2(accs, alpha[:, None], p, v_base, offs_n, NK, col0, stride_vn, DV, BLOCK_C,
                                       NUM_CB, True, UPCAST, DOT_PRECISION)

@@ -40,7 +40,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..rules import FIXED_MAX_LIMIT, LOG2E, triton_import_error
+from ..rules import FIXED_MAX_LIMIT, LOG2E, on_device, triton_import_error
+from ..rules import triton_interprets as interpreting
 from . import device as devices
 from . import tile_table
 from .device import Device
@@ -252,15 +253,19 @@ def shared_memory_needed(kernel: str, tile, d: int, dv: int, dtype: torch.dtype,
     return tile.shared_bytes(kernel, d, dv, dtype.itemsize)
 
 
+def _margin(tile, compiled: bool = False) -> int:
+    """Shared memory a tile leaves for the compiler's scratch beyond its count: resident backward tiles the
+    most, forward v3 rows not compiled for the device's family a little, the rest none."""
+    if getattr(tile, "resident", False):
+        return _RESIDENT_MARGIN
+    return _UNCOMPILED_MARGIN if isinstance(tile, ForwardTile) and not compiled else 0
+
+
 def _fits(kernel: str, tile, d: int, dv: int, dtype: torch.dtype, device: Device, compiled: bool = False) -> bool:
     """Whether `tile` fits the device by count: shared memory (with a margin for the compiler's scratch unless
     the row was compiled for the device's family, tile_table) and, on tcgen05, tensor memory (a kernel over
     it compiles to a trap, not to an error)."""
-    if getattr(tile, "resident", False):
-        margin = _RESIDENT_MARGIN
-    else:
-        margin = 0 if compiled or not isinstance(tile, ForwardTile) else _UNCOMPILED_MARGIN
-    if shared_memory_needed(kernel, tile, d, dv, dtype, device) > device.shared_bytes - margin:
+    if shared_memory_needed(kernel, tile, d, dv, dtype, device) > device.shared_bytes - _margin(tile, compiled):
         return False
     columns = device.tensor_memory_columns
     return columns is None or not isinstance(tile, ForwardTile) or tile.tensor_memory_columns() <= columns
@@ -367,31 +372,56 @@ def _v2_candidates(kernel: str, d: int, dv: int, dtype: torch.dtype, device: Dev
     return [tile for tile in tiles if _fits(kernel, tile, d, dv, dtype, device)]
 
 
-_REFUSALS: dict = {}
+# The oldest GPUs the fused kernels are written for: bf16 and TF32 tensor-core dots and cp.async start at sm_80.
+MIN_ARCH = 80
+_REFUSALS: dict = {}  # (device, D, Dv, dtype) -> refusal's answer (tests that patch tile_table clear it)
 
 
 def refusal(d: int, dv: int, dtype: torch.dtype, device: Device | None = None) -> str | None:
     """None where every kernel has a tile that fits the device; else why not, in one line (the GPU, D, Dv,
-    dtype and the shared memory the smallest tile needs vs what a block has). Worked out once per case."""
+    dtype and the shared memory the smallest tile needs vs what a block has, or the GPU's compute capability
+    below sm_80). Worked out once per case."""
     device = device or devices.current()
-    key = (device, d, dv, dtype, id(tile_table.rows(device.arch)))
+    key = (device, d, dv, dtype)
     if key not in _REFUSALS:
         _REFUSALS[key] = _refusal(d, dv, dtype, device)
     return _REFUSALS[key]
 
 
+def _refuse(why: str):
+    raise RuntimeError(f"{why}; use backend='torch' or 'auto'")
+
+
+def _least_shared_memory(kernel: str, d: int, dv: int, dtype: torch.dtype, device: Device) -> int:
+    """The shared memory by count on `device` that the smallest of `kernel`'s generic rows needs, with the
+    margin each keeps (`_margin`), over every column split the v3 forward may use."""
+    table = tile_table.rows(device.arch)
+    tiles = _v2_tiles(kernel, d, dv, dtype, table[kernel])
+    if kernel == "fwd":
+        rows = table["fwd_v3"] + [table["fwd_v3_fallback"]]
+        tiles += [ForwardTile(d, dv, *row[:2], splits, *row[2:4], c_cap=row[5])
+                  for row in rows for splits in range(1, _V3_MAX_SPLITS + 1)]
+
+    def need(tile) -> int:
+        return shared_memory_needed(kernel, tile, d, dv, dtype, device) + _margin(tile)
+
+    return min(need(tile) for tile in tiles)
+
+
 def _refusal(d: int, dv: int, dtype: torch.dtype, device: Device) -> str | None:
+    if device.arch < MIN_ARCH:
+        return (f"backend='triton' does not run on {device.name}: compute capability sm_{device.arch}, the fused "
+                f"kernels need sm_{MIN_ARCH} or newer")
     for kernel in KERNELS:
         if candidates(kernel, d, dv, dtype, device):
             continue
-        table = tile_table.rows(device.arch)
-        tiles = _v2_tiles(kernel, d, dv, dtype, table[kernel])
-        if kernel == "fwd":
-            tiles += [ForwardTile(d, dv, *row[:2], 1, *row[2:4], c_cap=row[5]) for row in table["fwd_v3"]]
-        need = min(shared_memory_needed(kernel, tile, d, dv, dtype, device) for tile in tiles)
-        return (f"backend='triton' has no {kernel} tile for {device.describe()}: D={d}, Dv={dv}, "
-                f"{str(dtype).replace('torch.', '')} needs at least {need / 1024:.0f} KB of shared memory, "
-                f"the GPU has {device.shared_bytes / 1024:.0f} KB per block; use backend='torch' or 'auto'")
+        case = f"backend='triton' has no {kernel} tile for {device.describe()}: D={d}, Dv={dv}, " \
+               f"{str(dtype).replace('torch.', '')}"
+        need = _least_shared_memory(kernel, d, dv, dtype, device)
+        if need > device.shared_bytes:  # KB rounded up for the need, down for the GPU: never reads as fitting
+            return (f"{case} needs at least {-(-need // 1024)} KB of shared memory, the GPU has "
+                    f"{device.shared_bytes // 1024} KB per block")
+        return f"{case}: the tiles that fit its shared memory need more registers (or tensor memory) than it has"
     return None
 
 
@@ -414,13 +444,8 @@ def choose_config(nq: int, nk: int, d: int, dv: int, dtype: torch.dtype, interpr
         )
     why = refusal(d, dv, dtype, device)
     if why is not None:
-        raise RuntimeError(why)
+        _refuse(why)
     return KernelConfig(*(candidates(kernel, d, dv, dtype, device)[0] for kernel in KERNELS))
-
-
-def interpreting() -> bool:
-    """True when the kernels were built for Triton's CPU interpreter (TRITON_INTERPRET=1 at import)."""
-    return type(backward_kernels.masked_attention_bwd_delta_kernel).__name__ == "InterpretedFunction"
 
 
 def _autotune_enabled() -> bool:
@@ -496,14 +521,6 @@ def _descriptor_scratch(size: int, alignment: int, stream):
     return torch.empty(size, dtype=torch.int8, device="cpu" if interpreting() else "cuda")
 
 
-def autotuned_choice(kernel: str) -> str | None:
-    """The tile the autotuner ran last for `kernel` on the current device (its Config as text), None if it
-    has not run."""
-    tuner = _AUTOTUNED.get((kernel, devices.current().kind))
-    best = getattr(tuner, "best_config", None)
-    return None if best is None else str(best)
-
-
 def _launch(kernel: str, rows: int, bh: int, ncols: int, args, flags: dict, config: KernelConfig | None,
             device: Device):
     """The one place that sizes grids and launches: grid (cdiv(rows, tile rows), B*H, column splits).
@@ -543,7 +560,7 @@ def _resolve(config: KernelConfig | None, nq, nk, d, dv, dtype, device: Device) 
         return config
     why = refusal(d, dv, dtype, device)
     if why is not None:
-        raise RuntimeError(why)
+        _refuse(why)
     if interpreting() or not _autotune_enabled():
         return choose_config(nq, nk, d, dv, dtype, interpreting(), device)
     return None
@@ -571,9 +588,10 @@ def launch_forward(q, k, v, key_valid_u8, temp, lambda_m, config, bounded: bool 
             q.stride(1), q.stride(2), k.stride(1), k.stride(2), v.stride(1), v.stride(2), out.stride(1), out.stride(2),
             H, Nq, Nk, D, Dv, -lambda_m * LOG2E, FIXED_MAX_LIMIT if fixed_max else 0.0)
     flags = dict(HAS_LO=has_lo, **_flags(q.dtype))
-    _launch("fwd", Nq, B * H, Dv, args, dict(flags, FIXED_MAX=fixed_max), config, device)
-    if fixed_max:  # the heads whose bound is too large for the fixed max (see forward's entry kernel)
-        _launch("fwd", Nq, B * H, Dv, args, dict(flags, FIXED_MAX=False, REST_PASS=True), config, device)
+    with on_device(q):  # the launches, the TMA scratch and the autotuner's timing
+        _launch("fwd", Nq, B * H, Dv, args, dict(flags, FIXED_MAX=fixed_max), config, device)
+        if fixed_max:  # the heads whose bound is too large for the fixed max (see forward's entry kernel)
+            _launch("fwd", Nq, B * H, Dv, args, dict(flags, FIXED_MAX=False, REST_PASS=True), config, device)
     return out, (row_max2, row_log2sum, out_lo)
 
 
@@ -592,6 +610,12 @@ def _delta(out, out_lo, dout):
 def launch_backward(q, k, v, key_valid_u8, temp, lambda_m, config, out, stats, dout, need_dq, need_dkdv, need_dt):
     """Launch the backward kernels -> (dq, dk, dv, dt): each None unless asked for; dq, dk, dv in the inputs'
     dtype, dt [B, H] fp32 (the gradient to the temperature)."""
+    with on_device(q):
+        return _backward(q, k, v, key_valid_u8, temp, lambda_m, config, out, stats, dout,
+                         need_dq, need_dkdv, need_dt)
+
+
+def _backward(q, k, v, key_valid_u8, temp, lambda_m, config, out, stats, dout, need_dq, need_dkdv, need_dt):
     B, H, Nq, D = q.shape
     Nk, Dv = k.shape[2], v.shape[3]
     device = devices.current(q)

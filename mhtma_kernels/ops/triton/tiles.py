@@ -48,6 +48,16 @@ fp32 inputs use DOT_PRECISION "tf32" or "ieee" as torch.matmul would (see launch
 import triton
 import triton.language as tl
 
+from ..rules import LOG2E as _LOG2E
+
+LOG2E = tl.constexpr(_LOG2E)  # jit functions read module globals only as constexpr
+
+
+@triton.jit
+def _log2e_over(t):
+    """log2(e) / t in fp32: the base-2 score scale of temperature t."""
+    return tl.full([], LOG2E, tl.float32) / t
+
 
 @triton.jit
 def _load_rows(base, offs_r, offs_c, r_mask, c_mask, stride_r, UPCAST: tl.constexpr):
