@@ -637,9 +637,14 @@ def train(config: Config) -> dict:
         with StopSignals() as signals:
             trainer = Trainer(cfg, dist, signals)
             try:
-                return trainer.run()
+                summary = trainer.run()
             except (OSError, OutputError, CheckpointError) as exc:
                 raise TrainingFailed(f"the run stopped at step {trainer.step}: {exc}") from exc
+        if dist.owns_group:
+            # every rank finishes its collectives before any rank tears the group down: a rank that destroys
+            # gloo's group while a peer still talks to it can abort in gloo's threads on a loaded machine
+            torch.distributed.barrier()
+        return summary
     finally:
         if dist.owns_group:
             torch.distributed.destroy_process_group()

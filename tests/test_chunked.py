@@ -103,9 +103,9 @@ def check_16bit_gemm_path(monkeypatch, dtype, bounded, B, H, Nq, Nk, D, Dv, t, r
 def test_chunked_path_with_16bit_gemm_operands_as_on_cuda(only_chunked, cuda_like_gemms, monkeypatch, dtype, bounded,
                                                          B, H, Nq, Nk, D, Dv, t, rule):
     """The rounding CUDA's chunked path does (q, k, v, dout, p and g as 16-bit GEMM operands, fp32 scores and
-    accumulators), see :func:`check_16bit_gemm_path`; every GEMM saw 16-bit operands. (fp16 with the fixed
-    bound m = 1/t was 0.48 of the output's scale off at D = 288, t = 0.05: the chunked path no longer
-    takes that bound with fp16 operands.)"""
+    accumulators), see :func:`check_16bit_gemm_path`; every GEMM saw 16-bit operands. (The fixed bound m = 1/t
+    with fp16 operands pushes weights below fp16's normal range, 0.48 of the output's scale off at D = 288,
+    t = 0.05, so the chunked path does not take it with fp16 operands.)"""
     if rule == "zero-norm" and dtype == torch.float16:
         pytest.skip("a zero patch's normalisation gradient is dy / eps = 1e6 dy: past fp16's range in any path")
     check_16bit_gemm_path(monkeypatch, dtype, bounded, B, H, Nq, Nk, D, Dv, t, rule)

@@ -82,7 +82,7 @@ def test_report_for_an_rtx_3090_uses_its_tiles_and_mma_sync(tmp_path):
 
 @pytest.mark.parametrize("dtype, d, launches", [("fp16", 576, 1), ("fp32", 288, 2)], ids=["fp16-D576", "fp32-D288"])
 def test_forward_fixed_choice_that_once_spilled_compiles_without_stack(dtype, d, launches, tmp_path):
-    """Forward v3 as launched at the benchmark's Nq, Nk where it used to spill on sm_90 (fp16 D = 576: 352 B, the
+    """Forward v3 as launched at the benchmark's Nq, Nk where a key-mask load before the score dots makes it spill on sm_90 (fp16 D = 576: 352 B, the
     fp32 running-max rest pass at D = 288: 80 B, both from the order of the key-mask load; kernel-notes,
     "Version 3"): every launch without stack, on wgmma only."""
     rows = report_rows(tmp_path, "--d", str(d), "--dtype", dtype, "--batch", "1", "--heads", "2", "--forward-only")

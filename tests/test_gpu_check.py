@@ -173,7 +173,7 @@ def test_warm_up_records_each_worker_and_a_chatty_worker_does_not_block(monkeypa
     assert (bad["dtype"], bad["precision"], bad["d"]) == ("fp32", "high", 8)
 
 
-def test_gpu_plan_covers_the_issue_grid():
+def test_gpu_plan_covers_the_target_grid():
     from benchmarks import gpu_check_cases as cases
 
     setup = cases.make_setup(smoke=False)
