@@ -10,25 +10,7 @@ from torch import nn
 
 from mhtma_kernels.layers import MaskedTemperatureAttention
 from mhtma_kernels.ops import resolve_backend
-from mhtma_kernels.ops.rules import triton_import_error
-
-
-def _why_not(layers: list, device: torch.device, dtype: Optional[torch.dtype]) -> Optional[str]:
-    """Why the triton kernels cannot run these layers on ``device`` (None when they can)."""
-    error = triton_import_error()
-    if error is not None:
-        return f"the triton package cannot be imported ({error})"
-    from mhtma_kernels.ops.triton import device as gpus, launcher
-
-    if device.type != "cuda":
-        return None if launcher.interpreting() else f"it needs a CUDA GPU and this run is on {device}"
-    gpu = gpus.current(torch.empty(0, device=device))
-    for layer in layers:
-        d = layer.head_channels * layer.patch_size ** 2
-        why = launcher.refusal(d, d, dtype or torch.float32, gpu)
-        if why is not None:
-            return why
-    return None
+from mhtma_kernels.ops.backends import triton_refusal
 
 
 def pinned_backend_problem(generator: nn.Module, device: torch.device, dtype: Optional[torch.dtype],
@@ -40,7 +22,8 @@ def pinned_backend_problem(generator: nn.Module, device: torch.device, dtype: Op
               and m.backend != "reference" and resolve_backend(m.backend) == "triton"]
     if not layers:
         return None
-    why = _why_not(layers, torch.device(device), dtype)
+    head_dims = [m.head_channels * m.patch_size ** 2 for m in layers]
+    why = triton_refusal(head_dims, dtype or torch.float32, torch.device(device))
     if why is None:
         return None
     if all(m.backend == "auto" for m in layers):

@@ -73,6 +73,24 @@ def triton_applies(q, v) -> bool:
     return why is None
 
 
+def triton_refusal(head_dims, dtype: torch.dtype, device: torch.device) -> str | None:
+    """Why backend='triton' cannot run problems with these head dims (D = Dv) in ``dtype`` on ``device``, in one
+    line; None where it can (on a CPU only under Triton's interpreter). For callers that check before any work."""
+    error = triton_import_error()
+    if error is not None:
+        return f"the triton package cannot be imported ({error})"
+    from .triton import device as gpus, launcher
+
+    if device.type != "cuda":
+        return None if launcher.interpreting() else f"it needs a CUDA GPU and this run is on {device}"
+    gpu = gpus.current(torch.empty(0, device=device))
+    for d in head_dims:
+        why = launcher.refusal(d, d, dtype, gpu)
+        if why is not None:
+            return why
+    return None
+
+
 def _restriction() -> tuple[str, ...] | None:
     env = os.environ.get("MHTMA_AUTO_CANDIDATES", "").strip()
     if not env:
